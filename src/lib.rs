@@ -1,14 +1,22 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! GTStore: a Dynamo-style distributed key-value store.
+//!
+//! One manager keeps membership and the partition table; storage nodes keep
+//! replicated sectors on disk; clients route each request to its key's
+//! coordinator. Every daemon is one thread running one epoll loop.
+//!
+//! # Layout
+//! - [`net`]: the event loop, connection state machines, timers, the wire codec.
+//! - [`store`]: sector logs on disk, their in-memory indexes, recovery, compaction.
+//! - [`table`]: the partition table, key hashing and preference lists.
+//! - [`hlc`]: versions and the hybrid logical clock that makes them.
+//! - [`manager`]: the manager daemon's state and handlers.
+//! - [`storage`]: the storage node daemon: coordinator, replica, mover.
+//! - [`client`]: the client library used by the CLI and the benchmark.
+//! - [`daemon`]: APUE daemon helpers: detaching, pidfile locks, log files.
+//! - [`cli`]: shared command-line helpers (addresses, exit codes).
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod daemon;
+pub mod hlc;
+pub mod net;
+pub mod store;
+pub mod table;

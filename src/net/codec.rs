@@ -1,0 +1,863 @@
+//! The wire codec: the text header protocol of `gtstore-protocol(5)`.
+//!
+//! Every message is one header line, `VERB CLIENT_ID NODE_ID LENGTH REQ_ID\n`,
+//! followed by exactly LENGTH payload bytes. The payload is a sequence of
+//! fields: byte strings carry a 4-byte big-endian length prefix, numbers
+//! are fixed-width big-endian integers, so keys and values are binary safe.
+//!
+//! Decoding has two phases (mini-redis): [`check`] finds the length of one
+//! complete message without allocating, rejecting a header that is
+//! malformed or over the limits before its terminator or payload arrives;
+//! [`parse`] then builds a [`Message`] from exactly that slice. Neither can
+//! panic on any input. [`encode`] appends a message to an output buffer.
+
+use crate::hlc::Version;
+use crate::table::{Member, NodeState, Table};
+
+/// The limits a receiver enforces on incoming messages.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest header line, newline included.
+    pub max_header: usize,
+    /// Largest payload.
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_header: 128,
+            max_body: 1024 * 1024 + 64 * 1024,
+        }
+    }
+}
+
+/// Why bytes could not be decoded. Incomplete input is `Ok(None)`, not an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The header line has no newline within the limit.
+    HeaderTooLong { limit: usize },
+    /// LENGTH is over the payload limit.
+    BodyTooLarge { len: u64, limit: usize },
+    /// The header does not have exactly five space-separated fields.
+    FieldCount(usize),
+    /// A numeric header field is not a plain decimal in range.
+    BadNumber(&'static str),
+    /// The verb is empty or not upper-case ASCII letters and underscores.
+    BadVerb,
+    /// The payload does not match its verb.
+    BadPayload(&'static str),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::HeaderTooLong { limit } => {
+                write!(f, "header line longer than {limit} bytes")
+            }
+            DecodeError::BodyTooLarge { len, limit } => {
+                write!(f, "payload of {len} bytes is over the limit of {limit}")
+            }
+            DecodeError::FieldCount(n) => write!(f, "header has {n} fields, expected 5"),
+            DecodeError::BadNumber(what) => write!(f, "header field {what} is not a valid number"),
+            DecodeError::BadVerb => write!(f, "header verb is not a word of capitals"),
+            DecodeError::BadPayload(what) => write!(f, "malformed payload: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// The header fields every message carries besides its verb.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// The client the manager gave this client (0 for daemons).
+    pub client: u64,
+    /// In a request: the sender's node id (0 for clients). In a reply: the
+    /// node that coordinated the operation (`server<i>`).
+    pub node: u32,
+    /// Matches a reply to its request on one connection.
+    pub req: u64,
+}
+
+/// One entry of a sector stream or a read result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The version of the newest write.
+    pub version: Version,
+    /// The value, or `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Per-node figures for `gtstore status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Sectors the node holds on disk.
+    pub sectors: u32,
+    /// Live keys over all the sectors it holds.
+    pub keys: u64,
+    /// Sectors it should hold but has not received yet.
+    pub missing: u32,
+}
+
+/// The payload of a message, one variant per verb.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    // Client requests to a storage node.
+    /// Store `value` under `key`.
+    Put { key: Vec<u8>, value: Vec<u8> },
+    /// Read `key`.
+    Get { key: Vec<u8> },
+    /// Delete `key`.
+    Del { key: Vec<u8> },
+    /// Report what this node holds for `key`, without quorum.
+    Inspect { key: Vec<u8> },
+    /// Report sector and key counts.
+    StatsReq,
+    // Replies.
+    /// Success.
+    Ok,
+    /// A read's value and its version.
+    Value { value: Vec<u8>, version: Version },
+    /// No live value; `version` is the tombstone's, if there is one.
+    NotFound { version: Option<Version> },
+    /// An error with a reason.
+    Error { reason: String },
+    /// Figures for status.
+    StatsReply(Stats),
+    // Manager requests.
+    /// A client asks for an id and the table.
+    Hello,
+    /// A node or client asks for the current table.
+    GetTable,
+    /// Node `id` listening at `addr` joins or rejoins.
+    Register { id: u32, addr: String },
+    /// A node is alive; `epoch` is the newest table it has.
+    Heartbeat { epoch: u64 },
+    /// A node announces a graceful leave.
+    Leave,
+    /// The partition table; `contact` is a round-robin contact node.
+    TableMsg { table: Table, contact: u32 },
+    // Node to node.
+    /// A replica write (or repair, or hint delivery when `hint_for` != 0).
+    Store { entry: Entry, hint_for: u32 },
+    /// A replica read of `key`.
+    Fetch { key: Vec<u8> },
+    /// Ask for every entry of `sector`.
+    Pull { sector: u32 },
+    /// Part of a sector stream; `last` marks the end.
+    Chunk {
+        sector: u32,
+        entries: Vec<Entry>,
+        last: bool,
+    },
+    /// A node has received every sector it needs for `epoch`.
+    Synced { epoch: u64 },
+    /// A verb this build does not know; answered with an error.
+    Unknown(String),
+}
+
+/// A whole message: header fields and payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Client id, node id, request id.
+    pub header: Header,
+    /// The verb and its fields.
+    pub body: Body,
+}
+
+impl Body {
+    /// The verb on the wire.
+    pub fn verb(&self) -> &str {
+        match self {
+            Body::Put { .. } => "PUT",
+            Body::Get { .. } => "GET",
+            Body::Del { .. } => "DEL",
+            Body::Inspect { .. } => "INSPECT",
+            Body::StatsReq => "STATS",
+            Body::Ok => "OK",
+            Body::Value { .. } => "VALUE",
+            Body::NotFound { .. } => "NOT_FOUND",
+            Body::Error { .. } => "ERROR",
+            Body::StatsReply(_) => "STATS_REPLY",
+            Body::Hello => "HELLO",
+            Body::GetTable => "GET_TABLE",
+            Body::Register { .. } => "REGISTER",
+            Body::Heartbeat { .. } => "HEARTBEAT",
+            Body::Leave => "LEAVE",
+            Body::TableMsg { .. } => "TABLE",
+            Body::Store { .. } => "STORE",
+            Body::Fetch { .. } => "FETCH",
+            Body::Pull { .. } => "PULL",
+            Body::Chunk { .. } => "CHUNK",
+            Body::Synced { .. } => "SYNCED",
+            Body::Unknown(v) => v,
+        }
+    }
+}
+
+/// Finds one complete message at the start of `buf`.
+///
+/// Returns `Ok(Some(n))` with its total length, `Ok(None)` if more bytes
+/// are needed, or an error as soon as the header is known to be bad.
+pub fn check(buf: &[u8], limits: &Limits) -> Result<Option<usize>, DecodeError> {
+    let scan = &buf[..buf.len().min(limits.max_header)];
+    let Some(nl) = scan.iter().position(|&b| b == b'\n') else {
+        if buf.len() >= limits.max_header {
+            return Err(DecodeError::HeaderTooLong {
+                limit: limits.max_header,
+            });
+        }
+        check_partial_header(buf)?;
+        return Ok(None);
+    };
+    let fields = header_fields(&buf[..nl])?;
+    if fields.len as u64 > limits.max_body as u64 {
+        return Err(DecodeError::BodyTooLarge {
+            len: fields.len,
+            limit: limits.max_body,
+        });
+    }
+    let total = nl + 1 + fields.len as usize;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Parses exactly one message from `buf` (a slice [`check`] accepted).
+pub fn parse(buf: &[u8]) -> Result<Message, DecodeError> {
+    let nl = buf
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or(DecodeError::BadPayload("no header line"))?;
+    let h = header_fields(&buf[..nl])?;
+    let payload = buf.get(nl + 1..).ok_or(DecodeError::BadPayload("short"))?;
+    if payload.len() as u64 != h.len {
+        return Err(DecodeError::BadPayload("length does not match"));
+    }
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
+    let body = parse_body(h.verb, &mut r)?;
+    r.finish()?;
+    let header = Header {
+        client: h.client,
+        node: h.node,
+        req: h.req,
+    };
+    Ok(Message { header, body })
+}
+
+/// Appends the wire form of `msg` to `out`.
+pub fn encode(msg: &Message, out: &mut Vec<u8>) {
+    let mut payload = Vec::new();
+    encode_body(&msg.body, &mut payload);
+    let h = &msg.header;
+    let line = format!(
+        "{} {} {} {} {}\n",
+        msg.body.verb(),
+        h.client,
+        h.node,
+        payload.len(),
+        h.req
+    );
+    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(&payload);
+}
+
+/// Encodes `msg` into a fresh buffer.
+pub fn to_bytes(msg: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(msg, &mut out);
+    out
+}
+
+/// The decoded header line.
+struct HeaderFields<'a> {
+    verb: &'a str,
+    client: u64,
+    node: u32,
+    len: u64,
+    req: u64,
+}
+
+fn header_fields(line: &[u8]) -> Result<HeaderFields<'_>, DecodeError> {
+    let text = std::str::from_utf8(line).map_err(|_| DecodeError::BadVerb)?;
+    let parts: Vec<&str> = text.split(' ').collect();
+    let [verb, client, node, len, req] = parts[..] else {
+        return Err(DecodeError::FieldCount(parts.len()));
+    };
+    if !is_verb(verb) {
+        return Err(DecodeError::BadVerb);
+    }
+    Ok(HeaderFields {
+        verb,
+        client: decimal(client, "CLIENT_ID")?,
+        node: u32::try_from(decimal(node, "NODE_ID")?)
+            .map_err(|_| DecodeError::BadNumber("NODE_ID"))?,
+        len: decimal(len, "LENGTH")?,
+        req: decimal(req, "REQ_ID")?,
+    })
+}
+
+/// Rejects an unterminated header early when what has arrived is already wrong.
+fn check_partial_header(buf: &[u8]) -> Result<(), DecodeError> {
+    let verb_end = buf.iter().position(|&b| b == b' ').unwrap_or(buf.len());
+    let verb_ok = buf[..verb_end]
+        .iter()
+        .all(|&b| b.is_ascii_uppercase() || b == b'_');
+    if !verb_ok || (verb_end < buf.len() && verb_end == 0) {
+        return Err(DecodeError::BadVerb);
+    }
+    let rest = buf.get(verb_end..).unwrap_or(&[]);
+    if rest.iter().any(|&b| !(b.is_ascii_digit() || b == b' ')) {
+        return Err(DecodeError::BadNumber("header"));
+    }
+    Ok(())
+}
+
+fn is_verb(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+}
+
+/// A plain decimal: digits only, no sign, at most 20 digits, fits in u64.
+fn decimal(s: &str, what: &'static str) -> Result<u64, DecodeError> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(DecodeError::BadNumber(what));
+    }
+    s.parse().map_err(|_| DecodeError::BadNumber(what))
+}
+
+/// A cursor over a payload; every read is bounds-checked.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(DecodeError::BadPayload("length overflow"))?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(DecodeError::BadPayload("field runs past the end"))?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        String::from_utf8(self.bytes()?).map_err(|_| DecodeError::BadPayload("text is not UTF-8"))
+    }
+
+    fn version(&mut self) -> Result<Version, DecodeError> {
+        Version::decode(self.take(Version::WIRE_LEN)?).ok_or(DecodeError::BadPayload("version"))
+    }
+
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::BadPayload("flag is not 0 or 1")),
+        }
+    }
+
+    /// A count of items that each take at least `min_size` bytes, checked
+    /// against the bytes left so no allocation is sized by a lie.
+    fn count(&mut self, min_size: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        let left = self.buf.len() - self.pos;
+        if n.saturating_mul(min_size.max(1)) > left {
+            return Err(DecodeError::BadPayload("count larger than the payload"));
+        }
+        Ok(n)
+    }
+
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(DecodeError::BadPayload("trailing bytes"))
+        }
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_entry(out: &mut Vec<u8>, e: &Entry) {
+    put_bytes(out, &e.key);
+    e.version.encode(out);
+    match &e.value {
+        Some(v) => {
+            out.push(1);
+            put_bytes(out, v);
+        }
+        None => out.push(0),
+    }
+}
+
+fn read_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
+    let key = r.bytes()?;
+    let version = r.version()?;
+    let value = if r.flag()? { Some(r.bytes()?) } else { None };
+    Ok(Entry {
+        key,
+        version,
+        value,
+    })
+}
+
+fn encode_table(out: &mut Vec<u8>, t: &Table, contact: u32) {
+    put_u64(out, t.epoch);
+    put_u32(out, t.rep);
+    put_u32(out, t.read_quorum);
+    put_u32(out, t.write_quorum);
+    put_u32(out, contact);
+    put_u32(out, t.members.len() as u32);
+    for m in &t.members {
+        put_u32(out, m.id);
+        put_bytes(out, m.addr.as_bytes());
+        out.push(m.state.code());
+    }
+    put_u32(out, t.owners.len() as u32);
+    for &o in &t.owners {
+        put_u32(out, o);
+    }
+}
+
+fn read_table(r: &mut Reader<'_>) -> Result<Body, DecodeError> {
+    let epoch = r.u64()?;
+    let (rep, read_quorum, write_quorum, contact) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+    let n = r.count(9)?;
+    let mut members = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = r.u32()?;
+        let addr = r.string()?;
+        let state = NodeState::from_code(r.u8()?).ok_or(DecodeError::BadPayload("node state"))?;
+        members.push(Member { id, addr, state });
+    }
+    let q = r.count(4)?;
+    if q == 0 {
+        return Err(DecodeError::BadPayload("table with no sectors"));
+    }
+    let mut owners = Vec::with_capacity(q);
+    for _ in 0..q {
+        owners.push(r.u32()?);
+    }
+    let table = Table {
+        epoch,
+        rep,
+        read_quorum,
+        write_quorum,
+        members,
+        owners,
+    };
+    Ok(Body::TableMsg { table, contact })
+}
+
+fn encode_body(body: &Body, out: &mut Vec<u8>) {
+    match body {
+        Body::Put { key, value } => {
+            put_bytes(out, key);
+            put_bytes(out, value);
+        }
+        Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => {
+            put_bytes(out, key)
+        }
+        Body::StatsReq
+        | Body::Ok
+        | Body::Hello
+        | Body::GetTable
+        | Body::Leave
+        | Body::Unknown(_) => {}
+        Body::Value { value, version } => {
+            version.encode(out);
+            put_bytes(out, value);
+        }
+        Body::NotFound { version } => match version {
+            Some(v) => {
+                out.push(1);
+                v.encode(out);
+            }
+            None => out.push(0),
+        },
+        Body::Error { reason } => put_bytes(out, reason.as_bytes()),
+        Body::StatsReply(s) => {
+            put_u32(out, s.sectors);
+            put_u64(out, s.keys);
+            put_u32(out, s.missing);
+        }
+        Body::Register { id, addr } => {
+            put_u32(out, *id);
+            put_bytes(out, addr.as_bytes());
+        }
+        Body::Heartbeat { epoch } | Body::Synced { epoch } => put_u64(out, *epoch),
+        Body::TableMsg { table, contact } => encode_table(out, table, *contact),
+        Body::Store { entry, hint_for } => {
+            put_u32(out, *hint_for);
+            put_entry(out, entry);
+        }
+        Body::Pull { sector } => put_u32(out, *sector),
+        Body::Chunk {
+            sector,
+            entries,
+            last,
+        } => {
+            put_u32(out, *sector);
+            out.push(*last as u8);
+            put_u32(out, entries.len() as u32);
+            entries.iter().for_each(|e| put_entry(out, e));
+        }
+    }
+}
+
+fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
+    Ok(match verb {
+        "PUT" => Body::Put {
+            key: r.bytes()?,
+            value: r.bytes()?,
+        },
+        "GET" => Body::Get { key: r.bytes()? },
+        "DEL" => Body::Del { key: r.bytes()? },
+        "INSPECT" => Body::Inspect { key: r.bytes()? },
+        "FETCH" => Body::Fetch { key: r.bytes()? },
+        "STATS" => Body::StatsReq,
+        "OK" => Body::Ok,
+        "HELLO" => Body::Hello,
+        "GET_TABLE" => Body::GetTable,
+        "LEAVE" => Body::Leave,
+        "VALUE" => {
+            let version = r.version()?;
+            Body::Value {
+                version,
+                value: r.bytes()?,
+            }
+        }
+        "NOT_FOUND" => Body::NotFound {
+            version: if r.flag()? { Some(r.version()?) } else { None },
+        },
+        "ERROR" => Body::Error {
+            reason: r.string()?,
+        },
+        "STATS_REPLY" => Body::StatsReply(Stats {
+            sectors: r.u32()?,
+            keys: r.u64()?,
+            missing: r.u32()?,
+        }),
+        "REGISTER" => Body::Register {
+            id: r.u32()?,
+            addr: r.string()?,
+        },
+        "HEARTBEAT" => Body::Heartbeat { epoch: r.u64()? },
+        "SYNCED" => Body::Synced { epoch: r.u64()? },
+        "TABLE" => read_table(r)?,
+        "STORE" => {
+            let hint_for = r.u32()?;
+            Body::Store {
+                hint_for,
+                entry: read_entry(r)?,
+            }
+        }
+        "PULL" => Body::Pull { sector: r.u32()? },
+        "CHUNK" => {
+            let sector = r.u32()?;
+            let last = r.flag()?;
+            let n = r.count(4 + Version::WIRE_LEN + 1)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push(read_entry(r)?);
+            }
+            Body::Chunk {
+                sector,
+                entries,
+                last,
+            }
+        }
+        other => {
+            r.pos = r.buf.len();
+            Body::Unknown(other.to_string())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(body: Body) -> Message {
+        Message {
+            header: Header {
+                client: 7,
+                node: 3,
+                req: 42,
+            },
+            body,
+        }
+    }
+
+    fn every_variant() -> Vec<Message> {
+        let v = Version {
+            ms: 1_700_000_000_000,
+            counter: 2,
+            node: 3,
+        };
+        let entry = Entry {
+            key: b"k\xff\x00".to_vec(),
+            version: v,
+            value: Some(b"v\n".to_vec()),
+        };
+        let tomb = Entry {
+            key: b"gone".to_vec(),
+            version: v,
+            value: None,
+        };
+        let mut table = Table::new(8, 3, 2, 2);
+        table.assign_join(1, "127.0.0.1:7001");
+        table.assign_join(2, "127.0.0.1:7002");
+        vec![
+            Body::Put {
+                key: b"key1".to_vec(),
+                value: b"value1".to_vec(),
+            },
+            Body::Get {
+                key: b"key1".to_vec(),
+            },
+            Body::Del { key: vec![] },
+            Body::Inspect { key: b"x".to_vec() },
+            Body::StatsReq,
+            Body::Ok,
+            Body::Value {
+                value: vec![0, 1, 2],
+                version: v,
+            },
+            Body::NotFound { version: None },
+            Body::NotFound { version: Some(v) },
+            Body::Error {
+                reason: "no quorum".into(),
+            },
+            Body::StatsReply(Stats {
+                sectors: 3,
+                keys: 99,
+                missing: 1,
+            }),
+            Body::Hello,
+            Body::GetTable,
+            Body::Register {
+                id: 4,
+                addr: "127.0.0.1:7004".into(),
+            },
+            Body::Heartbeat { epoch: 9 },
+            Body::Leave,
+            Body::TableMsg { table, contact: 2 },
+            Body::Store {
+                entry: entry.clone(),
+                hint_for: 0,
+            },
+            Body::Store {
+                entry: tomb.clone(),
+                hint_for: 5,
+            },
+            Body::Fetch { key: b"k".to_vec() },
+            Body::Pull { sector: 17 },
+            Body::Chunk {
+                sector: 17,
+                entries: vec![entry, tomb],
+                last: true,
+            },
+            Body::Chunk {
+                sector: 1,
+                entries: vec![],
+                last: false,
+            },
+            Body::Synced { epoch: 12 },
+        ]
+        .into_iter()
+        .map(msg)
+        .collect()
+    }
+
+    #[test]
+    fn every_variant_round_trips() {
+        for m in every_variant() {
+            let wire = to_bytes(&m);
+            assert_eq!(
+                check(&wire, &Limits::default()),
+                Ok(Some(wire.len())),
+                "{m:?}"
+            );
+            assert_eq!(parse(&wire).as_ref(), Ok(&m));
+        }
+    }
+
+    #[test]
+    fn golden_put_wire_form() {
+        let m = Message {
+            header: Header {
+                client: 1,
+                node: 0,
+                req: 5,
+            },
+            body: Body::Put {
+                key: b"a".to_vec(),
+                value: b"bc".to_vec(),
+            },
+        };
+        assert_eq!(
+            to_bytes(&m),
+            b"PUT 1 0 11 5\n\x00\x00\x00\x01a\x00\x00\x00\x02bc"
+        );
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete() {
+        for m in every_variant() {
+            let wire = to_bytes(&m);
+            for i in 0..wire.len() {
+                assert_eq!(
+                    check(&wire[..i], &Limits::default()),
+                    Ok(None),
+                    "{m:?} at {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pipelined_messages_split_cleanly() {
+        let all: Vec<u8> = every_variant().iter().flat_map(to_bytes).collect();
+        let mut pos = 0;
+        let mut n = 0;
+        while let Some(len) = check(&all[pos..], &Limits::default()).unwrap() {
+            parse(&all[pos..pos + len]).unwrap();
+            pos += len;
+            n += 1;
+        }
+        assert_eq!((n, pos), (every_variant().len(), all.len()));
+    }
+
+    #[test]
+    fn malformed_headers_have_distinct_errors() {
+        let l = Limits {
+            max_header: 64,
+            max_body: 100,
+        };
+        let cases: Vec<(&[u8], DecodeError)> = vec![
+            (b"GET x 0 0 1\n", DecodeError::BadNumber("CLIENT_ID")),
+            (b"GET 1 0 -5 1\n", DecodeError::BadNumber("LENGTH")),
+            (b"GET 1 0 5\n", DecodeError::FieldCount(4)),
+            (b"GET 1 0 5 1 9\n", DecodeError::FieldCount(6)),
+            (b"get 1 0 5 1\n", DecodeError::BadVerb),
+            (b" 1 0 5 1\n", DecodeError::BadVerb),
+            (
+                b"GET 1 0 101 1\n",
+                DecodeError::BodyTooLarge {
+                    len: 101,
+                    limit: 100,
+                },
+            ),
+            (
+                b"GET 1 0 99999999999999999999999 1\n",
+                DecodeError::BadNumber("LENGTH"),
+            ),
+            (
+                b"GET 1 99999999999 0 1\n",
+                DecodeError::BadNumber("NODE_ID"),
+            ),
+            (&[b'A'; 64], DecodeError::HeaderTooLong { limit: 64 }),
+            (b"\x00\x01garbage", DecodeError::BadVerb),
+            (b"GET 1 x", DecodeError::BadNumber("header")),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                check(input, &l),
+                Err(want),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_length_is_refused_before_the_payload_arrives() {
+        let l = Limits::default();
+        let r = check(b"PUT 0 0 18446744073709551615 1\n", &l);
+        assert!(matches!(r, Err(DecodeError::BodyTooLarge { .. })));
+    }
+
+    #[test]
+    fn bad_payloads_are_errors_not_panics() {
+        for wire in [
+            &b"PUT 0 0 3 1\n\x00\x00\x09"[..],
+            b"CHUNK 0 0 9 1\n\x00\x00\x00\x01\x01\xff\xff\xff\xff",
+            b"OK 0 0 1 1\nx",
+        ] {
+            assert!(
+                matches!(parse(wire), Err(DecodeError::BadPayload(_))),
+                "{wire:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_verbs_parse_for_an_error_reply() {
+        let m = parse(b"FROB 0 0 2 1\nhi").unwrap();
+        assert_eq!(m.body, Body::Unknown("FROB".into()));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let l = Limits::default();
+        let samples: Vec<Vec<u8>> = every_variant().iter().map(to_bytes).collect();
+        for i in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut buf = samples[i % samples.len()].clone();
+            let flips = (seed % 4) as usize + 1;
+            for f in 0..flips {
+                let at = ((seed >> (8 * f)) as usize) % buf.len();
+                buf[at] = (seed >> (3 * f)) as u8;
+            }
+            buf.truncate(((seed >> 40) as usize) % (buf.len() + 1));
+            if let Ok(Some(n)) = check(&buf, &l) {
+                let _ = parse(&buf[..n]);
+            }
+        }
+    }
+}

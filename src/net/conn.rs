@@ -1,0 +1,193 @@
+//! One connection's state machine: socket, input and output buffers, state.
+//!
+//! Input is read in large chunks into `inbuf`; complete messages are cut
+//! from the front with the codec and the consumed prefix is drained once per
+//! read. Output is appended to `outbuf` and written from `out_pos`, keeping
+//! partial writes. The event loop owns every `Conn` in a slab.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use super::codec::{self, Limits, Message};
+use super::error::{Error, Result};
+
+/// Bytes asked for per `read` call.
+pub const READ_CHUNK: usize = 64 * 1024;
+/// Bytes written per connection per loop turn at most, for fairness.
+pub const MAX_WRITE_PER_TURN: usize = 1024 * 1024;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    /// An outbound connect has been started and has not completed.
+    Connecting,
+    /// Reading requests and writing replies.
+    Open,
+    /// Send what is queued (an error reply), then close; read nothing more.
+    CloseAfterFlush,
+    /// Flagged for removal at the end of this loop turn.
+    Closed,
+}
+
+/// What a read produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Bytes arrived (or none yet); the connection stays.
+    Open,
+    /// The peer closed cleanly between messages.
+    Eof,
+}
+
+/// One connection and its buffers; `D` is the role's data about it.
+#[derive(Debug)]
+pub struct Conn<D> {
+    /// The nonblocking socket.
+    pub sock: TcpStream,
+    /// The peer's address, for logs.
+    pub peer: Option<SocketAddr>,
+    /// Where the connection is in its life.
+    pub state: ConnState,
+    /// The role's data (who is on the other end, requests in flight).
+    pub data: D,
+    inbuf: Vec<u8>,
+    in_pos: usize,
+    outbuf: Vec<u8>,
+    out_pos: usize,
+    /// The interest registered with epoll: (readable, writable).
+    pub registered: (bool, bool),
+}
+
+impl<D> Conn<D> {
+    /// Wraps a nonblocking socket.
+    pub fn new(sock: TcpStream, state: ConnState, data: D) -> Conn<D> {
+        let peer = sock.peer_addr().ok();
+        Conn {
+            sock,
+            peer,
+            state,
+            data,
+            inbuf: Vec::new(),
+            in_pos: 0,
+            outbuf: Vec::new(),
+            out_pos: 0,
+            registered: (false, false),
+        }
+    }
+
+    /// The interest this connection needs now: readable unless it is only
+    /// flushing; writable while output is pending or a connect is in flight.
+    pub fn wanted_interest(&self) -> (bool, bool) {
+        match self.state {
+            ConnState::Connecting => (false, true),
+            ConnState::Open => (true, self.has_output()),
+            ConnState::CloseAfterFlush => (false, self.has_output()),
+            ConnState::Closed => (false, false),
+        }
+    }
+
+    /// True while queued output has not all been written.
+    pub fn has_output(&self) -> bool {
+        self.out_pos < self.outbuf.len()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending_output(&self) -> usize {
+        self.outbuf.len() - self.out_pos
+    }
+
+    /// Queues `msg` for sending.
+    pub fn queue(&mut self, msg: &Message) {
+        codec::encode(msg, &mut self.outbuf);
+    }
+
+    /// Queues raw, already encoded bytes.
+    pub fn queue_bytes(&mut self, bytes: &[u8]) {
+        self.outbuf.extend_from_slice(bytes);
+    }
+
+    /// Reads what the socket has, up to a few chunks, through the loop's
+    /// shared `scratch` buffer (so idle connections hold no buffer);
+    /// `max_inbuf` caps the unparsed input a peer may leave buffered.
+    pub fn read_some(&mut self, scratch: &mut [u8], max_inbuf: usize) -> Result<ReadOutcome> {
+        for _ in 0..4 {
+            if self.inbuf.len() - self.in_pos > max_inbuf {
+                return Err(Error::BufferLimit);
+            }
+            match self.sock.read(scratch) {
+                Ok(0) => {
+                    return if self.in_pos == self.inbuf.len() {
+                        Ok(ReadOutcome::Eof)
+                    } else {
+                        Err(Error::PeerReset)
+                    };
+                }
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&scratch[..n]);
+                    if n < scratch.len() {
+                        return Ok(ReadOutcome::Open);
+                    }
+                }
+                Err(e) => {
+                    return match e.kind() {
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {
+                            Ok(ReadOutcome::Open)
+                        }
+                        _ => Err(Error::Io(e)),
+                    };
+                }
+            }
+        }
+        Ok(ReadOutcome::Open)
+    }
+
+    /// Cuts the next complete message from the input, if there is one.
+    pub fn next_message(&mut self, limits: &Limits) -> Result<Option<Message>> {
+        let rest = &self.inbuf[self.in_pos..];
+        match codec::check(rest, limits)? {
+            None => Ok(None),
+            Some(len) => {
+                let msg = codec::parse(&rest[..len])?;
+                self.in_pos += len;
+                Ok(Some(msg))
+            }
+        }
+    }
+
+    /// Drops the consumed input prefix, once per read.
+    pub fn compact_input(&mut self) {
+        if self.in_pos == self.inbuf.len() {
+            self.inbuf = Vec::new();
+            self.in_pos = 0;
+        } else if self.in_pos > 0 {
+            self.inbuf.drain(..self.in_pos);
+            self.in_pos = 0;
+        }
+    }
+
+    /// Writes queued output until it is drained, the socket is full, or the
+    /// per-turn budget is spent.
+    pub fn write_some(&mut self) -> Result<()> {
+        let mut budget = MAX_WRITE_PER_TURN;
+        while self.has_output() && budget > 0 {
+            let end = self.outbuf.len().min(self.out_pos + budget);
+            match self.sock.write(&self.outbuf[self.out_pos..end]) {
+                Ok(0) => return Err(Error::PeerReset),
+                Ok(n) => {
+                    self.out_pos += n;
+                    budget -= n.min(budget);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        if !self.has_output() {
+            self.outbuf.clear();
+            self.out_pos = 0;
+            if self.outbuf.capacity() > 4 * READ_CHUNK {
+                self.outbuf.shrink_to(READ_CHUNK);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,53 @@
+//! `net::Error`: what can go wrong on a connection or in the loop itself.
+
+use super::codec::DecodeError;
+
+/// A network-layer error.
+#[derive(Debug)]
+pub enum Error {
+    /// An I/O error from the standard library.
+    Io(std::io::Error),
+    /// A system call made through nix failed.
+    Sys(nix::errno::Errno),
+    /// The peer sent bytes that are not a valid message.
+    Decode(DecodeError),
+    /// The peer closed the connection in the middle of a message.
+    PeerReset,
+    /// The peer sent more than a connection may buffer.
+    BufferLimit,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "{e}"),
+            Error::Sys(e) => write!(f, "{e}"),
+            Error::Decode(e) => write!(f, "protocol error: {e}"),
+            Error::PeerReset => write!(f, "connection reset by peer"),
+            Error::BufferLimit => write!(f, "input buffer limit exceeded"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Io(e)
+    }
+}
+
+impl From<nix::errno::Errno> for Error {
+    fn from(e: nix::errno::Errno) -> Error {
+        Error::Sys(e)
+    }
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Error {
+        Error::Decode(e)
+    }
+}
+
+/// A `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

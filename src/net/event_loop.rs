@@ -1,0 +1,511 @@
+//! The event loop: one thread, one nix epoll, a slab of connections.
+//!
+//! In the spirit of Redis `ae.c`: the [`Reactor`] owns the epoll fd, the
+//! listener, the signalfd, the timers and every connection; a role (manager,
+//! storage node, benchmark) implements [`Handler`] and gets called with each
+//! complete message, each due timer and each signal. Epoll is level
+//! triggered. Every turn runs in a fixed order:
+//!
+//! 1. wait for events (until the earliest timer);
+//! 2. accept, read and dispatch every complete message (pipelining);
+//! 3. run due timers;
+//! 4. [`Handler::before_sleep`] — where the storage node fsyncs (group commit);
+//! 5. write every connection's queued output;
+//! 6. free the connections closed during the turn.
+//!
+//! Replies are never written before step 4, so a write acknowledged in a
+//! turn has been synced by that turn's fsync.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use slab::Slab;
+
+use super::codec::{Limits, Message};
+use super::conn::{Conn, ConnState, ReadOutcome, READ_CHUNK};
+use super::error::{Error, Result};
+use super::timer::{TimerId, Timers};
+
+/// Epoll token of the listening socket.
+const LISTENER: u64 = 0;
+/// Epoll token of the signalfd.
+const SIGNALS: u64 = 1;
+/// Connection tokens start here (slab key + FIRST_CONN in the low 32 bits).
+const FIRST_CONN: u64 = 16;
+/// Events taken from epoll per wait.
+const EVENTS_PER_WAIT: usize = 1024;
+
+/// A connection's handle: slab key plus a generation, so an id kept after
+/// its connection closed never reaches a newer connection in the same slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    key: usize,
+    gen: u32,
+}
+
+impl ConnId {
+    fn token(self) -> u64 {
+        ((self.gen as u64) << 32) | (self.key as u64 + FIRST_CONN)
+    }
+
+    fn from_token(token: u64) -> Option<ConnId> {
+        let low = token & 0xffff_ffff;
+        let key = low.checked_sub(FIRST_CONN)? as usize;
+        Some(ConnId {
+            key,
+            gen: (token >> 32) as u32,
+        })
+    }
+}
+
+/// What a role does with the loop's events.
+pub trait Handler {
+    /// The role's data about each connection.
+    type Data;
+
+    /// Data for a connection accepted on the listener.
+    fn accepted(&mut self, peer: Option<SocketAddr>) -> Self::Data;
+    /// One complete message arrived on `id`.
+    fn on_message(&mut self, rx: &mut Reactor<Self::Data>, id: ConnId, msg: Message);
+    /// A timer armed with `payload` is due.
+    fn on_timer(&mut self, rx: &mut Reactor<Self::Data>, payload: u64);
+    /// A signal arrived (SIGTERM, SIGINT or SIGHUP).
+    fn on_signal(&mut self, rx: &mut Reactor<Self::Data>, sig: Signal);
+    /// An outbound connection finished connecting.
+    fn on_connected(&mut self, _rx: &mut Reactor<Self::Data>, _id: ConnId) {}
+    /// A connection was closed (by either side or by an error); its data.
+    fn on_closed(&mut self, _rx: &mut Reactor<Self::Data>, _id: ConnId, _data: Self::Data) {}
+    /// Called once per turn before queued output is written.
+    fn before_sleep(&mut self, _rx: &mut Reactor<Self::Data>) {}
+}
+
+/// The loop's state: epoll, listener, signals, timers and connections.
+pub struct Reactor<D> {
+    epoll: Epoll,
+    listener: Option<TcpListener>,
+    signals: Option<SignalFd>,
+    conns: Slab<Conn<D>>,
+    /// Generation of each slab key, bumped when the key is reused.
+    gens: Vec<u32>,
+    /// Connections with output queued this turn.
+    dirty: HashSet<ConnId>,
+    /// Connections to free at the end of the turn.
+    to_close: Vec<ConnId>,
+    scratch: Vec<u8>,
+    /// Limits on incoming messages.
+    pub limits: Limits,
+    /// Most connections accepted at once.
+    pub max_conns: usize,
+    /// The role's timers.
+    pub timers: Timers,
+    stopped: bool,
+}
+
+impl<D> Reactor<D> {
+    /// A loop with no listener and no signal handling yet.
+    pub fn new(limits: Limits) -> Result<Reactor<D>> {
+        Ok(Reactor {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            listener: None,
+            signals: None,
+            conns: Slab::new(),
+            gens: Vec::new(),
+            dirty: HashSet::new(),
+            to_close: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+            limits,
+            max_conns: 4096,
+            timers: Timers::new(),
+            stopped: false,
+        })
+    }
+
+    /// Binds `addr` and accepts connections on it; returns the bound address.
+    pub fn listen(&mut self, addr: SocketAddr) -> Result<SocketAddr> {
+        let l = TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        self.epoll
+            .add(l.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+        let bound = l.local_addr()?;
+        self.listener = Some(l);
+        Ok(bound)
+    }
+
+    /// Delivers SIGTERM, SIGINT and SIGHUP through a signalfd and ignores SIGPIPE.
+    pub fn catch_signals(&mut self) -> Result<()> {
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            set.add(s);
+        }
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+        // SAFETY: SIG_IGN installs no Rust code as a handler.
+        unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn) }?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        self.epoll
+            .add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+        self.signals = Some(fd);
+        Ok(())
+    }
+
+    /// Ends [`run`] after the current turn.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// Starts a nonblocking connect to `addr`; `Handler::on_connected` or
+    /// `Handler::on_closed` reports how it ended.
+    pub fn connect(&mut self, addr: SocketAddr, data: D) -> Result<ConnId> {
+        let family = if addr.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+        let fd: OwnedFd = socket::socket(family, SockType::Stream, flags, None)?;
+        let _ = socket::setsockopt(&fd, sockopt::TcpNoDelay, &true);
+        match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+            Ok(()) | Err(Errno::EINPROGRESS) => {}
+            Err(e) => return Err(Error::Sys(e)),
+        }
+        let sock = TcpStream::from(fd);
+        let mut conn = Conn::new(sock, ConnState::Connecting, data);
+        conn.peer = Some(addr);
+        self.insert(conn)
+    }
+
+    /// Queues `msg` on connection `id`; false if the connection is gone.
+    pub fn send(&mut self, id: ConnId, msg: &Message) -> bool {
+        match self.conn_mut(id) {
+            Some(c) if c.state != ConnState::Closed => c.queue(msg),
+            _ => return false,
+        }
+        self.dirty.insert(id);
+        true
+    }
+
+    /// Queues `msg`, then closes `id` once it has been written.
+    pub fn send_and_close(&mut self, id: ConnId, msg: &Message) {
+        if self.send(id, msg) {
+            if let Some(c) = self.conn_mut(id) {
+                c.state = ConnState::CloseAfterFlush;
+            }
+        }
+    }
+
+    /// Flags `id` for closing at the end of this turn.
+    pub fn close(&mut self, id: ConnId) {
+        if let Some(c) = self.conn_mut(id) {
+            if c.state != ConnState::Closed {
+                c.state = ConnState::Closed;
+                self.to_close.push(id);
+            }
+        }
+    }
+
+    /// The role's data for `id`.
+    pub fn data_mut(&mut self, id: ConnId) -> Option<&mut D> {
+        self.conn_mut(id).map(|c| &mut c.data)
+    }
+
+    /// The connection `id`, if it is still open.
+    pub fn conn(&self, id: ConnId) -> Option<&Conn<D>> {
+        let c = self.conns.get(id.key)?;
+        (self.gens.get(id.key) == Some(&id.gen)).then_some(c)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn<D>> {
+        if self.gens.get(id.key) != Some(&id.gen) {
+            return None;
+        }
+        self.conns.get_mut(id.key)
+    }
+
+    /// How many connections are open.
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Arms a timer; see [`Timers::add`].
+    pub fn add_timer(&mut self, delay: Duration, payload: u64) -> TimerId {
+        self.timers.add(delay, payload)
+    }
+
+    fn insert(&mut self, conn: Conn<D>) -> Result<ConnId> {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if self.gens.len() <= key {
+            self.gens.resize(key + 1, 0);
+        }
+        self.gens[key] = self.gens[key].wrapping_add(1);
+        let id = ConnId {
+            key,
+            gen: self.gens[key],
+        };
+        let want = conn.wanted_interest();
+        self.epoll
+            .add(conn.sock.as_fd(), EpollEvent::new(flags(want), id.token()))?;
+        let c = entry.insert(conn);
+        c.registered = want;
+        Ok(id)
+    }
+
+    fn accept_all<H: Handler<Data = D>>(&mut self, h: &mut H) {
+        loop {
+            let Some(l) = self.listener.as_ref() else {
+                return;
+            };
+            match l.accept() {
+                Ok((sock, peer)) => self.admit(h, sock, peer),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and let the next turn retry.
+                    warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit<H: Handler<Data = D>>(&mut self, h: &mut H, sock: TcpStream, peer: SocketAddr) {
+        if self.conns.len() >= self.max_conns {
+            warn!("refusing {peer}: {} connections open", self.conns.len());
+            return;
+        }
+        if sock.set_nonblocking(true).is_err() {
+            return;
+        }
+        let _ = sock.set_nodelay(true);
+        let data = h.accepted(Some(peer));
+        if let Err(e) = self.insert(Conn::new(sock, ConnState::Open, data)) {
+            warn!("cannot register {peer}: {e}");
+        }
+    }
+
+    fn on_signal_event<H: Handler<Data = D>>(&mut self, h: &mut H) {
+        loop {
+            let got = match self.signals.as_ref() {
+                Some(fd) => fd.read_signal(),
+                None => return,
+            };
+            match got {
+                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(sig) => h.on_signal(self, sig),
+                    Err(_) => continue,
+                },
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    fn on_conn_event<H: Handler<Data = D>>(&mut self, h: &mut H, id: ConnId, ev: EpollFlags) {
+        let Some(state) = self.conn(id).map(|c| c.state) else {
+            return;
+        };
+        if state == ConnState::Connecting {
+            self.finish_connect(h, id);
+            return;
+        }
+        let broken = ev.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
+        if broken && state != ConnState::Open {
+            self.close(id);
+            return;
+        }
+        if broken || ev.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP) {
+            self.on_readable(h, id);
+        }
+        if ev.contains(EpollFlags::EPOLLOUT) {
+            // Written in the flush step, after before_sleep's fsync.
+            self.dirty.insert(id);
+        }
+    }
+
+    fn finish_connect<H: Handler<Data = D>>(&mut self, h: &mut H, id: ConnId) {
+        let Some(c) = self.conn_mut(id) else { return };
+        match socket::getsockopt(&c.sock, sockopt::SocketError) {
+            Ok(0) => {
+                c.state = ConnState::Open;
+                self.dirty.insert(id);
+                h.on_connected(self, id);
+            }
+            Ok(err) => {
+                debug!("connect to {:?} failed: {}", c.peer, Errno::from_raw(err));
+                self.close(id);
+            }
+            Err(e) => {
+                debug!("connect to {:?} failed: {e}", c.peer);
+                self.close(id);
+            }
+        }
+    }
+
+    fn on_readable<H: Handler<Data = D>>(&mut self, h: &mut H, id: ConnId) {
+        let max_inbuf = self.limits.max_header + self.limits.max_body;
+        let Some(c) = self.conns.get_mut(id.key) else {
+            return;
+        };
+        if c.state != ConnState::Open {
+            return;
+        }
+        let outcome = c.read_some(&mut self.scratch, max_inbuf);
+        let limits = self.limits;
+        loop {
+            let Some(c) = self.conn_mut(id) else { return };
+            if c.state != ConnState::Open {
+                break;
+            }
+            match c.next_message(&limits) {
+                Ok(Some(msg)) => h.on_message(self, id, msg),
+                Ok(None) => break,
+                Err(e) => {
+                    self.protocol_error(id, &e);
+                    return;
+                }
+            }
+        }
+        if let Some(c) = self.conn_mut(id) {
+            c.compact_input();
+        }
+        match outcome {
+            Ok(ReadOutcome::Open) => {}
+            Ok(ReadOutcome::Eof) => {
+                // The peer will send no more; deliver what is queued, then close.
+                if let Some(c) = self.conn_mut(id) {
+                    c.state = ConnState::CloseAfterFlush;
+                }
+                self.dirty.insert(id);
+            }
+            Err(e) => {
+                debug!("connection {:?}: {e}", self.conn(id).and_then(|c| c.peer));
+                self.close(id);
+            }
+        }
+    }
+
+    /// A malformed message: an error reply, then the connection closes.
+    fn protocol_error(&mut self, id: ConnId, e: &Error) {
+        let peer = self.conn(id).and_then(|c| c.peer);
+        warn!("closing {peer:?}: {e}");
+        let reply = Message {
+            header: Default::default(),
+            body: super::codec::Body::Error {
+                reason: e.to_string(),
+            },
+        };
+        self.send_and_close(id, &reply);
+    }
+
+    fn flush(&mut self) {
+        let ids: Vec<ConnId> = self.dirty.drain().collect();
+        for id in ids {
+            let Some(c) = self.conn_mut(id) else { continue };
+            if matches!(c.state, ConnState::Closed | ConnState::Connecting) {
+                continue;
+            }
+            if let Err(e) = c.write_some() {
+                debug!("write to {:?}: {e}", c.peer);
+                self.close(id);
+                continue;
+            }
+            if c.state == ConnState::CloseAfterFlush && !c.has_output() {
+                self.close(id);
+                continue;
+            }
+            self.update_interest(id);
+        }
+    }
+
+    fn update_interest(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id.key) else {
+            return;
+        };
+        let want = c.wanted_interest();
+        if want != c.registered {
+            let mut ev = EpollEvent::new(flags(want), id.token());
+            if self.epoll.modify(c.sock.as_fd(), &mut ev).is_ok() {
+                c.registered = want;
+            }
+        }
+    }
+
+    fn reap<H: Handler<Data = D>>(&mut self, h: &mut H) {
+        while !self.to_close.is_empty() {
+            let ids: Vec<ConnId> = std::mem::take(&mut self.to_close);
+            for id in ids {
+                if self.gens.get(id.key) != Some(&id.gen) || !self.conns.contains(id.key) {
+                    continue;
+                }
+                let c = self.conns.remove(id.key);
+                let _ = self.epoll.delete(c.sock.as_fd());
+                self.dirty.remove(&id);
+                h.on_closed(self, id, c.data);
+            }
+        }
+    }
+}
+
+fn flags((read, write): (bool, bool)) -> EpollFlags {
+    let mut f = EpollFlags::empty();
+    if read {
+        f |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+    }
+    if write {
+        f |= EpollFlags::EPOLLOUT;
+    }
+    f
+}
+
+/// Converts a timeout to whole milliseconds, rounding up and clamping.
+fn epoll_timeout(t: Option<Duration>) -> EpollTimeout {
+    match t {
+        None => EpollTimeout::NONE,
+        Some(d) => {
+            let ms = d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::NONE)
+        }
+    }
+}
+
+/// Runs turns until the handler calls [`Reactor::stop`]. Only a failure of
+/// the epoll fd itself ends the loop with an error.
+pub fn run<H: Handler>(rx: &mut Reactor<H::Data>, h: &mut H) -> Result<()> {
+    let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
+    while !rx.stopped {
+        let timeout = if rx.dirty.is_empty() && rx.to_close.is_empty() {
+            rx.timers.next_timeout()
+        } else {
+            Some(Duration::ZERO)
+        };
+        let n = match rx.epoll.wait(&mut events, epoll_timeout(timeout)) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(Error::Sys(e)),
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                LISTENER => rx.accept_all(h),
+                SIGNALS => rx.on_signal_event(h),
+                token => {
+                    if let Some(id) = ConnId::from_token(token) {
+                        rx.on_conn_event(h, id, ev.events());
+                    }
+                }
+            }
+        }
+        for payload in rx.timers.expired(Instant::now()) {
+            h.on_timer(rx, payload);
+        }
+        h.before_sleep(rx);
+        rx.flush();
+        rx.reap(h);
+    }
+    Ok(())
+}

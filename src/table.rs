@@ -1,0 +1,310 @@
+//! The partition table: which node holds which sector, under which epoch.
+//!
+//! The hash space is cut into `q` equal sectors; a key's sector is the
+//! 64-bit FNV-1a hash of its bytes modulo `q` ([`sector_of`]). This hash is
+//! part of the on-disk and wire contract and never changes. Each sector has
+//! one owner; its preference list is the owner followed by the next distinct
+//! nodes in ring order (sector `s`, `s+1`, … wrapping), `rep` nodes in all.
+//! The manager changes the table ([`Table::assign_join`],
+//! [`Table::assign_leave`]) and bumps the epoch on every change; nodes and
+//! clients only read it.
+
+/// FNV-1a 64-bit offset basis.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a 64-bit prime.
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The stable 64-bit FNV-1a hash of `key`.
+pub fn hash_key(key: &[u8]) -> u64 {
+    key.iter()
+        .fold(FNV_OFFSET, |h, &b| (h ^ b as u64).wrapping_mul(FNV_PRIME))
+}
+
+/// The sector of `key` in a table of `q` sectors (`q` > 0).
+pub fn sector_of(key: &[u8], q: u32) -> u32 {
+    (hash_key(key) % q.max(1) as u64) as u32
+}
+
+/// How a member stands in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// Registered and holding its sectors.
+    Up,
+    /// Silent past the dead-after limit; its sectors are being re-replicated.
+    Down,
+}
+
+impl NodeState {
+    /// The one-byte wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            NodeState::Up => 1,
+            NodeState::Down => 2,
+        }
+    }
+
+    /// Decodes a wire code.
+    pub fn from_code(code: u8) -> Option<NodeState> {
+        match code {
+            1 => Some(NodeState::Up),
+            2 => Some(NodeState::Down),
+            _ => None,
+        }
+    }
+
+    /// The word `gtstore status` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+        }
+    }
+}
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The node id (`server<id>`).
+    pub id: u32,
+    /// Where the node listens, `HOST:PORT`.
+    pub addr: String,
+    /// Up or down.
+    pub state: NodeState,
+}
+
+/// The partition table as the manager publishes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    /// Bumped on every change; newer tables replace older ones.
+    pub epoch: u64,
+    /// Replicas per key (N).
+    pub rep: u32,
+    /// Replies a read waits for (R).
+    pub read_quorum: u32,
+    /// Acknowledgements a write waits for (W).
+    pub write_quorum: u32,
+    /// Members sorted by id.
+    pub members: Vec<Member>,
+    /// The owner node id of each sector; `owners.len()` is Q.
+    pub owners: Vec<u32>,
+}
+
+impl Table {
+    /// An empty table of `q` sectors (owner 0 = nobody) at epoch 0.
+    pub fn new(q: u32, rep: u32, read_quorum: u32, write_quorum: u32) -> Table {
+        Table {
+            epoch: 0,
+            rep,
+            read_quorum,
+            write_quorum,
+            members: Vec::new(),
+            owners: vec![0; q as usize],
+        }
+    }
+
+    /// Q, the number of sectors.
+    pub fn sectors(&self) -> u32 {
+        self.owners.len() as u32
+    }
+
+    /// The sector of `key` in this table.
+    pub fn sector_of(&self, key: &[u8]) -> u32 {
+        sector_of(key, self.sectors())
+    }
+
+    /// The member with id `id`.
+    pub fn member(&self, id: u32) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// The preference list of `sector`: its owner, then the next distinct
+    /// owners in ring order, at most `rep` nodes.
+    pub fn preference(&self, sector: u32) -> Vec<u32> {
+        let q = self.owners.len();
+        let want = (self.rep as usize).max(1);
+        let mut list: Vec<u32> = Vec::with_capacity(want);
+        for step in 0..q {
+            let owner = self.owners[(sector as usize + step) % q];
+            if owner != 0 && !list.contains(&owner) {
+                list.push(owner);
+                if list.len() == want {
+                    break;
+                }
+            }
+        }
+        list
+    }
+
+    /// The sectors whose preference list includes `node`.
+    pub fn sectors_held_by(&self, node: u32) -> Vec<u32> {
+        (0..self.sectors())
+            .filter(|&s| self.preference(s).contains(&node))
+            .collect()
+    }
+
+    /// How many sectors `node` owns.
+    pub fn owned_by(&self, node: u32) -> usize {
+        self.owners.iter().filter(|&&o| o == node).count()
+    }
+
+    /// Adds or revives member `id` at `addr` and gives it about Q/n sectors
+    /// taken one at a time from the most loaded owners, so that loads differ
+    /// by at most one. Bumps the epoch.
+    pub fn assign_join(&mut self, id: u32, addr: &str) {
+        match self.members.iter_mut().find(|m| m.id == id) {
+            Some(m) => {
+                m.addr = addr.to_string();
+                m.state = NodeState::Up;
+            }
+            None => {
+                self.members.push(Member {
+                    id,
+                    addr: addr.to_string(),
+                    state: NodeState::Up,
+                });
+                self.members.sort_by_key(|m| m.id);
+            }
+        }
+        self.rebalance();
+        self.epoch += 1;
+    }
+
+    /// Removes member `id` and spreads its sectors over the others so that
+    /// loads differ by at most one. Bumps the epoch.
+    pub fn assign_leave(&mut self, id: u32) {
+        self.members.retain(|m| m.id != id);
+        for owner in self.owners.iter_mut() {
+            if *owner == id {
+                *owner = 0;
+            }
+        }
+        self.rebalance();
+        self.epoch += 1;
+    }
+
+    /// Marks member `id` up or down. Bumps the epoch when it changes.
+    pub fn set_state(&mut self, id: u32, state: NodeState) -> bool {
+        match self.members.iter_mut().find(|m| m.id == id) {
+            Some(m) if m.state != state => {
+                m.state = state;
+                self.epoch += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives unowned sectors to the least loaded members, then moves
+    /// sectors from the most to the least loaded until loads differ by at
+    /// most one. Moves as few sectors as that takes.
+    fn rebalance(&mut self) {
+        let ids: Vec<u32> = self.members.iter().map(|m| m.id).collect();
+        if ids.is_empty() {
+            self.owners.iter_mut().for_each(|o| *o = 0);
+            return;
+        }
+        let load = |owners: &[u32], id: u32| owners.iter().filter(|&&o| o == id).count();
+        for s in 0..self.owners.len() {
+            if self.owners[s] == 0 || !ids.contains(&self.owners[s]) {
+                let least = ids
+                    .iter()
+                    .copied()
+                    .min_by_key(|&id| (load(&self.owners, id), id));
+                self.owners[s] = least.unwrap_or(0);
+            }
+        }
+        loop {
+            let most = ids
+                .iter()
+                .copied()
+                .max_by_key(|&id| (load(&self.owners, id), u32::MAX - id));
+            let least = ids
+                .iter()
+                .copied()
+                .min_by_key(|&id| (load(&self.owners, id), id));
+            let (Some(most), Some(least)) = (most, least) else {
+                return;
+            };
+            if load(&self.owners, most) <= load(&self.owners, least) + 1 {
+                return;
+            }
+            // Take the most loaded node's sector that lies furthest from the
+            // least loaded node's own sectors, spreading ownership round the ring.
+            let pos = self.owners.iter().rposition(|&o| o == most);
+            match pos {
+                Some(p) => self.owners[p] = least,
+                None => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_hash_is_stable() {
+        assert_eq!(hash_key(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(hash_key(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(hash_key(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(sector_of(b"key1", 1024), (hash_key(b"key1") % 1024) as u32);
+    }
+
+    #[test]
+    fn keys_spread_evenly_over_sectors() {
+        let q = 1024u32;
+        let mut counts = vec![0u32; q as usize];
+        for i in 0..200_000 {
+            counts[sector_of(format!("key{i}").as_bytes(), q) as usize] += 1;
+        }
+        let max = *counts.iter().max().unwrap() as f64;
+        let mean = 200_000.0 / q as f64;
+        assert!(max < mean * 1.4, "max {max} mean {mean}");
+    }
+
+    #[test]
+    fn joins_keep_loads_within_one_and_move_little() {
+        let mut t = Table::new(1024, 3, 2, 2);
+        for id in 1..=7 {
+            let before = t.owners.clone();
+            t.assign_join(id, &format!("127.0.0.1:{}", 7000 + id));
+            let moved = before.iter().zip(&t.owners).filter(|(a, b)| a != b).count();
+            let loads: Vec<usize> = (1..=id).map(|n| t.owned_by(n)).collect();
+            let (lo, hi) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
+            assert!(hi - lo <= 1, "loads {loads:?}");
+            if id > 1 {
+                assert!(moved <= 1024 / id as usize + 1, "moved {moved}");
+            }
+        }
+        assert_eq!(t.epoch, 7);
+    }
+
+    #[test]
+    fn preference_lists_are_distinct_and_full() {
+        let mut t = Table::new(64, 3, 2, 2);
+        for id in 1..=5 {
+            t.assign_join(id, "127.0.0.1:1");
+        }
+        for s in 0..64 {
+            let p = t.preference(s);
+            assert_eq!(p.len(), 3);
+            assert_eq!(p[0], t.owners[s as usize]);
+            let mut d = p.clone();
+            d.dedup();
+            d.sort();
+            d.dedup();
+            assert_eq!(d.len(), 3);
+        }
+        t.assign_leave(3);
+        assert!(t.owners.iter().all(|&o| o != 3 && o != 0));
+        assert_eq!(t.preference(0).len(), 3);
+    }
+
+    #[test]
+    fn fewer_nodes_than_replicas_gives_short_lists() {
+        let mut t = Table::new(16, 3, 2, 2);
+        t.assign_join(1, "a");
+        assert_eq!(t.preference(5), vec![1]);
+    }
+}
