@@ -15,8 +15,12 @@
 //! - [`daemon`]: APUE daemon helpers: detaching, pidfile locks, log files.
 //! - [`cli`]: shared command-line helpers (addresses, exit codes).
 
+pub mod cli;
+pub mod client;
 pub mod daemon;
 pub mod hlc;
+pub mod manager;
 pub mod net;
+pub mod storage;
 pub mod store;
 pub mod table;

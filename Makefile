@@ -1,0 +1,126 @@
+# GTStore: build, lint, test, install, and run a local cluster.
+#
+#   make start [NODES=1] [REP=1] [R=] [W=] [BASE_PORT=7000] [RUN_DIR=run] [FSYNC=batch]
+#   make stop | status | kill NODE=i | restart NODE=i | add NODE=i | kill-manager | restart-manager
+#   make [all] | lint | man-check | test | install [PREFIX=/usr/local] [DESTDIR=] | clean
+#
+# The manager listens on 127.0.0.1:BASE_PORT with its state in RUN_DIR/manager; storage node i
+# listens on 127.0.0.1:BASE_PORT+i with its data in RUN_DIR/node<i>. Every daemon is started with
+# --daemon, which returns only once the daemon is ready (for a node: registered with the manager),
+# so `make start` returns once every node has joined. Extra daemon flags: MANAGER_FLAGS, NODE_FLAGS.
+# BIN is where the binaries are taken from (default target/release). NOBUILD=1 skips the release
+# build in `start`; the test harness sets both, since `cargo test` already built the binaries.
+
+NODES         = 1
+REP           = 1
+R             =
+W             =
+BASE_PORT     = 7000
+RUN_DIR       = run
+FSYNC         = batch
+NODE          =
+MANAGER_FLAGS =
+NODE_FLAGS    =
+NOBUILD       =
+PREFIX       ?= /usr/local
+DESTDIR      ?=
+CARGO        ?= cargo
+
+BIN       = target/release
+BINS      = gtstore gtstore-manager gtstore-storage gtstore-bench
+DAEMONS   = scripts/daemons.sh
+MANAGER   = 127.0.0.1:$(BASE_PORT)
+MAN_PAGES = $(wildcard man/*.1 man/*.5 man/*.8)
+
+MANAGER_PID = $(RUN_DIR)/manager/gtstore-manager.pid
+# node_pid,I: the pidfile of storage node I.
+node_pid = $(RUN_DIR)/node$(1)/gtstore-storage.pid
+
+# The manager's command line, shared by start and restart-manager.
+MANAGER_CMD = mkdir -p "$(RUN_DIR)/manager" && \
+	$(BIN)/gtstore-manager --daemon --listen $(MANAGER) \
+	--data-dir "$(RUN_DIR)/manager" --log "$(RUN_DIR)/manager/manager.log" --rep $(REP) \
+	$(if $(R),--read-quorum $(R)) $(if $(W),--write-quorum $(W)) $(MANAGER_FLAGS)
+
+# node_cmd,I: storage node I's command line (I is a number or a shell expansion such as $$i),
+# shared by start, restart and add.
+node_cmd = mkdir -p "$(RUN_DIR)/node$(1)" && \
+	$(BIN)/gtstore-storage --daemon --id $(1) --listen 127.0.0.1:$$(($(BASE_PORT) + $(1))) \
+	--manager $(MANAGER) --data-dir "$(RUN_DIR)/node$(1)" --log "$(RUN_DIR)/node$(1)/storage.log" \
+	--fsync $(FSYNC) $(NODE_FLAGS)
+
+MANDOC_LINT = $(if $(MAN_PAGES),mandoc -Tlint -Wwarning $(MAN_PAGES),@echo "man-check: no pages in man/" >&2; exit 1)
+
+.PHONY: all build start stop status kill restart add kill-manager restart-manager \
+	lint man-check test install clean need-node
+
+all:
+	$(CARGO) build --release
+
+build:
+ifeq ($(NOBUILD),)
+	@$(CARGO) build --release --quiet
+endif
+
+start: build
+	@$(MANAGER_CMD)
+	@echo "gtstore-manager on $(MANAGER), state in $(RUN_DIR)/manager"
+	@for i in $$(seq 1 $(NODES)); do \
+		$(call node_cmd,$$i) || exit $$?; \
+		echo "gtstore-storage $$i on 127.0.0.1:$$(($(BASE_PORT) + $$i)), data in $(RUN_DIR)/node$$i"; \
+	done
+
+stop:
+	@$(DAEMONS) stop "$(RUN_DIR)"
+
+status:
+	@$(BIN)/gtstore --manager $(MANAGER) status
+
+need-node:
+	@case "$(NODE)" in ''|*[!0-9]*) \
+		echo "make $(MAKECMDGOALS): NODE=i (a storage node id) is required" >&2; exit 2;; esac
+
+kill: need-node
+	@$(DAEMONS) pid gtstore-storage "$(call node_pid,$(NODE))" >/dev/null || \
+		{ echo "make kill: node $(NODE) is not running" >&2; exit 1; }
+	@$(DAEMONS) kill gtstore-storage "$(call node_pid,$(NODE))"
+
+restart: need-node
+	@test -d "$(RUN_DIR)/node$(NODE)" || \
+		{ echo "make restart: $(RUN_DIR)/node$(NODE) does not exist (use make add)" >&2; exit 1; }
+	@$(call node_cmd,$(NODE))
+
+add: need-node
+	@$(call node_cmd,$(NODE))
+
+kill-manager:
+	@$(DAEMONS) pid gtstore-manager "$(MANAGER_PID)" >/dev/null || \
+		{ echo "make kill-manager: the manager is not running" >&2; exit 1; }
+	@$(DAEMONS) kill gtstore-manager "$(MANAGER_PID)"
+
+restart-manager:
+	@$(MANAGER_CMD)
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(MANDOC_LINT)
+
+man-check:
+	$(MANDOC_LINT)
+
+test: lint
+	$(CARGO) test --release
+
+install: all
+	install -d "$(DESTDIR)$(PREFIX)/bin" "$(DESTDIR)$(PREFIX)/share/man/man1" \
+		"$(DESTDIR)$(PREFIX)/share/man/man5" "$(DESTDIR)$(PREFIX)/share/man/man8"
+	install -m 0755 $(addprefix $(BIN)/,$(BINS)) "$(DESTDIR)$(PREFIX)/bin/"
+	for page in $(MAN_PAGES); do \
+		sec=$${page##*.}; \
+		install -m 0644 "$$page" "$(DESTDIR)$(PREFIX)/share/man/man$$sec/" || exit 1; \
+	done
+
+clean:
+	$(CARGO) clean
+	rm -rf run

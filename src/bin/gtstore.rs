@@ -1,0 +1,266 @@
+//! `gtstore`: the command-line client (SPEC section 8).
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use gtstore::cli::{
+    self, opt_num, Exit, EX_DATAERR, EX_NOT_FOUND, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE,
+};
+use gtstore::client::{self, Client};
+
+const PROG: &str = "gtstore";
+/// The largest value read from standard input with `--val -`.
+const MAX_STDIN_VALUE: u64 = 16 << 20;
+
+fn options() -> getopts::Options {
+    let mut o = getopts::Options::new();
+    o.optopt("", "put", "store a value under KEY (with --val)", "KEY");
+    o.optopt(
+        "",
+        "val",
+        "the value to store; - reads it from standard input",
+        "VALUE",
+    );
+    o.optopt("", "get", "print the value of KEY", "KEY");
+    o.optopt("", "del", "delete KEY", "KEY");
+    o.optopt("", "node", "with inspect: the node to ask", "I");
+    o.optopt(
+        "",
+        "manager",
+        "cluster manager (default $GTSTORE_MANAGER, else 127.0.0.1:7000)",
+        "ADDR",
+    );
+    o.optopt("", "timeout-ms", "per-attempt timeout (default 300)", "MS");
+    o.optopt(
+        "",
+        "deadline-ms",
+        "total time for retries (default 5000)",
+        "MS",
+    );
+    o.optflag("h", "help", "print this help");
+    o.optflag("V", "version", "print the version");
+    o
+}
+
+const USAGE: &str = "Usage: gtstore [options] --put KEY --val VALUE
+       gtstore [options] --get KEY
+       gtstore [options] --del KEY
+       gtstore [options] status
+       gtstore [options] inspect --node I KEY";
+
+/// One CLI invocation's work.
+enum Command {
+    Put(Vec<u8>, Option<Vec<u8>>),
+    Get(Vec<u8>),
+    Del(Vec<u8>),
+    Status,
+    Inspect(u32, Vec<u8>),
+}
+
+fn command(m: &getopts::Matches) -> Result<Command, Exit> {
+    let picked = ["put", "get", "del"]
+        .iter()
+        .filter(|o| m.opt_present(o))
+        .count()
+        + usize::from(!m.free.is_empty());
+    if picked != 1 {
+        return Err(Exit::usage(
+            "give exactly one of --put, --get, --del, status, inspect (see --help)",
+        ));
+    }
+    if let Some(key) = m.opt_str("put") {
+        let val = m.opt_str("val").ok_or_else(|| {
+            Exit::usage("--put needs --val VALUE (or --val - for standard input)")
+        })?;
+        let value = if val == "-" {
+            None
+        } else {
+            Some(val.into_bytes())
+        };
+        return Ok(Command::Put(key.into_bytes(), value));
+    }
+    if m.opt_present("val") {
+        return Err(Exit::usage("--val goes with --put"));
+    }
+    if let Some(key) = m.opt_str("get") {
+        return Ok(Command::Get(key.into_bytes()));
+    }
+    if let Some(key) = m.opt_str("del") {
+        return Ok(Command::Del(key.into_bytes()));
+    }
+    match m.free.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["status"] => Ok(Command::Status),
+        ["inspect", key] => {
+            let node = opt_num(m, "node")?.ok_or_else(|| Exit::usage("inspect needs --node I"))?;
+            Ok(Command::Inspect(node, key.as_bytes().to_vec()))
+        }
+        _ => Err(Exit::usage(format!(
+            "unknown command '{}' (see --help)",
+            m.free.join(" ")
+        ))),
+    }
+}
+
+fn read_stdin_value() -> Result<Vec<u8>, Exit> {
+    let mut value = Vec::new();
+    std::io::stdin()
+        .take(MAX_STDIN_VALUE + 1)
+        .read_to_end(&mut value)
+        .map_err(|e| {
+            Exit::new(
+                EX_DATAERR,
+                format!("cannot read the value from standard input: {e}"),
+            )
+        })?;
+    if value.len() as u64 > MAX_STDIN_VALUE {
+        return Err(Exit::new(
+            EX_DATAERR,
+            format!("value on standard input is over {MAX_STDIN_VALUE} bytes"),
+        ));
+    }
+    Ok(value)
+}
+
+fn fail(e: client::Error, key: &[u8]) -> Exit {
+    match e {
+        client::Error::NotFound { .. } => Exit::new(
+            EX_NOT_FOUND,
+            format!("{}: not found", String::from_utf8_lossy(key)),
+        ),
+        client::Error::Unavailable(why) => Exit::new(EX_UNAVAILABLE, why),
+        client::Error::Refused(why) => Exit::new(EX_DATAERR, why),
+    }
+}
+
+fn print_line(out: &mut impl Write, parts: &[&[u8]]) -> Result<(), Exit> {
+    let mut line = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            line.extend_from_slice(b", ");
+        }
+        line.extend_from_slice(p);
+    }
+    line.push(b'\n');
+    out.write_all(&line)
+        .map_err(|e| Exit::new(EX_SOFTWARE, format!("cannot write output: {e}")))
+}
+
+fn status(c: &mut Client, out: &mut impl Write) -> Result<(), Exit> {
+    c.refresh_table();
+    let table = c.table().clone();
+    let io = |e: std::io::Error| Exit::new(EX_SOFTWARE, format!("cannot write output: {e}"));
+    writeln!(
+        out,
+        "epoch {} sectors {} replicas {} R {} W {}",
+        table.epoch,
+        table.sectors(),
+        table.rep,
+        table.read_quorum,
+        table.write_quorum
+    )
+    .map_err(io)?;
+    for m in &table.members {
+        let (sectors, keys) = match c.stats(m.id) {
+            Ok(s) => (s.sectors.to_string(), s.keys.to_string()),
+            Err(_) => ("?".into(), "?".into()),
+        };
+        writeln!(
+            out,
+            "server{} {} {} sectors={} keys={}",
+            m.id,
+            m.addr,
+            m.state.name(),
+            sectors,
+            keys
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+fn run(cmd: Command, cfg: client::Config) -> Result<(), Exit> {
+    let mut c = Client::connect(cfg).map_err(|e| Exit::new(EX_UNAVAILABLE, e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        Command::Put(key, value) => {
+            let value = match value {
+                Some(v) => v,
+                None => read_stdin_value()?,
+            };
+            let node = c.put(&key, &value).map_err(|e| fail(e, &key))?;
+            print_line(&mut out, &[b"OK", format!("server{node}").as_bytes()])
+        }
+        Command::Get(key) => {
+            let (value, node) = c.get(&key).map_err(|e| fail(e, &key))?;
+            print_line(
+                &mut out,
+                &[&key, &value, format!("server{node}").as_bytes()],
+            )
+        }
+        Command::Del(key) => {
+            let node = c.delete(&key).map_err(|e| fail(e, &key))?;
+            print_line(&mut out, &[b"OK", format!("server{node}").as_bytes()])
+        }
+        Command::Status => status(&mut c, &mut out),
+        Command::Inspect(node, key) => match c.inspect(node, &key).map_err(|e| fail(e, &key))? {
+            Some(l) => {
+                let value = l.value.unwrap_or_else(|| b"(deleted)".to_vec());
+                print_line(
+                    &mut out,
+                    &[
+                        &key,
+                        &value,
+                        format!("version={}", l.version).as_bytes(),
+                        format!("server{node}").as_bytes(),
+                    ],
+                )
+            }
+            None => Err(Exit::new(
+                EX_NOT_FOUND,
+                format!(
+                    "{}: not found on server{node}",
+                    String::from_utf8_lossy(&key)
+                ),
+            )),
+        },
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = options();
+    let m = cli::parse_args(&opts, &args).unwrap_or_else(|e| cli::die(PROG, e));
+    if m.opt_present("help") {
+        print!("{}", opts.usage(USAGE));
+        return;
+    }
+    if m.opt_present("version") {
+        println!("{PROG} {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    let cmd = command(&m).unwrap_or_else(|e| cli::die(PROG, e));
+    let ms = |name: &str, default: u64| -> Duration {
+        match opt_num::<u64>(&m, name) {
+            Ok(Some(v)) if v > 0 => Duration::from_millis(v),
+            Ok(None) => Duration::from_millis(default),
+            _ => cli::die(
+                PROG,
+                Exit::new(
+                    EX_USAGE,
+                    format!("--{name} must be a positive number of milliseconds"),
+                ),
+            ),
+        }
+    };
+    let cfg = client::Config {
+        manager: cli::manager_addr(m.opt_str("manager")),
+        attempt_timeout: ms("timeout-ms", 300),
+        deadline: ms("deadline-ms", 5000),
+    };
+    if let Err(e) = cli::resolve(&cfg.manager) {
+        cli::die(PROG, e);
+    }
+    if let Err(e) = run(cmd, cfg) {
+        cli::die(PROG, e);
+    }
+}

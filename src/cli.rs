@@ -1,0 +1,102 @@
+//! Command-line helpers shared by the binaries: exit statuses (sysexits),
+//! option parsing with clear usage errors, and address resolution.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+
+/// Success.
+pub const EX_OK: i32 = 0;
+/// The key was not found (client only).
+pub const EX_NOT_FOUND: i32 = 1;
+/// Bad usage.
+pub const EX_USAGE: i32 = 64;
+/// Bad input data (a value that cannot be read or is over the limit).
+pub const EX_DATAERR: i32 = 65;
+/// No cluster, node or manager could be reached.
+pub const EX_UNAVAILABLE: i32 = 69;
+/// An internal error.
+pub const EX_SOFTWARE: i32 = 70;
+/// A system call failed (bind, epoll).
+pub const EX_OSERR: i32 = 71;
+/// The data directory is locked by another live process.
+pub const EX_TEMPFAIL: i32 = 75;
+
+/// The default manager address.
+pub const DEFAULT_MANAGER: &str = "127.0.0.1:7000";
+
+/// An error that ends a binary with a message and an exit status.
+#[derive(Debug)]
+pub struct Exit {
+    /// The sysexits status.
+    pub code: i32,
+    /// The one-line message (without the program name).
+    pub message: String,
+}
+
+impl Exit {
+    /// An exit with `code` and `message`.
+    pub fn new(code: i32, message: impl Into<String>) -> Exit {
+        Exit {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A usage error (exit 64).
+    pub fn usage(message: impl Into<String>) -> Exit {
+        Exit::new(EX_USAGE, message)
+    }
+}
+
+/// The manager address: the flag, else `$GTSTORE_MANAGER`, else the default.
+pub fn manager_addr(flag: Option<String>) -> String {
+    flag.or_else(|| {
+        std::env::var("GTSTORE_MANAGER")
+            .ok()
+            .filter(|s| !s.is_empty())
+    })
+    .unwrap_or_else(|| DEFAULT_MANAGER.to_string())
+}
+
+/// Resolves `HOST:PORT` to its first socket address.
+pub fn resolve(addr: &str) -> Result<SocketAddr, Exit> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Exit::usage(format!("{addr}: not a valid HOST:PORT address")))
+}
+
+/// Parses option `name` if given, with a usage error naming it otherwise.
+pub fn opt_num<T: FromStr>(m: &getopts::Matches, name: &str) -> Result<Option<T>, Exit> {
+    match m.opt_str(name) {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| Exit::usage(format!("--{name}: '{s}' is not a valid number"))),
+    }
+}
+
+/// Parses the arguments with `opts`, mapping errors to usage errors.
+pub fn parse_args(opts: &getopts::Options, args: &[String]) -> Result<getopts::Matches, Exit> {
+    let m = opts.parse(args).map_err(|e| Exit::usage(e.to_string()))?;
+    Ok(m)
+}
+
+/// Prints `prog: message` on stderr and exits with the status.
+pub fn die(prog: &str, e: Exit) -> ! {
+    eprintln!("{prog}: {}", e.message);
+    std::process::exit(e.code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_accepts_names_and_literals() {
+        assert!(resolve("127.0.0.1:7000").is_ok());
+        assert!(resolve("localhost:7000").is_ok());
+        assert_eq!(resolve("nonsense").unwrap_err().code, EX_USAGE);
+    }
+}

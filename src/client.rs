@@ -1,0 +1,383 @@
+//! The client library: `connect`, `put`, `get`, `delete`, `finalize`.
+//!
+//! A [`Client`] says `HELLO` to the manager, which gives it a client id, the
+//! partition table and a round-robin contact node. Each request then goes
+//! straight to its key's coordinator (the first live node of the key's
+//! preference list) over a cached blocking connection. A refused connection,
+//! a per-attempt timeout or a quorum error makes the client refresh the
+//! table and try the next replica, until the total deadline passes; then
+//! the request fails with [`Error::Unavailable`].
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::hlc::Version;
+use crate::net::codec::{self, Body, Header, Limits, Message, Stats};
+use crate::table::{NodeState, Table};
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The manager, `HOST:PORT`.
+    pub manager: String,
+    /// How long one attempt may take.
+    pub attempt_timeout: Duration,
+    /// How long a request may take over all its retries.
+    pub deadline: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            manager: crate::cli::DEFAULT_MANAGER.to_string(),
+            attempt_timeout: Duration::from_millis(300),
+            deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The key has no live value (the coordinator is given).
+    NotFound { node: u32 },
+    /// No node or manager answered within the deadline.
+    Unavailable(String),
+    /// The request itself was refused (for example, a value over the limit).
+    Refused(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::NotFound { .. } => write!(f, "not found"),
+            Error::Unavailable(why) => write!(f, "{why}"),
+            Error::Refused(why) => write!(f, "refused: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What one node holds locally for a key (`gtstore inspect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// The value, or `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Its version.
+    pub version: Version,
+}
+
+/// A connected client.
+#[derive(Debug)]
+pub struct Client {
+    cfg: Config,
+    table: Table,
+    id: u64,
+    contact: u32,
+    conns: HashMap<u32, TcpStream>,
+    next_req: u64,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// A reply to hand back.
+    Reply(Message),
+    /// Try another node.
+    Retry(String),
+}
+
+impl Client {
+    /// Says hello to the manager and fetches the table.
+    pub fn connect(cfg: Config) -> Result<Client> {
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < cfg.deadline {
+            match hello(&cfg, Body::Hello) {
+                Ok((table, id, contact)) => {
+                    return Ok(Client {
+                        cfg,
+                        table,
+                        id,
+                        contact,
+                        conns: HashMap::new(),
+                        next_req: 0,
+                    });
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(Error::Unavailable(format!(
+            "cannot reach the manager at {}: {last}",
+            cfg.manager
+        )))
+    }
+
+    /// The cached table.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// The id the manager gave this client.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The contact node the manager suggested.
+    pub fn contact(&self) -> u32 {
+        self.contact
+    }
+
+    /// Fetches the table again; keeps the cached one if the manager is down.
+    pub fn refresh_table(&mut self) -> bool {
+        match hello(&self.cfg, Body::GetTable) {
+            Ok((table, _, _)) if table.epoch >= self.table.epoch => {
+                self.table = table;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stores `value` under `key`; returns the coordinating node.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u32> {
+        let body = Body::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        let m = self.request(key, body)?;
+        expect_ok(m)
+    }
+
+    /// Deletes `key`; returns the coordinating node.
+    pub fn delete(&mut self, key: &[u8]) -> Result<u32> {
+        let m = self.request(key, Body::Del { key: key.to_vec() })?;
+        expect_ok(m)
+    }
+
+    /// Reads `key`; returns the value and the coordinating node.
+    pub fn get(&mut self, key: &[u8]) -> Result<(Vec<u8>, u32)> {
+        let m = self.request(key, Body::Get { key: key.to_vec() })?;
+        match m.body {
+            Body::Value { value, .. } => Ok((value, m.header.node)),
+            Body::NotFound { .. } => Err(Error::NotFound {
+                node: m.header.node,
+            }),
+            other => Err(Error::Refused(format!("unexpected {} reply", other.verb()))),
+        }
+    }
+
+    /// What node `node` holds locally for `key`, without quorum.
+    pub fn inspect(&mut self, node: u32, key: &[u8]) -> Result<Option<Local>> {
+        let m = self.ask_node(node, Body::Inspect { key: key.to_vec() })?;
+        match m.body {
+            Body::Value { value, version } => Ok(Some(Local {
+                value: Some(value),
+                version,
+            })),
+            Body::NotFound {
+                version: Some(version),
+            } => Ok(Some(Local {
+                value: None,
+                version,
+            })),
+            Body::NotFound { version: None } => Ok(None),
+            other => Err(Error::Refused(format!("unexpected {} reply", other.verb()))),
+        }
+    }
+
+    /// Sector and key counts of node `node`.
+    pub fn stats(&mut self, node: u32) -> Result<Stats> {
+        let m = self.ask_node(node, Body::StatsReq)?;
+        match m.body {
+            Body::StatsReply(s) => Ok(s),
+            other => Err(Error::Refused(format!("unexpected {} reply", other.verb()))),
+        }
+    }
+
+    /// Closes every connection.
+    pub fn finalize(self) {}
+
+    /// Sends one request to a given node, once, within the attempt timeout.
+    fn ask_node(&mut self, node: u32, body: Body) -> Result<Message> {
+        match self.attempt(node, &body) {
+            Attempt::Reply(m) => match m.body {
+                Body::Error { reason } => Err(Error::Refused(reason)),
+                _ => Ok(m),
+            },
+            Attempt::Retry(why) => Err(Error::Unavailable(why)),
+        }
+    }
+
+    /// Sends a key's request to its coordinator, retrying other replicas.
+    fn request(&mut self, key: &[u8], body: Body) -> Result<Message> {
+        let started = Instant::now();
+        let mut last = String::from("no live node holds this key");
+        let mut round = 0usize;
+        while started.elapsed() < self.cfg.deadline {
+            let candidates = self.candidates(key);
+            let node = match candidates.get(round % candidates.len().max(1)) {
+                Some(&n) => n,
+                None => self.contact,
+            };
+            match self.attempt(node, &body) {
+                Attempt::Reply(m) => match &m.body {
+                    Body::Error { reason } if is_retryable(reason) => {
+                        last = format!("server{node}: {reason}")
+                    }
+                    Body::Error { reason } => return Err(Error::Refused(reason.clone())),
+                    _ => return Ok(m),
+                },
+                Attempt::Retry(why) => {
+                    last = why;
+                    self.refresh_table();
+                }
+            }
+            round += 1;
+            if round % candidates.len().max(1) == 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "no replica answered within {:?}: {last}",
+            self.cfg.deadline
+        )))
+    }
+
+    /// The key's live preference list, coordinator first.
+    fn candidates(&self, key: &[u8]) -> Vec<u32> {
+        let t = &self.table;
+        let pref = t.preference(t.sector_of(key));
+        let up: Vec<u32> = pref
+            .iter()
+            .copied()
+            .filter(|&n| t.member(n).is_some_and(|m| m.state == NodeState::Up))
+            .collect();
+        if up.is_empty() {
+            pref
+        } else {
+            up
+        }
+    }
+
+    fn attempt(&mut self, node: u32, body: &Body) -> Attempt {
+        let Some(addr) = self
+            .table
+            .member(node)
+            .and_then(|m| m.addr.parse::<SocketAddr>().ok())
+        else {
+            return Attempt::Retry(format!("server{node} is not in the table"));
+        };
+        self.next_req += 1;
+        let msg = Message {
+            header: Header {
+                client: self.id,
+                node: 0,
+                req: self.next_req,
+            },
+            body: body.clone(),
+        };
+        let timeout = self.cfg.attempt_timeout;
+        let conn = match self.conns.remove(&node) {
+            Some(c) => c,
+            None => match TcpStream::connect_timeout(&addr, timeout) {
+                Ok(c) => c,
+                Err(e) => return Attempt::Retry(format!("server{node} at {addr}: {e}")),
+            },
+        };
+        let _ = conn.set_nodelay(true);
+        match exchange(&conn, &msg, timeout) {
+            Ok(reply) => {
+                self.conns.insert(node, conn);
+                Attempt::Reply(reply)
+            }
+            Err(e) => Attempt::Retry(format!("server{node} at {addr}: {e}")),
+        }
+    }
+}
+
+fn is_retryable(reason: &str) -> bool {
+    reason.contains("quorum")
+        || reason.contains("timed out")
+        || reason.contains("unreachable")
+        || reason.contains("no partition table")
+        || reason.contains("no live replica")
+}
+
+fn expect_ok(m: Message) -> Result<u32> {
+    match m.body {
+        Body::Ok => Ok(m.header.node),
+        other => Err(Error::Refused(format!("unexpected {} reply", other.verb()))),
+    }
+}
+
+/// Asks the manager for the table (`HELLO` or `GET_TABLE`).
+fn hello(cfg: &Config, body: Body) -> std::result::Result<(Table, u64, u32), String> {
+    let addr = crate::cli::resolve(&cfg.manager).map_err(|e| e.message)?;
+    let conn = TcpStream::connect_timeout(&addr, cfg.attempt_timeout).map_err(|e| e.to_string())?;
+    let msg = Message {
+        header: Header::default(),
+        body,
+    };
+    let reply = exchange(&conn, &msg, cfg.attempt_timeout.max(Duration::from_secs(1)))?;
+    match reply.body {
+        Body::TableMsg { table, contact } => Ok((table, reply.header.client, contact)),
+        Body::Error { reason } => Err(reason),
+        other => Err(format!("unexpected {} reply", other.verb())),
+    }
+}
+
+/// Writes `msg` and reads one reply, each within `timeout`.
+pub fn exchange(
+    mut conn: &TcpStream,
+    msg: &Message,
+    timeout: Duration,
+) -> std::result::Result<Message, String> {
+    let deadline = Instant::now() + timeout;
+    conn.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(&codec::to_bytes(msg))
+        .map_err(|e| e.to_string())?;
+    let limits = Limits {
+        max_header: 128,
+        max_body: 64 << 20,
+    };
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(n) = codec::check(&buf, &limits).map_err(|e| e.to_string())? {
+            let reply = codec::parse(&buf[..n]).map_err(|e| e.to_string())?;
+            if reply.header.req == msg.header.req || msg.header.req == 0 {
+                return Ok(reply);
+            }
+            buf.drain(..n);
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out".into());
+        }
+        conn.set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        match conn.read(&mut chunk) {
+            Ok(0) => return Err("connection closed".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err("timed out".into())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The manager daemon: membership, the partition table, client ids,
+//! failure detection by heartbeats, and the persisted cluster state.
+//!
+//! The manager owns the [`Table`]. Every change (a node joins, leaves, dies
+//! or comes back) bumps the epoch, is written to `manager.state` in the
+//! data directory (write, fsync, rename, fsync the directory) and is pushed
+//! to every registered node. Clients get an id, the table and a
+//! round-robin contact node on `HELLO`. A restarted manager reloads the
+//! state, so nodes that re-register keep their sectors and no data moves.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use nix::sys::signal::Signal;
+
+use crate::daemon::{self, Readiness};
+use crate::net::codec::{self, Body, Header, Limits, Message};
+use crate::net::{self, ConnId, Handler, Reactor};
+use crate::table::{NodeState, Table};
+
+/// The state file inside the data directory.
+pub const STATE_FILE: &str = "manager.state";
+/// Timer payload: check heartbeats.
+const TIMER_HEARTBEATS: u64 = 1;
+
+/// How the manager was started.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Where the state file and pidfile live.
+    pub data_dir: PathBuf,
+    /// Replicas per key (N).
+    pub rep: u32,
+    /// R.
+    pub read_quorum: u32,
+    /// W.
+    pub write_quorum: u32,
+    /// Q, for a new cluster.
+    pub sectors: u32,
+    /// Heartbeat interval for nodes.
+    pub heartbeat: Duration,
+    /// Silence after which a node is declared dead.
+    pub dead_after: Duration,
+    /// Where logs go after SIGHUP (None: stderr).
+    pub log_file: Option<PathBuf>,
+}
+
+/// What the manager knows about a connection.
+#[derive(Debug, Default)]
+pub struct Peer {
+    /// The node id, once the peer has registered.
+    node: Option<u32>,
+}
+
+/// The manager's state.
+pub struct Manager {
+    cfg: Config,
+    table: Table,
+    next_client: u64,
+    next_contact: usize,
+    /// The registration connection of each live node.
+    node_conns: HashMap<u32, ConnId>,
+    /// When each node was last heard from.
+    last_heard: HashMap<u32, Instant>,
+}
+
+impl Manager {
+    /// Loads the state from `cfg.data_dir` or starts a new cluster.
+    pub fn open(cfg: Config) -> Result<Manager, String> {
+        fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| format!("{}: {e}", cfg.data_dir.display()))?;
+        let path = cfg.data_dir.join(STATE_FILE);
+        let (table, next_client) = match fs::read(&path) {
+            Ok(bytes) => load_state(&bytes).map_err(|e| format!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                Table::new(cfg.sectors, cfg.rep, cfg.read_quorum, cfg.write_quorum),
+                1,
+            ),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        if table.rep != cfg.rep {
+            warn!(
+                "state has {} replicas; --rep {} ignored for this cluster",
+                table.rep, cfg.rep
+            );
+        }
+        info!(
+            "cluster of {} sectors, {} replicas (R={} W={}), epoch {}, {} members",
+            table.sectors(),
+            table.rep,
+            table.read_quorum,
+            table.write_quorum,
+            table.epoch,
+            table.members.len()
+        );
+        Ok(Manager {
+            cfg,
+            table,
+            next_client,
+            next_contact: 0,
+            node_conns: HashMap::new(),
+            last_heard: HashMap::new(),
+        })
+    }
+
+    /// The current table.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    fn save(&self) {
+        if let Err(e) = save_state(&self.cfg.data_dir, &self.table, self.next_client) {
+            warn!("cannot save state: {e}");
+        }
+    }
+
+    fn table_msg(&self, header: Header, contact: u32) -> Message {
+        Message {
+            header,
+            body: Body::TableMsg {
+                table: self.table.clone(),
+                contact,
+            },
+        }
+    }
+
+    /// The next up member for a client to contact, round robin.
+    fn contact(&mut self) -> u32 {
+        let up: Vec<u32> = self
+            .table
+            .members
+            .iter()
+            .filter(|m| m.state == NodeState::Up)
+            .map(|m| m.id)
+            .collect();
+        if up.is_empty() {
+            return 0;
+        }
+        self.next_contact = (self.next_contact + 1) % up.len();
+        up[self.next_contact]
+    }
+
+    /// Saves the table and pushes it to every registered node.
+    fn publish(&mut self, rx: &mut Reactor<Peer>) {
+        self.save();
+        info!(
+            "epoch {}: {} members",
+            self.table.epoch,
+            self.table.members.len()
+        );
+        let msg = self.table_msg(Header::default(), 0);
+        let conns: Vec<ConnId> = self.node_conns.values().copied().collect();
+        for id in conns {
+            rx.send(id, &msg);
+        }
+    }
+
+    fn handle_hello(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64) {
+        let client = self.next_client;
+        self.next_client += 1;
+        if client % 64 == 0 {
+            self.save();
+        }
+        let contact = self.contact();
+        rx.send(
+            id,
+            &self.table_msg(
+                Header {
+                    client,
+                    node: 0,
+                    req,
+                },
+                contact,
+            ),
+        );
+    }
+
+    fn handle_register(
+        &mut self,
+        rx: &mut Reactor<Peer>,
+        id: ConnId,
+        req: u64,
+        node: u32,
+        addr: String,
+    ) {
+        if node == 0 {
+            rx.send(id, &error_reply(req, "node id 0 is reserved"));
+            return;
+        }
+        if let Some(d) = rx.data_mut(id) {
+            d.node = Some(node);
+        }
+        if let Some(old) = self.node_conns.insert(node, id) {
+            if old != id {
+                rx.close(old);
+            }
+        }
+        self.last_heard.insert(node, Instant::now());
+        let changed = match self.table.member(node) {
+            Some(m) if m.addr == addr => self.table.set_state(node, NodeState::Up),
+            _ => {
+                self.table.assign_join(node, &addr);
+                true
+            }
+        };
+        info!("node {node} registered from {addr}");
+        if changed {
+            self.publish(rx);
+        }
+        rx.send(
+            id,
+            &self.table_msg(
+                Header {
+                    client: 0,
+                    node: 0,
+                    req,
+                },
+                0,
+            ),
+        );
+    }
+
+    fn handle_leave(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64) {
+        let node = rx.data_mut(id).and_then(|d| d.node);
+        let Some(node) = node else {
+            rx.send(id, &error_reply(req, "LEAVE before REGISTER"));
+            return;
+        };
+        info!("node {node} leaves");
+        self.node_conns.remove(&node);
+        self.last_heard.remove(&node);
+        self.table.assign_leave(node);
+        self.publish(rx);
+        rx.send(
+            id,
+            &Message {
+                header: Header {
+                    req,
+                    ..Header::default()
+                },
+                body: Body::Ok,
+            },
+        );
+    }
+
+    fn handle_heartbeat(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64, epoch: u64) {
+        let node = rx.data_mut(id).and_then(|d| d.node);
+        let Some(node) = node else { return };
+        self.last_heard.insert(node, Instant::now());
+        if epoch < self.table.epoch {
+            rx.send(
+                id,
+                &self.table_msg(
+                    Header {
+                        req,
+                        ..Header::default()
+                    },
+                    0,
+                ),
+            );
+        }
+    }
+
+    fn check_heartbeats(&mut self, rx: &mut Reactor<Peer>) {
+        let now = Instant::now();
+        let dead: Vec<u32> = self
+            .table
+            .members
+            .iter()
+            .filter(|m| m.state == NodeState::Up)
+            .filter(|m| {
+                self.last_heard
+                    .get(&m.id)
+                    .is_none_or(|t| now.duration_since(*t) > self.cfg.dead_after)
+            })
+            .map(|m| m.id)
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        for node in &dead {
+            warn!(
+                "node {node} silent for over {:?}: declared down",
+                self.cfg.dead_after
+            );
+            self.table.set_state(*node, NodeState::Down);
+        }
+        self.publish(rx);
+    }
+}
+
+impl Handler for Manager {
+    type Data = Peer;
+
+    fn accepted(&mut self, _peer: Option<SocketAddr>) -> Peer {
+        Peer::default()
+    }
+
+    fn on_message(&mut self, rx: &mut Reactor<Peer>, id: ConnId, msg: Message) {
+        let req = msg.header.req;
+        match msg.body {
+            Body::Hello => self.handle_hello(rx, id, req),
+            Body::GetTable => {
+                let contact = self.contact();
+                rx.send(
+                    id,
+                    &self.table_msg(
+                        Header {
+                            req,
+                            ..Header::default()
+                        },
+                        contact,
+                    ),
+                );
+            }
+            Body::Register { id: node, addr } => self.handle_register(rx, id, req, node, addr),
+            Body::Heartbeat { epoch } => self.handle_heartbeat(rx, id, req, epoch),
+            Body::Leave => self.handle_leave(rx, id, req),
+            Body::Ok => {}
+            other => {
+                rx.send(
+                    id,
+                    &error_reply(req, &format!("{} is not a manager request", other.verb())),
+                );
+            }
+        }
+    }
+
+    fn on_timer(&mut self, rx: &mut Reactor<Peer>, payload: u64) {
+        if payload == TIMER_HEARTBEATS {
+            self.check_heartbeats(rx);
+            rx.add_timer(self.cfg.heartbeat, TIMER_HEARTBEATS);
+        }
+    }
+
+    fn on_signal(&mut self, rx: &mut Reactor<Peer>, sig: Signal) {
+        match sig {
+            Signal::SIGHUP => reopen_log(&self.cfg.log_file),
+            _ => {
+                info!("{sig}: saving state and exiting");
+                self.save();
+                rx.stop();
+            }
+        }
+    }
+
+    fn on_closed(&mut self, _rx: &mut Reactor<Peer>, id: ConnId, data: Peer) {
+        if let Some(node) = data.node {
+            if self.node_conns.get(&node) == Some(&id) {
+                self.node_conns.remove(&node);
+            }
+        }
+    }
+}
+
+/// Reopens the log file after SIGHUP (log rotation).
+pub fn reopen_log(file: &Option<PathBuf>) {
+    if let Some(path) = file {
+        match daemon::redirect_stderr_to(path) {
+            Ok(()) => info!("log reopened"),
+            Err(e) => warn!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+}
+
+/// An ERROR reply to request `req`.
+pub fn error_reply(req: u64, reason: &str) -> Message {
+    Message {
+        header: Header {
+            req,
+            ..Header::default()
+        },
+        body: Body::Error {
+            reason: reason.to_string(),
+        },
+    }
+}
+
+/// Encodes the state as a TABLE message whose client field is the next client id.
+fn save_state(dir: &std::path::Path, table: &Table, next_client: u64) -> std::io::Result<()> {
+    let msg = Message {
+        header: Header {
+            client: next_client,
+            node: 0,
+            req: 0,
+        },
+        body: Body::TableMsg {
+            table: table.clone(),
+            contact: 0,
+        },
+    };
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&codec::to_bytes(&msg))?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(STATE_FILE))?;
+    fs::File::open(dir)?.sync_all()
+}
+
+fn load_state(bytes: &[u8]) -> Result<(Table, u64), String> {
+    let limits = Limits {
+        max_header: 128,
+        max_body: bytes.len(),
+    };
+    match codec::check(bytes, &limits) {
+        Ok(Some(n)) if n == bytes.len() => {}
+        _ => return Err("state file is damaged".into()),
+    }
+    match codec::parse(bytes).map_err(|e| e.to_string())? {
+        Message {
+            header,
+            body: Body::TableMsg { table, .. },
+        } => Ok((table, header.client.max(1))),
+        _ => Err("state file does not hold a table".into()),
+    }
+}
+
+/// Runs the manager until SIGTERM or SIGINT.
+pub fn run(cfg: Config, ready: Readiness) -> Result<(), crate::cli::Exit> {
+    use crate::cli::{Exit, EX_OSERR};
+    let mut mgr = match Manager::open(cfg.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            ready.fail(EX_OSERR, &e);
+            return Err(Exit::new(EX_OSERR, e));
+        }
+    };
+    let started = (|| -> net::Result<(Reactor<Peer>, SocketAddr)> {
+        let mut rx = Reactor::new(Limits {
+            max_header: 128,
+            max_body: 1 << 20,
+        })?;
+        let bound = rx.listen(cfg.listen)?;
+        rx.catch_signals()?;
+        Ok((rx, bound))
+    })();
+    let (mut rx, bound) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = format!("cannot listen on {}: {e}", cfg.listen);
+            ready.fail(EX_OSERR, &msg);
+            return Err(Exit::new(EX_OSERR, msg));
+        }
+    };
+    // Nodes get one dead-after of grace to re-register after a restart.
+    for m in &mgr.table.members {
+        mgr.last_heard.insert(m.id, Instant::now());
+    }
+    rx.add_timer(cfg.heartbeat, TIMER_HEARTBEATS);
+    println!("listening on {bound}");
+    let _ = std::io::stdout().flush();
+    info!("listening on {bound}");
+    ready.ready();
+    net::run(&mut rx, &mut mgr).map_err(|e| Exit::new(EX_OSERR, format!("event loop: {e}")))
+}

@@ -1,0 +1,367 @@
+//! Segments: the append-only files that hold a sector's records.
+//!
+//! A segment is `<sector_dir>/<gen:010>.log`; a larger generation is newer.
+//! [`SegmentWriter`] appends records and tracks its own end position, so a
+//! record's [`Loc`] is known without a `seek`; `sync` is `sync_data`.
+//! [`SegmentIter`] reads a segment front to back for replay, and
+//! [`read_at`] fetches one record by its `Loc` with a positioned read,
+//! checking its CRC again.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::record::{self, Decoded, Record, HEADER_LEN, MAX_RECORD};
+use super::{Error, Result};
+use crate::hlc::Version;
+
+/// The file name extension of segment files.
+pub const SEGMENT_EXT: &str = "log";
+
+/// Where one record lives: segment generation, byte offset and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Loc {
+    /// The generation of the segment file.
+    pub gen: u64,
+    /// Byte offset of the record in that file.
+    pub pos: u64,
+    /// Encoded length of the record in bytes.
+    pub len: u32,
+}
+
+impl Loc {
+    /// The offset just past the record.
+    pub fn end(&self) -> u64 {
+        self.pos.saturating_add(u64::from(self.len))
+    }
+}
+
+/// The path of segment `gen` in `dir`.
+pub fn segment_path(dir: &Path, gen: u64) -> PathBuf {
+    dir.join(format!("{gen:010}.{SEGMENT_EXT}"))
+}
+
+/// The generation named by a segment file name, if it is one.
+pub fn parse_generation(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(SEGMENT_EXT)?.strip_suffix('.')?;
+    if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// The generations of all segments in `dir`, oldest first.
+pub fn list_generations(dir: &Path) -> Result<Vec<u64>> {
+    let mut gens = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(gen) = entry.file_name().to_str().and_then(parse_generation) {
+            gens.push(gen);
+        }
+    }
+    gens.sort_unstable();
+    Ok(gens)
+}
+
+/// Flushes a directory's entries (file creations, removals) to disk.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// The append end of one segment; it also serves reads from its own file.
+#[derive(Debug)]
+pub struct SegmentWriter {
+    sector: u32,
+    gen: u64,
+    file: File,
+    pos: u64,
+}
+
+impl SegmentWriter {
+    /// Creates (or empties) segment `gen` in `dir`.
+    pub fn create(dir: &Path, sector: u32, gen: u64) -> Result<SegmentWriter> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(segment_path(dir, gen))?;
+        Ok(SegmentWriter {
+            sector,
+            gen,
+            file,
+            pos: 0,
+        })
+    }
+
+    /// Opens existing segment `gen` to append at `pos`, its recovered end.
+    pub fn open_at(dir: &Path, sector: u32, gen: u64, pos: u64) -> Result<SegmentWriter> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(segment_path(dir, gen))?;
+        Ok(SegmentWriter {
+            sector,
+            gen,
+            file,
+            pos,
+        })
+    }
+
+    /// The generation this writer appends to.
+    pub fn gen(&self) -> u64 {
+        self.gen
+    }
+
+    /// The offset the next record will be written at (the file's length).
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Appends `rec`, returning where it was written.
+    pub fn append(&mut self, rec: &Record) -> Result<Loc> {
+        self.append_parts(&rec.key, rec.value.as_deref(), rec.version)
+    }
+
+    /// Appends a record given by its parts (`value` `None` = tombstone).
+    pub fn append_parts(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        version: Version,
+    ) -> Result<Loc> {
+        record::check_lengths(key.len(), value.map_or(0, <[u8]>::len))?;
+        let mut buf = Vec::new();
+        record::encode_parts(key, value, version, &mut buf);
+        let len = u32::try_from(buf.len()).map_err(|_| too_large("record", buf.len()))?;
+        let end = self
+            .pos
+            .checked_add(u64::from(len))
+            .ok_or(too_large("segment", buf.len()))?;
+        if let Err(e) = self.file.write_all_at(&buf, self.pos) {
+            // Drop a partial write so the file still ends at a record boundary.
+            let _ = self.file.set_len(self.pos);
+            return Err(e.into());
+        }
+        let loc = Loc {
+            gen: self.gen,
+            pos: self.pos,
+            len,
+        };
+        self.pos = end;
+        Ok(loc)
+    }
+
+    /// Makes every appended record durable (`sync_data`).
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    /// Reads the record at `loc`, which must be in this writer's segment.
+    pub fn read(&self, loc: Loc) -> Result<Record> {
+        read_at(&self.file, self.sector, loc)
+    }
+}
+
+fn too_large(what: &'static str, len: usize) -> Error {
+    Error::TooLarge {
+        what,
+        len: len as u64,
+        limit: u64::from(u32::MAX),
+    }
+}
+
+/// Reads and verifies the record at `loc` from `file` (a positioned read).
+pub fn read_at(file: &File, sector: u32, loc: Loc) -> Result<Record> {
+    let corrupt = Error::Corrupt {
+        sector,
+        gen: loc.gen,
+        offset: loc.pos,
+    };
+    let len = loc.len as usize;
+    if !(HEADER_LEN..=MAX_RECORD).contains(&len) {
+        return Err(corrupt);
+    }
+    let mut buf = vec![0u8; len];
+    match file.read_exact_at(&mut buf, loc.pos) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(corrupt),
+        Err(e) => return Err(e.into()),
+    }
+    match record::decode(&buf) {
+        Decoded::Record { record, len } if len == loc.len => Ok(record),
+        _ => Err(corrupt),
+    }
+}
+
+/// Reads the record at `loc` from a segment that has no open writer; the
+/// file is opened only for this read.
+pub fn read_loc(dir: &Path, sector: u32, loc: Loc) -> Result<Record> {
+    let file = File::open(segment_path(dir, loc.gen))?;
+    read_at(&file, sector, loc)
+}
+
+/// Reads a segment front to back, for replay.
+#[derive(Debug)]
+pub struct SegmentIter {
+    reader: BufReader<File>,
+    sector: u32,
+    gen: u64,
+    pos: u64,
+}
+
+impl SegmentIter {
+    /// Opens segment `gen` in `dir` at its start.
+    pub fn open(dir: &Path, sector: u32, gen: u64) -> Result<SegmentIter> {
+        let file = File::open(segment_path(dir, gen))?;
+        Ok(SegmentIter {
+            reader: BufReader::with_capacity(64 * 1024, file),
+            sector,
+            gen,
+            pos: 0,
+        })
+    }
+
+    /// The offset just past the last record returned: the good length.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// The next record and its location; `None` at the clean end. A torn or
+    /// corrupt record is `Error::Corrupt` at its offset, and the iterator
+    /// stays there.
+    pub fn next_record(&mut self) -> Result<Option<(Loc, Record)>> {
+        match record::read_record(&mut self.reader)? {
+            Decoded::End => Ok(None),
+            Decoded::Record { record, len } => {
+                let loc = Loc {
+                    gen: self.gen,
+                    pos: self.pos,
+                    len,
+                };
+                self.pos = loc.end();
+                Ok(Some((loc, record)))
+            }
+            Decoded::Torn | Decoded::Corrupt(_) => Err(Error::Corrupt {
+                sector: self.sector,
+                gen: self.gen,
+                offset: self.pos,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_dir::TestDir;
+
+    fn v(ms: u64) -> Version {
+        Version {
+            ms,
+            counter: 0,
+            node: 1,
+        }
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        let p = segment_path(Path::new("/x"), 42);
+        assert_eq!(p, Path::new("/x/0000000042.log"));
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(parse_generation(name), Some(42));
+        for bad in ["42.tmp", ".log", "x1.log", "1.log.bak", "-1.log", "+1.log"] {
+            assert_eq!(parse_generation(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn locations_are_contiguous_and_readable() -> Result<()> {
+        let dir = TestDir::new("log-loc");
+        let mut w = SegmentWriter::create(dir.path(), 0, 1)?;
+        let a = Record::put(b"a", b"first", v(1));
+        let b = Record::tombstone(b"b", v(2));
+        let la = w.append(&a)?;
+        let lb = w.append(&b)?;
+        assert_eq!(la.pos, 0);
+        assert_eq!(lb.pos, u64::from(la.len));
+        assert_eq!(w.pos(), lb.end());
+        w.sync()?;
+        assert_eq!(w.read(lb)?, b);
+        assert_eq!(read_loc(dir.path(), 0, la)?, a);
+        Ok(())
+    }
+
+    #[test]
+    fn iterator_replays_in_order() -> Result<()> {
+        let dir = TestDir::new("log-iter");
+        let mut w = SegmentWriter::create(dir.path(), 3, 7)?;
+        let recs: Vec<Record> = (0..50u64)
+            .map(|i| Record::put(format!("k{i}").as_bytes(), &vec![i as u8; i as usize], v(i)))
+            .collect();
+        let locs: Vec<Loc> = recs.iter().map(|r| w.append(r).unwrap()).collect();
+        let mut it = SegmentIter::open(dir.path(), 3, 7)?;
+        for (rec, loc) in recs.iter().zip(&locs) {
+            assert_eq!(it.next_record()?, Some((*loc, rec.clone())));
+        }
+        assert_eq!(it.next_record()?, None);
+        assert_eq!(it.pos(), w.pos());
+        Ok(())
+    }
+
+    #[test]
+    fn read_at_rejects_a_wrong_location() -> Result<()> {
+        let dir = TestDir::new("log-badloc");
+        let mut w = SegmentWriter::create(dir.path(), 5, 1)?;
+        let loc = w.append(&Record::put(b"key", b"value", v(1)))?;
+        let shifted = Loc {
+            pos: 1,
+            len: loc.len - 1,
+            ..loc
+        };
+        assert!(matches!(
+            w.read(shifted),
+            Err(Error::Corrupt {
+                sector: 5,
+                gen: 1,
+                offset: 1
+            })
+        ));
+        let past_end = Loc { pos: 100, ..loc };
+        assert!(matches!(w.read(past_end), Err(Error::Corrupt { .. })));
+        let huge = Loc {
+            len: u32::MAX,
+            ..loc
+        };
+        assert!(matches!(w.read(huge), Err(Error::Corrupt { .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn oversized_appends_write_nothing() -> Result<()> {
+        let dir = TestDir::new("log-big");
+        let mut w = SegmentWriter::create(dir.path(), 0, 1)?;
+        let key = vec![0u8; record::MAX_KEY + 1];
+        assert!(matches!(
+            w.append_parts(&key, None, v(1)),
+            Err(Error::TooLarge { what: "key", .. })
+        ));
+        assert_eq!(w.pos(), 0);
+        assert_eq!(fs::metadata(segment_path(dir.path(), 1))?.len(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn generations_are_listed_oldest_first() -> Result<()> {
+        let dir = TestDir::new("log-list");
+        for gen in [10, 2, 7] {
+            SegmentWriter::create(dir.path(), 0, gen)?;
+        }
+        fs::write(dir.path().join("notes.txt"), b"ignored")?;
+        assert_eq!(list_generations(dir.path())?, vec![2, 7, 10]);
+        Ok(())
+    }
+}

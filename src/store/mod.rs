@@ -1,0 +1,464 @@
+//! The storage engine: a node's sectors on disk.
+//!
+//! The store owns a data directory laid out as `<dir>/sectors/<id>/`, one
+//! directory per sector this node holds, each an append-only log of
+//! CRC-checked records split into generation-numbered segment files, plus
+//! an in-memory index per sector. It owns last-writer-wins resolution
+//! (a write lands only if its version is newer), tombstones, durability
+//! according to the [`FsyncPolicy`] (with group commit for `batch`),
+//! recovery of every sector at [`Store::open`], and compaction. It does not
+//! know about the network, replicas or the ring: callers name the sector.
+
+pub mod error;
+pub mod log;
+pub mod record;
+pub mod recovery;
+pub mod sector;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+pub use error::{Error, Result};
+
+use crate::hlc::Version;
+use sector::Sector;
+
+/// When appended records are made durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// `sync_data` after every write, before it is acknowledged.
+    Always,
+    /// Group commit: the caller syncs every dirty sector once per loop turn
+    /// with [`Store::sync_dirty`], before acknowledging that turn's writes.
+    #[default]
+    Batch,
+    /// Never sync; the OS writes back when it likes.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<FsyncPolicy, String> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "batch" => Ok(FsyncPolicy::Batch),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => Err(format!(
+                "unknown fsync policy {s:?} (expected always, batch or never)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Batch => "batch",
+            FsyncPolicy::Never => "never",
+        })
+    }
+}
+
+/// The newest state of a key: a value, or a tombstone (`value` `None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// The version of the newest write.
+    pub version: Version,
+    /// The value; `None` means the key is deleted.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A node's sectors, opened from its data directory.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    sectors: HashMap<u32, Sector>,
+    policy: FsyncPolicy,
+    dirty: Vec<u32>,
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating `<dir>/sectors/` if missing, and
+    /// replays every sector directory found there.
+    pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<Store> {
+        let root = dir.join("sectors");
+        if !root.is_dir() {
+            fs::create_dir_all(&root)?;
+            log::sync_dir(dir)?;
+        }
+        let mut sectors = HashMap::new();
+        for entry in fs::read_dir(&root)? {
+            let path = entry?.path();
+            match sector_id(&path) {
+                Some(id) => {
+                    sectors.insert(id, Sector::open(&path, id)?);
+                }
+                None => ::log::warn!("{}: not a sector directory; ignored", path.display()),
+            }
+        }
+        Ok(Store {
+            root,
+            sectors,
+            policy,
+            dirty: Vec::new(),
+        })
+    }
+
+    /// The fsync policy the store was opened with.
+    pub fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
+    /// The newest state of `key`: `None` if never seen, an item without a
+    /// value if deleted.
+    pub fn get(&self, sector: u32, key: &[u8]) -> Result<Option<Item>> {
+        match self.sectors.get(&sector) {
+            Some(s) => s.get(key),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest version of `key` (a tombstone's too), without disk I/O.
+    pub fn version_of(&self, sector: u32, key: &[u8]) -> Option<Version> {
+        Some(self.sectors.get(&sector)?.entry(key)?.version)
+    }
+
+    /// Applies a write (`value` `None` = delete) if `version` is newer than
+    /// the key's current one; returns whether it did. Creates the sector on
+    /// its first write. Durability follows the policy: `Always` syncs before
+    /// returning, `Batch` leaves it to [`Store::sync_dirty`].
+    pub fn apply(
+        &mut self,
+        sector: u32,
+        key: &[u8],
+        version: Version,
+        value: Option<&[u8]>,
+    ) -> Result<bool> {
+        let policy = self.policy;
+        let s = self.sector_mut(sector)?;
+        let was_dirty = s.is_dirty();
+        if !s.apply(key, version, value)? {
+            return Ok(false);
+        }
+        match policy {
+            FsyncPolicy::Always => s.sync()?,
+            FsyncPolicy::Batch if !was_dirty => self.dirty.push(sector),
+            FsyncPolicy::Batch | FsyncPolicy::Never => {}
+        }
+        self.compact_if_needed(sector);
+        Ok(true)
+    }
+
+    /// Group commit: one `sync_data` per sector written since the last call.
+    /// Returns how many sectors were synced (always 0 for `Never`).
+    pub fn sync_dirty(&mut self) -> Result<usize> {
+        let ids = std::mem::take(&mut self.dirty);
+        let mut synced = 0;
+        for (i, id) in ids.iter().enumerate() {
+            let Some(s) = self.sectors.get_mut(id) else {
+                continue;
+            };
+            if !s.is_dirty() {
+                continue;
+            }
+            if let Err(e) = s.sync() {
+                self.dirty = ids.get(i..).unwrap_or_default().to_vec();
+                return Err(e);
+            }
+            synced += 1;
+        }
+        Ok(synced)
+    }
+
+    /// Whether this node holds `sector`.
+    pub fn has_sector(&self, sector: u32) -> bool {
+        self.sectors.contains_key(&sector)
+    }
+
+    /// The ids of the sectors held, sorted.
+    pub fn sector_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.sectors.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Creates `sector` (empty) unless it is already held.
+    pub fn ensure_sector(&mut self, sector: u32) -> Result<()> {
+        self.sector_mut(sector).map(|_| ())
+    }
+
+    /// Removes `sector`'s files and directory (it moved to another node).
+    /// Dropping a sector that is not held removes any leftover directory.
+    pub fn drop_sector(&mut self, sector: u32) -> Result<()> {
+        self.dirty.retain(|&id| id != sector);
+        match self.sectors.remove(&sector) {
+            Some(s) => s.destroy(),
+            None => {
+                let dir = self.sector_dir(sector);
+                if dir.is_dir() {
+                    fs::remove_dir_all(&dir)?;
+                    log::sync_dir(&self.root)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Keys of `sector` whose newest entry is not a tombstone.
+    pub fn live_keys(&self, sector: u32) -> usize {
+        self.sectors.get(&sector).map_or(0, Sector::live_keys)
+    }
+
+    /// Live keys over all sectors held.
+    pub fn total_live_keys(&self) -> usize {
+        self.sectors.values().map(Sector::live_keys).sum()
+    }
+
+    /// Every entry of `sector`, tombstones included, sorted by key, with
+    /// values read from disk: what is streamed when the sector moves.
+    pub fn scan(&self, sector: u32) -> Result<Vec<(Vec<u8>, Item)>> {
+        self.sectors
+            .get(&sector)
+            .ok_or(Error::NoSuchSector(sector))?
+            .scan()
+    }
+
+    /// Every key of `sector` with its newest version, tombstones included,
+    /// sorted by key: the cheap summary anti-entropy compares.
+    pub fn keys_with_versions(&self, sector: u32) -> Vec<(Vec<u8>, Version)> {
+        self.sectors
+            .get(&sector)
+            .map_or_else(Vec::new, Sector::keys_with_versions)
+    }
+
+    fn sector_dir(&self, sector: u32) -> PathBuf {
+        self.root.join(sector.to_string())
+    }
+
+    /// The sector, opened (and created) on first use.
+    fn sector_mut(&mut self, sector: u32) -> Result<&mut Sector> {
+        if !self.sectors.contains_key(&sector) {
+            let opened = Sector::open(&self.sector_dir(sector), sector)?;
+            self.sectors.insert(sector, opened);
+        }
+        self.sectors
+            .get_mut(&sector)
+            .ok_or(Error::NoSuchSector(sector))
+    }
+
+    /// Compacts `sector` if it is mostly dead. A failure is only logged: the
+    /// write that triggered it is already stored.
+    fn compact_if_needed(&mut self, sector: u32) {
+        if let Some(s) = self.sectors.get_mut(&sector) {
+            if let Err(e) = s.maybe_compact() {
+                ::log::warn!("sector {sector}: compaction failed: {e}");
+            }
+        }
+    }
+}
+
+/// The sector id a directory under `sectors/` is named by (canonical
+/// decimal), if it is a sector directory.
+fn sector_id(path: &Path) -> Option<u32> {
+    if !path.is_dir() {
+        return None;
+    }
+    let name = path.file_name()?.to_str()?;
+    let id: u32 = name.parse().ok()?;
+    (id.to_string() == name).then_some(id)
+}
+
+/// Unique temporary directories for the tests, removed on drop.
+#[cfg(test)]
+pub(crate) mod test_dir {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+    /// A fresh directory under the system temp dir.
+    pub(crate) struct TestDir(PathBuf);
+
+    impl TestDir {
+        pub(crate) fn new(tag: &str) -> TestDir {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path =
+                std::env::temp_dir().join(format!("gtstore-test-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            TestDir(path)
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_dir::TestDir;
+    use super::*;
+
+    fn v(ms: u64) -> Version {
+        Version {
+            ms,
+            counter: 0,
+            node: 2,
+        }
+    }
+
+    fn value(store: &Store, sector: u32, key: &[u8]) -> Option<Vec<u8>> {
+        store.get(sector, key).unwrap().and_then(|i| i.value)
+    }
+
+    #[test]
+    fn policy_parses_and_prints() {
+        for p in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
+            assert_eq!(p.to_string().parse::<FsyncPolicy>(), Ok(p));
+        }
+        assert!("sometimes".parse::<FsyncPolicy>().is_err());
+        assert_eq!(FsyncPolicy::default(), FsyncPolicy::Batch);
+    }
+
+    #[test]
+    fn writes_survive_a_reopen() -> Result<()> {
+        let dir = TestDir::new("store-reopen");
+        let mut store = Store::open(dir.path(), FsyncPolicy::Always)?;
+        assert!(store.apply(5, b"k1", v(1), Some(b"v1"))?);
+        assert!(store.apply(900, b"k2", v(2), Some(b"v2"))?);
+        assert!(store.apply(900, b"k3", v(3), None)?);
+        drop(store);
+
+        let store = Store::open(dir.path(), FsyncPolicy::Always)?;
+        assert_eq!(store.sector_ids(), vec![5, 900]);
+        assert_eq!(value(&store, 5, b"k1"), Some(b"v1".to_vec()));
+        assert_eq!(value(&store, 900, b"k2"), Some(b"v2".to_vec()));
+        assert_eq!(
+            store.get(900, b"k3")?,
+            Some(Item {
+                version: v(3),
+                value: None
+            })
+        );
+        assert_eq!(store.get(5, b"k2")?, None);
+        assert_eq!(store.get(6, b"k1")?, None);
+        assert_eq!(store.version_of(900, b"k3"), Some(v(3)));
+        assert_eq!(store.live_keys(900), 1);
+        assert_eq!(store.total_live_keys(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn last_writer_wins_through_the_facade() -> Result<()> {
+        let dir = TestDir::new("store-lww");
+        let mut store = Store::open(dir.path(), FsyncPolicy::Never)?;
+        assert!(store.apply(1, b"k", v(10), Some(b"new"))?);
+        assert!(!store.apply(1, b"k", v(9), Some(b"old"))?);
+        assert!(store.apply(1, b"k", v(11), None)?);
+        assert!(!store.apply(1, b"k", v(10), Some(b"new"))?);
+        assert_eq!(store.get(1, b"k")?.map(|i| i.value), Some(None));
+        assert!(store.apply(1, b"k", v(12), Some(b"again"))?);
+        assert_eq!(value(&store, 1, b"k"), Some(b"again".to_vec()));
+        Ok(())
+    }
+
+    #[test]
+    fn batch_syncs_each_dirty_sector_once() -> Result<()> {
+        let dir = TestDir::new("store-batch");
+        let mut store = Store::open(dir.path(), FsyncPolicy::Batch)?;
+        for i in 0..10u64 {
+            store.apply((i % 3) as u32, &i.to_be_bytes(), v(i + 1), Some(b"x"))?;
+        }
+        assert!(!store.apply(0, &0u64.to_be_bytes(), v(1), Some(b"x"))?);
+        assert_eq!(store.sync_dirty()?, 3);
+        assert_eq!(store.sync_dirty()?, 0);
+        store.apply(2, b"again", v(50), Some(b"y"))?;
+        assert_eq!(store.sync_dirty()?, 1);
+
+        drop(store);
+        let mut never = Store::open(dir.path(), FsyncPolicy::Never)?;
+        never.apply(0, b"k", v(100), Some(b"z"))?;
+        assert_eq!(never.sync_dirty()?, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn sectors_are_created_scanned_and_dropped() -> Result<()> {
+        let dir = TestDir::new("store-sectors");
+        let mut store = Store::open(dir.path(), FsyncPolicy::Batch)?;
+        store.ensure_sector(42)?;
+        assert!(store.has_sector(42));
+        assert!(store.scan(42)?.is_empty());
+        assert!(matches!(store.scan(43), Err(Error::NoSuchSector(43))));
+
+        store.apply(42, b"a", v(1), Some(b"1"))?;
+        store.apply(42, b"b", v(2), None)?;
+        let scanned = store.scan(42)?;
+        assert_eq!(scanned.len(), 2);
+        assert_eq!(scanned[1].1.value, None);
+        assert_eq!(
+            store.keys_with_versions(42),
+            vec![(b"a".to_vec(), v(1)), (b"b".to_vec(), v(2))]
+        );
+
+        store.drop_sector(42)?;
+        assert!(!store.has_sector(42));
+        assert!(!dir.path().join("sectors/42").exists());
+        assert_eq!(store.sync_dirty()?, 0);
+        store.drop_sector(42)?;
+        drop(store);
+        assert!(Store::open(dir.path(), FsyncPolicy::Batch)?
+            .sector_ids()
+            .is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn stray_entries_in_the_sectors_directory_are_ignored() -> Result<()> {
+        let dir = TestDir::new("store-stray");
+        fs::create_dir_all(dir.path().join("sectors/not-a-sector"))?;
+        fs::create_dir_all(dir.path().join("sectors/007"))?;
+        fs::write(dir.path().join("sectors/12"), b"a file, not a directory")?;
+        let store = Store::open(dir.path(), FsyncPolicy::Batch)?;
+        assert!(store.sector_ids().is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_open() -> Result<()> {
+        let dir = TestDir::new("store-torn");
+        let mut store = Store::open(dir.path(), FsyncPolicy::Always)?;
+        store.apply(3, b"kept", v(1), Some(b"safe"))?;
+        store.apply(3, b"torn", v(2), Some(b"lost"))?;
+        drop(store);
+        let seg = log::segment_path(&dir.path().join("sectors/3"), 1);
+        let len = fs::metadata(&seg)?.len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)?
+            .set_len(len - 2)?;
+
+        let mut store = Store::open(dir.path(), FsyncPolicy::Always)?;
+        assert_eq!(value(&store, 3, b"kept"), Some(b"safe".to_vec()));
+        assert_eq!(store.get(3, b"torn")?, None);
+        // Appends continue at the cut.
+        store.apply(3, b"next", v(3), Some(b"after"))?;
+        drop(store);
+        let store = Store::open(dir.path(), FsyncPolicy::Always)?;
+        assert_eq!(value(&store, 3, b"next"), Some(b"after".to_vec()));
+        assert_eq!(store.total_live_keys(), 2);
+        Ok(())
+    }
+}

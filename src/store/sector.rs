@@ -1,0 +1,527 @@
+//! One sector: its in-memory index, its active segment and its compaction.
+//!
+//! A sector lives in its own directory of segments. The index maps every
+//! key the sector has seen to the location and version of its newest record;
+//! values stay on disk. Writes follow last-writer-wins: a record is appended
+//! only if its version is newer than the indexed one. Tombstones stay in the
+//! index (and survive compaction) so that a stale replica's older value can
+//! never come back. When superseded records outweigh live ones, compaction
+//! copies the live records to a new generation, makes it durable (file and
+//! directory), switches over, and only then deletes the old generations.
+//! A sector keeps exactly one file open: its active segment.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::log::{self, Loc, SegmentWriter};
+use super::record::Record;
+use super::recovery::{self, Stats};
+use super::{Error, Item, Result};
+use crate::hlc::Version;
+
+/// Compaction waits until at least this many bytes are dead.
+pub const COMPACT_MIN_DEAD_BYTES: u64 = 1024 * 1024;
+
+/// The generation of a new sector's first segment.
+const FIRST_GEN: u64 = 1;
+
+/// The index entry of one key: its newest record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Where the record is.
+    pub loc: Loc,
+    /// The record's version.
+    pub version: Version,
+    /// The record is a tombstone (the key is deleted).
+    pub tombstone: bool,
+}
+
+/// One sector's index and active segment.
+#[derive(Debug)]
+pub struct Sector {
+    id: u32,
+    dir: PathBuf,
+    index: HashMap<Vec<u8>, Entry>,
+    writer: SegmentWriter,
+    live_bytes: u64,
+    dead_bytes: u64,
+    dirty: bool,
+}
+
+impl Sector {
+    /// Opens sector `id` stored in `dir`, creating the directory if needed,
+    /// and replays its segments. Leftovers of an interrupted compaction
+    /// (more than one segment) are compacted into one if possible.
+    pub fn open(dir: &Path, id: u32) -> Result<Sector> {
+        if !dir.is_dir() {
+            fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                log::sync_dir(parent)?;
+            }
+        }
+        let replayed = recovery::replay(dir, id)?;
+        report(dir, &replayed.stats);
+        let writer = match replayed.generations.last() {
+            Some(&gen) => SegmentWriter::open_at(dir, id, gen, replayed.tail)?,
+            None => {
+                let w = SegmentWriter::create(dir, id, FIRST_GEN)?;
+                log::sync_dir(dir)?;
+                w
+            }
+        };
+        let mut sector = Sector {
+            id,
+            dir: dir.to_path_buf(),
+            index: replayed.index,
+            writer,
+            live_bytes: replayed.stats.live_bytes,
+            dead_bytes: replayed.stats.dead_bytes,
+            dirty: false,
+        };
+        if replayed.generations.len() > 1 {
+            // Reads still work across segments, so a failed merge is not fatal.
+            if let Err(e) = sector.compact() {
+                ::log::warn!("sector {id}: merging leftover segments failed: {e}");
+            }
+        }
+        Ok(sector)
+    }
+
+    /// The sector's id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Applies a write if `version` is newer than the key's current one
+    /// (`value` `None` = tombstone). Returns whether it was applied; an
+    /// older or equal version writes nothing.
+    pub fn apply(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<bool> {
+        if self.index.get(key).is_some_and(|e| version <= e.version) {
+            return Ok(false);
+        }
+        let loc = self.writer.append_parts(key, value, version)?;
+        let entry = Entry {
+            loc,
+            version,
+            tombstone: value.is_none(),
+        };
+        if let Some(old) = self.index.insert(key.to_vec(), entry) {
+            let old_len = u64::from(old.loc.len);
+            self.live_bytes = self.live_bytes.saturating_sub(old_len);
+            self.dead_bytes = self.dead_bytes.saturating_add(old_len);
+        }
+        self.live_bytes = self.live_bytes.saturating_add(u64::from(loc.len));
+        self.dirty = true;
+        Ok(true)
+    }
+
+    /// The index entry of `key`, if the sector has seen it.
+    pub fn entry(&self, key: &[u8]) -> Option<&Entry> {
+        self.index.get(key)
+    }
+
+    /// The newest version and value of `key`; a tombstone has no value.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Item>> {
+        match self.index.get(key) {
+            None => Ok(None),
+            Some(e) => self.item(key, e).map(Some),
+        }
+    }
+
+    /// Every entry, tombstones included, sorted by key, values read from disk.
+    pub fn scan(&self) -> Result<Vec<(Vec<u8>, Item)>> {
+        let mut keys: Vec<&Vec<u8>> = self.index.keys().collect();
+        keys.sort_unstable();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(e) = self.index.get(key) {
+                out.push((key.clone(), self.item(key, e)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every key with its newest version, tombstones included, sorted by key.
+    pub fn keys_with_versions(&self) -> Vec<(Vec<u8>, Version)> {
+        let mut out: Vec<(Vec<u8>, Version)> = self
+            .index
+            .iter()
+            .map(|(k, e)| (k.clone(), e.version))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Keys whose newest entry is not a tombstone.
+    pub fn live_keys(&self) -> usize {
+        self.index.values().filter(|e| !e.tombstone).count()
+    }
+
+    /// Keys in the index, tombstones included.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Bytes of records that are the newest for their key.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// Bytes of superseded records still on disk.
+    pub fn dead_bytes(&self) -> u64 {
+        self.dead_bytes
+    }
+
+    /// Whether writes were appended since the last sync.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Makes every appended record durable (`sync_data`).
+    pub fn sync(&mut self) -> Result<()> {
+        self.writer.sync()?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Whether enough bytes are dead to make compaction worth it.
+    pub fn needs_compaction(&self) -> bool {
+        self.dead_bytes > self.live_bytes && self.dead_bytes >= COMPACT_MIN_DEAD_BYTES
+    }
+
+    /// Compacts if [`Sector::needs_compaction`]; returns whether it did.
+    pub fn maybe_compact(&mut self) -> Result<bool> {
+        if !self.needs_compaction() {
+            return Ok(false);
+        }
+        self.compact()?;
+        Ok(true)
+    }
+
+    /// Rewrites the live records (tombstones included) into a new segment,
+    /// makes it and the directory durable, switches to it, then deletes the
+    /// older segments. On failure before the switch nothing changes.
+    pub fn compact(&mut self) -> Result<()> {
+        let gen = self.writer.gen().checked_add(1).ok_or(Error::TooLarge {
+            what: "segment generation",
+            len: self.writer.gen(),
+            limit: u64::MAX - 1,
+        })?;
+        let mut next = SegmentWriter::create(&self.dir, self.id, gen)?;
+        let index = match self.copy_live(&mut next) {
+            Ok(index) => index,
+            Err(e) => {
+                drop(next);
+                let _ = fs::remove_file(log::segment_path(&self.dir, gen));
+                return Err(e);
+            }
+        };
+        let before = self.live_bytes.saturating_add(self.dead_bytes);
+        self.live_bytes = next.pos();
+        self.dead_bytes = 0;
+        self.index = index;
+        self.writer = next;
+        self.dirty = false;
+        self.remove_older(gen)?;
+        ::log::info!(
+            "sector {}: compacted {before} bytes into {} (segment {gen})",
+            self.id,
+            self.live_bytes
+        );
+        Ok(())
+    }
+
+    /// Copies every indexed record into `next` and makes it durable;
+    /// returns the index pointing into `next`.
+    fn copy_live(&self, next: &mut SegmentWriter) -> Result<HashMap<Vec<u8>, Entry>> {
+        let mut index = HashMap::with_capacity(self.index.len());
+        for (key, e) in &self.index {
+            let rec = self.read(key, e)?;
+            let loc = next.append(&rec)?;
+            index.insert(key.clone(), Entry { loc, ..*e });
+        }
+        next.sync()?;
+        log::sync_dir(&self.dir)?;
+        Ok(index)
+    }
+
+    /// Deletes every segment older than `gen`.
+    fn remove_older(&self, gen: u64) -> Result<()> {
+        for old in log::list_generations(&self.dir)? {
+            if old < gen {
+                fs::remove_file(log::segment_path(&self.dir, old))?;
+            }
+        }
+        log::sync_dir(&self.dir)
+    }
+
+    /// Deletes the sector's files and directory.
+    pub fn destroy(self) -> Result<()> {
+        let dir = self.dir;
+        drop(self.writer);
+        fs::remove_dir_all(&dir)?;
+        if let Some(parent) = dir.parent() {
+            log::sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// The item for index entry `e` of `key`.
+    fn item(&self, key: &[u8], e: &Entry) -> Result<Item> {
+        let value = if e.tombstone {
+            None
+        } else {
+            self.read(key, e)?.value
+        };
+        Ok(Item {
+            version: e.version,
+            value,
+        })
+    }
+
+    /// Reads the record of entry `e` and checks it is the one indexed.
+    fn read(&self, key: &[u8], e: &Entry) -> Result<Record> {
+        let rec = if e.loc.gen == self.writer.gen() {
+            self.writer.read(e.loc)?
+        } else {
+            log::read_loc(&self.dir, self.id, e.loc)?
+        };
+        if rec.key != key || rec.version != e.version || rec.value.is_none() != e.tombstone {
+            return Err(Error::Corrupt {
+                sector: self.id,
+                gen: e.loc.gen,
+                offset: e.loc.pos,
+            });
+        }
+        Ok(rec)
+    }
+}
+
+/// Logs what a replay found, if anything.
+fn report(dir: &Path, stats: &Stats) {
+    if stats.records > 0 || stats.bytes_cut > 0 {
+        ::log::info!(
+            "{}: replayed {} records from {} segments ({} live bytes, {} dead, {} cut)",
+            dir.display(),
+            stats.records,
+            stats.segments,
+            stats.live_bytes,
+            stats.dead_bytes,
+            stats.bytes_cut
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_dir::TestDir;
+
+    fn v(ms: u64) -> Version {
+        Version {
+            ms,
+            counter: 0,
+            node: 1,
+        }
+    }
+
+    fn value_of(s: &Sector, key: &[u8]) -> Option<Vec<u8>> {
+        s.get(key).unwrap().and_then(|i| i.value)
+    }
+
+    fn dir_size(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn last_writer_wins() -> Result<()> {
+        let dir = TestDir::new("sector-lww");
+        let mut s = Sector::open(&dir.path().join("0"), 0)?;
+        assert!(s.apply(b"k", v(5), Some(b"five"))?);
+        assert!(
+            !s.apply(b"k", v(4), Some(b"four"))?,
+            "older version ignored"
+        );
+        assert!(
+            !s.apply(b"k", v(5), Some(b"other"))?,
+            "equal version ignored"
+        );
+        assert_eq!(value_of(&s, b"k"), Some(b"five".to_vec()));
+
+        assert!(s.apply(b"k", v(6), None)?, "tombstone beats older put");
+        assert!(
+            !s.apply(b"k", v(5), Some(b"stale"))?,
+            "stale put stays deleted"
+        );
+        let item = s.get(b"k")?.unwrap();
+        assert_eq!(
+            item,
+            Item {
+                version: v(6),
+                value: None
+            }
+        );
+        assert_eq!(s.live_keys(), 0);
+        assert_eq!(s.len(), 1);
+
+        assert!(
+            s.apply(b"k", v(7), Some(b"back"))?,
+            "newer put after tombstone"
+        );
+        assert_eq!(value_of(&s, b"k"), Some(b"back".to_vec()));
+        assert_eq!(s.live_keys(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn ignored_writes_append_nothing() -> Result<()> {
+        let dir = TestDir::new("sector-nowrite");
+        let mut s = Sector::open(&dir.path().join("1"), 1)?;
+        s.apply(b"k", v(5), Some(b"five"))?;
+        let size = dir_size(&dir.path().join("1"));
+        s.apply(b"k", v(5), Some(b"five"))?;
+        s.apply(b"k", v(1), None)?;
+        assert_eq!(dir_size(&dir.path().join("1")), size);
+        Ok(())
+    }
+
+    #[test]
+    fn reopen_keeps_values_and_tombstones() -> Result<()> {
+        let dir = TestDir::new("sector-reopen");
+        let path = dir.path().join("3");
+        let mut s = Sector::open(&path, 3)?;
+        s.apply(b"a", v(1), Some(b"alpha"))?;
+        s.apply(b"b", v(2), Some(b"beta"))?;
+        s.apply(b"b", v(3), None)?;
+        s.sync()?;
+        drop(s);
+        let s = Sector::open(&path, 3)?;
+        assert_eq!(value_of(&s, b"a"), Some(b"alpha".to_vec()));
+        assert_eq!(
+            s.get(b"b")?,
+            Some(Item {
+                version: v(3),
+                value: None
+            })
+        );
+        assert_eq!(s.get(b"c")?, None);
+        assert_eq!(
+            s.keys_with_versions(),
+            vec![(b"a".to_vec(), v(1)), (b"b".to_vec(), v(3))]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn scan_returns_tombstones_too() -> Result<()> {
+        let dir = TestDir::new("sector-scan");
+        let mut s = Sector::open(&dir.path().join("0"), 0)?;
+        s.apply(b"x", v(1), Some(b"1"))?;
+        s.apply(b"y", v(2), None)?;
+        let got = s.scan()?;
+        assert_eq!(
+            got,
+            vec![
+                (
+                    b"x".to_vec(),
+                    Item {
+                        version: v(1),
+                        value: Some(b"1".to_vec())
+                    }
+                ),
+                (
+                    b"y".to_vec(),
+                    Item {
+                        version: v(2),
+                        value: None
+                    }
+                ),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn compaction_shrinks_and_keeps_live_values_and_tombstones() -> Result<()> {
+        let dir = TestDir::new("sector-compact");
+        let path = dir.path().join("9");
+        let mut s = Sector::open(&path, 9)?;
+        let big = vec![7u8; 4096];
+        let mut ms = 1;
+        // Overwrite ten keys until compaction triggers on its own.
+        let mut compacted = false;
+        let mut peak = 0;
+        while !compacted {
+            for k in 0..10u8 {
+                ms += 1;
+                s.apply(&[k], v(ms), Some(&big))?;
+            }
+            peak = peak.max(dir_size(&path));
+            compacted = s.maybe_compact()?;
+        }
+        assert!(ms > 250, "needs at least 1 MiB dead first");
+        s.apply(b"dead", v(ms + 1), None)?;
+        s.apply(b"last", v(ms + 2), Some(b"final"))?;
+        s.compact()?;
+        let after = dir_size(&path);
+        assert!(after < peak / 10, "{after} vs {peak}");
+        assert_eq!(s.dead_bytes(), 0);
+        assert_eq!(log::list_generations(&path)?.len(), 1);
+        drop(s);
+
+        let mut s = Sector::open(&path, 9)?;
+        for k in 0..10u8 {
+            assert_eq!(value_of(&s, &[k]), Some(big.clone()));
+        }
+        assert_eq!(
+            s.get(b"dead")?,
+            Some(Item {
+                version: v(ms + 1),
+                value: None
+            })
+        );
+        assert_eq!(value_of(&s, b"last"), Some(b"final".to_vec()));
+        assert_eq!(dir_size(&path), after);
+        assert!(!s.apply(b"dead", v(ms), Some(b"zombie"))?);
+        Ok(())
+    }
+
+    #[test]
+    fn leftover_segments_are_merged_at_open() -> Result<()> {
+        let dir = TestDir::new("sector-leftover");
+        let path = dir.path().join("2");
+        let mut s = Sector::open(&path, 2)?;
+        s.apply(b"a", v(1), Some(b"one"))?;
+        s.sync()?;
+        drop(s);
+        // A crash after a compaction wrote its copy but before it deleted
+        // the old segment leaves two generations with the same records.
+        fs::copy(log::segment_path(&path, 1), log::segment_path(&path, 2))?;
+        let s = Sector::open(&path, 2)?;
+        assert_eq!(log::list_generations(&path)?, vec![3]);
+        assert_eq!(value_of(&s, b"a"), Some(b"one".to_vec()));
+        Ok(())
+    }
+
+    #[test]
+    fn oversized_writes_are_refused() -> Result<()> {
+        let dir = TestDir::new("sector-big");
+        let mut s = Sector::open(&dir.path().join("0"), 0)?;
+        let key = vec![1u8; crate::store::record::MAX_KEY + 1];
+        assert!(matches!(
+            s.apply(&key, v(1), None),
+            Err(Error::TooLarge { .. })
+        ));
+        assert_eq!(s.len(), 0);
+        Ok(())
+    }
+}
