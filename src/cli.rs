@@ -36,10 +36,7 @@ pub struct Exit {
 impl Exit {
     /// An exit with `code` and `message`.
     pub fn new(code: i32, message: impl Into<String>) -> Exit {
-        Exit {
-            code,
-            message: message.into(),
-        }
+        Exit { code, message: message.into() }
     }
 
     /// A usage error (exit 64).
@@ -50,12 +47,8 @@ impl Exit {
 
 /// The manager address: the flag, else `$GTSTORE_MANAGER`, else the default.
 pub fn manager_addr(flag: Option<String>) -> String {
-    flag.or_else(|| {
-        std::env::var("GTSTORE_MANAGER")
-            .ok()
-            .filter(|s| !s.is_empty())
-    })
-    .unwrap_or_else(|| DEFAULT_MANAGER.to_string())
+    flag.or_else(|| std::env::var("GTSTORE_MANAGER").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| DEFAULT_MANAGER.to_string())
 }
 
 /// Resolves `HOST:PORT` to its first socket address.
@@ -70,10 +63,7 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, Exit> {
 pub fn opt_num<T: FromStr>(m: &getopts::Matches, name: &str) -> Result<Option<T>, Exit> {
     match m.opt_str(name) {
         None => Ok(None),
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| Exit::usage(format!("--{name}: '{s}' is not a valid number"))),
+        Some(s) => s.parse().map(Some).map_err(|_| Exit::usage(format!("--{name}: '{s}' is not a valid number"))),
     }
 }
 

@@ -100,23 +100,13 @@ impl Client {
         while started.elapsed() < cfg.deadline {
             match hello(&cfg, Body::Hello) {
                 Ok((table, id, contact)) => {
-                    return Ok(Client {
-                        cfg,
-                        table,
-                        id,
-                        contact,
-                        conns: HashMap::new(),
-                        next_req: 0,
-                    });
+                    return Ok(Client { cfg, table, id, contact, conns: HashMap::new(), next_req: 0 });
                 }
                 Err(e) => last = e,
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err(Error::Unavailable(format!(
-            "cannot reach the manager at {}: {last}",
-            cfg.manager
-        )))
+        Err(Error::Unavailable(format!("cannot reach the manager at {}: {last}", cfg.manager)))
     }
 
     /// The cached table.
@@ -147,10 +137,7 @@ impl Client {
 
     /// Stores `value` under `key`; returns the coordinating node.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u32> {
-        let body = Body::Put {
-            key: key.to_vec(),
-            value: value.to_vec(),
-        };
+        let body = Body::Put { key: key.to_vec(), value: value.to_vec() };
         let m = self.request(key, body)?;
         expect_ok(m)
     }
@@ -166,9 +153,7 @@ impl Client {
         let m = self.request(key, Body::Get { key: key.to_vec() })?;
         match m.body {
             Body::Value { value, .. } => Ok((value, m.header.node)),
-            Body::NotFound { .. } => Err(Error::NotFound {
-                node: m.header.node,
-            }),
+            Body::NotFound { .. } => Err(Error::NotFound { node: m.header.node }),
             other => Err(Error::Refused(format!("unexpected {} reply", other.verb()))),
         }
     }
@@ -177,16 +162,8 @@ impl Client {
     pub fn inspect(&mut self, node: u32, key: &[u8]) -> Result<Option<Local>> {
         let m = self.ask_node(node, Body::Inspect { key: key.to_vec() })?;
         match m.body {
-            Body::Value { value, version } => Ok(Some(Local {
-                value: Some(value),
-                version,
-            })),
-            Body::NotFound {
-                version: Some(version),
-            } => Ok(Some(Local {
-                value: None,
-                version,
-            })),
+            Body::Value { value, version } => Ok(Some(Local { value: Some(value), version })),
+            Body::NotFound { version: Some(version) } => Ok(Some(Local { value: None, version })),
             Body::NotFound { version: None } => Ok(None),
             other => Err(Error::Refused(format!("unexpected {} reply", other.verb()))),
         }
@@ -228,9 +205,7 @@ impl Client {
             };
             match self.attempt(node, &body) {
                 Attempt::Reply(m) => match &m.body {
-                    Body::Error { reason } if is_retryable(reason) => {
-                        last = format!("server{node}: {reason}")
-                    }
+                    Body::Error { reason } if is_retryable(reason) => last = format!("server{node}: {reason}"),
                     Body::Error { reason } => return Err(Error::Refused(reason.clone())),
                     _ => return Ok(m),
                 },
@@ -240,25 +215,19 @@ impl Client {
                 }
             }
             round += 1;
-            if round % candidates.len().max(1) == 0 {
+            if round.is_multiple_of(candidates.len().max(1)) {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        Err(Error::Unavailable(format!(
-            "no replica answered within {:?}: {last}",
-            self.cfg.deadline
-        )))
+        Err(Error::Unavailable(format!("no replica answered within {:?}: {last}", self.cfg.deadline)))
     }
 
     /// The key's live preference list, coordinator first.
     fn candidates(&self, key: &[u8]) -> Vec<u32> {
         let t = &self.table;
         let pref = t.preference(t.sector_of(key));
-        let up: Vec<u32> = pref
-            .iter()
-            .copied()
-            .filter(|&n| t.member(n).is_some_and(|m| m.state == NodeState::Up))
-            .collect();
+        let up: Vec<u32> =
+            pref.iter().copied().filter(|&n| t.member(n).is_some_and(|m| m.state == NodeState::Up)).collect();
         if up.is_empty() {
             pref
         } else {
@@ -267,22 +236,11 @@ impl Client {
     }
 
     fn attempt(&mut self, node: u32, body: &Body) -> Attempt {
-        let Some(addr) = self
-            .table
-            .member(node)
-            .and_then(|m| m.addr.parse::<SocketAddr>().ok())
-        else {
+        let Some(addr) = self.table.member(node).and_then(|m| m.addr.parse::<SocketAddr>().ok()) else {
             return Attempt::Retry(format!("server{node} is not in the table"));
         };
         self.next_req += 1;
-        let msg = Message {
-            header: Header {
-                client: self.id,
-                node: 0,
-                req: self.next_req,
-            },
-            body: body.clone(),
-        };
+        let msg = Message { header: Header { client: self.id, node: 0, req: self.next_req }, body: body.clone() };
         let timeout = self.cfg.attempt_timeout;
         let conn = match self.conns.remove(&node) {
             Some(c) => c,
@@ -321,33 +279,21 @@ fn expect_ok(m: Message) -> Result<u32> {
 fn hello(cfg: &Config, body: Body) -> std::result::Result<(Table, u64, u32), String> {
     let addr = crate::cli::resolve(&cfg.manager).map_err(|e| e.message)?;
     let conn = TcpStream::connect_timeout(&addr, cfg.attempt_timeout).map_err(|e| e.to_string())?;
-    let msg = Message {
-        header: Header::default(),
-        body,
-    };
+    let msg = Message { header: Header::default(), body };
     let reply = exchange(&conn, &msg, cfg.attempt_timeout.max(Duration::from_secs(1)))?;
     match reply.body {
-        Body::TableMsg { table, contact } => Ok((table, reply.header.client, contact)),
+        Body::TableMsg { table, contact, .. } => Ok((table, reply.header.client, contact)),
         Body::Error { reason } => Err(reason),
         other => Err(format!("unexpected {} reply", other.verb())),
     }
 }
 
 /// Writes `msg` and reads one reply, each within `timeout`.
-pub fn exchange(
-    mut conn: &TcpStream,
-    msg: &Message,
-    timeout: Duration,
-) -> std::result::Result<Message, String> {
+pub fn exchange(mut conn: &TcpStream, msg: &Message, timeout: Duration) -> std::result::Result<Message, String> {
     let deadline = Instant::now() + timeout;
-    conn.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    conn.write_all(&codec::to_bytes(msg))
-        .map_err(|e| e.to_string())?;
-    let limits = Limits {
-        max_header: 128,
-        max_body: 64 << 20,
-    };
+    conn.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    conn.write_all(&codec::to_bytes(msg)).map_err(|e| e.to_string())?;
+    let limits = Limits { max_header: 128, max_body: 64 << 20 };
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -363,17 +309,11 @@ pub fn exchange(
         if left.is_zero() {
             return Err("timed out".into());
         }
-        conn.set_read_timeout(Some(left))
-            .map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
         match conn.read(&mut chunk) {
             Ok(0) => return Err("connection closed".into()),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 return Err("timed out".into())
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

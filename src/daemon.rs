@@ -70,10 +70,7 @@ impl fmt::Display for DaemonError {
         match self {
             DaemonError::Io(e) => write!(f, "{e}"),
             DaemonError::Sys(e) => write!(f, "{}", e.desc()),
-            DaemonError::InUse {
-                path,
-                pid: Some(pid),
-            } => write!(f, "{} is in use by pid {pid}", path.display()),
+            DaemonError::InUse { path, pid: Some(pid) } => write!(f, "{} is in use by pid {pid}", path.display()),
             DaemonError::InUse { path, pid: None } => {
                 write!(f, "{} is in use by another process", path.display())
             }
@@ -105,18 +102,12 @@ impl From<Errno> for DaemonError {
 
 /// Wraps an I/O error with the operation and the path it concerned.
 fn io_ctx(op: &str, path: &Path, e: io::Error) -> DaemonError {
-    DaemonError::Io(io::Error::new(
-        e.kind(),
-        format!("{op} {}: {e}", path.display()),
-    ))
+    DaemonError::Io(io::Error::new(e.kind(), format!("{op} {}: {e}", path.display())))
 }
 
 /// Wraps an errno with the system call that returned it.
 fn sys_ctx(call: &str, e: Errno) -> DaemonError {
-    DaemonError::Io(io::Error::new(
-        io::Error::from(e).kind(),
-        format!("{call}: {}", e.desc()),
-    ))
+    DaemonError::Io(io::Error::new(io::Error::from(e).kind(), format!("{call}: {}", e.desc())))
 }
 
 /// A locked pidfile. The `flock` lasts as long as this value (keep it for the life of the
@@ -164,22 +155,15 @@ pub fn lock_pidfile(path: &Path) -> Result<PidFile, DaemonError> {
                 Ok(_) => text.trim().parse::<u32>().ok(),
                 Err(_) => None,
             };
-            return Err(DaemonError::InUse {
-                path: path.to_path_buf(),
-                pid,
-            });
+            return Err(DaemonError::InUse { path: path.to_path_buf(), pid });
         }
         Err((_, e)) => return Err(sys_ctx(&format!("flock {}", path.display()), e)),
     };
     lock.set_len(0).map_err(|e| io_ctx("truncate", path, e))?;
     let line = format!("{}\n", getpid());
     // The file offset is 0 (fresh open, nothing read), so this writes at the start.
-    lock.write_all(line.as_bytes())
-        .map_err(|e| io_ctx("write", path, e))?;
-    Ok(PidFile {
-        _lock: lock,
-        path: path.to_path_buf(),
-    })
+    lock.write_all(line.as_bytes()).map_err(|e| io_ctx("write", path, e))?;
+    Ok(PidFile { _lock: lock, path: path.to_path_buf() })
 }
 
 /// The daemon's end of the readiness pipe: how a detached daemon tells the process that
@@ -258,10 +242,7 @@ pub fn daemonize() -> Result<Readiness, DaemonError> {
                 Ok(()) => Ok(ready),
                 Err(e) => {
                     // Nobody else would tell the waiting parent why: report, then vanish.
-                    ready.fail(
-                        e.exit_code(),
-                        &format!("{}: daemonize: {e}", program_name()),
-                    );
+                    ready.fail(e.exit_code(), &format!("{}: daemonize: {e}", program_name()));
                     // SAFETY: _exit is always safe to call; it does not return.
                     unsafe { libc::_exit(e.exit_code()) }
                 }
@@ -364,10 +345,7 @@ fn parse_level(s: &str) -> Option<LevelFilter> {
 pub fn init_logging(default: LevelFilter) -> LevelFilter {
     let env = std::env::var(LOG_ENV).ok();
     let level = env.as_deref().and_then(parse_level).unwrap_or(default);
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_utc_timestamps()
-        .init();
+    let _ = simple_logger::SimpleLogger::new().with_level(level).with_utc_timestamps().init();
     if let Some(bad) = env.filter(|v| parse_level(v).is_none()) {
         log::warn!("{LOG_ENV}={bad:?} is not a log level; using {level}");
     }
@@ -377,29 +355,60 @@ pub fn init_logging(default: LevelFilter) -> LevelFilter {
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (capped at 1 << 20 when the hard limit is
 /// unlimited), so a daemon can hold many connections. Returns the soft limit now in effect.
 pub fn raise_fd_limit() -> Result<u64, DaemonError> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we pass and nothing else.
-    Errno::result(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })
-        .map_err(|e| sys_ctx("getrlimit", e))?;
-    let target = if lim.rlim_max == libc::RLIM_INFINITY {
-        1 << 20
-    } else {
-        lim.rlim_max
-    };
+    Errno::result(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }).map_err(|e| sys_ctx("getrlimit", e))?;
+    let target = if lim.rlim_max == libc::RLIM_INFINITY { 1 << 20 } else { lim.rlim_max };
     if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < target {
-        let want = libc::rlimit {
-            rlim_cur: target,
-            rlim_max: lim.rlim_max,
-        };
+        let want = libc::rlimit { rlim_cur: target, rlim_max: lim.rlim_max };
         // SAFETY: setrlimit only reads the struct we pass.
-        Errno::result(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) })
-            .map_err(|e| sys_ctx("setrlimit", e))?;
+        Errno::result(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) }).map_err(|e| sys_ctx("setrlimit", e))?;
         lim.rlim_cur = target;
     }
     Ok(lim.rlim_cur)
+}
+
+/// The start-up steps both daemons share, in the order the module doc
+/// gives: detach (with `--daemon`), send stderr to the log file, lock the
+/// pidfile, raise the descriptor limit. `dir` names the data directory in
+/// the "in use" message. On failure the waiting parent gets the message.
+pub fn start(
+    detach: bool,
+    log: Option<&Path>,
+    pidfile: &Path,
+    dir: &Path,
+) -> Result<(Readiness, PidFile), crate::cli::Exit> {
+    use crate::cli::Exit;
+    let ready =
+        if detach { daemonize().map_err(|e| Exit::new(e.exit_code(), e.to_string()))? } else { Readiness::none() };
+    let redirect = match log {
+        Some(path) => redirect_stderr_to(path),
+        None if detach => redirect_stderr_to(Path::new("/dev/null")),
+        None => Ok(()),
+    };
+    if let Err(e) = redirect {
+        let exit = Exit::new(e.exit_code(), e.to_string());
+        ready.fail(exit.code, &exit.message);
+        return Err(exit);
+    }
+    let pid = match lock_pidfile(pidfile) {
+        Ok(p) => p,
+        Err(DaemonError::InUse { pid, .. }) => {
+            let who = pid.map_or("another process".to_string(), |p| format!("pid {p}"));
+            let exit = Exit::new(EX_TEMPFAIL, format!("data directory {} is in use by {who}", dir.display()));
+            ready.fail(exit.code, &exit.message);
+            return Err(exit);
+        }
+        Err(e) => {
+            let exit = Exit::new(e.exit_code(), e.to_string());
+            ready.fail(exit.code, &exit.message);
+            return Err(exit);
+        }
+    };
+    if let Err(e) = raise_fd_limit() {
+        log::warn!("cannot raise the descriptor limit: {e}");
+    }
+    Ok((ready, pid))
 }
 
 #[cfg(test)]
@@ -421,9 +430,7 @@ mod tests {
         match lock_pidfile(&path) {
             Err(e @ DaemonError::InUse { .. }) => {
                 assert_eq!(e.exit_code(), 75);
-                let DaemonError::InUse { path: p, pid } = &e else {
-                    unreachable!()
-                };
+                let DaemonError::InUse { path: p, pid } = &e else { unreachable!() };
                 assert_eq!(p, &path);
                 assert_eq!(*pid, Some(std::process::id()));
                 assert!(e.to_string().contains("in use by pid"));
@@ -476,53 +483,4 @@ mod tests {
         r.fail(71, "ignored");
         Readiness::none().ready();
     }
-}
-
-/// The start-up steps both daemons share, in the order the module doc
-/// gives: detach (with `--daemon`), send stderr to the log file, lock the
-/// pidfile, raise the descriptor limit. `dir` names the data directory in
-/// the "in use" message. On failure the waiting parent gets the message.
-pub fn start(
-    detach: bool,
-    log: Option<&Path>,
-    pidfile: &Path,
-    dir: &Path,
-) -> Result<(Readiness, PidFile), crate::cli::Exit> {
-    use crate::cli::Exit;
-    let ready = if detach {
-        daemonize().map_err(|e| Exit::new(e.exit_code(), e.to_string()))?
-    } else {
-        Readiness::none()
-    };
-    let redirect = match log {
-        Some(path) => redirect_stderr_to(path),
-        None if detach => redirect_stderr_to(Path::new("/dev/null")),
-        None => Ok(()),
-    };
-    if let Err(e) = redirect {
-        let exit = Exit::new(e.exit_code(), e.to_string());
-        ready.fail(exit.code, &exit.message);
-        return Err(exit);
-    }
-    let pid = match lock_pidfile(pidfile) {
-        Ok(p) => p,
-        Err(DaemonError::InUse { pid, .. }) => {
-            let who = pid.map_or("another process".to_string(), |p| format!("pid {p}"));
-            let exit = Exit::new(
-                EX_TEMPFAIL,
-                format!("data directory {} is in use by {who}", dir.display()),
-            );
-            ready.fail(exit.code, &exit.message);
-            return Err(exit);
-        }
-        Err(e) => {
-            let exit = Exit::new(e.exit_code(), e.to_string());
-            ready.fail(exit.code, &exit.message);
-            return Err(exit);
-        }
-    };
-    if let Err(e) = raise_fd_limit() {
-        log::warn!("cannot raise the descriptor limit: {e}");
-    }
-    Ok((ready, pid))
 }

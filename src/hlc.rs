@@ -55,27 +55,16 @@ pub struct Clock {
 impl Clock {
     /// A clock for node `node`, starting at the current wall time.
     pub fn new(node: u32) -> Clock {
-        Clock {
-            node,
-            last: Version::default(),
-        }
+        Clock { node, last: Version::default() }
     }
 
     /// A fresh version newer than every version made or observed so far.
     pub fn tick(&mut self) -> Version {
         let now = wall_ms();
         self.last = if now > self.last.ms {
-            Version {
-                ms: now,
-                counter: 0,
-                node: self.node,
-            }
+            Version { ms: now, counter: 0, node: self.node }
         } else {
-            Version {
-                ms: self.last.ms,
-                counter: self.last.counter.saturating_add(1),
-                node: self.node,
-            }
+            Version { ms: self.last.ms, counter: self.last.counter.saturating_add(1), node: self.node }
         };
         self.last
     }
@@ -83,20 +72,14 @@ impl Clock {
     /// Moves the clock past a version seen from elsewhere (a replica's data).
     pub fn observe(&mut self, seen: Version) {
         if (seen.ms, seen.counter) > (self.last.ms, self.last.counter) {
-            self.last = Version {
-                node: self.node,
-                ..seen
-            };
+            self.last = Version { node: self.node, ..seen };
         }
     }
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -117,27 +100,15 @@ mod tests {
     #[test]
     fn observe_moves_past_a_future_version() {
         let mut c = Clock::new(1);
-        let future = Version {
-            ms: wall_ms() + 60_000,
-            counter: 7,
-            node: 9,
-        };
+        let future = Version { ms: wall_ms() + 60_000, counter: 7, node: 9 };
         c.observe(future);
         assert!(c.tick() > future);
     }
 
     #[test]
     fn node_id_breaks_ties() {
-        let a = Version {
-            ms: 5,
-            counter: 1,
-            node: 1,
-        };
-        let b = Version {
-            ms: 5,
-            counter: 1,
-            node: 2,
-        };
+        let a = Version { ms: 5, counter: 1, node: 1 };
+        let b = Version { ms: 5, counter: 1, node: 2 };
         assert!(b > a);
         let mut buf = Vec::new();
         b.encode(&mut buf);

@@ -8,7 +8,7 @@
 //! round-robin contact node on `HELLO`. A restarted manager reloads the
 //! state, so nodes that re-register keep their sectors and no data moves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -61,7 +61,14 @@ pub struct Peer {
 /// The manager's state.
 pub struct Manager {
     cfg: Config,
+    /// The table clients and coordinators route by.
     table: Table,
+    /// The table the cluster is moving to, while gainers receive sectors.
+    pending: Option<Table>,
+    /// Gainers of `pending` that have not reported SYNCED yet.
+    waiting: HashSet<u32>,
+    /// When the pending table was last published (to nudge stuck moves).
+    pending_since: Instant,
     next_client: u64,
     next_contact: usize,
     /// The registration connection of each live node.
@@ -70,25 +77,23 @@ pub struct Manager {
     last_heard: HashMap<u32, Instant>,
 }
 
+/// How long a move may wait for SYNCED before the pending table is pushed again.
+const MOVE_NUDGE: Duration = Duration::from_secs(10);
+
 impl Manager {
     /// Loads the state from `cfg.data_dir` or starts a new cluster.
     pub fn open(cfg: Config) -> Result<Manager, String> {
-        fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| format!("{}: {e}", cfg.data_dir.display()))?;
+        fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("{}: {e}", cfg.data_dir.display()))?;
         let path = cfg.data_dir.join(STATE_FILE);
-        let (table, next_client) = match fs::read(&path) {
+        let (table, pending, next_client) = match fs::read(&path) {
             Ok(bytes) => load_state(&bytes).map_err(|e| format!("{}: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
-                Table::new(cfg.sectors, cfg.rep, cfg.read_quorum, cfg.write_quorum),
-                1,
-            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (Table::new(cfg.sectors, cfg.rep, cfg.read_quorum, cfg.write_quorum), None, 1)
+            }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        if table.rep != cfg.rep {
-            warn!(
-                "state has {} replicas; --rep {} ignored for this cluster",
-                table.rep, cfg.rep
-            );
+        if table.rep != cfg.rep || table.sectors() != cfg.sectors {
+            warn!("this cluster has {} sectors and {} replicas; --sectors/--rep ignored", table.sectors(), table.rep);
         }
         info!(
             "cluster of {} sectors, {} replicas (R={} W={}), epoch {}, {} members",
@@ -99,9 +104,13 @@ impl Manager {
             table.epoch,
             table.members.len()
         );
+        let waiting = pending.as_ref().map(|p| table.gainers(p).into_iter().collect()).unwrap_or_default();
         Ok(Manager {
             cfg,
             table,
+            pending,
+            waiting,
+            pending_since: Instant::now(),
             next_client,
             next_contact: 0,
             node_conns: HashMap::new(),
@@ -115,30 +124,24 @@ impl Manager {
     }
 
     fn save(&self) {
-        if let Err(e) = save_state(&self.cfg.data_dir, &self.table, self.next_client) {
+        if let Err(e) = save_state(&self.cfg.data_dir, &self.table, self.pending.as_ref(), self.next_client) {
             warn!("cannot save state: {e}");
         }
     }
 
     fn table_msg(&self, header: Header, contact: u32) -> Message {
-        Message {
-            header,
-            body: Body::TableMsg {
-                table: self.table.clone(),
-                contact,
-            },
-        }
+        let body = Body::TableMsg { table: self.table.clone(), pending: self.pending.clone(), contact };
+        Message { header, body }
+    }
+
+    /// The newest table: the pending one while a move runs.
+    fn newest(&self) -> &Table {
+        self.pending.as_ref().unwrap_or(&self.table)
     }
 
     /// The next up member for a client to contact, round robin.
     fn contact(&mut self) -> u32 {
-        let up: Vec<u32> = self
-            .table
-            .members
-            .iter()
-            .filter(|m| m.state == NodeState::Up)
-            .map(|m| m.id)
-            .collect();
+        let up: Vec<u32> = self.table.members.iter().filter(|m| m.state == NodeState::Up).map(|m| m.id).collect();
         if up.is_empty() {
             return 0;
         }
@@ -146,14 +149,43 @@ impl Manager {
         up[self.next_contact]
     }
 
-    /// Saves the table and pushes it to every registered node.
+    /// Applies a membership change to the newest table. If some node gains
+    /// sectors, the result becomes the pending table until every gainer
+    /// reports SYNCED; otherwise it becomes current at once.
+    fn change(&mut self, rx: &mut Reactor<Peer>, what: &str, apply: impl FnOnce(&mut Table)) {
+        let mut next = self.newest().clone();
+        apply(&mut next);
+        next.epoch = self.newest().epoch + 1;
+        let gainers = self.table.gainers(&next);
+        info!("{what}: epoch {}, {} node(s) to receive sectors", next.epoch, gainers.len());
+        if gainers.is_empty() {
+            self.table = next;
+            self.pending = None;
+            self.waiting.clear();
+        } else {
+            self.pending = Some(next);
+            self.waiting = gainers.into_iter().collect();
+            self.pending_since = Instant::now();
+        }
+        self.publish(rx);
+    }
+
+    /// Makes the pending table current once every gainer has synced.
+    fn maybe_switch(&mut self, rx: &mut Reactor<Peer>) {
+        if !self.waiting.is_empty() {
+            return;
+        }
+        if let Some(mut next) = self.pending.take() {
+            next.epoch += 1;
+            info!("move done: epoch {} is current", next.epoch);
+            self.table = next;
+            self.publish(rx);
+        }
+    }
+
+    /// Saves the tables and pushes them to every registered node.
     fn publish(&mut self, rx: &mut Reactor<Peer>) {
         self.save();
-        info!(
-            "epoch {}: {} members",
-            self.table.epoch,
-            self.table.members.len()
-        );
         let msg = self.table_msg(Header::default(), 0);
         let conns: Vec<ConnId> = self.node_conns.values().copied().collect();
         for id in conns {
@@ -164,31 +196,14 @@ impl Manager {
     fn handle_hello(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64) {
         let client = self.next_client;
         self.next_client += 1;
-        if client % 64 == 0 {
+        if client.is_multiple_of(64) {
             self.save();
         }
         let contact = self.contact();
-        rx.send(
-            id,
-            &self.table_msg(
-                Header {
-                    client,
-                    node: 0,
-                    req,
-                },
-                contact,
-            ),
-        );
+        rx.send(id, &self.table_msg(Header { client, node: 0, req }, contact));
     }
 
-    fn handle_register(
-        &mut self,
-        rx: &mut Reactor<Peer>,
-        id: ConnId,
-        req: u64,
-        node: u32,
-        addr: String,
-    ) {
+    fn handle_register(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64, node: u32, addr: String) {
         if node == 0 {
             rx.send(id, &error_reply(req, "node id 0 is reserved"));
             return;
@@ -202,96 +217,68 @@ impl Manager {
             }
         }
         self.last_heard.insert(node, Instant::now());
-        let changed = match self.table.member(node) {
-            Some(m) if m.addr == addr => self.table.set_state(node, NodeState::Up),
-            _ => {
-                self.table.assign_join(node, &addr);
-                true
-            }
-        };
         info!("node {node} registered from {addr}");
-        if changed {
-            self.publish(rx);
+        let known = self.newest().member(node).is_some_and(|m| m.addr == addr && m.state == NodeState::Up);
+        if known {
+            rx.send(id, &self.table_msg(Header { req, ..Header::default() }, 0));
+        } else {
+            self.change(rx, &format!("node {node} joins"), |t| t.assign_join(node, &addr));
         }
-        rx.send(
-            id,
-            &self.table_msg(
-                Header {
-                    client: 0,
-                    node: 0,
-                    req,
-                },
-                0,
-            ),
-        );
     }
 
     fn handle_leave(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64) {
-        let node = rx.data_mut(id).and_then(|d| d.node);
-        let Some(node) = node else {
+        let Some(node) = rx.data_mut(id).and_then(|d| d.node) else {
             rx.send(id, &error_reply(req, "LEAVE before REGISTER"));
             return;
         };
-        info!("node {node} leaves");
-        self.node_conns.remove(&node);
-        self.last_heard.remove(&node);
-        self.table.assign_leave(node);
-        self.publish(rx);
-        rx.send(
-            id,
-            &Message {
-                header: Header {
-                    req,
-                    ..Header::default()
-                },
-                body: Body::Ok,
-            },
-        );
+        self.waiting.remove(&node);
+        self.change(rx, &format!("node {node} leaves"), |t| t.assign_leave(node));
+        self.maybe_switch(rx);
+    }
+
+    fn handle_synced(&mut self, rx: &mut Reactor<Peer>, id: ConnId, epoch: u64) {
+        let Some(node) = rx.data_mut(id).and_then(|d| d.node) else { return };
+        if self.pending.as_ref().is_some_and(|p| p.epoch == epoch) && self.waiting.remove(&node) {
+            info!("node {node} has its sectors for epoch {epoch}; {} to go", self.waiting.len());
+            self.maybe_switch(rx);
+        }
     }
 
     fn handle_heartbeat(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64, epoch: u64) {
-        let node = rx.data_mut(id).and_then(|d| d.node);
-        let Some(node) = node else { return };
+        let Some(node) = rx.data_mut(id).and_then(|d| d.node) else { return };
         self.last_heard.insert(node, Instant::now());
-        if epoch < self.table.epoch {
-            rx.send(
-                id,
-                &self.table_msg(
-                    Header {
-                        req,
-                        ..Header::default()
-                    },
-                    0,
-                ),
-            );
+        if self.newest().member(node).is_some_and(|m| m.state == NodeState::Down) {
+            let addr = self.newest().member(node).map(|m| m.addr.clone()).unwrap_or_default();
+            self.change(rx, &format!("node {node} is back"), |t| t.assign_join(node, &addr));
+        } else if epoch < self.newest().epoch {
+            rx.send(id, &self.table_msg(Header { req, ..Header::default() }, 0));
         }
     }
 
     fn check_heartbeats(&mut self, rx: &mut Reactor<Peer>) {
         let now = Instant::now();
         let dead: Vec<u32> = self
-            .table
+            .newest()
             .members
             .iter()
             .filter(|m| m.state == NodeState::Up)
-            .filter(|m| {
-                self.last_heard
-                    .get(&m.id)
-                    .is_none_or(|t| now.duration_since(*t) > self.cfg.dead_after)
-            })
+            .filter(|m| self.last_heard.get(&m.id).is_none_or(|t| now.duration_since(*t) > self.cfg.dead_after))
             .map(|m| m.id)
             .collect();
-        if dead.is_empty() {
-            return;
+        for node in dead {
+            warn!("node {node} silent for over {:?}: declared down", self.cfg.dead_after);
+            self.waiting.remove(&node);
+            if let Some(conn) = self.node_conns.remove(&node) {
+                rx.close(conn);
+            }
+            self.change(rx, &format!("node {node} is down"), |t| t.mark_down(node));
+            self.maybe_switch(rx);
         }
-        for node in &dead {
-            warn!(
-                "node {node} silent for over {:?}: declared down",
-                self.cfg.dead_after
-            );
-            self.table.set_state(*node, NodeState::Down);
+        if self.pending.is_some() && self.pending_since.elapsed() > MOVE_NUDGE {
+            warn!("move to epoch {} still waits for {:?}; publishing it again", self.newest().epoch, self.waiting);
+            self.pending_since = Instant::now();
+            self.publish(rx);
         }
-        self.publish(rx);
     }
 }
 
@@ -308,26 +295,15 @@ impl Handler for Manager {
             Body::Hello => self.handle_hello(rx, id, req),
             Body::GetTable => {
                 let contact = self.contact();
-                rx.send(
-                    id,
-                    &self.table_msg(
-                        Header {
-                            req,
-                            ..Header::default()
-                        },
-                        contact,
-                    ),
-                );
+                rx.send(id, &self.table_msg(Header { req, ..Header::default() }, contact));
             }
             Body::Register { id: node, addr } => self.handle_register(rx, id, req, node, addr),
             Body::Heartbeat { epoch } => self.handle_heartbeat(rx, id, req, epoch),
             Body::Leave => self.handle_leave(rx, id, req),
+            Body::Synced { epoch } => self.handle_synced(rx, id, epoch),
             Body::Ok => {}
             other => {
-                rx.send(
-                    id,
-                    &error_reply(req, &format!("{} is not a manager request", other.verb())),
-                );
+                rx.send(id, &error_reply(req, &format!("{} is not a manager request", other.verb())));
             }
         }
     }
@@ -371,52 +347,31 @@ pub fn reopen_log(file: &Option<PathBuf>) {
 
 /// An ERROR reply to request `req`.
 pub fn error_reply(req: u64, reason: &str) -> Message {
-    Message {
-        header: Header {
-            req,
-            ..Header::default()
-        },
-        body: Body::Error {
-            reason: reason.to_string(),
-        },
-    }
+    Message { header: Header { req, ..Header::default() }, body: Body::Error { reason: reason.to_string() } }
 }
 
 /// Encodes the state as a TABLE message whose client field is the next client id.
-fn save_state(dir: &std::path::Path, table: &Table, next_client: u64) -> std::io::Result<()> {
-    let msg = Message {
-        header: Header {
-            client: next_client,
-            node: 0,
-            req: 0,
-        },
-        body: Body::TableMsg {
-            table: table.clone(),
-            contact: 0,
-        },
-    };
+fn save_state(dir: &std::path::Path, table: &Table, pending: Option<&Table>, next_client: u64) -> std::io::Result<()> {
+    let header = Header { client: next_client, node: 0, req: 0 };
+    let body = Body::TableMsg { table: table.clone(), pending: pending.cloned(), contact: 0 };
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
     let mut f = fs::File::create(&tmp)?;
-    f.write_all(&codec::to_bytes(&msg))?;
+    f.write_all(&codec::to_bytes(&Message { header, body }))?;
     f.sync_all()?;
     fs::rename(&tmp, dir.join(STATE_FILE))?;
     fs::File::open(dir)?.sync_all()
 }
 
-fn load_state(bytes: &[u8]) -> Result<(Table, u64), String> {
-    let limits = Limits {
-        max_header: 128,
-        max_body: bytes.len(),
-    };
+type State = (Table, Option<Table>, u64);
+
+fn load_state(bytes: &[u8]) -> Result<State, String> {
+    let limits = Limits { max_header: 128, max_body: bytes.len() };
     match codec::check(bytes, &limits) {
         Ok(Some(n)) if n == bytes.len() => {}
         _ => return Err("state file is damaged".into()),
     }
     match codec::parse(bytes).map_err(|e| e.to_string())? {
-        Message {
-            header,
-            body: Body::TableMsg { table, .. },
-        } => Ok((table, header.client.max(1))),
+        Message { header, body: Body::TableMsg { table, pending, .. } } => Ok((table, pending, header.client.max(1))),
         _ => Err("state file does not hold a table".into()),
     }
 }
@@ -432,10 +387,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), crate::cli::Exit> {
         }
     };
     let started = (|| -> net::Result<(Reactor<Peer>, SocketAddr)> {
-        let mut rx = Reactor::new(Limits {
-            max_header: 128,
-            max_body: 1 << 20,
-        })?;
+        let mut rx = Reactor::new(Limits { max_header: 128, max_body: 1 << 20 })?;
         let bound = rx.listen(cfg.listen)?;
         rx.catch_signals()?;
         Ok((rx, bound))
@@ -449,8 +401,9 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), crate::cli::Exit> {
         }
     };
     // Nodes get one dead-after of grace to re-register after a restart.
-    for m in &mgr.table.members {
-        mgr.last_heard.insert(m.id, Instant::now());
+    let members: Vec<u32> = mgr.newest().members.iter().map(|m| m.id).collect();
+    for id in members {
+        mgr.last_heard.insert(id, Instant::now());
     }
     rx.add_timer(cfg.heartbeat, TIMER_HEARTBEATS);
     println!("listening on {bound}");

@@ -16,8 +16,7 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// The stable 64-bit FNV-1a hash of `key`.
 pub fn hash_key(key: &[u8]) -> u64 {
-    key.iter()
-        .fold(FNV_OFFSET, |h, &b| (h ^ b as u64).wrapping_mul(FNV_PRIME))
+    key.iter().fold(FNV_OFFSET, |h, &b| (h ^ b as u64).wrapping_mul(FNV_PRIME))
 }
 
 /// The sector of `key` in a table of `q` sectors (`q` > 0).
@@ -92,14 +91,7 @@ pub struct Table {
 impl Table {
     /// An empty table of `q` sectors (owner 0 = nobody) at epoch 0.
     pub fn new(q: u32, rep: u32, read_quorum: u32, write_quorum: u32) -> Table {
-        Table {
-            epoch: 0,
-            rep,
-            read_quorum,
-            write_quorum,
-            members: Vec::new(),
-            owners: vec![0; q as usize],
-        }
+        Table { epoch: 0, rep, read_quorum, write_quorum, members: Vec::new(), owners: vec![0; q as usize] }
     }
 
     /// Q, the number of sectors.
@@ -135,11 +127,23 @@ impl Table {
         list
     }
 
+    /// Every owner in ring order starting at `sector`, each once: the
+    /// preference list, then the stand-ins for sloppy quorum.
+    pub fn ring_from(&self, sector: u32) -> Vec<u32> {
+        let q = self.owners.len();
+        let mut list: Vec<u32> = Vec::new();
+        for step in 0..q {
+            let owner = self.owners[(sector as usize + step) % q];
+            if owner != 0 && !list.contains(&owner) {
+                list.push(owner);
+            }
+        }
+        list
+    }
+
     /// The sectors whose preference list includes `node`.
     pub fn sectors_held_by(&self, node: u32) -> Vec<u32> {
-        (0..self.sectors())
-            .filter(|&s| self.preference(s).contains(&node))
-            .collect()
+        (0..self.sectors()).filter(|&s| self.preference(s).contains(&node)).collect()
     }
 
     /// How many sectors `node` owns.
@@ -157,11 +161,7 @@ impl Table {
                 m.state = NodeState::Up;
             }
             None => {
-                self.members.push(Member {
-                    id,
-                    addr: addr.to_string(),
-                    state: NodeState::Up,
-                });
+                self.members.push(Member { id, addr: addr.to_string(), state: NodeState::Up });
                 self.members.sort_by_key(|m| m.id);
             }
         }
@@ -182,23 +182,36 @@ impl Table {
         self.epoch += 1;
     }
 
-    /// Marks member `id` up or down. Bumps the epoch when it changes.
-    pub fn set_state(&mut self, id: u32, state: NodeState) -> bool {
-        match self.members.iter_mut().find(|m| m.id == id) {
-            Some(m) if m.state != state => {
-                m.state = state;
-                self.epoch += 1;
-                true
-            }
-            _ => false,
+    /// Marks member `id` down and moves its sectors to the members that
+    /// are up, so loads differ by at most one. Bumps the epoch.
+    pub fn mark_down(&mut self, id: u32) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
+            m.state = NodeState::Down;
         }
+        self.rebalance();
+        self.epoch += 1;
+    }
+
+    /// The up members that hold a sector under `next` that they do not
+    /// hold under `self`: the nodes that must receive data before `next`
+    /// can become the current table.
+    pub fn gainers(&self, next: &Table) -> Vec<u32> {
+        next.members
+            .iter()
+            .filter(|m| m.state == NodeState::Up)
+            .map(|m| m.id)
+            .filter(|&id| {
+                let before = self.sectors_held_by(id);
+                next.sectors_held_by(id).iter().any(|s| !before.contains(s))
+            })
+            .collect()
     }
 
     /// Gives unowned sectors to the least loaded members, then moves
     /// sectors from the most to the least loaded until loads differ by at
     /// most one. Moves as few sectors as that takes.
     fn rebalance(&mut self) {
-        let ids: Vec<u32> = self.members.iter().map(|m| m.id).collect();
+        let ids: Vec<u32> = self.members.iter().filter(|m| m.state == NodeState::Up).map(|m| m.id).collect();
         if ids.is_empty() {
             self.owners.iter_mut().for_each(|o| *o = 0);
             return;
@@ -206,36 +219,48 @@ impl Table {
         let load = |owners: &[u32], id: u32| owners.iter().filter(|&&o| o == id).count();
         for s in 0..self.owners.len() {
             if self.owners[s] == 0 || !ids.contains(&self.owners[s]) {
-                let least = ids
-                    .iter()
-                    .copied()
-                    .min_by_key(|&id| (load(&self.owners, id), id));
+                let least = ids.iter().copied().min_by_key(|&id| (load(&self.owners, id), id));
                 self.owners[s] = least.unwrap_or(0);
             }
         }
         loop {
-            let most = ids
-                .iter()
-                .copied()
-                .max_by_key(|&id| (load(&self.owners, id), u32::MAX - id));
-            let least = ids
-                .iter()
-                .copied()
-                .min_by_key(|&id| (load(&self.owners, id), id));
+            let most = ids.iter().copied().max_by_key(|&id| (load(&self.owners, id), u32::MAX - id));
+            let least = ids.iter().copied().min_by_key(|&id| (load(&self.owners, id), id));
             let (Some(most), Some(least)) = (most, least) else {
                 return;
             };
             if load(&self.owners, most) <= load(&self.owners, least) + 1 {
                 return;
             }
-            // Take the most loaded node's sector that lies furthest from the
-            // least loaded node's own sectors, spreading ownership round the ring.
-            let pos = self.owners.iter().rposition(|&o| o == most);
-            match pos {
+            match self.farthest_sector(most, least) {
                 Some(p) => self.owners[p] = least,
                 None => return,
             }
         }
+    }
+
+    /// The sector of `donor` furthest round the ring from every sector of
+    /// `receiver` (the lowest such sector on ties). Moving that one spreads
+    /// each node's sectors evenly, so the replicas of preference lists
+    /// spread evenly too.
+    fn farthest_sector(&self, donor: u32, receiver: u32) -> Option<usize> {
+        let q = self.owners.len();
+        let mut dist = vec![usize::MAX; q];
+        // Two sweeps of the circle in each direction give each sector its
+        // distance to the nearest sector of `receiver`.
+        for pass in 0..2 {
+            let mut last: Option<usize> = None;
+            for i in 0..2 * q {
+                let s = if pass == 0 { i % q } else { (2 * q - 1 - i) % q };
+                if self.owners[s] == receiver {
+                    last = Some(i);
+                }
+                if let Some(l) = last {
+                    dist[s] = dist[s].min(i - l);
+                }
+            }
+        }
+        (0..q).filter(|&s| self.owners[s] == donor).max_by_key(|&s| (dist[s], std::cmp::Reverse(s)))
     }
 }
 
@@ -299,6 +324,32 @@ mod tests {
         t.assign_leave(3);
         assert!(t.owners.iter().all(|&o| o != 3 && o != 0));
         assert_eq!(t.preference(0).len(), 3);
+    }
+
+    #[test]
+    fn a_down_node_loses_its_sectors_and_gets_some_back_on_rejoin() {
+        let mut t = Table::new(64, 2, 2, 1);
+        for id in 1..=4 {
+            t.assign_join(id, "127.0.0.1:1");
+        }
+        let before = t.clone();
+        t.mark_down(2);
+        assert_eq!(t.owned_by(2), 0);
+        assert!(t.member(2).is_some());
+        assert_eq!(before.gainers(&t).len(), 3);
+        t.assign_join(2, "127.0.0.1:1");
+        assert!(t.owned_by(2) >= 15);
+    }
+
+    #[test]
+    fn replica_load_is_even_after_joins() {
+        let mut t = Table::new(1024, 3, 2, 2);
+        for id in 1..=7 {
+            t.assign_join(id, "127.0.0.1:1");
+        }
+        let held: Vec<usize> = (1..=7).map(|id| t.sectors_held_by(id).len()).collect();
+        let mean = 3.0 * 1024.0 / 7.0;
+        assert!(held.iter().all(|&h| (h as f64) < mean * 1.15 && (h as f64) > mean * 0.85), "{held:?}");
     }
 
     #[test]

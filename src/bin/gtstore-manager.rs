@@ -10,62 +10,17 @@ const PROG: &str = "gtstore-manager";
 
 fn options() -> getopts::Options {
     let mut o = getopts::Options::new();
-    o.optopt(
-        "",
-        "listen",
-        "address to listen on (default 127.0.0.1:7000)",
-        "ADDR",
-    );
-    o.optopt(
-        "",
-        "data-dir",
-        "state directory (default ./gtstore-manager)",
-        "DIR",
-    );
+    o.optopt("", "listen", "address to listen on (default 127.0.0.1:7000)", "ADDR");
+    o.optopt("", "data-dir", "state directory (default ./gtstore-manager)", "DIR");
     o.optopt("", "rep", "replicas per key (default 1)", "N");
-    o.optopt(
-        "",
-        "read-quorum",
-        "replies a read waits for (default N/2+1)",
-        "R",
-    );
-    o.optopt(
-        "",
-        "write-quorum",
-        "acknowledgements a write waits for (default N/2+1)",
-        "W",
-    );
-    o.optopt(
-        "",
-        "sectors",
-        "sectors of the hash space for a new cluster (default 1024)",
-        "Q",
-    );
-    o.optopt(
-        "",
-        "heartbeat-ms",
-        "heartbeat interval for nodes (default 200)",
-        "MS",
-    );
-    o.optopt(
-        "",
-        "dead-after-ms",
-        "silence before a node is declared dead (default 1000)",
-        "MS",
-    );
+    o.optopt("", "read-quorum", "replies a read waits for (default N/2+1)", "R");
+    o.optopt("", "write-quorum", "acknowledgements a write waits for (default N/2+1)", "W");
+    o.optopt("", "sectors", "sectors of the hash space for a new cluster (default 1024)", "Q");
+    o.optopt("", "heartbeat-ms", "heartbeat interval for nodes (default 200)", "MS");
+    o.optopt("", "dead-after-ms", "silence before a node is declared dead (default 1000)", "MS");
     o.optflag("", "daemon", "detach; return once listening");
-    o.optopt(
-        "",
-        "log",
-        "log file (reopened on SIGHUP; default standard error)",
-        "FILE",
-    );
-    o.optopt(
-        "",
-        "pidfile",
-        "pidfile, locked while running (default DIR/gtstore-manager.pid)",
-        "FILE",
-    );
+    o.optopt("", "log", "log file (reopened on SIGHUP; default standard error)", "FILE");
+    o.optopt("", "pidfile", "pidfile, locked while running (default DIR/gtstore-manager.pid)", "FILE");
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
     o
@@ -80,27 +35,17 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
     let read_quorum = opt_num(m, "read-quorum")?.unwrap_or(majority);
     let write_quorum = opt_num(m, "write-quorum")?.unwrap_or(majority);
     if read_quorum == 0 || write_quorum == 0 || read_quorum > rep || write_quorum > rep {
-        return Err(Exit::usage(format!(
-            "R ({read_quorum}) and W ({write_quorum}) must be between 1 and N ({rep})"
-        )));
+        return Err(Exit::usage(format!("R ({read_quorum}) and W ({write_quorum}) must be between 1 and N ({rep})")));
     }
     if read_quorum + write_quorum <= rep {
-        return Err(Exit::usage(format!(
-            "R + W must exceed N: {read_quorum} + {write_quorum} <= {rep}"
-        )));
+        return Err(Exit::usage(format!("R + W must exceed N: {read_quorum} + {write_quorum} <= {rep}")));
     }
     let sectors: u32 = opt_num(m, "sectors")?.unwrap_or(1024);
     if sectors == 0 || sectors > 1 << 20 {
         return Err(Exit::usage("--sectors must be between 1 and 1048576"));
     }
-    let listen = cli::resolve(
-        &m.opt_str("listen")
-            .unwrap_or_else(|| cli::DEFAULT_MANAGER.into()),
-    )?;
-    let data_dir = PathBuf::from(
-        m.opt_str("data-dir")
-            .unwrap_or_else(|| "gtstore-manager".into()),
-    );
+    let listen = cli::resolve(&m.opt_str("listen").unwrap_or_else(|| cli::DEFAULT_MANAGER.into()))?;
+    let data_dir = PathBuf::from(m.opt_str("data-dir").unwrap_or_else(|| "gtstore-manager".into()));
     let ms = |name: &str, default: u64| -> Result<Duration, Exit> {
         let v: u64 = opt_num(m, name)?.unwrap_or(default);
         if v == 0 {
@@ -116,9 +61,7 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         sectors,
         heartbeat: ms("heartbeat-ms", 200)?,
         dead_after: ms("dead-after-ms", 1000)?,
-        log_file: m
-            .opt_str("log")
-            .map(|p| std::path::absolute(&p).unwrap_or_else(|_| PathBuf::from(p))),
+        log_file: m.opt_str("log").map(|p| std::path::absolute(&p).unwrap_or_else(|_| PathBuf::from(p))),
         data_dir: std::path::absolute(&data_dir).unwrap_or(data_dir),
     })
 }
@@ -128,7 +71,12 @@ fn main() {
     let opts = options();
     let m = cli::parse_args(&opts, &args).unwrap_or_else(|e| cli::die(PROG, e));
     if m.opt_present("help") {
-        print!("{}", opts.usage(&format!("Usage: {PROG} [options]\n\nThe GTStore manager: membership, the partition table, failure detection.")));
+        print!(
+            "{}",
+            opts.usage(&format!(
+                "Usage: {PROG} [options]\n\nThe GTStore manager: membership, the partition table, failure detection."
+            ))
+        );
         return;
     }
     if m.opt_present("version") {
@@ -136,29 +84,15 @@ fn main() {
         return;
     }
     if !m.free.is_empty() {
-        cli::die(
-            PROG,
-            Exit::new(EX_USAGE, format!("unexpected argument '{}'", m.free[0])),
-        );
+        cli::die(PROG, Exit::new(EX_USAGE, format!("unexpected argument '{}'", m.free[0])));
     }
     let cfg = config(&m).unwrap_or_else(|e| cli::die(PROG, e));
     gtstore::daemon::init_logging(log::LevelFilter::Info);
     if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
-        cli::die(
-            PROG,
-            Exit::new(cli::EX_OSERR, format!("{}: {e}", cfg.data_dir.display())),
-        );
+        cli::die(PROG, Exit::new(cli::EX_OSERR, format!("{}: {e}", cfg.data_dir.display())));
     }
-    let pidfile = m
-        .opt_str("pidfile")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cfg.data_dir.join("gtstore-manager.pid"));
-    let started = gtstore::daemon::start(
-        m.opt_present("daemon"),
-        cfg.log_file.as_deref(),
-        &pidfile,
-        &cfg.data_dir,
-    );
+    let pidfile = m.opt_str("pidfile").map(PathBuf::from).unwrap_or_else(|| cfg.data_dir.join("gtstore-manager.pid"));
+    let started = gtstore::daemon::start(m.opt_present("daemon"), cfg.log_file.as_deref(), &pidfile, &cfg.data_dir);
     let (ready, _pid) = started.unwrap_or_else(|e| cli::die(PROG, e));
     if let Err(e) = manager::run(cfg, ready) {
         log::error!("{}", e.message);

@@ -3,9 +3,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use gtstore::cli::{
-    self, opt_num, Exit, EX_DATAERR, EX_NOT_FOUND, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE,
-};
+use gtstore::cli::{self, opt_num, Exit, EX_DATAERR, EX_NOT_FOUND, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE};
 use gtstore::client::{self, Client};
 
 const PROG: &str = "gtstore";
@@ -15,28 +13,13 @@ const MAX_STDIN_VALUE: u64 = 16 << 20;
 fn options() -> getopts::Options {
     let mut o = getopts::Options::new();
     o.optopt("", "put", "store a value under KEY (with --val)", "KEY");
-    o.optopt(
-        "",
-        "val",
-        "the value to store; - reads it from standard input",
-        "VALUE",
-    );
+    o.optopt("", "val", "the value to store; - reads it from standard input", "VALUE");
     o.optopt("", "get", "print the value of KEY", "KEY");
     o.optopt("", "del", "delete KEY", "KEY");
     o.optopt("", "node", "with inspect: the node to ask", "I");
-    o.optopt(
-        "",
-        "manager",
-        "cluster manager (default $GTSTORE_MANAGER, else 127.0.0.1:7000)",
-        "ADDR",
-    );
+    o.optopt("", "manager", "cluster manager (default $GTSTORE_MANAGER, else 127.0.0.1:7000)", "ADDR");
     o.optopt("", "timeout-ms", "per-attempt timeout (default 300)", "MS");
-    o.optopt(
-        "",
-        "deadline-ms",
-        "total time for retries (default 5000)",
-        "MS",
-    );
+    o.optopt("", "deadline-ms", "total time for retries (default 5000)", "MS");
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
     o
@@ -58,25 +41,14 @@ enum Command {
 }
 
 fn command(m: &getopts::Matches) -> Result<Command, Exit> {
-    let picked = ["put", "get", "del"]
-        .iter()
-        .filter(|o| m.opt_present(o))
-        .count()
-        + usize::from(!m.free.is_empty());
+    let picked = ["put", "get", "del"].iter().filter(|o| m.opt_present(o)).count() + usize::from(!m.free.is_empty());
     if picked != 1 {
-        return Err(Exit::usage(
-            "give exactly one of --put, --get, --del, status, inspect (see --help)",
-        ));
+        return Err(Exit::usage("give exactly one of --put, --get, --del, status, inspect (see --help)"));
     }
     if let Some(key) = m.opt_str("put") {
-        let val = m.opt_str("val").ok_or_else(|| {
-            Exit::usage("--put needs --val VALUE (or --val - for standard input)")
-        })?;
-        let value = if val == "-" {
-            None
-        } else {
-            Some(val.into_bytes())
-        };
+        let val =
+            m.opt_str("val").ok_or_else(|| Exit::usage("--put needs --val VALUE (or --val - for standard input)"))?;
+        let value = if val == "-" { None } else { Some(val.into_bytes()) };
         return Ok(Command::Put(key.into_bytes(), value));
     }
     if m.opt_present("val") {
@@ -94,10 +66,7 @@ fn command(m: &getopts::Matches) -> Result<Command, Exit> {
             let node = opt_num(m, "node")?.ok_or_else(|| Exit::usage("inspect needs --node I"))?;
             Ok(Command::Inspect(node, key.as_bytes().to_vec()))
         }
-        _ => Err(Exit::usage(format!(
-            "unknown command '{}' (see --help)",
-            m.free.join(" ")
-        ))),
+        _ => Err(Exit::usage(format!("unknown command '{}' (see --help)", m.free.join(" ")))),
     }
 }
 
@@ -106,27 +75,18 @@ fn read_stdin_value() -> Result<Vec<u8>, Exit> {
     std::io::stdin()
         .take(MAX_STDIN_VALUE + 1)
         .read_to_end(&mut value)
-        .map_err(|e| {
-            Exit::new(
-                EX_DATAERR,
-                format!("cannot read the value from standard input: {e}"),
-            )
-        })?;
+        .map_err(|e| Exit::new(EX_DATAERR, format!("cannot read the value from standard input: {e}")))?;
     if value.len() as u64 > MAX_STDIN_VALUE {
-        return Err(Exit::new(
-            EX_DATAERR,
-            format!("value on standard input is over {MAX_STDIN_VALUE} bytes"),
-        ));
+        return Err(Exit::new(EX_DATAERR, format!("value on standard input is over {MAX_STDIN_VALUE} bytes")));
     }
     Ok(value)
 }
 
 fn fail(e: client::Error, key: &[u8]) -> Exit {
     match e {
-        client::Error::NotFound { .. } => Exit::new(
-            EX_NOT_FOUND,
-            format!("{}: not found", String::from_utf8_lossy(key)),
-        ),
+        client::Error::NotFound { .. } => {
+            Exit::new(EX_NOT_FOUND, format!("{}: not found", String::from_utf8_lossy(key)))
+        }
         client::Error::Unavailable(why) => Exit::new(EX_UNAVAILABLE, why),
         client::Error::Refused(why) => Exit::new(EX_DATAERR, why),
     }
@@ -141,41 +101,44 @@ fn print_line(out: &mut impl Write, parts: &[&[u8]]) -> Result<(), Exit> {
         line.extend_from_slice(p);
     }
     line.push(b'\n');
-    out.write_all(&line)
-        .map_err(|e| Exit::new(EX_SOFTWARE, format!("cannot write output: {e}")))
+    out.write_all(&line).map_err(|e| Exit::new(EX_SOFTWARE, format!("cannot write output: {e}")))
 }
 
+/// `gtstore status`: the epoch, one line per node, then how many sectors
+/// still lack a copy (nodes that must receive sectors and have not yet).
 fn status(c: &mut Client, out: &mut impl Write) -> Result<(), Exit> {
     c.refresh_table();
     let table = c.table().clone();
     let io = |e: std::io::Error| Exit::new(EX_SOFTWARE, format!("cannot write output: {e}"));
+    let t = &table;
     writeln!(
         out,
         "epoch {} sectors {} replicas {} R {} W {}",
-        table.epoch,
-        table.sectors(),
-        table.rep,
-        table.read_quorum,
-        table.write_quorum
+        t.epoch,
+        t.sectors(),
+        t.rep,
+        t.read_quorum,
+        t.write_quorum
     )
     .map_err(io)?;
+    let mut missing = 0u64;
+    let mut unknown = 0;
     for m in &table.members {
         let (sectors, keys) = match c.stats(m.id) {
-            Ok(s) => (s.sectors.to_string(), s.keys.to_string()),
-            Err(_) => ("?".into(), "?".into()),
+            Ok(s) => {
+                missing += u64::from(s.missing);
+                (s.sectors.to_string(), s.keys.to_string())
+            }
+            Err(_) => {
+                unknown += 1;
+                (table.owned_by(m.id).to_string(), "?".into())
+            }
         };
-        writeln!(
-            out,
-            "server{} {} {} sectors={} keys={}",
-            m.id,
-            m.addr,
-            m.state.name(),
-            sectors,
-            keys
-        )
-        .map_err(io)?;
+        writeln!(out, "server{} {} {} sectors={} keys={}", m.id, m.addr, m.state.name(), sectors, keys).map_err(io)?;
     }
-    Ok(())
+    let short = (0..t.sectors()).filter(|&s| (t.preference(s).len() as u32) < t.rep).count();
+    let note = if unknown > 0 { format!(" ({unknown} node(s) did not answer)") } else { String::new() };
+    writeln!(out, "under-replicated {}{note}", missing + short as u64).map_err(io)
 }
 
 fn run(cmd: Command, cfg: client::Config) -> Result<(), Exit> {
@@ -192,10 +155,7 @@ fn run(cmd: Command, cfg: client::Config) -> Result<(), Exit> {
         }
         Command::Get(key) => {
             let (value, node) = c.get(&key).map_err(|e| fail(e, &key))?;
-            print_line(
-                &mut out,
-                &[&key, &value, format!("server{node}").as_bytes()],
-            )
+            print_line(&mut out, &[&key, &value, format!("server{node}").as_bytes()])
         }
         Command::Del(key) => {
             let node = c.delete(&key).map_err(|e| fail(e, &key))?;
@@ -207,21 +167,12 @@ fn run(cmd: Command, cfg: client::Config) -> Result<(), Exit> {
                 let value = l.value.unwrap_or_else(|| b"(deleted)".to_vec());
                 print_line(
                     &mut out,
-                    &[
-                        &key,
-                        &value,
-                        format!("version={}", l.version).as_bytes(),
-                        format!("server{node}").as_bytes(),
-                    ],
+                    &[&key, &value, format!("version={}", l.version).as_bytes(), format!("server{node}").as_bytes()],
                 )
             }
-            None => Err(Exit::new(
-                EX_NOT_FOUND,
-                format!(
-                    "{}: not found on server{node}",
-                    String::from_utf8_lossy(&key)
-                ),
-            )),
+            None => {
+                Err(Exit::new(EX_NOT_FOUND, format!("{}: not found on server{node}", String::from_utf8_lossy(&key))))
+            }
         },
     }
 }
@@ -243,13 +194,7 @@ fn main() {
         match opt_num::<u64>(&m, name) {
             Ok(Some(v)) if v > 0 => Duration::from_millis(v),
             Ok(None) => Duration::from_millis(default),
-            _ => cli::die(
-                PROG,
-                Exit::new(
-                    EX_USAGE,
-                    format!("--{name} must be a positive number of milliseconds"),
-                ),
-            ),
+            _ => cli::die(PROG, Exit::new(EX_USAGE, format!("--{name} must be a positive number of milliseconds"))),
         }
     };
     let cfg = client::Config {

@@ -25,10 +25,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            max_header: 128,
-            max_body: 1024 * 1024 + 64 * 1024,
-        }
+        Limits { max_header: 128, max_body: 1024 * 1024 + 64 * 1024 }
     }
 }
 
@@ -138,21 +135,20 @@ pub enum Body {
     Heartbeat { epoch: u64 },
     /// A node announces a graceful leave.
     Leave,
-    /// The partition table; `contact` is a round-robin contact node.
-    TableMsg { table: Table, contact: u32 },
+    /// The partition table; `pending` is the table the cluster is moving to
+    /// while sectors stream to their new holders; `contact` is a
+    /// round-robin contact node.
+    TableMsg { table: Table, pending: Option<Table>, contact: u32 },
     // Node to node.
     /// A replica write (or repair, or hint delivery when `hint_for` != 0).
     Store { entry: Entry, hint_for: u32 },
     /// A replica read of `key`.
     Fetch { key: Vec<u8> },
-    /// Ask for every entry of `sector`.
-    Pull { sector: u32 },
+    /// Ask for every entry of `sector`, unless the sender's digest of it
+    /// (see `gtstore-protocol(5)`) already matches.
+    Pull { sector: u32, digest: u64 },
     /// Part of a sector stream; `last` marks the end.
-    Chunk {
-        sector: u32,
-        entries: Vec<Entry>,
-        last: bool,
-    },
+    Chunk { sector: u32, entries: Vec<Entry>, last: bool },
     /// A node has received every sector it needs for `epoch`.
     Synced { epoch: u64 },
     /// A verb this build does not know; answered with an error.
@@ -206,19 +202,14 @@ pub fn check(buf: &[u8], limits: &Limits) -> Result<Option<usize>, DecodeError> 
     let scan = &buf[..buf.len().min(limits.max_header)];
     let Some(nl) = scan.iter().position(|&b| b == b'\n') else {
         if buf.len() >= limits.max_header {
-            return Err(DecodeError::HeaderTooLong {
-                limit: limits.max_header,
-            });
+            return Err(DecodeError::HeaderTooLong { limit: limits.max_header });
         }
         check_partial_header(buf)?;
         return Ok(None);
     };
     let fields = header_fields(&buf[..nl])?;
-    if fields.len as u64 > limits.max_body as u64 {
-        return Err(DecodeError::BodyTooLarge {
-            len: fields.len,
-            limit: limits.max_body,
-        });
+    if fields.len > limits.max_body as u64 {
+        return Err(DecodeError::BodyTooLarge { len: fields.len, limit: limits.max_body });
     }
     let total = nl + 1 + fields.len as usize;
     Ok((buf.len() >= total).then_some(total))
@@ -226,26 +217,16 @@ pub fn check(buf: &[u8], limits: &Limits) -> Result<Option<usize>, DecodeError> 
 
 /// Parses exactly one message from `buf` (a slice [`check`] accepted).
 pub fn parse(buf: &[u8]) -> Result<Message, DecodeError> {
-    let nl = buf
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or(DecodeError::BadPayload("no header line"))?;
+    let nl = buf.iter().position(|&b| b == b'\n').ok_or(DecodeError::BadPayload("no header line"))?;
     let h = header_fields(&buf[..nl])?;
     let payload = buf.get(nl + 1..).ok_or(DecodeError::BadPayload("short"))?;
     if payload.len() as u64 != h.len {
         return Err(DecodeError::BadPayload("length does not match"));
     }
-    let mut r = Reader {
-        buf: payload,
-        pos: 0,
-    };
+    let mut r = Reader { buf: payload, pos: 0 };
     let body = parse_body(h.verb, &mut r)?;
     r.finish()?;
-    let header = Header {
-        client: h.client,
-        node: h.node,
-        req: h.req,
-    };
+    let header = Header { client: h.client, node: h.node, req: h.req };
     Ok(Message { header, body })
 }
 
@@ -254,14 +235,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     let mut payload = Vec::new();
     encode_body(&msg.body, &mut payload);
     let h = &msg.header;
-    let line = format!(
-        "{} {} {} {} {}\n",
-        msg.body.verb(),
-        h.client,
-        h.node,
-        payload.len(),
-        h.req
-    );
+    let line = format!("{} {} {} {} {}\n", msg.body.verb(), h.client, h.node, payload.len(), h.req);
     out.extend_from_slice(line.as_bytes());
     out.extend_from_slice(&payload);
 }
@@ -294,8 +268,7 @@ fn header_fields(line: &[u8]) -> Result<HeaderFields<'_>, DecodeError> {
     Ok(HeaderFields {
         verb,
         client: decimal(client, "CLIENT_ID")?,
-        node: u32::try_from(decimal(node, "NODE_ID")?)
-            .map_err(|_| DecodeError::BadNumber("NODE_ID"))?,
+        node: u32::try_from(decimal(node, "NODE_ID")?).map_err(|_| DecodeError::BadNumber("NODE_ID"))?,
         len: decimal(len, "LENGTH")?,
         req: decimal(req, "REQ_ID")?,
     })
@@ -304,9 +277,7 @@ fn header_fields(line: &[u8]) -> Result<HeaderFields<'_>, DecodeError> {
 /// Rejects an unterminated header early when what has arrived is already wrong.
 fn check_partial_header(buf: &[u8]) -> Result<(), DecodeError> {
     let verb_end = buf.iter().position(|&b| b == b' ').unwrap_or(buf.len());
-    let verb_ok = buf[..verb_end]
-        .iter()
-        .all(|&b| b.is_ascii_uppercase() || b == b'_');
+    let verb_ok = buf[..verb_end].iter().all(|&b| b.is_ascii_uppercase() || b == b'_');
     if !verb_ok || (verb_end < buf.len() && verb_end == 0) {
         return Err(DecodeError::BadVerb);
     }
@@ -337,14 +308,8 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or(DecodeError::BadPayload("length overflow"))?;
-        let s = self
-            .buf
-            .get(self.pos..end)
-            .ok_or(DecodeError::BadPayload("field runs past the end"))?;
+        let end = self.pos.checked_add(n).ok_or(DecodeError::BadPayload("length overflow"))?;
+        let s = self.buf.get(self.pos..end).ok_or(DecodeError::BadPayload("field runs past the end"))?;
         self.pos = end;
         Ok(s)
     }
@@ -435,19 +400,15 @@ fn read_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
     let key = r.bytes()?;
     let version = r.version()?;
     let value = if r.flag()? { Some(r.bytes()?) } else { None };
-    Ok(Entry {
-        key,
-        version,
-        value,
-    })
+    Ok(Entry { key, version, value })
 }
 
-fn encode_table(out: &mut Vec<u8>, t: &Table, contact: u32) {
+/// Layout: contact u32, then the table, then a flag and the pending table.
+fn put_table(out: &mut Vec<u8>, t: &Table) {
     put_u64(out, t.epoch);
     put_u32(out, t.rep);
     put_u32(out, t.read_quorum);
     put_u32(out, t.write_quorum);
-    put_u32(out, contact);
     put_u32(out, t.members.len() as u32);
     for m in &t.members {
         put_u32(out, m.id);
@@ -460,9 +421,16 @@ fn encode_table(out: &mut Vec<u8>, t: &Table, contact: u32) {
     }
 }
 
-fn read_table(r: &mut Reader<'_>) -> Result<Body, DecodeError> {
+fn read_table_msg(r: &mut Reader<'_>) -> Result<Body, DecodeError> {
+    let contact = r.u32()?;
+    let table = read_one_table(r)?;
+    let pending = if r.flag()? { Some(read_one_table(r)?) } else { None };
+    Ok(Body::TableMsg { table, pending, contact })
+}
+
+fn read_one_table(r: &mut Reader<'_>) -> Result<Table, DecodeError> {
     let epoch = r.u64()?;
-    let (rep, read_quorum, write_quorum, contact) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+    let (rep, read_quorum, write_quorum) = (r.u32()?, r.u32()?, r.u32()?);
     let n = r.count(9)?;
     let mut members = Vec::with_capacity(n);
     for _ in 0..n {
@@ -479,15 +447,7 @@ fn read_table(r: &mut Reader<'_>) -> Result<Body, DecodeError> {
     for _ in 0..q {
         owners.push(r.u32()?);
     }
-    let table = Table {
-        epoch,
-        rep,
-        read_quorum,
-        write_quorum,
-        members,
-        owners,
-    };
-    Ok(Body::TableMsg { table, contact })
+    Ok(Table { epoch, rep, read_quorum, write_quorum, members, owners })
 }
 
 fn encode_body(body: &Body, out: &mut Vec<u8>) {
@@ -496,15 +456,8 @@ fn encode_body(body: &Body, out: &mut Vec<u8>) {
             put_bytes(out, key);
             put_bytes(out, value);
         }
-        Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => {
-            put_bytes(out, key)
-        }
-        Body::StatsReq
-        | Body::Ok
-        | Body::Hello
-        | Body::GetTable
-        | Body::Leave
-        | Body::Unknown(_) => {}
+        Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => put_bytes(out, key),
+        Body::StatsReq | Body::Ok | Body::Hello | Body::GetTable | Body::Leave | Body::Unknown(_) => {}
         Body::Value { value, version } => {
             version.encode(out);
             put_bytes(out, value);
@@ -527,17 +480,26 @@ fn encode_body(body: &Body, out: &mut Vec<u8>) {
             put_bytes(out, addr.as_bytes());
         }
         Body::Heartbeat { epoch } | Body::Synced { epoch } => put_u64(out, *epoch),
-        Body::TableMsg { table, contact } => encode_table(out, table, *contact),
+        Body::TableMsg { table, pending, contact } => {
+            put_u32(out, *contact);
+            put_table(out, table);
+            match pending {
+                Some(p) => {
+                    out.push(1);
+                    put_table(out, p);
+                }
+                None => out.push(0),
+            }
+        }
         Body::Store { entry, hint_for } => {
             put_u32(out, *hint_for);
             put_entry(out, entry);
         }
-        Body::Pull { sector } => put_u32(out, *sector),
-        Body::Chunk {
-            sector,
-            entries,
-            last,
-        } => {
+        Body::Pull { sector, digest } => {
+            put_u32(out, *sector);
+            put_u64(out, *digest);
+        }
+        Body::Chunk { sector, entries, last } => {
             put_u32(out, *sector);
             out.push(*last as u8);
             put_u32(out, entries.len() as u32);
@@ -548,10 +510,7 @@ fn encode_body(body: &Body, out: &mut Vec<u8>) {
 
 fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
     Ok(match verb {
-        "PUT" => Body::Put {
-            key: r.bytes()?,
-            value: r.bytes()?,
-        },
+        "PUT" => Body::Put { key: r.bytes()?, value: r.bytes()? },
         "GET" => Body::Get { key: r.bytes()? },
         "DEL" => Body::Del { key: r.bytes()? },
         "INSPECT" => Body::Inspect { key: r.bytes()? },
@@ -563,37 +522,20 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
         "LEAVE" => Body::Leave,
         "VALUE" => {
             let version = r.version()?;
-            Body::Value {
-                version,
-                value: r.bytes()?,
-            }
+            Body::Value { version, value: r.bytes()? }
         }
-        "NOT_FOUND" => Body::NotFound {
-            version: if r.flag()? { Some(r.version()?) } else { None },
-        },
-        "ERROR" => Body::Error {
-            reason: r.string()?,
-        },
-        "STATS_REPLY" => Body::StatsReply(Stats {
-            sectors: r.u32()?,
-            keys: r.u64()?,
-            missing: r.u32()?,
-        }),
-        "REGISTER" => Body::Register {
-            id: r.u32()?,
-            addr: r.string()?,
-        },
+        "NOT_FOUND" => Body::NotFound { version: if r.flag()? { Some(r.version()?) } else { None } },
+        "ERROR" => Body::Error { reason: r.string()? },
+        "STATS_REPLY" => Body::StatsReply(Stats { sectors: r.u32()?, keys: r.u64()?, missing: r.u32()? }),
+        "REGISTER" => Body::Register { id: r.u32()?, addr: r.string()? },
         "HEARTBEAT" => Body::Heartbeat { epoch: r.u64()? },
         "SYNCED" => Body::Synced { epoch: r.u64()? },
-        "TABLE" => read_table(r)?,
+        "TABLE" => read_table_msg(r)?,
         "STORE" => {
             let hint_for = r.u32()?;
-            Body::Store {
-                hint_for,
-                entry: read_entry(r)?,
-            }
+            Body::Store { hint_for, entry: read_entry(r)? }
         }
-        "PULL" => Body::Pull { sector: r.u32()? },
+        "PULL" => Body::Pull { sector: r.u32()?, digest: r.u64()? },
         "CHUNK" => {
             let sector = r.u32()?;
             let last = r.flag()?;
@@ -602,11 +544,7 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
             for _ in 0..n {
                 entries.push(read_entry(r)?);
             }
-            Body::Chunk {
-                sector,
-                entries,
-                last,
-            }
+            Body::Chunk { sector, entries, last }
         }
         other => {
             r.pos = r.buf.len();
@@ -620,90 +558,41 @@ mod tests {
     use super::*;
 
     fn msg(body: Body) -> Message {
-        Message {
-            header: Header {
-                client: 7,
-                node: 3,
-                req: 42,
-            },
-            body,
-        }
+        Message { header: Header { client: 7, node: 3, req: 42 }, body }
     }
 
     fn every_variant() -> Vec<Message> {
-        let v = Version {
-            ms: 1_700_000_000_000,
-            counter: 2,
-            node: 3,
-        };
-        let entry = Entry {
-            key: b"k\xff\x00".to_vec(),
-            version: v,
-            value: Some(b"v\n".to_vec()),
-        };
-        let tomb = Entry {
-            key: b"gone".to_vec(),
-            version: v,
-            value: None,
-        };
+        let v = Version { ms: 1_700_000_000_000, counter: 2, node: 3 };
+        let entry = Entry { key: b"k\xff\x00".to_vec(), version: v, value: Some(b"v\n".to_vec()) };
+        let tomb = Entry { key: b"gone".to_vec(), version: v, value: None };
         let mut table = Table::new(8, 3, 2, 2);
         table.assign_join(1, "127.0.0.1:7001");
         table.assign_join(2, "127.0.0.1:7002");
         vec![
-            Body::Put {
-                key: b"key1".to_vec(),
-                value: b"value1".to_vec(),
-            },
-            Body::Get {
-                key: b"key1".to_vec(),
-            },
+            Body::Put { key: b"key1".to_vec(), value: b"value1".to_vec() },
+            Body::Get { key: b"key1".to_vec() },
             Body::Del { key: vec![] },
             Body::Inspect { key: b"x".to_vec() },
             Body::StatsReq,
             Body::Ok,
-            Body::Value {
-                value: vec![0, 1, 2],
-                version: v,
-            },
+            Body::Value { value: vec![0, 1, 2], version: v },
             Body::NotFound { version: None },
             Body::NotFound { version: Some(v) },
-            Body::Error {
-                reason: "no quorum".into(),
-            },
-            Body::StatsReply(Stats {
-                sectors: 3,
-                keys: 99,
-                missing: 1,
-            }),
+            Body::Error { reason: "no quorum".into() },
+            Body::StatsReply(Stats { sectors: 3, keys: 99, missing: 1 }),
             Body::Hello,
             Body::GetTable,
-            Body::Register {
-                id: 4,
-                addr: "127.0.0.1:7004".into(),
-            },
+            Body::Register { id: 4, addr: "127.0.0.1:7004".into() },
             Body::Heartbeat { epoch: 9 },
             Body::Leave,
-            Body::TableMsg { table, contact: 2 },
-            Body::Store {
-                entry: entry.clone(),
-                hint_for: 0,
-            },
-            Body::Store {
-                entry: tomb.clone(),
-                hint_for: 5,
-            },
+            Body::TableMsg { table: table.clone(), pending: None, contact: 2 },
+            Body::TableMsg { table: table.clone(), pending: Some(table), contact: 0 },
+            Body::Store { entry: entry.clone(), hint_for: 0 },
+            Body::Store { entry: tomb.clone(), hint_for: 5 },
             Body::Fetch { key: b"k".to_vec() },
-            Body::Pull { sector: 17 },
-            Body::Chunk {
-                sector: 17,
-                entries: vec![entry, tomb],
-                last: true,
-            },
-            Body::Chunk {
-                sector: 1,
-                entries: vec![],
-                last: false,
-            },
+            Body::Pull { sector: 17, digest: u64::MAX },
+            Body::Chunk { sector: 17, entries: vec![entry, tomb], last: true },
+            Body::Chunk { sector: 1, entries: vec![], last: false },
             Body::Synced { epoch: 12 },
         ]
         .into_iter()
@@ -715,11 +604,7 @@ mod tests {
     fn every_variant_round_trips() {
         for m in every_variant() {
             let wire = to_bytes(&m);
-            assert_eq!(
-                check(&wire, &Limits::default()),
-                Ok(Some(wire.len())),
-                "{m:?}"
-            );
+            assert_eq!(check(&wire, &Limits::default()), Ok(Some(wire.len())), "{m:?}");
             assert_eq!(parse(&wire).as_ref(), Ok(&m));
         }
     }
@@ -727,20 +612,10 @@ mod tests {
     #[test]
     fn golden_put_wire_form() {
         let m = Message {
-            header: Header {
-                client: 1,
-                node: 0,
-                req: 5,
-            },
-            body: Body::Put {
-                key: b"a".to_vec(),
-                value: b"bc".to_vec(),
-            },
+            header: Header { client: 1, node: 0, req: 5 },
+            body: Body::Put { key: b"a".to_vec(), value: b"bc".to_vec() },
         };
-        assert_eq!(
-            to_bytes(&m),
-            b"PUT 1 0 11 5\n\x00\x00\x00\x01a\x00\x00\x00\x02bc"
-        );
+        assert_eq!(to_bytes(&m), b"PUT 1 0 11 5\n\x00\x00\x00\x01a\x00\x00\x00\x02bc");
     }
 
     #[test]
@@ -748,11 +623,7 @@ mod tests {
         for m in every_variant() {
             let wire = to_bytes(&m);
             for i in 0..wire.len() {
-                assert_eq!(
-                    check(&wire[..i], &Limits::default()),
-                    Ok(None),
-                    "{m:?} at {i}"
-                );
+                assert_eq!(check(&wire[..i], &Limits::default()), Ok(None), "{m:?} at {i}");
             }
         }
     }
@@ -772,10 +643,7 @@ mod tests {
 
     #[test]
     fn malformed_headers_have_distinct_errors() {
-        let l = Limits {
-            max_header: 64,
-            max_body: 100,
-        };
+        let l = Limits { max_header: 64, max_body: 100 };
         let cases: Vec<(&[u8], DecodeError)> = vec![
             (b"GET x 0 0 1\n", DecodeError::BadNumber("CLIENT_ID")),
             (b"GET 1 0 -5 1\n", DecodeError::BadNumber("LENGTH")),
@@ -783,32 +651,15 @@ mod tests {
             (b"GET 1 0 5 1 9\n", DecodeError::FieldCount(6)),
             (b"get 1 0 5 1\n", DecodeError::BadVerb),
             (b" 1 0 5 1\n", DecodeError::BadVerb),
-            (
-                b"GET 1 0 101 1\n",
-                DecodeError::BodyTooLarge {
-                    len: 101,
-                    limit: 100,
-                },
-            ),
-            (
-                b"GET 1 0 99999999999999999999999 1\n",
-                DecodeError::BadNumber("LENGTH"),
-            ),
-            (
-                b"GET 1 99999999999 0 1\n",
-                DecodeError::BadNumber("NODE_ID"),
-            ),
+            (b"GET 1 0 101 1\n", DecodeError::BodyTooLarge { len: 101, limit: 100 }),
+            (b"GET 1 0 99999999999999999999999 1\n", DecodeError::BadNumber("LENGTH")),
+            (b"GET 1 99999999999 0 1\n", DecodeError::BadNumber("NODE_ID")),
             (&[b'A'; 64], DecodeError::HeaderTooLong { limit: 64 }),
             (b"\x00\x01garbage", DecodeError::BadVerb),
             (b"GET 1 x", DecodeError::BadNumber("header")),
         ];
         for (input, want) in cases {
-            assert_eq!(
-                check(input, &l),
-                Err(want),
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(check(input, &l), Err(want), "{:?}", String::from_utf8_lossy(input));
         }
     }
 
@@ -826,10 +677,7 @@ mod tests {
             b"CHUNK 0 0 9 1\n\x00\x00\x00\x01\x01\xff\xff\xff\xff",
             b"OK 0 0 1 1\nx",
         ] {
-            assert!(
-                matches!(parse(wire), Err(DecodeError::BadPayload(_))),
-                "{wire:?}"
-            );
+            assert!(matches!(parse(wire), Err(DecodeError::BadPayload(_))), "{wire:?}");
         }
     }
 

@@ -115,11 +115,7 @@ impl<D> Conn<D> {
             }
             match self.sock.read(scratch) {
                 Ok(0) => {
-                    return if self.in_pos == self.inbuf.len() {
-                        Ok(ReadOutcome::Eof)
-                    } else {
-                        Err(Error::PeerReset)
-                    };
+                    return if self.in_pos == self.inbuf.len() { Ok(ReadOutcome::Eof) } else { Err(Error::PeerReset) };
                 }
                 Ok(n) => {
                     self.inbuf.extend_from_slice(&scratch[..n]);
@@ -129,9 +125,7 @@ impl<D> Conn<D> {
                 }
                 Err(e) => {
                     return match e.kind() {
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {
-                            Ok(ReadOutcome::Open)
-                        }
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(ReadOutcome::Open),
                         _ => Err(Error::Io(e)),
                     };
                 }

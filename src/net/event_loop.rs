@@ -59,10 +59,7 @@ impl ConnId {
     fn from_token(token: u64) -> Option<ConnId> {
         let low = token & 0xffff_ffff;
         let key = low.checked_sub(FIRST_CONN)? as usize;
-        Some(ConnId {
-            key,
-            gen: (token >> 32) as u32,
-        })
+        Some(ConnId { key, gen: (token >> 32) as u32 })
     }
 }
 
@@ -132,8 +129,7 @@ impl<D> Reactor<D> {
     pub fn listen(&mut self, addr: SocketAddr) -> Result<SocketAddr> {
         let l = TcpListener::bind(addr)?;
         l.set_nonblocking(true)?;
-        self.epoll
-            .add(l.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+        self.epoll.add(l.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
         let bound = l.local_addr()?;
         self.listener = Some(l);
         Ok(bound)
@@ -149,8 +145,7 @@ impl<D> Reactor<D> {
         // SAFETY: SIG_IGN installs no Rust code as a handler.
         unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn) }?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-        self.epoll
-            .add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+        self.epoll.add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
         self.signals = Some(fd);
         Ok(())
     }
@@ -163,11 +158,7 @@ impl<D> Reactor<D> {
     /// Starts a nonblocking connect to `addr`; `Handler::on_connected` or
     /// `Handler::on_closed` reports how it ended.
     pub fn connect(&mut self, addr: SocketAddr, data: D) -> Result<ConnId> {
-        let family = if addr.is_ipv4() {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
+        let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
         let fd: OwnedFd = socket::socket(family, SockType::Stream, flags, None)?;
         let _ = socket::setsockopt(&fd, sockopt::TcpNoDelay, &true);
@@ -245,13 +236,9 @@ impl<D> Reactor<D> {
             self.gens.resize(key + 1, 0);
         }
         self.gens[key] = self.gens[key].wrapping_add(1);
-        let id = ConnId {
-            key,
-            gen: self.gens[key],
-        };
+        let id = ConnId { key, gen: self.gens[key] };
         let want = conn.wanted_interest();
-        self.epoll
-            .add(conn.sock.as_fd(), EpollEvent::new(flags(want), id.token()))?;
+        self.epoll.add(conn.sock.as_fd(), EpollEvent::new(flags(want), id.token()))?;
         let c = entry.insert(conn);
         c.registered = want;
         Ok(id)
@@ -394,12 +381,7 @@ impl<D> Reactor<D> {
     fn protocol_error(&mut self, id: ConnId, e: &Error) {
         let peer = self.conn(id).and_then(|c| c.peer);
         warn!("closing {peer:?}: {e}");
-        let reply = Message {
-            header: Default::default(),
-            body: super::codec::Body::Error {
-                reason: e.to_string(),
-            },
-        };
+        let reply = Message { header: Default::default(), body: super::codec::Body::Error { reason: e.to_string() } };
         self.send_and_close(id, &reply);
     }
 
@@ -479,11 +461,8 @@ fn epoll_timeout(t: Option<Duration>) -> EpollTimeout {
 pub fn run<H: Handler>(rx: &mut Reactor<H::Data>, h: &mut H) -> Result<()> {
     let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
     while !rx.stopped {
-        let timeout = if rx.dirty.is_empty() && rx.to_close.is_empty() {
-            rx.timers.next_timeout()
-        } else {
-            Some(Duration::ZERO)
-        };
+        let timeout =
+            if rx.dirty.is_empty() && rx.to_close.is_empty() { rx.timers.next_timeout() } else { Some(Duration::ZERO) };
         let n = match rx.epoll.wait(&mut events, epoll_timeout(timeout)) {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,

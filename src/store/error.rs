@@ -43,19 +43,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io(e) => write!(f, "I/O error: {e}"),
-            Error::Corrupt {
-                sector,
-                gen,
-                offset,
-            } => write!(
-                f,
-                "corrupt record in sector {sector}, segment {gen}, at offset {offset}"
-            ),
+            Error::Corrupt { sector, gen, offset } => {
+                write!(f, "corrupt record in sector {sector}, segment {gen}, at offset {offset}")
+            }
             Error::TooLarge { what, len, limit } => {
-                write!(
-                    f,
-                    "{what} of {len} bytes exceeds the limit of {limit} bytes"
-                )
+                write!(f, "{what} of {len} bytes exceeds the limit of {limit} bytes")
             }
             Error::NoSuchSector(id) => write!(f, "no such sector: {id}"),
         }
@@ -83,15 +75,8 @@ mod tests {
 
     #[test]
     fn display_names_the_place_of_corruption() {
-        let e = Error::Corrupt {
-            sector: 7,
-            gen: 3,
-            offset: 120,
-        };
-        assert_eq!(
-            e.to_string(),
-            "corrupt record in sector 7, segment 3, at offset 120"
-        );
+        let e = Error::Corrupt { sector: 7, gen: 3, offset: 120 };
+        assert_eq!(e.to_string(), "corrupt record in sector 7, segment 3, at offset 120");
     }
 
     #[test]
@@ -104,14 +89,7 @@ mod tests {
 
     #[test]
     fn too_large_display() {
-        let e = Error::TooLarge {
-            what: "key",
-            len: 70_000,
-            limit: 65_536,
-        };
-        assert_eq!(
-            e.to_string(),
-            "key of 70000 bytes exceeds the limit of 65536 bytes"
-        );
+        let e = Error::TooLarge { what: "key", len: 70_000, limit: 65_536 };
+        assert_eq!(e.to_string(), "key of 70000 bytes exceeds the limit of 65536 bytes");
     }
 }

@@ -82,32 +82,15 @@ pub struct SegmentWriter {
 impl SegmentWriter {
     /// Creates (or empties) segment `gen` in `dir`.
     pub fn create(dir: &Path, sector: u32, gen: u64) -> Result<SegmentWriter> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(segment_path(dir, gen))?;
-        Ok(SegmentWriter {
-            sector,
-            gen,
-            file,
-            pos: 0,
-        })
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(true).open(segment_path(dir, gen))?;
+        Ok(SegmentWriter { sector, gen, file, pos: 0 })
     }
 
     /// Opens existing segment `gen` to append at `pos`, its recovered end.
     pub fn open_at(dir: &Path, sector: u32, gen: u64, pos: u64) -> Result<SegmentWriter> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(segment_path(dir, gen))?;
-        Ok(SegmentWriter {
-            sector,
-            gen,
-            file,
-            pos,
-        })
+        let file = OpenOptions::new().read(true).write(true).open(segment_path(dir, gen))?;
+        Ok(SegmentWriter { sector, gen, file, pos })
     }
 
     /// The generation this writer appends to.
@@ -126,30 +109,18 @@ impl SegmentWriter {
     }
 
     /// Appends a record given by its parts (`value` `None` = tombstone).
-    pub fn append_parts(
-        &mut self,
-        key: &[u8],
-        value: Option<&[u8]>,
-        version: Version,
-    ) -> Result<Loc> {
+    pub fn append_parts(&mut self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<Loc> {
         record::check_lengths(key.len(), value.map_or(0, <[u8]>::len))?;
         let mut buf = Vec::new();
         record::encode_parts(key, value, version, &mut buf);
         let len = u32::try_from(buf.len()).map_err(|_| too_large("record", buf.len()))?;
-        let end = self
-            .pos
-            .checked_add(u64::from(len))
-            .ok_or(too_large("segment", buf.len()))?;
+        let end = self.pos.checked_add(u64::from(len)).ok_or(too_large("segment", buf.len()))?;
         if let Err(e) = self.file.write_all_at(&buf, self.pos) {
             // Drop a partial write so the file still ends at a record boundary.
             let _ = self.file.set_len(self.pos);
             return Err(e.into());
         }
-        let loc = Loc {
-            gen: self.gen,
-            pos: self.pos,
-            len,
-        };
+        let loc = Loc { gen: self.gen, pos: self.pos, len };
         self.pos = end;
         Ok(loc)
     }
@@ -167,20 +138,12 @@ impl SegmentWriter {
 }
 
 fn too_large(what: &'static str, len: usize) -> Error {
-    Error::TooLarge {
-        what,
-        len: len as u64,
-        limit: u64::from(u32::MAX),
-    }
+    Error::TooLarge { what, len: len as u64, limit: u64::from(u32::MAX) }
 }
 
 /// Reads and verifies the record at `loc` from `file` (a positioned read).
 pub fn read_at(file: &File, sector: u32, loc: Loc) -> Result<Record> {
-    let corrupt = Error::Corrupt {
-        sector,
-        gen: loc.gen,
-        offset: loc.pos,
-    };
+    let corrupt = Error::Corrupt { sector, gen: loc.gen, offset: loc.pos };
     let len = loc.len as usize;
     if !(HEADER_LEN..=MAX_RECORD).contains(&len) {
         return Err(corrupt);
@@ -217,12 +180,7 @@ impl SegmentIter {
     /// Opens segment `gen` in `dir` at its start.
     pub fn open(dir: &Path, sector: u32, gen: u64) -> Result<SegmentIter> {
         let file = File::open(segment_path(dir, gen))?;
-        Ok(SegmentIter {
-            reader: BufReader::with_capacity(64 * 1024, file),
-            sector,
-            gen,
-            pos: 0,
-        })
+        Ok(SegmentIter { reader: BufReader::with_capacity(64 * 1024, file), sector, gen, pos: 0 })
     }
 
     /// The offset just past the last record returned: the good length.
@@ -237,19 +195,13 @@ impl SegmentIter {
         match record::read_record(&mut self.reader)? {
             Decoded::End => Ok(None),
             Decoded::Record { record, len } => {
-                let loc = Loc {
-                    gen: self.gen,
-                    pos: self.pos,
-                    len,
-                };
+                let loc = Loc { gen: self.gen, pos: self.pos, len };
                 self.pos = loc.end();
                 Ok(Some((loc, record)))
             }
-            Decoded::Torn | Decoded::Corrupt(_) => Err(Error::Corrupt {
-                sector: self.sector,
-                gen: self.gen,
-                offset: self.pos,
-            }),
+            Decoded::Torn | Decoded::Corrupt(_) => {
+                Err(Error::Corrupt { sector: self.sector, gen: self.gen, offset: self.pos })
+            }
         }
     }
 }
@@ -260,11 +212,7 @@ mod tests {
     use crate::store::test_dir::TestDir;
 
     fn v(ms: u64) -> Version {
-        Version {
-            ms,
-            counter: 0,
-            node: 1,
-        }
+        Version { ms, counter: 0, node: 1 }
     }
 
     #[test]
@@ -299,9 +247,8 @@ mod tests {
     fn iterator_replays_in_order() -> Result<()> {
         let dir = TestDir::new("log-iter");
         let mut w = SegmentWriter::create(dir.path(), 3, 7)?;
-        let recs: Vec<Record> = (0..50u64)
-            .map(|i| Record::put(format!("k{i}").as_bytes(), &vec![i as u8; i as usize], v(i)))
-            .collect();
+        let recs: Vec<Record> =
+            (0..50u64).map(|i| Record::put(format!("k{i}").as_bytes(), &vec![i as u8; i as usize], v(i))).collect();
         let locs: Vec<Loc> = recs.iter().map(|r| w.append(r).unwrap()).collect();
         let mut it = SegmentIter::open(dir.path(), 3, 7)?;
         for (rec, loc) in recs.iter().zip(&locs) {
@@ -317,25 +264,11 @@ mod tests {
         let dir = TestDir::new("log-badloc");
         let mut w = SegmentWriter::create(dir.path(), 5, 1)?;
         let loc = w.append(&Record::put(b"key", b"value", v(1)))?;
-        let shifted = Loc {
-            pos: 1,
-            len: loc.len - 1,
-            ..loc
-        };
-        assert!(matches!(
-            w.read(shifted),
-            Err(Error::Corrupt {
-                sector: 5,
-                gen: 1,
-                offset: 1
-            })
-        ));
+        let shifted = Loc { pos: 1, len: loc.len - 1, ..loc };
+        assert!(matches!(w.read(shifted), Err(Error::Corrupt { sector: 5, gen: 1, offset: 1 })));
         let past_end = Loc { pos: 100, ..loc };
         assert!(matches!(w.read(past_end), Err(Error::Corrupt { .. })));
-        let huge = Loc {
-            len: u32::MAX,
-            ..loc
-        };
+        let huge = Loc { len: u32::MAX, ..loc };
         assert!(matches!(w.read(huge), Err(Error::Corrupt { .. })));
         Ok(())
     }
@@ -345,10 +278,7 @@ mod tests {
         let dir = TestDir::new("log-big");
         let mut w = SegmentWriter::create(dir.path(), 0, 1)?;
         let key = vec![0u8; record::MAX_KEY + 1];
-        assert!(matches!(
-            w.append_parts(&key, None, v(1)),
-            Err(Error::TooLarge { what: "key", .. })
-        ));
+        assert!(matches!(w.append_parts(&key, None, v(1)), Err(Error::TooLarge { what: "key", .. })));
         assert_eq!(w.pos(), 0);
         assert_eq!(fs::metadata(segment_path(dir.path(), 1))?.len(), 0);
         Ok(())

@@ -47,9 +47,7 @@ impl FromStr for FsyncPolicy {
             "always" => Ok(FsyncPolicy::Always),
             "batch" => Ok(FsyncPolicy::Batch),
             "never" => Ok(FsyncPolicy::Never),
-            _ => Err(format!(
-                "unknown fsync policy {s:?} (expected always, batch or never)"
-            )),
+            _ => Err(format!("unknown fsync policy {s:?} (expected always, batch or never)")),
         }
     }
 }
@@ -101,12 +99,7 @@ impl Store {
                 None => ::log::warn!("{}: not a sector directory; ignored", path.display()),
             }
         }
-        Ok(Store {
-            root,
-            sectors,
-            policy,
-            dirty: Vec::new(),
-        })
+        Ok(Store { root, sectors, policy, dirty: Vec::new() })
     }
 
     /// The fsync policy the store was opened with.
@@ -132,13 +125,7 @@ impl Store {
     /// the key's current one; returns whether it did. Creates the sector on
     /// its first write. Durability follows the policy: `Always` syncs before
     /// returning, `Batch` leaves it to [`Store::sync_dirty`].
-    pub fn apply(
-        &mut self,
-        sector: u32,
-        key: &[u8],
-        version: Version,
-        value: Option<&[u8]>,
-    ) -> Result<bool> {
+    pub fn apply(&mut self, sector: u32, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<bool> {
         let policy = self.policy;
         let s = self.sector_mut(sector)?;
         let was_dirty = s.is_dirty();
@@ -222,18 +209,13 @@ impl Store {
     /// Every entry of `sector`, tombstones included, sorted by key, with
     /// values read from disk: what is streamed when the sector moves.
     pub fn scan(&self, sector: u32) -> Result<Vec<(Vec<u8>, Item)>> {
-        self.sectors
-            .get(&sector)
-            .ok_or(Error::NoSuchSector(sector))?
-            .scan()
+        self.sectors.get(&sector).ok_or(Error::NoSuchSector(sector))?.scan()
     }
 
     /// Every key of `sector` with its newest version, tombstones included,
     /// sorted by key: the cheap summary anti-entropy compares.
     pub fn keys_with_versions(&self, sector: u32) -> Vec<(Vec<u8>, Version)> {
-        self.sectors
-            .get(&sector)
-            .map_or_else(Vec::new, Sector::keys_with_versions)
+        self.sectors.get(&sector).map_or_else(Vec::new, Sector::keys_with_versions)
     }
 
     fn sector_dir(&self, sector: u32) -> PathBuf {
@@ -246,9 +228,7 @@ impl Store {
             let opened = Sector::open(&self.sector_dir(sector), sector)?;
             self.sectors.insert(sector, opened);
         }
-        self.sectors
-            .get_mut(&sector)
-            .ok_or(Error::NoSuchSector(sector))
+        self.sectors.get_mut(&sector).ok_or(Error::NoSuchSector(sector))
     }
 
     /// Compacts `sector` if it is mostly dead. A failure is only logged: the
@@ -287,8 +267,7 @@ pub(crate) mod test_dir {
     impl TestDir {
         pub(crate) fn new(tag: &str) -> TestDir {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("gtstore-test-{tag}-{}-{n}", std::process::id()));
+            let path = std::env::temp_dir().join(format!("gtstore-test-{tag}-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&path);
             std::fs::create_dir_all(&path).unwrap();
             TestDir(path)
@@ -312,11 +291,7 @@ mod tests {
     use super::*;
 
     fn v(ms: u64) -> Version {
-        Version {
-            ms,
-            counter: 0,
-            node: 2,
-        }
+        Version { ms, counter: 0, node: 2 }
     }
 
     fn value(store: &Store, sector: u32, key: &[u8]) -> Option<Vec<u8>> {
@@ -345,13 +320,7 @@ mod tests {
         assert_eq!(store.sector_ids(), vec![5, 900]);
         assert_eq!(value(&store, 5, b"k1"), Some(b"v1".to_vec()));
         assert_eq!(value(&store, 900, b"k2"), Some(b"v2".to_vec()));
-        assert_eq!(
-            store.get(900, b"k3")?,
-            Some(Item {
-                version: v(3),
-                value: None
-            })
-        );
+        assert_eq!(store.get(900, b"k3")?, Some(Item { version: v(3), value: None }));
         assert_eq!(store.get(5, b"k2")?, None);
         assert_eq!(store.get(6, b"k1")?, None);
         assert_eq!(store.version_of(900, b"k3"), Some(v(3)));
@@ -408,10 +377,7 @@ mod tests {
         let scanned = store.scan(42)?;
         assert_eq!(scanned.len(), 2);
         assert_eq!(scanned[1].1.value, None);
-        assert_eq!(
-            store.keys_with_versions(42),
-            vec![(b"a".to_vec(), v(1)), (b"b".to_vec(), v(2))]
-        );
+        assert_eq!(store.keys_with_versions(42), vec![(b"a".to_vec(), v(1)), (b"b".to_vec(), v(2))]);
 
         store.drop_sector(42)?;
         assert!(!store.has_sector(42));
@@ -419,9 +385,7 @@ mod tests {
         assert_eq!(store.sync_dirty()?, 0);
         store.drop_sector(42)?;
         drop(store);
-        assert!(Store::open(dir.path(), FsyncPolicy::Batch)?
-            .sector_ids()
-            .is_empty());
+        assert!(Store::open(dir.path(), FsyncPolicy::Batch)?.sector_ids().is_empty());
         Ok(())
     }
 
@@ -445,10 +409,7 @@ mod tests {
         drop(store);
         let seg = log::segment_path(&dir.path().join("sectors/3"), 1);
         let len = fs::metadata(&seg)?.len();
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&seg)?
-            .set_len(len - 2)?;
+        fs::OpenOptions::new().write(true).open(&seg)?.set_len(len - 2)?;
 
         let mut store = Store::open(dir.path(), FsyncPolicy::Always)?;
         assert_eq!(value(&store, 3, b"kept"), Some(b"safe".to_vec()));

@@ -63,20 +63,12 @@ pub enum Decoded {
 impl Record {
     /// A put of `value` under `key`.
     pub fn put(key: &[u8], value: &[u8], version: Version) -> Record {
-        Record {
-            key: key.to_vec(),
-            value: Some(value.to_vec()),
-            version,
-        }
+        Record { key: key.to_vec(), value: Some(value.to_vec()), version }
     }
 
     /// A tombstone (versioned delete) for `key`.
     pub fn tombstone(key: &[u8], version: Version) -> Record {
-        Record {
-            key: key.to_vec(),
-            value: None,
-            version,
-        }
+        Record { key: key.to_vec(), value: None, version }
     }
 
     /// The encoded length in bytes.
@@ -99,20 +91,14 @@ pub fn check_lengths(key_len: usize, val_len: usize) -> Result<()> {
 
 fn check_one(what: &'static str, len: usize, limit: usize) -> Result<()> {
     if len > limit {
-        return Err(Error::TooLarge {
-            what,
-            len: len as u64,
-            limit: limit as u64,
-        });
+        return Err(Error::TooLarge { what, len: len as u64, limit: limit as u64 });
     }
     Ok(())
 }
 
 /// The encoded length of a record with this key length and value.
 pub fn encoded_len(key_len: usize, value: Option<&[u8]>) -> usize {
-    HEADER_LEN
-        .saturating_add(key_len)
-        .saturating_add(value.map_or(0, <[u8]>::len))
+    HEADER_LEN.saturating_add(key_len).saturating_add(value.map_or(0, <[u8]>::len))
 }
 
 /// Appends the encoding of a record given by its parts, without copying
@@ -182,13 +168,7 @@ impl Header {
         if tombstone && val_len != 0 {
             return Err("tombstone with a value");
         }
-        Ok(Header {
-            crc,
-            tombstone,
-            key_len,
-            val_len,
-            version,
-        })
+        Ok(Header { crc, tombstone, key_len, val_len, version })
     }
 
     /// The length of key plus value (both capped by `parse`).
@@ -212,11 +192,7 @@ impl Header {
         };
         let value = body.split_off(self.key_len);
         let value = if self.tombstone { None } else { Some(value) };
-        let record = Record {
-            key: body,
-            value,
-            version: self.version,
-        };
+        let record = Record { key: body, value, version: self.version };
         Decoded::Record { record, len }
     }
 }
@@ -271,11 +247,7 @@ mod tests {
     use super::*;
 
     fn v(ms: u64) -> Version {
-        Version {
-            ms,
-            counter: 2,
-            node: 9,
-        }
+        Version { ms, counter: 2, node: 9 }
     }
 
     fn encoded(rec: &Record) -> Vec<u8> {
@@ -325,12 +297,8 @@ mod tests {
         let mut bytes = encoded(&a);
         b.encode(&mut bytes);
         let mut r: &[u8] = &bytes;
-        assert!(
-            matches!(read_record(&mut r).unwrap(), Decoded::Record { record, .. } if record == a)
-        );
-        assert!(
-            matches!(read_record(&mut r).unwrap(), Decoded::Record { record, .. } if record == b)
-        );
+        assert!(matches!(read_record(&mut r).unwrap(), Decoded::Record { record, .. } if record == a));
+        assert!(matches!(read_record(&mut r).unwrap(), Decoded::Record { record, .. } if record == b));
         assert_eq!(read_record(&mut r).unwrap(), Decoded::End);
     }
 
@@ -351,10 +319,7 @@ mod tests {
                 let mut bad = bytes.clone();
                 bad[i] ^= 1 << bit;
                 let got = decode(&bad);
-                assert!(
-                    matches!(got, Decoded::Corrupt(_) | Decoded::Torn),
-                    "byte {i} bit {bit}: {got:?}"
-                );
+                assert!(matches!(got, Decoded::Corrupt(_) | Decoded::Torn), "byte {i} bit {bit}: {got:?}");
             }
         }
     }
@@ -363,46 +328,22 @@ mod tests {
     fn oversized_lengths_are_rejected_before_allocating() {
         // Only the header is present: if the decoder trusted the lengths it
         // would try to allocate gigabytes or report a torn record.
-        assert_eq!(
-            decode(&raw_header(0, u32::MAX, 0)),
-            Decoded::Corrupt("key length over the limit")
-        );
-        assert_eq!(
-            decode(&raw_header(0, 1, u32::MAX)),
-            Decoded::Corrupt("value length over the limit")
-        );
-        assert_eq!(
-            decode(&raw_header(0, MAX_KEY as u32 + 1, 0)),
-            Decoded::Corrupt("key length over the limit")
-        );
-        assert_eq!(
-            decode(&raw_header(0, 0, MAX_VALUE as u32 + 1)),
-            Decoded::Corrupt("value length over the limit")
-        );
+        assert_eq!(decode(&raw_header(0, u32::MAX, 0)), Decoded::Corrupt("key length over the limit"));
+        assert_eq!(decode(&raw_header(0, 1, u32::MAX)), Decoded::Corrupt("value length over the limit"));
+        assert_eq!(decode(&raw_header(0, MAX_KEY as u32 + 1, 0)), Decoded::Corrupt("key length over the limit"));
+        assert_eq!(decode(&raw_header(0, 0, MAX_VALUE as u32 + 1)), Decoded::Corrupt("value length over the limit"));
     }
 
     #[test]
     fn impossible_flags_are_corrupt() {
-        assert_eq!(
-            decode(&raw_header(0x80, 1, 0)),
-            Decoded::Corrupt("unknown flag bits")
-        );
-        assert_eq!(
-            decode(&raw_header(FLAG_TOMBSTONE, 1, 4)),
-            Decoded::Corrupt("tombstone with a value")
-        );
+        assert_eq!(decode(&raw_header(0x80, 1, 0)), Decoded::Corrupt("unknown flag bits"));
+        assert_eq!(decode(&raw_header(FLAG_TOMBSTONE, 1, 4)), Decoded::Corrupt("tombstone with a value"));
     }
 
     #[test]
     fn check_lengths_enforces_the_caps() {
         assert!(check_lengths(MAX_KEY, MAX_VALUE).is_ok());
-        assert!(matches!(
-            check_lengths(MAX_KEY + 1, 0),
-            Err(Error::TooLarge { what: "key", .. })
-        ));
-        assert!(matches!(
-            check_lengths(0, MAX_VALUE + 1),
-            Err(Error::TooLarge { what: "value", .. })
-        ));
+        assert!(matches!(check_lengths(MAX_KEY + 1, 0), Err(Error::TooLarge { what: "key", .. })));
+        assert!(matches!(check_lengths(0, MAX_VALUE + 1), Err(Error::TooLarge { what: "value", .. })));
     }
 }

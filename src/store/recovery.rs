@@ -47,10 +47,7 @@ pub struct Replayed {
 
 /// Replays every segment of the sector in `dir` (sector id `sector`).
 pub fn replay(dir: &Path, sector: u32) -> Result<Replayed> {
-    let mut out = Replayed {
-        generations: log::list_generations(dir)?,
-        ..Replayed::default()
-    };
+    let mut out = Replayed { generations: log::list_generations(dir)?, ..Replayed::default() };
     let newest = out.generations.last().copied();
     for gen in out.generations.clone() {
         out.tail = replay_segment(dir, sector, gen, Some(gen) == newest, &mut out)?;
@@ -60,13 +57,7 @@ pub fn replay(dir: &Path, sector: u32) -> Result<Replayed> {
 }
 
 /// Replays one segment into `out`; returns its good length.
-fn replay_segment(
-    dir: &Path,
-    sector: u32,
-    gen: u64,
-    newest: bool,
-    out: &mut Replayed,
-) -> Result<u64> {
+fn replay_segment(dir: &Path, sector: u32, gen: u64, newest: bool, out: &mut Replayed) -> Result<u64> {
     let mut it = SegmentIter::open(dir, sector, gen)?;
     loop {
         match it.next_record() {
@@ -88,11 +79,7 @@ fn insert(out: &mut Replayed, loc: Loc, rec: Record) {
     let stats = &mut out.stats;
     stats.records = stats.records.saturating_add(1);
     let len = u64::from(loc.len);
-    let entry = Entry {
-        loc,
-        version: rec.version,
-        tombstone: rec.value.is_none(),
-    };
+    let entry = Entry { loc, version: rec.version, tombstone: rec.value.is_none() };
     match out.index.get_mut(&rec.key) {
         Some(old) if rec.version < old.version => {
             stats.dead_bytes = stats.dead_bytes.saturating_add(len);
@@ -119,10 +106,7 @@ fn cut_tail(dir: &Path, gen: u64, good: u64) -> Result<u64> {
     let cut = len.saturating_sub(good);
     file.set_len(good)?;
     file.sync_data()?;
-    ::log::warn!(
-        "{}: torn or corrupt record at offset {good}; cut {cut} bytes off the tail",
-        path.display()
-    );
+    ::log::warn!("{}: torn or corrupt record at offset {good}; cut {cut} bytes off the tail", path.display());
     Ok(cut)
 }
 
@@ -136,23 +120,11 @@ mod tests {
     use std::io::Write;
 
     fn v(ms: u64) -> Version {
-        Version {
-            ms,
-            counter: 0,
-            node: 1,
-        }
+        Version { ms, counter: 0, node: 1 }
     }
 
     fn records(n: u64) -> Vec<Record> {
-        (0..n)
-            .map(|i| {
-                Record::put(
-                    format!("key{i}").as_bytes(),
-                    format!("value {i}").as_bytes(),
-                    v(i + 1),
-                )
-            })
-            .collect()
+        (0..n).map(|i| Record::put(format!("key{i}").as_bytes(), format!("value {i}").as_bytes(), v(i + 1))).collect()
     }
 
     /// Writes `recs` as segment `gen`; returns their locations.
@@ -208,10 +180,7 @@ mod tests {
         let path = log::segment_path(dir.path(), 1);
         let good = locs.last().unwrap().end();
         for garbage in [vec![0u8; 4096], b"not a record at all, just noise".to_vec()] {
-            fs::OpenOptions::new()
-                .append(true)
-                .open(&path)?
-                .write_all(&garbage)?;
+            fs::OpenOptions::new().append(true).open(&path)?.write_all(&garbage)?;
             let got = replay(dir.path(), 0)?;
             assert_holds(&got, &recs);
             assert_eq!(got.stats.bytes_cut, garbage.len() as u64);
@@ -231,11 +200,7 @@ mod tests {
         bytes[victim.end() as usize - 1] ^= 0x40;
         fs::write(&path, &bytes)?;
         match replay(dir.path(), 7) {
-            Err(Error::Corrupt {
-                sector: 7,
-                gen: 1,
-                offset,
-            }) => assert_eq!(offset, victim.pos),
+            Err(Error::Corrupt { sector: 7, gen: 1, offset }) => assert_eq!(offset, victim.pos),
             other => panic!("expected Corrupt, got {other:?}"),
         }
         // Nothing was cut from the sealed segment.

@@ -101,11 +101,7 @@ impl Sector {
             return Ok(false);
         }
         let loc = self.writer.append_parts(key, value, version)?;
-        let entry = Entry {
-            loc,
-            version,
-            tombstone: value.is_none(),
-        };
+        let entry = Entry { loc, version, tombstone: value.is_none() };
         if let Some(old) = self.index.insert(key.to_vec(), entry) {
             let old_len = u64::from(old.loc.len);
             self.live_bytes = self.live_bytes.saturating_sub(old_len);
@@ -144,11 +140,7 @@ impl Sector {
 
     /// Every key with its newest version, tombstones included, sorted by key.
     pub fn keys_with_versions(&self) -> Vec<(Vec<u8>, Version)> {
-        let mut out: Vec<(Vec<u8>, Version)> = self
-            .index
-            .iter()
-            .map(|(k, e)| (k.clone(), e.version))
-            .collect();
+        let mut out: Vec<(Vec<u8>, Version)> = self.index.iter().map(|(k, e)| (k.clone(), e.version)).collect();
         out.sort_unstable();
         out
     }
@@ -229,11 +221,7 @@ impl Sector {
         self.writer = next;
         self.dirty = false;
         self.remove_older(gen)?;
-        ::log::info!(
-            "sector {}: compacted {before} bytes into {} (segment {gen})",
-            self.id,
-            self.live_bytes
-        );
+        ::log::info!("sector {}: compacted {before} bytes into {} (segment {gen})", self.id, self.live_bytes);
         Ok(())
     }
 
@@ -274,15 +262,8 @@ impl Sector {
 
     /// The item for index entry `e` of `key`.
     fn item(&self, key: &[u8], e: &Entry) -> Result<Item> {
-        let value = if e.tombstone {
-            None
-        } else {
-            self.read(key, e)?.value
-        };
-        Ok(Item {
-            version: e.version,
-            value,
-        })
+        let value = if e.tombstone { None } else { self.read(key, e)?.value };
+        Ok(Item { version: e.version, value })
     }
 
     /// Reads the record of entry `e` and checks it is the one indexed.
@@ -293,11 +274,7 @@ impl Sector {
             log::read_loc(&self.dir, self.id, e.loc)?
         };
         if rec.key != key || rec.version != e.version || rec.value.is_none() != e.tombstone {
-            return Err(Error::Corrupt {
-                sector: self.id,
-                gen: e.loc.gen,
-                offset: e.loc.pos,
-            });
+            return Err(Error::Corrupt { sector: self.id, gen: e.loc.gen, offset: e.loc.pos });
         }
         Ok(rec)
     }
@@ -306,7 +283,7 @@ impl Sector {
 /// Logs what a replay found, if anything.
 fn report(dir: &Path, stats: &Stats) {
     if stats.records > 0 || stats.bytes_cut > 0 {
-        ::log::info!(
+        ::log::debug!(
             "{}: replayed {} records from {} segments ({} live bytes, {} dead, {} cut)",
             dir.display(),
             stats.records,
@@ -324,11 +301,7 @@ mod tests {
     use crate::store::test_dir::TestDir;
 
     fn v(ms: u64) -> Version {
-        Version {
-            ms,
-            counter: 0,
-            node: 1,
-        }
+        Version { ms, counter: 0, node: 1 }
     }
 
     fn value_of(s: &Sector, key: &[u8]) -> Option<Vec<u8>> {
@@ -336,10 +309,7 @@ mod tests {
     }
 
     fn dir_size(dir: &Path) -> u64 {
-        fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().len())
-            .sum()
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
     }
 
     #[test]
@@ -347,36 +317,18 @@ mod tests {
         let dir = TestDir::new("sector-lww");
         let mut s = Sector::open(&dir.path().join("0"), 0)?;
         assert!(s.apply(b"k", v(5), Some(b"five"))?);
-        assert!(
-            !s.apply(b"k", v(4), Some(b"four"))?,
-            "older version ignored"
-        );
-        assert!(
-            !s.apply(b"k", v(5), Some(b"other"))?,
-            "equal version ignored"
-        );
+        assert!(!s.apply(b"k", v(4), Some(b"four"))?, "older version ignored");
+        assert!(!s.apply(b"k", v(5), Some(b"other"))?, "equal version ignored");
         assert_eq!(value_of(&s, b"k"), Some(b"five".to_vec()));
 
         assert!(s.apply(b"k", v(6), None)?, "tombstone beats older put");
-        assert!(
-            !s.apply(b"k", v(5), Some(b"stale"))?,
-            "stale put stays deleted"
-        );
+        assert!(!s.apply(b"k", v(5), Some(b"stale"))?, "stale put stays deleted");
         let item = s.get(b"k")?.unwrap();
-        assert_eq!(
-            item,
-            Item {
-                version: v(6),
-                value: None
-            }
-        );
+        assert_eq!(item, Item { version: v(6), value: None });
         assert_eq!(s.live_keys(), 0);
         assert_eq!(s.len(), 1);
 
-        assert!(
-            s.apply(b"k", v(7), Some(b"back"))?,
-            "newer put after tombstone"
-        );
+        assert!(s.apply(b"k", v(7), Some(b"back"))?, "newer put after tombstone");
         assert_eq!(value_of(&s, b"k"), Some(b"back".to_vec()));
         assert_eq!(s.live_keys(), 1);
         Ok(())
@@ -406,18 +358,9 @@ mod tests {
         drop(s);
         let s = Sector::open(&path, 3)?;
         assert_eq!(value_of(&s, b"a"), Some(b"alpha".to_vec()));
-        assert_eq!(
-            s.get(b"b")?,
-            Some(Item {
-                version: v(3),
-                value: None
-            })
-        );
+        assert_eq!(s.get(b"b")?, Some(Item { version: v(3), value: None }));
         assert_eq!(s.get(b"c")?, None);
-        assert_eq!(
-            s.keys_with_versions(),
-            vec![(b"a".to_vec(), v(1)), (b"b".to_vec(), v(3))]
-        );
+        assert_eq!(s.keys_with_versions(), vec![(b"a".to_vec(), v(1)), (b"b".to_vec(), v(3))]);
         Ok(())
     }
 
@@ -431,20 +374,8 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (
-                    b"x".to_vec(),
-                    Item {
-                        version: v(1),
-                        value: Some(b"1".to_vec())
-                    }
-                ),
-                (
-                    b"y".to_vec(),
-                    Item {
-                        version: v(2),
-                        value: None
-                    }
-                ),
+                (b"x".to_vec(), Item { version: v(1), value: Some(b"1".to_vec()) }),
+                (b"y".to_vec(), Item { version: v(2), value: None }),
             ]
         );
         Ok(())
@@ -482,13 +413,7 @@ mod tests {
         for k in 0..10u8 {
             assert_eq!(value_of(&s, &[k]), Some(big.clone()));
         }
-        assert_eq!(
-            s.get(b"dead")?,
-            Some(Item {
-                version: v(ms + 1),
-                value: None
-            })
-        );
+        assert_eq!(s.get(b"dead")?, Some(Item { version: v(ms + 1), value: None }));
         assert_eq!(value_of(&s, b"last"), Some(b"final".to_vec()));
         assert_eq!(dir_size(&path), after);
         assert!(!s.apply(b"dead", v(ms), Some(b"zombie"))?);
@@ -517,10 +442,7 @@ mod tests {
         let dir = TestDir::new("sector-big");
         let mut s = Sector::open(&dir.path().join("0"), 0)?;
         let key = vec![1u8; crate::store::record::MAX_KEY + 1];
-        assert!(matches!(
-            s.apply(&key, v(1), None),
-            Err(Error::TooLarge { .. })
-        ));
+        assert!(matches!(s.apply(&key, v(1), None), Err(Error::TooLarge { .. })));
         assert_eq!(s.len(), 0);
         Ok(())
     }

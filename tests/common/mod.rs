@@ -145,17 +145,11 @@ impl Drain {
 /// Runs `cmd` with `input` on stdin (or /dev/null), capturing stdout and stderr. Panics with the
 /// partial output if it runs longer than `timeout` (its whole process group is killed first).
 pub fn run_timeout(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Output {
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let out = Drain::start(child.stdout.take().unwrap());
     let err = Drain::start(child.stderr.take().unwrap());
     if let Some(data) = input {
@@ -186,11 +180,7 @@ pub fn run_timeout(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) ->
     // A daemon started by the command may hold the pipes a little longer (until it moves its
     // stderr to its log); do not wait for it indefinitely.
     let grace = Duration::from_secs(2);
-    Output {
-        status,
-        stdout: out.finish(grace),
-        stderr: err.finish(grace),
-    }
+    Output { status, stdout: out.finish(grace), stderr: err.finish(grace) }
 }
 
 /// Runs the binary `name` with `args` (time limit [`CLI_TIMEOUT`]).
@@ -212,10 +202,7 @@ pub fn alive(pid: i32, comm_prefix: &str) -> bool {
         return false;
     };
     // The state follows the parenthesised comm, which may itself contain spaces.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .unwrap_or("X");
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("X");
     state != "Z" && state != "X"
 }
 
@@ -299,22 +286,11 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra make variables such as `("R", "1")`, `("FSYNC",
     /// "never")` or `("NODE_FLAGS", "--max-conns 16")`.
-    pub fn start_with(
-        base_port: u16,
-        nodes: u16,
-        rep: u16,
-        extra_make_vars: &[(&str, &str)],
-    ) -> Cluster {
-        let run_dir =
-            std::env::temp_dir().join(format!("gtstore-test-{base_port}-{}", std::process::id()));
+    pub fn start_with(base_port: u16, nodes: u16, rep: u16, extra_make_vars: &[(&str, &str)]) -> Cluster {
+        let run_dir = std::env::temp_dir().join(format!("gtstore-test-{base_port}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&run_dir);
         // Built before `make` runs, so a failed start still cleans up whatever did start.
-        let cluster = Cluster {
-            base_port,
-            run_dir,
-            nodes,
-            rep,
-        };
+        let cluster = Cluster { base_port, run_dir, nodes, rep };
         let nodes_s = nodes.to_string();
         let rep_s = rep.to_string();
         let mut vars: Vec<(&str, &str)> = vec![("NODES", &nodes_s), ("REP", &rep_s)];
@@ -442,10 +418,7 @@ impl Cluster {
 
     /// Every pidfile and log under the run directory: manager first, then nodes by id.
     fn daemon_files(&self) -> Vec<(PathBuf, PathBuf)> {
-        let mut files = vec![(
-            self.manager_dir().join("gtstore-manager.pid"),
-            self.manager_log(),
-        )];
+        let mut files = vec![(self.manager_dir().join("gtstore-manager.pid"), self.manager_log())];
         let mut nodes: Vec<(u32, PathBuf)> = fs::read_dir(&self.run_dir)
             .into_iter()
             .flatten()
@@ -480,11 +453,7 @@ impl Drop for Cluster {
             }
         }
         if thread::panicking() {
-            eprintln!(
-                "cluster on port {} failed; run dir {}",
-                self.base_port,
-                self.run_dir.display()
-            );
+            eprintln!("cluster on port {} failed; run dir {}", self.base_port, self.run_dir.display());
             for (_, log) in &files {
                 if log.exists() {
                     eprintln!("--- tail of {} ---", log.display());
@@ -511,11 +480,7 @@ pub struct Daemon {
 }
 
 /// Copies a pipe into `buf` until EOF; lines are also sent on `lines`, if given.
-fn collect(
-    r: impl Read + Send + 'static,
-    buf: Arc<Mutex<Vec<u8>>>,
-    lines: Option<mpsc::Sender<String>>,
-) {
+fn collect(r: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>, lines: Option<mpsc::Sender<String>>) {
     thread::spawn(move || {
         let mut r = BufReader::new(r);
         let mut line = Vec::new();
@@ -544,25 +509,14 @@ impl Daemon {
     /// Like [`Daemon::spawn`], with extra environment variables (e.g. `GTSTORE_LOG=debug`).
     pub fn spawn_env(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        cmd.args(args).envs(envs.iter().copied()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         collect(child.stdout.take().unwrap(), Arc::clone(&stdout), Some(tx));
         collect(child.stderr.take().unwrap(), Arc::clone(&stderr), None);
-        let mut daemon = Daemon {
-            child,
-            addr: String::new(),
-            stdout,
-            stderr,
-        };
+        let mut daemon = Daemon { child, addr: String::new(), stdout, stderr };
         let deadline = Instant::now() + LISTEN_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -639,12 +593,7 @@ impl Drop for Daemon {
             let text = self.stderr_text();
             let lines: Vec<&str> = text.lines().collect();
             let start = lines.len().saturating_sub(LOG_TAIL_LINES);
-            eprintln!(
-                "--- stderr tail of pid {} ({}) ---\n{}",
-                self.pid(),
-                self.addr,
-                lines[start..].join("\n")
-            );
+            eprintln!("--- stderr tail of pid {} ({}) ---\n{}", self.pid(), self.addr, lines[start..].join("\n"));
         }
     }
 }

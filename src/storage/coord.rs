@@ -1,0 +1,458 @@
+//! The coordinator: client PUT/GET/DEL, quorum bookkeeping, forwarding,
+//! read repair, sloppy quorum with hinted handoff, and the replica side of
+//! STORE and FETCH.
+
+use log::{error, info};
+
+use super::{Link, Node, OP_DEADLINE, TIMER_OP_BASE};
+use crate::hlc::Version;
+use crate::net::codec::{Body, Entry, Header, Message, Stats};
+use crate::net::{ConnId, Reactor};
+
+/// What an operation in flight is waiting for.
+#[derive(Debug)]
+pub(super) enum OpKind {
+    /// A PUT or DEL: count acknowledgements.
+    Write,
+    /// A GET: keep the newest reply.
+    Read,
+    /// A request relayed to its coordinator: pass the reply back.
+    Forward,
+}
+
+/// A client request this node coordinates or forwards.
+#[derive(Debug)]
+pub(super) struct Op {
+    kind: OpKind,
+    client: ConnId,
+    header: Header,
+    sector: u32,
+    key: Vec<u8>,
+    /// Replies needed before answering (W or R).
+    need: usize,
+    /// Replicas asked, this node included.
+    asked: usize,
+    ok: usize,
+    failed: usize,
+    replied: bool,
+    /// The newest entry seen (reads) and who answered with what.
+    newest: Option<Entry>,
+    answers: Vec<(u32, Option<Version>)>,
+    /// A write's record, kept to hand it to a stand-in replica.
+    entry: Option<Entry>,
+    /// Nodes asked so far (the preference list, then stand-ins).
+    tried: Vec<u32>,
+    timer: crate::net::timer::TimerId,
+}
+
+impl Node {
+    // ----- client requests ----------------------------------------------
+
+    pub(super) fn reply(&self, rx: &mut Reactor<Link>, conn: ConnId, header: Header, body: Body) {
+        let header = Header { node: self.cfg.id, ..header };
+        rx.send(conn, &Message { header, body });
+    }
+
+    pub(super) fn handle_client(&mut self, rx: &mut Reactor<Link>, conn: ConnId, msg: Message) {
+        let h = msg.header;
+        let (key, value) = match msg.body {
+            Body::Put { key, value } => (key, Some(value)),
+            Body::Del { key } => (key, None),
+            Body::Get { key } => return self.start_read(rx, conn, h, key),
+            _ => return,
+        };
+        let (max_key, max_value) = self.limits();
+        if key.len() > max_key || value.as_ref().is_some_and(|v| v.len() > max_value) {
+            let reason = format!("key or value over the limit ({max_key} / {max_value} bytes)");
+            return self.reply(rx, conn, h, Body::Error { reason });
+        }
+        self.start_write(rx, conn, h, key, value);
+    }
+
+    /// Routes a client request: coordinate it here or forward it. Returns
+    /// the sector and replicas when this node coordinates.
+    fn route(
+        &mut self,
+        rx: &mut Reactor<Link>,
+        conn: ConnId,
+        h: Header,
+        key: &[u8],
+        body: impl FnOnce() -> Body,
+    ) -> Option<(u32, Vec<u32>)> {
+        let Some(table) = &self.table else {
+            self.reply(rx, conn, h, Body::Error { reason: "node has no partition table yet".into() });
+            return None;
+        };
+        let sector = table.sector_of(key);
+        let replicas = self.replicas(sector);
+        if replicas.contains(&self.cfg.id) {
+            return Some((sector, replicas));
+        }
+        match replicas.first() {
+            Some(&coord) => self.forward(rx, conn, h, coord, body()),
+            None => self.reply(rx, conn, h, Body::Error { reason: "no live replica for this key".into() }),
+        }
+        None
+    }
+
+    fn forward(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header, coord: u32, body: Body) {
+        let op = self.new_op(rx, OpKind::Forward, conn, h, 0, Vec::new(), 1, 1);
+        if !self.ask_peer(rx, coord, op, body) {
+            self.finish_op(rx, op, Some(Body::Error { reason: format!("coordinator server{coord} unreachable") }));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_op(
+        &mut self,
+        rx: &mut Reactor<Link>,
+        kind: OpKind,
+        client: ConnId,
+        header: Header,
+        sector: u32,
+        key: Vec<u8>,
+        need: usize,
+        asked: usize,
+    ) -> u64 {
+        let id = self.next_id();
+        let timer = rx.add_timer(OP_DEADLINE, TIMER_OP_BASE + id);
+        let op = Op {
+            kind,
+            client,
+            header,
+            sector,
+            key,
+            need,
+            asked,
+            ok: 0,
+            failed: 0,
+            replied: false,
+            newest: None,
+            answers: Vec::new(),
+            entry: None,
+            tried: Vec::new(),
+            timer,
+        };
+        self.ops.insert(id, op);
+        id
+    }
+
+    fn start_write(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let fwd_key = key.clone();
+        let fwd_value = value.clone();
+        let body = move || match fwd_value {
+            Some(value) => Body::Put { key: fwd_key, value },
+            None => Body::Del { key: fwd_key },
+        };
+        let Some((sector, replicas)) = self.route(rx, conn, h, &key, body) else {
+            return;
+        };
+        let version = self.clock.tick();
+        if let Err(e) = self.store.apply(sector, &key, version, value.as_deref()) {
+            error!("write to sector {sector} failed: {e}");
+            return self.reply(rx, conn, h, Body::Error { reason: format!("storage error: {e}") });
+        }
+        let need = self.write_quorum().min(replicas.len()).max(1);
+        let op = self.new_op(rx, OpKind::Write, conn, h, sector, key.clone(), need, replicas.len());
+        let entry = Entry { key, version, value };
+        self.count_answer(rx, op, self.cfg.id, Some(version), None);
+        self.relay(rx, sector, &entry, &replicas);
+        if let Some(o) = self.ops.get_mut(&op) {
+            o.entry = Some(entry.clone());
+            o.tried = replicas.clone();
+        }
+        let me = self.cfg.id;
+        for node in replicas.into_iter().filter(|&n| n != me) {
+            let body = Body::Store { entry: entry.clone(), hint_for: 0 };
+            if !self.ask_peer(rx, node, op, body) {
+                self.hand_to_stand_in(rx, op, node);
+            }
+        }
+    }
+
+    /// Sloppy quorum: a replica `down` could not take a write, so the next
+    /// live node in ring order outside the preference list takes it with a
+    /// hint naming `down`; its acknowledgement counts towards W.
+    fn hand_to_stand_in(&mut self, rx: &mut Reactor<Link>, op_id: u64, down: u32) {
+        let stand_in = match (self.ops.get(&op_id), &self.table) {
+            (Some(op), Some(t)) => t.ring_from(op.sector).into_iter().find(|n| {
+                !op.tried.contains(n) && t.member(*n).is_some_and(|m| m.state == crate::table::NodeState::Up)
+            }),
+            _ => None,
+        };
+        let entry = self.ops.get(&op_id).and_then(|op| op.entry.clone());
+        let (Some(node), Some(entry)) = (stand_in, entry) else {
+            return self.count_failure(rx, op_id);
+        };
+        if let Some(op) = self.ops.get_mut(&op_id) {
+            op.tried.push(node);
+        }
+        info!("node {down} unreachable: node {node} holds the write with a hint");
+        if !self.ask_peer(rx, node, op_id, Body::Store { entry, hint_for: down }) {
+            self.hand_to_stand_in(rx, op_id, node);
+        }
+    }
+
+    /// The connection to `node` closed: its answers will not come.
+    pub(super) fn ops_lost(&mut self, rx: &mut Reactor<Link>, node: u32) {
+        let lost: Vec<u64> = self.inflight.iter().filter(|(_, (_, n))| *n == node).map(|(r, _)| *r).collect();
+        for req in lost {
+            let Some((op, _)) = self.inflight.remove(&req) else { continue };
+            let is_write = self.ops.get(&op).is_some_and(|o| o.entry.is_some());
+            if is_write {
+                self.hand_to_stand_in(rx, op, node);
+            } else {
+                self.count_failure(rx, op);
+            }
+        }
+    }
+
+    fn start_read(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header, key: Vec<u8>) {
+        let fwd_key = key.clone();
+        let Some((sector, replicas)) = self.route(rx, conn, h, &key, || Body::Get { key: fwd_key }) else {
+            return;
+        };
+        let need = self.read_quorum().min(replicas.len()).max(1);
+        let op = self.new_op(rx, OpKind::Read, conn, h, sector, key.clone(), need, replicas.len());
+        match self.store.get(sector, &key) {
+            // A copy still catching up does not count towards R.
+            _ if !self.is_synced(sector) => self.count_failure(rx, op),
+            Ok(item) => {
+                let local = item.map(|i| Entry { key: key.clone(), version: i.version, value: i.value });
+                self.count_answer(rx, op, self.cfg.id, local.as_ref().map(|e| e.version), local);
+            }
+            Err(e) => {
+                error!("read from sector {sector} failed: {e}");
+                self.count_failure(rx, op);
+            }
+        }
+        let me = self.cfg.id;
+        for node in replicas.into_iter().filter(|&n| n != me) {
+            if !self.ask_peer(rx, node, op, Body::Fetch { key: key.clone() }) {
+                self.count_failure(rx, op);
+            }
+        }
+    }
+
+    fn write_quorum(&self) -> usize {
+        self.table.as_ref().map_or(1, |t| t.write_quorum as usize)
+    }
+
+    fn read_quorum(&self) -> usize {
+        self.table.as_ref().map_or(1, |t| t.read_quorum as usize)
+    }
+
+    // ----- operation bookkeeping ----------------------------------------
+
+    /// Records one replica's answer; answers the client once the quorum is met.
+    fn count_answer(
+        &mut self,
+        rx: &mut Reactor<Link>,
+        op_id: u64,
+        node: u32,
+        version: Option<Version>,
+        entry: Option<Entry>,
+    ) {
+        let Some(op) = self.ops.get_mut(&op_id) else {
+            return;
+        };
+        op.ok += 1;
+        op.answers.push((node, version));
+        if let Some(e) = entry {
+            if op.newest.as_ref().is_none_or(|n| e.version > n.version) {
+                op.newest = Some(e);
+            }
+        }
+        if !op.replied && op.ok >= op.need {
+            let body = match op.kind {
+                OpKind::Write => Body::Ok,
+                _ => match &op.newest {
+                    Some(Entry { value: Some(v), version, .. }) => Body::Value { value: v.clone(), version: *version },
+                    _ => Body::NotFound { version: None },
+                },
+            };
+            self.answer_client(rx, op_id, body);
+        }
+        self.maybe_retire(rx, op_id);
+    }
+
+    /// Records a replica that could not be asked or did not answer.
+    fn count_failure(&mut self, rx: &mut Reactor<Link>, op_id: u64) {
+        let Some(op) = self.ops.get_mut(&op_id) else {
+            return;
+        };
+        op.failed += 1;
+        if !op.replied && op.asked - op.failed < op.need {
+            let reason = format!("quorum not reached: {} of {} replicas answered", op.ok, op.need);
+            self.answer_client(rx, op_id, Body::Error { reason });
+        }
+        self.maybe_retire(rx, op_id);
+    }
+
+    fn answer_client(&mut self, rx: &mut Reactor<Link>, op_id: u64, body: Body) {
+        let Some(op) = self.ops.get_mut(&op_id) else {
+            return;
+        };
+        op.replied = true;
+        let (client, header) = (op.client, op.header);
+        self.reply(rx, client, header, body);
+    }
+
+    /// Drops an op once every replica answered (after repairing stale ones).
+    fn maybe_retire(&mut self, rx: &mut Reactor<Link>, op_id: u64) {
+        let done = self.ops.get(&op_id).is_some_and(|op| op.ok + op.failed >= op.asked);
+        if done {
+            self.finish_op(rx, op_id, None);
+        }
+    }
+
+    /// Ends an op: answers the client with `fallback` if nobody has yet,
+    /// repairs stale replicas of a read, and forgets it.
+    fn finish_op(&mut self, rx: &mut Reactor<Link>, op_id: u64, fallback: Option<Body>) {
+        if let Some(body) = fallback {
+            if self.ops.get(&op_id).is_some_and(|op| !op.replied) {
+                self.answer_client(rx, op_id, body);
+            }
+        }
+        let Some(op) = self.ops.remove(&op_id) else {
+            return;
+        };
+        rx.timers.cancel(op.timer);
+        if let (OpKind::Read, Some(newest)) = (&op.kind, &op.newest) {
+            self.read_repair(rx, &op, newest.clone());
+        }
+    }
+
+    fn read_repair(&mut self, rx: &mut Reactor<Link>, op: &Op, newest: Entry) {
+        for &(node, version) in &op.answers {
+            if version.is_some_and(|v| v >= newest.version) {
+                continue;
+            }
+            if node == self.cfg.id {
+                let _ = self.store.apply(op.sector, &op.key, newest.version, newest.value.as_deref());
+                continue;
+            }
+            if let Some(conn) = self.peer(rx, node) {
+                info!("read repair of node {node} for a key in sector {}", op.sector);
+                let msg = Message {
+                    header: Header { node: self.cfg.id, ..Header::default() },
+                    body: Body::Store { entry: newest.clone(), hint_for: 0 },
+                };
+                rx.send(conn, &msg);
+            }
+        }
+    }
+
+    pub(super) fn on_op_deadline(&mut self, rx: &mut Reactor<Link>, op_id: u64) {
+        let Some(op) = self.ops.get(&op_id) else {
+            return;
+        };
+        let reason = format!("timed out: {} of {} replicas answered", op.ok, op.need);
+        self.inflight.retain(|_, (o, _)| *o != op_id);
+        self.finish_op(rx, op_id, Some(Body::Error { reason }));
+    }
+
+    // ----- replies from peers -------------------------------------------
+
+    pub(super) fn handle_peer_reply(&mut self, rx: &mut Reactor<Link>, msg: Message) {
+        let Some((op_id, node)) = self.inflight.remove(&msg.header.req) else {
+            return;
+        };
+        let Some(op) = self.ops.get(&op_id) else {
+            return;
+        };
+        if let OpKind::Forward = op.kind {
+            let (client, header) = (op.client, op.header);
+            let coord = msg.header.node;
+            rx.send(client, &Message { header: Header { node: coord, ..header }, body: msg.body });
+            if let Some(op) = self.ops.get_mut(&op_id) {
+                op.replied = true;
+            }
+            return self.finish_op(rx, op_id, None);
+        }
+        match msg.body {
+            Body::Ok => self.count_answer(rx, op_id, node, None, None),
+            Body::Value { value, version } => {
+                let entry = Entry { key: op.key.clone(), version, value: Some(value) };
+                self.count_answer(rx, op_id, node, Some(version), Some(entry));
+            }
+            Body::NotFound { version } => {
+                let entry = version.map(|v| Entry { key: op.key.clone(), version: v, value: None });
+                self.count_answer(rx, op_id, node, version, entry);
+            }
+            _ => self.count_failure(rx, op_id),
+        }
+    }
+
+    // ----- requests from peers ------------------------------------------
+
+    /// A replica write, a repair, a relayed write, or (with `hint_for`) a
+    /// write held for an unreachable node.
+    pub(super) fn handle_store(
+        &mut self,
+        rx: &mut Reactor<Link>,
+        conn: ConnId,
+        h: Header,
+        entry: Entry,
+        hint_for: u32,
+    ) {
+        let Some(table) = &self.table else {
+            return self.reply(rx, conn, h, Body::Error { reason: "no table yet".into() });
+        };
+        let sector = table.sector_of(&entry.key);
+        self.clock.observe(entry.version);
+        let hinted = hint_for != 0 && hint_for != self.cfg.id;
+        let applied = if hinted {
+            self.hints.apply(hint_for, &entry.key, entry.version, entry.value.as_deref())
+        } else {
+            self.store.apply(sector, &entry.key, entry.version, entry.value.as_deref())
+        };
+        match applied {
+            Ok(_) => {
+                if !hinted {
+                    self.relay(rx, sector, &entry, &[h.node]);
+                }
+                self.reply(rx, conn, h, Body::Ok)
+            }
+            Err(e) => {
+                error!("replica write to sector {sector} failed: {e}");
+                self.reply(rx, conn, h, Body::Error { reason: format!("storage error: {e}") });
+            }
+        }
+    }
+
+    /// FETCH (a coordinator's replica read; refused while the sector is
+    /// catching up) or INSPECT (an operator's look at the local copy).
+    pub(super) fn handle_fetch(
+        &mut self,
+        rx: &mut Reactor<Link>,
+        conn: ConnId,
+        h: Header,
+        key: Vec<u8>,
+        quorum_read: bool,
+    ) {
+        let Some(table) = &self.table else {
+            return self.reply(rx, conn, h, Body::Error { reason: "no table yet".into() });
+        };
+        let sector = table.sector_of(&key);
+        if quorum_read && !self.is_synced(sector) {
+            return self.reply(rx, conn, h, Body::Error { reason: format!("sector {sector} is catching up") });
+        }
+        let body = match self.store.get(sector, &key) {
+            Ok(Some(item)) => match item.value {
+                Some(value) => Body::Value { value, version: item.version },
+                None => Body::NotFound { version: Some(item.version) },
+            },
+            Ok(None) => Body::NotFound { version: None },
+            Err(e) => Body::Error { reason: format!("storage error: {e}") },
+        };
+        self.reply(rx, conn, h, body);
+    }
+
+    pub(super) fn handle_stats(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header) {
+        let owned = self.table.as_ref().map_or(0, |t| t.owned_by(self.cfg.id));
+        let missing = self.missing_sectors();
+        let stats = Stats { sectors: owned as u32, keys: self.store.total_live_keys() as u64, missing: missing as u32 };
+        self.reply(rx, conn, h, Body::StatsReply(stats));
+    }
+}

@@ -1,0 +1,520 @@
+//! Moving data: table changes, sector streaming, catch-up, hinted handoff,
+//! orphaned sectors and the graceful leave.
+//!
+//! When a table arrives, the node works out which sectors it must hold
+//! under the newest table (the pending one while a move runs) and pulls
+//! every one it has not synced yet from all live holders under the current
+//! table (`PULL` → `CHUNK`s, merged last-writer-wins). A source that served
+//! a pull relays later writes of that sector to the puller, so nothing
+//! written during the stream is missed. Once all its sectors are in, the
+//! node reports `SYNCED` and the manager switches tables when every gainer
+//! has. A restarted node pulls the same way (digests skip sectors that are
+//! already equal), so it catches up before its reads count. Sectors a node
+//! no longer holds are dropped after a switch it took part in, or, when it
+//! finds them on disk after being away, pushed to their holders first.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use log::{error, info, warn};
+
+use super::{Link, Node, TIMER_HINTS, TIMER_PULL_RETRY};
+use crate::net::codec::{Body, Entry, Header, Message};
+use crate::net::{ConnId, Reactor};
+use crate::table::{hash_key, NodeState, Table};
+
+/// Sectors pulled at once.
+const MAX_PULLS: usize = 64;
+/// Payload bytes per CHUNK, roughly.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Delay before a failed pull is tried again.
+pub(super) const PULL_RETRY: Duration = Duration::from_millis(300);
+/// How often hints are offered for delivery.
+pub(super) const HINT_PERIOD: Duration = Duration::from_millis(500);
+
+/// One sector being pulled.
+#[derive(Debug)]
+pub(super) struct Pull {
+    /// Sources whose stream has not ended.
+    left: usize,
+    /// Some source failed: pull the sector again.
+    failed: bool,
+}
+
+/// What to do once every send of a batch is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BatchDone {
+    /// An orphaned sector reached its holders: drop it here.
+    DropSector(u32),
+    /// Hints for a node were delivered: forget them.
+    DropHints(u32),
+}
+
+/// Sends waiting for acknowledgements before a [`BatchDone`] step.
+#[derive(Debug)]
+pub(super) struct Batch {
+    left: usize,
+    failed: bool,
+    done: BatchDone,
+}
+
+/// A digest of a sector's contents: XOR of a hash of each key and version.
+pub fn digest(entries: &[(Vec<u8>, crate::hlc::Version)]) -> u64 {
+    entries.iter().fold(0u64, |acc, (key, v)| {
+        let mut bytes = key.clone();
+        v.encode(&mut bytes);
+        acc ^ hash_key(&bytes)
+    })
+}
+
+impl Node {
+    /// The newest table: the pending one while a move runs.
+    pub(super) fn newest(&self) -> Option<&Table> {
+        self.pending.as_ref().or(self.table.as_ref())
+    }
+
+    fn is_up_in(&self, t: &Table) -> bool {
+        t.member(self.cfg.id).is_some_and(|m| m.state == NodeState::Up)
+    }
+
+    /// The sectors this node must hold: its preference lists in the newest table.
+    fn wanted(&self) -> Vec<u32> {
+        match self.newest() {
+            Some(t) if self.is_up_in(t) => t.sectors_held_by(self.cfg.id),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sectors this node must hold and has not received yet.
+    pub(super) fn missing_sectors(&self) -> usize {
+        self.wanted().iter().filter(|s| !self.synced.contains(s)).count()
+    }
+
+    /// True if this node's copy of `sector` can answer reads.
+    pub(super) fn is_synced(&self, sector: u32) -> bool {
+        self.synced.contains(&sector)
+    }
+
+    /// A new table (and pending table) from the manager.
+    pub(super) fn on_tables(&mut self, rx: &mut Reactor<Link>, table: Table, pending: Option<Table>) {
+        let newest = pending.as_ref().map_or(table.epoch, |p| p.epoch);
+        if self.newest().is_some_and(|t| t.epoch > newest) {
+            return;
+        }
+        let first = self.table.is_none();
+        let old = self.table.replace(table);
+        self.pending = pending;
+        let Some(table) = self.table.clone() else { return };
+        if old.as_ref().map(|t| t.epoch) != Some(table.epoch) || first {
+            info!(
+                "table epoch {}{}: {} members, {} sectors here",
+                table.epoch,
+                self.pending.as_ref().map_or(String::new(), |p| format!(" (moving to {})", p.epoch)),
+                table.members.len(),
+                self.wanted().len()
+            );
+        }
+        if self.leaving && table.member(self.cfg.id).is_none() {
+            info!("left the cluster; exiting");
+            rx.stop();
+            return;
+        }
+        if let Some(old) = old.filter(|_| self.pending.is_none()) {
+            self.drop_handed_over(&old, &table);
+        }
+        if self.pending.is_none() {
+            self.relays.clear();
+        }
+        if first {
+            self.push_orphans(rx);
+        }
+        self.start_pulls(rx);
+        self.after_progress(rx);
+    }
+
+    /// After a switch: drops the sectors this node handed over.
+    fn drop_handed_over(&mut self, old: &Table, now: &Table) {
+        if !self.is_up_in(old) {
+            return;
+        }
+        let keep: HashSet<u32> = now.sectors_held_by(self.cfg.id).into_iter().collect();
+        for s in old.sectors_held_by(self.cfg.id) {
+            if !keep.contains(&s) && self.store.has_sector(s) {
+                if let Err(e) = self.store.drop_sector(s) {
+                    warn!("cannot drop sector {s}: {e}");
+                }
+                self.synced.remove(&s);
+            }
+        }
+    }
+
+    /// Queues a pull of every wanted sector that is not synced yet.
+    fn start_pulls(&mut self, rx: &mut Reactor<Link>) {
+        let wanted = self.wanted();
+        let wanted_set: HashSet<u32> = wanted.iter().copied().collect();
+        self.synced.retain(|s| wanted_set.contains(s));
+        for s in wanted {
+            if !self.synced.contains(&s) && !self.pulls.contains_key(&s) && !self.pull_queue.contains(&s) {
+                self.pull_queue.push_back(s);
+            }
+        }
+        self.pump_pulls(rx);
+    }
+
+    /// The live holders of `sector` under the current table, this node aside.
+    fn sources(&self, sector: u32) -> Vec<u32> {
+        let Some(t) = &self.table else { return Vec::new() };
+        t.preference(sector)
+            .into_iter()
+            .filter(|&n| n != self.cfg.id && t.member(n).is_some_and(|m| m.state == NodeState::Up))
+            .collect()
+    }
+
+    fn pump_pulls(&mut self, rx: &mut Reactor<Link>) {
+        while self.pulls.len() < MAX_PULLS {
+            let Some(s) = self.pull_queue.pop_front() else { break };
+            let sources = self.sources(s);
+            if sources.is_empty() {
+                self.synced.insert(s);
+                continue;
+            }
+            let digest = digest(&self.store.keys_with_versions(s));
+            let mut pull = Pull { left: 0, failed: false };
+            for src in sources {
+                let Some(conn) = self.peer(rx, src) else {
+                    pull.failed = true;
+                    continue;
+                };
+                let req = self.next_id();
+                let msg = Message {
+                    header: Header { node: self.cfg.id, req, client: 0 },
+                    body: Body::Pull { sector: s, digest },
+                };
+                if rx.send(conn, &msg) {
+                    self.pull_reqs.insert(req, (s, src));
+                    pull.left += 1;
+                } else {
+                    pull.failed = true;
+                }
+            }
+            if pull.left == 0 {
+                self.retry_pull(rx, s);
+            } else {
+                self.pulls.insert(s, pull);
+            }
+        }
+    }
+
+    fn retry_pull(&mut self, rx: &mut Reactor<Link>, sector: u32) {
+        if self.pull_retry.is_empty() {
+            rx.add_timer(PULL_RETRY, TIMER_PULL_RETRY);
+        }
+        self.pull_retry.push(sector);
+    }
+
+    /// The retry timer: queue the failed sectors again.
+    pub(super) fn on_pull_retry(&mut self, rx: &mut Reactor<Link>) {
+        for s in std::mem::take(&mut self.pull_retry) {
+            if !self.pull_queue.contains(&s) {
+                self.pull_queue.push_back(s);
+            }
+        }
+        self.pump_pulls(rx);
+        self.after_progress(rx);
+    }
+
+    /// A CHUNK of a sector this node is pulling.
+    pub(super) fn on_chunk(&mut self, rx: &mut Reactor<Link>, req: u64, entries: Vec<Entry>, last: bool) {
+        let Some(&(sector, _)) = self.pull_reqs.get(&req) else { return };
+        for e in entries {
+            self.clock.observe(e.version);
+            if let Err(err) = self.store.apply(sector, &e.key, e.version, e.value.as_deref()) {
+                error!("cannot store a streamed record of sector {sector}: {err}");
+                self.pull_ended(rx, req, false);
+                return;
+            }
+        }
+        if last {
+            self.pull_ended(rx, req, true);
+        }
+    }
+
+    /// One source's stream ended (`ok`) or broke.
+    pub(super) fn pull_ended(&mut self, rx: &mut Reactor<Link>, req: u64, ok: bool) {
+        let Some((sector, src)) = self.pull_reqs.remove(&req) else { return };
+        let Some(pull) = self.pulls.get_mut(&sector) else { return };
+        pull.left = pull.left.saturating_sub(1);
+        pull.failed |= !ok;
+        if !ok {
+            warn!("pull of sector {sector} from node {src} failed; will retry");
+        }
+        if pull.left == 0 {
+            let failed = pull.failed;
+            self.pulls.remove(&sector);
+            if failed {
+                self.retry_pull(rx, sector);
+            } else {
+                self.synced.insert(sector);
+            }
+        }
+        self.pump_pulls(rx);
+        self.after_progress(rx);
+    }
+
+    /// A pull request is a peer request the caller tracks.
+    pub(super) fn is_pull_req(&self, req: u64) -> bool {
+        self.pull_reqs.contains_key(&req)
+    }
+
+    /// Fails every pull in flight to `node` (its connection closed).
+    pub(super) fn pulls_lost(&mut self, rx: &mut Reactor<Link>, node: u32) {
+        let lost: Vec<u64> = self.pull_reqs.iter().filter(|(_, (_, n))| *n == node).map(|(r, _)| *r).collect();
+        for req in lost {
+            self.pull_ended(rx, req, false);
+        }
+    }
+
+    /// Reports SYNCED and readiness once every wanted sector is in.
+    fn after_progress(&mut self, rx: &mut Reactor<Link>) {
+        let all_in = self.wanted().iter().all(|s| self.synced.contains(s));
+        if !all_in {
+            return;
+        }
+        if let (Some(p), Some(m)) = (&self.pending, self.manager) {
+            if self.is_up_in(p) && self.reported_epoch != p.epoch {
+                self.reported_epoch = p.epoch;
+                info!("all {} sectors in for epoch {}", self.synced.len(), p.epoch);
+                let msg = Message {
+                    header: Header { node: self.cfg.id, ..Header::default() },
+                    body: Body::Synced { epoch: p.epoch },
+                };
+                rx.send(m, &msg);
+            }
+        }
+        let serving = self.table.as_ref().is_some_and(|t| self.is_up_in(t));
+        if serving {
+            if let Some(r) = self.ready.take() {
+                info!("joined the cluster with {} sectors; serving", self.synced.len());
+                r.ready();
+            }
+        }
+    }
+
+    // ----- the source side --------------------------------------------
+
+    /// Streams `sector` to the puller unless its digest already matches,
+    /// and relays the sector's later writes to it until the move ends.
+    pub(super) fn handle_pull(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header, sector: u32, their: u64) {
+        let puller = h.node;
+        if puller != 0 {
+            let r = self.relays.entry(sector).or_default();
+            if !r.contains(&puller) {
+                r.push(puller);
+            }
+        }
+        let header = Header { node: self.cfg.id, ..h };
+        if digest(&self.store.keys_with_versions(sector)) == their {
+            rx.send(conn, &Message { header, body: Body::Chunk { sector, entries: Vec::new(), last: true } });
+            return;
+        }
+        let items = match self.store.scan(sector) {
+            Ok(items) => items,
+            Err(_) if !self.store.has_sector(sector) => Vec::new(),
+            Err(e) => {
+                error!("cannot read sector {sector} for node {puller}: {e}");
+                rx.send(conn, &Message { header, body: Body::Error { reason: format!("cannot read sector: {e}") } });
+                return;
+            }
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for (key, item) in items {
+            bytes += key.len() + item.value.as_ref().map_or(0, Vec::len) + 32;
+            batch.push(Entry { key, version: item.version, value: item.value });
+            if bytes >= CHUNK_BYTES {
+                let entries = std::mem::take(&mut batch);
+                rx.send(conn, &Message { header, body: Body::Chunk { sector, entries, last: false } });
+                bytes = 0;
+            }
+        }
+        rx.send(conn, &Message { header, body: Body::Chunk { sector, entries: batch, last: true } });
+    }
+
+    /// Copies a write of `sector` to the nodes moving in: pullers that
+    /// registered here and holders under the pending table. Fire and forget;
+    /// `skip` already have it.
+    pub(super) fn relay(&mut self, rx: &mut Reactor<Link>, sector: u32, entry: &Entry, skip: &[u32]) {
+        let mut targets: Vec<u32> = self.relays.get(&sector).cloned().unwrap_or_default();
+        if let Some(p) = &self.pending {
+            targets.extend(p.preference(sector));
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        for node in targets {
+            if node == self.cfg.id || skip.contains(&node) {
+                continue;
+            }
+            if let Some(conn) = self.peer(rx, node) {
+                let msg = Message {
+                    header: Header { node: self.cfg.id, ..Header::default() },
+                    body: Body::Store { entry: entry.clone(), hint_for: 0 },
+                };
+                rx.send(conn, &msg);
+            }
+        }
+    }
+
+    // ----- orphans and hints --------------------------------------------
+
+    /// Sectors on disk that this node no longer holds (it was away while
+    /// they moved): sends their records to the current holders and drops
+    /// each sector once every holder acknowledged.
+    fn push_orphans(&mut self, rx: &mut Reactor<Link>) {
+        let wanted: HashSet<u32> = self.wanted().into_iter().collect();
+        let held: HashSet<u32> = match &self.table {
+            Some(t) => t.sectors_held_by(self.cfg.id).into_iter().collect(),
+            None => return,
+        };
+        for s in self.store.sector_ids() {
+            if wanted.contains(&s) || held.contains(&s) {
+                continue;
+            }
+            let entries = match self.store.scan(s) {
+                Ok(items) => {
+                    items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect()
+                }
+                Err(e) => {
+                    warn!("cannot read orphaned sector {s}: {e}");
+                    continue;
+                }
+            };
+            info!("sector {s} moved away while this node was down; handing its records to the holders");
+            self.send_batch(rx, entries, BatchDone::DropSector(s));
+        }
+    }
+
+    /// Delivers hints whose target is back (or gone for good) to the
+    /// current holders of each key.
+    pub(super) fn deliver_hints(&mut self, rx: &mut Reactor<Link>) {
+        rx.add_timer(HINT_PERIOD, TIMER_HINTS);
+        let Some(t) = self.table.clone() else { return };
+        for target in self.hints.sector_ids() {
+            let back = t.member(target).is_none_or(|m| m.state == NodeState::Up);
+            let busy = self.batches.values().any(|b| b.done == BatchDone::DropHints(target));
+            if !back || busy {
+                continue;
+            }
+            let entries: Vec<Entry> = match self.hints.scan(target) {
+                Ok(items) => {
+                    items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect()
+                }
+                Err(e) => {
+                    warn!("cannot read hints for node {target}: {e}");
+                    continue;
+                }
+            };
+            info!("delivering {} hinted write(s) for node {target}", entries.len());
+            self.send_batch(rx, entries, BatchDone::DropHints(target));
+        }
+    }
+
+    /// Sends each entry to the live holders of its key (applying it here
+    /// if this node is one) and runs `done` once all are acknowledged.
+    fn send_batch(&mut self, rx: &mut Reactor<Link>, entries: Vec<Entry>, done: BatchDone) {
+        let Some(t) = self.table.clone() else { return };
+        let id = self.next_id();
+        let mut batch = Batch { left: 0, failed: false, done };
+        for e in entries {
+            let s = t.sector_of(&e.key);
+            for node in self.replicas(s) {
+                if node == self.cfg.id {
+                    if self.store.apply(s, &e.key, e.version, e.value.as_deref()).is_err() {
+                        batch.failed = true;
+                    }
+                    continue;
+                }
+                let Some(conn) = self.peer(rx, node) else {
+                    batch.failed = true;
+                    continue;
+                };
+                let req = self.next_id();
+                let msg = Message {
+                    header: Header { node: self.cfg.id, req, client: 0 },
+                    body: Body::Store { entry: e.clone(), hint_for: 0 },
+                };
+                if rx.send(conn, &msg) {
+                    self.batch_reqs.insert(req, (id, node));
+                    batch.left += 1;
+                } else {
+                    batch.failed = true;
+                }
+            }
+        }
+        self.batches.insert(id, batch);
+        self.batch_step(id, None);
+    }
+
+    /// True if `req` belongs to a batch.
+    pub(super) fn is_batch_req(&self, req: u64) -> bool {
+        self.batch_reqs.contains_key(&req)
+    }
+
+    /// One acknowledgement (or failure) of a batch send.
+    pub(super) fn batch_ack(&mut self, req: u64, ok: bool) {
+        if let Some((id, _)) = self.batch_reqs.remove(&req) {
+            self.batch_step(id, Some(ok));
+        }
+    }
+
+    /// Fails every batch send in flight to `node`.
+    pub(super) fn batches_lost(&mut self, node: u32) {
+        let lost: Vec<u64> = self.batch_reqs.iter().filter(|(_, (_, n))| *n == node).map(|(r, _)| *r).collect();
+        for req in lost {
+            self.batch_ack(req, false);
+        }
+    }
+
+    fn batch_step(&mut self, id: u64, ack: Option<bool>) {
+        let Some(b) = self.batches.get_mut(&id) else { return };
+        if let Some(ok) = ack {
+            b.left = b.left.saturating_sub(1);
+            b.failed |= !ok;
+        }
+        if b.left > 0 {
+            return;
+        }
+        let (failed, done) = (b.failed, b.done);
+        self.batches.remove(&id);
+        if failed {
+            warn!("{done:?} not done: a holder did not acknowledge; will try again later");
+            return;
+        }
+        let dropped = match done {
+            BatchDone::DropSector(s) => self.store.drop_sector(s),
+            BatchDone::DropHints(n) => self.hints.drop_sector(n),
+        };
+        if let Err(e) = dropped {
+            warn!("{done:?}: {e}");
+        }
+    }
+
+    // ----- leaving ----------------------------------------------------
+
+    /// SIGTERM or SIGINT: announce the leave; the node keeps serving as a
+    /// source until the manager's table no longer lists it.
+    pub(super) fn start_leave(&mut self, rx: &mut Reactor<Link>) {
+        if self.leaving {
+            return;
+        }
+        self.leaving = true;
+        let Some(m) = self.manager.filter(|_| self.table.is_some()) else {
+            info!("not registered; exiting");
+            rx.stop();
+            return;
+        };
+        info!("leaving: handing sectors over");
+        let msg = Message { header: Header { node: self.cfg.id, req: self.next_id(), client: 0 }, body: Body::Leave };
+        rx.send(m, &msg);
+        rx.add_timer(super::LEAVE_LIMIT, super::TIMER_LEAVE_LIMIT);
+    }
+}

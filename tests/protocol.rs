@@ -1,0 +1,269 @@
+//! The wire protocol (SPEC §6) over raw sockets against the storage node of a one-node cluster:
+//! framing across writes, pipelining, malformed input, unknown verbs, and a node that keeps
+//! serving everyone else while some connections idle or stall.
+//!
+//! Ports: 22000–22990, one BASE_PORT per test in steps of 10.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use gtstore::client::{Client, Config};
+use gtstore::net::codec::{check, parse, to_bytes, Body, Header, Limits, Message};
+
+/// Read and write timeout of every raw socket: a hang fails the test.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A raw connection with timeouts set.
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = s.set_nodelay(true);
+    s
+}
+
+/// Reads one whole message, keeping any bytes after it in `buf`.
+fn read_msg(s: &mut TcpStream, buf: &mut Vec<u8>) -> Message {
+    let limits = Limits { max_header: 128, max_body: 64 << 20 };
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        if let Some(n) = check(buf, &limits).expect("the node's reply is well formed") {
+            let m = parse(&buf[..n]).expect("the node's reply parses");
+            buf.drain(..n);
+            return m;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => panic!("connection closed before a whole reply; got {:?}", String::from_utf8_lossy(buf)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("no reply within {IO_TIMEOUT:?} ({e}); got {:?}", String::from_utf8_lossy(buf)),
+        }
+    }
+}
+
+/// Asserts the node closes the connection: the next read sees EOF (a reset also counts as
+/// closed), not more data and not a timeout.
+#[track_caller]
+fn expect_closed(s: &mut TcpStream, what: &str) {
+    let mut b = [0u8; 256];
+    match s.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Ok(n) => panic!("{what}: expected EOF after the ERROR reply, got {:?}", String::from_utf8_lossy(&b[..n])),
+        Err(e) => panic!("{what}: expected EOF after the ERROR reply, got {e}"),
+    }
+}
+
+fn msg(req: u64, body: Body) -> Message {
+    Message { header: Header { client: 0, node: 0, req }, body }
+}
+
+fn put(req: u64, key: &str, value: &str) -> Message {
+    msg(req, Body::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec() })
+}
+
+fn get(req: u64, key: &str) -> Message {
+    msg(req, Body::Get { key: key.as_bytes().to_vec() })
+}
+
+fn client(c: &Cluster) -> Client {
+    Client::connect(Config { manager: c.manager_addr(), ..Default::default() }).expect("connect to the cluster")
+}
+
+/// Asserts `m` is a VALUE reply carrying `value` for request `req`.
+#[track_caller]
+fn assert_value(m: &Message, req: u64, value: &str) {
+    assert_eq!(m.header.req, req, "reply REQ_ID in {m:?}");
+    match &m.body {
+        Body::Value { value: v, .. } => assert_eq!(v, value.as_bytes()),
+        other => panic!("expected VALUE {value:?} for request {req}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_ok_reply(m: &Message, req: u64) {
+    assert_eq!(m.header.req, req, "reply REQ_ID in {m:?}");
+    assert_eq!(m.body, Body::Ok, "expected OK for request {req}, got {m:?}");
+    assert_eq!(m.header.node, 1, "the coordinator is server1: {m:?}");
+}
+
+#[test]
+fn idle_and_stalled_connections_do_not_delay_other_clients() {
+    let c = Cluster::start(22000, 1, 1);
+    let addr = c.node_addr(1);
+
+    let mut idle: Vec<TcpStream> = (0..1000).map(|_| connect(&addr)).collect();
+    let mut stalled = connect(&addr);
+    stalled.write_all(b"PUT 0 0 1").unwrap(); // half a header, then nothing
+
+    let started = Instant::now();
+    let mut cl = client(&c);
+    assert_eq!(cl.put(b"busy-key", b"busy-value"), Ok(1));
+    assert_eq!(cl.get(b"busy-key"), Ok((b"busy-value".to_vec(), 1)));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "connect+put+get took {took:?} with 1,000 idle connections and a stalled one"
+    );
+
+    // The idle connections were accepted, not left in the backlog: the last one opened and
+    // the first can still be used.
+    let last = idle.len() - 1;
+    for (i, req) in [(last, 901u64), (0, 902)] {
+        let s = &mut idle[i];
+        s.write_all(&to_bytes(&get(req, "busy-key"))).unwrap();
+        let mut buf = Vec::new();
+        let m = read_msg(s, &mut buf);
+        assert_value(&m, req, "busy-value");
+    }
+
+    // The stalled connection's request completes once the rest arrives.
+    let full = to_bytes(&put(7, "x", "y"));
+    assert!(full.starts_with(b"PUT 0 0 1"));
+    stalled.write_all(&full[b"PUT 0 0 1".len()..]).unwrap();
+    let mut buf = Vec::new();
+    let m = read_msg(&mut stalled, &mut buf);
+    assert_ok_reply(&m, 7);
+}
+
+/// Opens a connection, sends `bytes`, and checks for an ERROR reply followed by EOF; then
+/// checks the node still serves the library client and still holds `before`.
+fn check_rejected(c: &Cluster, cl: &mut Client, bytes: &[u8], what: &str, before: &[(String, String)]) {
+    let mut s = connect(&c.node_addr(1));
+    s.write_all(bytes).unwrap();
+    let mut buf = Vec::new();
+    let m = read_msg(&mut s, &mut buf);
+    match &m.body {
+        Body::Error { reason } => assert!(!reason.is_empty(), "{what}: ERROR with a reason"),
+        other => panic!("{what}: expected an ERROR reply, got {other:?}"),
+    }
+    assert!(buf.is_empty(), "{what}: only one reply, got extra {:?}", String::from_utf8_lossy(&buf));
+    expect_closed(&mut s, what);
+
+    let k = format!("after-{what}");
+    assert_eq!(cl.put(k.as_bytes(), b"still serving"), Ok(1), "put after {what}");
+    assert_eq!(cl.get(k.as_bytes()), Ok((b"still serving".to_vec(), 1)), "get after {what}");
+    for (k, v) in before {
+        assert_eq!(cl.get(k.as_bytes()), Ok((v.as_bytes().to_vec(), 1)), "key {k} written before {what}");
+    }
+}
+
+#[test]
+fn malformed_requests_get_error_then_eof_and_node_keeps_serving() {
+    let c = Cluster::start(22010, 1, 1);
+    let mut cl = client(&c);
+    let before: Vec<(String, String)> = (0..20).map(|i| (format!("pre-{i}"), format!("val-{i}"))).collect();
+    for (k, v) in &before {
+        assert_eq!(cl.put(k.as_bytes(), v.as_bytes()), Ok(1));
+    }
+
+    // A bystander connection in the middle of its own session must not notice.
+    let mut bystander = connect(&c.node_addr(1));
+    let mut bbuf = Vec::new();
+    bystander.write_all(&to_bytes(&get(1, "pre-0"))).unwrap();
+    assert_value(&read_msg(&mut bystander, &mut bbuf), 1, "val-0");
+
+    check_rejected(&c, &mut cl, b"\x00\xff\xfe garbage \x01\x02\r\n\x7f", "garbage", &before);
+    check_rejected(&c, &mut cl, b"GET x 0 5 1\n", "non-numeric header", &before);
+    check_rejected(&c, &mut cl, b"PUT 0 0 999999999 1\n", "length over the limit", &before);
+
+    bystander.write_all(&to_bytes(&get(2, "pre-19"))).unwrap();
+    assert_value(&read_msg(&mut bystander, &mut bbuf), 2, "val-19");
+}
+
+#[test]
+fn request_split_across_writes_gets_its_reply() {
+    let c = Cluster::start(22020, 1, 1);
+    let mut s = connect(&c.node_addr(1));
+    let mut buf = Vec::new();
+
+    // Split inside the header line.
+    let bytes = to_bytes(&put(41, "split-key", "split-value"));
+    s.write_all(&bytes[..5]).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    s.write_all(&bytes[5..]).unwrap();
+    assert_ok_reply(&read_msg(&mut s, &mut buf), 41);
+
+    // Split inside the payload.
+    let bytes = to_bytes(&get(42, "split-key"));
+    let nl = bytes.iter().position(|&b| b == b'\n').unwrap();
+    s.write_all(&bytes[..nl + 3]).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    s.write_all(&bytes[nl + 3..]).unwrap();
+    assert_value(&read_msg(&mut s, &mut buf), 42, "split-value");
+
+    // Split right after the header's newline.
+    let bytes = to_bytes(&put(43, "split-key", "second"));
+    s.write_all(&bytes[..nl + 1]).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    s.write_all(&bytes[nl + 1..]).unwrap();
+    assert_ok_reply(&read_msg(&mut s, &mut buf), 43);
+    assert!(buf.is_empty());
+
+    let mut cl = client(&c);
+    assert_eq!(cl.get(b"split-key"), Ok((b"second".to_vec(), 1)));
+}
+
+#[test]
+fn pipelined_requests_get_replies_in_order() {
+    let c = Cluster::start(22030, 1, 1);
+    let mut s = connect(&c.node_addr(1));
+    let mut buf = Vec::new();
+
+    let mut bytes = to_bytes(&put(11, "pipe-key", "pipe-value"));
+    bytes.extend(to_bytes(&get(12, "pipe-key")));
+    s.write_all(&bytes).unwrap();
+    assert_ok_reply(&read_msg(&mut s, &mut buf), 11);
+    assert_value(&read_msg(&mut s, &mut buf), 12, "pipe-value");
+
+    // A longer pipeline: five puts, five gets, one write.
+    let mut bytes = Vec::new();
+    for i in 0..5u64 {
+        bytes.extend(to_bytes(&put(100 + i, &format!("p{i}"), &format!("v{i}"))));
+    }
+    for i in 0..5u64 {
+        bytes.extend(to_bytes(&get(200 + i, &format!("p{i}"))));
+    }
+    s.write_all(&bytes).unwrap();
+    for i in 0..5u64 {
+        assert_ok_reply(&read_msg(&mut s, &mut buf), 100 + i);
+    }
+    for i in 0..5u64 {
+        assert_value(&read_msg(&mut s, &mut buf), 200 + i, &format!("v{i}"));
+    }
+}
+
+#[test]
+fn unknown_verb_gets_error_and_connection_stays_usable() {
+    let c = Cluster::start(22040, 1, 1);
+    let mut s = connect(&c.node_addr(1));
+    let mut buf = Vec::new();
+
+    s.write_all(b"FROB 0 0 0 7\n").unwrap();
+    let m = read_msg(&mut s, &mut buf);
+    assert_eq!(m.header.req, 7, "the ERROR answers request 7: {m:?}");
+    assert!(
+        matches!(&m.body, Body::Error { reason } if !reason.is_empty()),
+        "expected an ERROR reply to FROB, got {m:?}"
+    );
+
+    // The same connection still works.
+    s.write_all(&to_bytes(&put(8, "after-frob", "ok"))).unwrap();
+    assert_ok_reply(&read_msg(&mut s, &mut buf), 8);
+    s.write_all(&to_bytes(&get(9, "after-frob"))).unwrap();
+    assert_value(&read_msg(&mut s, &mut buf), 9, "ok");
+
+    // An unknown verb with a payload is skipped whole, too.
+    let mut bytes = b"FROB 0 0 4 10\nabcd".to_vec();
+    bytes.extend(to_bytes(&get(11, "after-frob")));
+    s.write_all(&bytes).unwrap();
+    let m = read_msg(&mut s, &mut buf);
+    assert_eq!(m.header.req, 10);
+    assert!(matches!(m.body, Body::Error { .. }), "{m:?}");
+    assert_value(&read_msg(&mut s, &mut buf), 11, "ok");
+}
