@@ -271,6 +271,10 @@ impl Manager {
             if let Some(conn) = self.node_conns.remove(&node) {
                 rx.close(conn);
             }
+            // Routing and pulls skip it at once; its sectors move in the new table.
+            if let Some(m) = self.table.members.iter_mut().find(|m| m.id == node) {
+                m.state = NodeState::Down;
+            }
             self.change(rx, &format!("node {node} is down"), |t| t.mark_down(node));
             self.maybe_switch(rx);
         }

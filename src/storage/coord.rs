@@ -408,8 +408,9 @@ impl Node {
             self.store.apply(sector, &entry.key, entry.version, entry.value.as_deref())
         };
         match applied {
-            Ok(_) => {
-                if !hinted {
+            Ok(fresh) => {
+                // Relaying only writes that were new here ends relay chains.
+                if fresh && !hinted {
                     self.relay(rx, sector, &entry, &[h.node]);
                 }
                 self.reply(rx, conn, h, Body::Ok)

@@ -113,6 +113,8 @@ pub struct Node {
     pull_reqs: HashMap<u64, (u32, u32)>,
     /// Pullers of each sector served here: later writes are relayed to them.
     relays: HashMap<u32, Vec<u32>>,
+    /// Sectors streamed to a puller since the last switch (safe to drop).
+    served: HashSet<u32>,
     /// The epoch whose SYNCED was last sent.
     reported_epoch: u64,
     /// Writes held for unreachable nodes; the sector id is the target node.
@@ -408,6 +410,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         pull_retry: Vec::new(),
         pull_reqs: HashMap::new(),
         relays: HashMap::new(),
+        served: HashSet::new(),
         reported_epoch: 0,
         batches: HashMap::new(),
         batch_reqs: HashMap::new(),

@@ -119,31 +119,35 @@ impl Node {
             rx.stop();
             return;
         }
-        if let Some(old) = old.filter(|_| self.pending.is_none()) {
-            self.drop_handed_over(&old, &table);
-        }
-        if self.pending.is_none() {
-            self.relays.clear();
-        }
-        if first {
-            self.push_orphans(rx);
+        let switched = self.pending.is_none() && old.is_some_and(|o| o.epoch != table.epoch);
+        if first || switched {
+            self.settle_unheld(rx);
         }
         self.start_pulls(rx);
         self.after_progress(rx);
     }
 
-    /// After a switch: drops the sectors this node handed over.
-    fn drop_handed_over(&mut self, old: &Table, now: &Table) {
-        if !self.is_up_in(old) {
-            return;
+    /// Sectors on disk that this node holds under neither table: those it
+    /// streamed to their new holders during the move are dropped; the rest
+    /// (it was away while they moved) are handed to the holders first.
+    fn settle_unheld(&mut self, rx: &mut Reactor<Link>) {
+        let mut keep: HashSet<u32> = self.wanted().into_iter().collect();
+        if let Some(t) = &self.table {
+            keep.extend(t.sectors_held_by(self.cfg.id));
         }
-        let keep: HashSet<u32> = now.sectors_held_by(self.cfg.id).into_iter().collect();
-        for s in old.sectors_held_by(self.cfg.id) {
-            if !keep.contains(&s) && self.store.has_sector(s) {
+        let served = std::mem::take(&mut self.served);
+        self.relays.clear();
+        for s in self.store.sector_ids() {
+            if keep.contains(&s) || self.batches.values().any(|b| b.done == BatchDone::DropSector(s)) {
+                continue;
+            }
+            self.synced.remove(&s);
+            if served.contains(&s) {
                 if let Err(e) = self.store.drop_sector(s) {
                     warn!("cannot drop sector {s}: {e}");
                 }
-                self.synced.remove(&s);
+            } else {
+                self.push_orphan(rx, s);
             }
         }
     }
@@ -306,6 +310,7 @@ impl Node {
     /// and relays the sector's later writes to it until the move ends.
     pub(super) fn handle_pull(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header, sector: u32, their: u64) {
         let puller = h.node;
+        self.served.insert(sector);
         if puller != 0 {
             let r = self.relays.entry(sector).or_default();
             if !r.contains(&puller) {
@@ -366,31 +371,18 @@ impl Node {
 
     // ----- orphans and hints --------------------------------------------
 
-    /// Sectors on disk that this node no longer holds (it was away while
-    /// they moved): sends their records to the current holders and drops
-    /// each sector once every holder acknowledged.
-    fn push_orphans(&mut self, rx: &mut Reactor<Link>) {
-        let wanted: HashSet<u32> = self.wanted().into_iter().collect();
-        let held: HashSet<u32> = match &self.table {
-            Some(t) => t.sectors_held_by(self.cfg.id).into_iter().collect(),
-            None => return,
-        };
-        for s in self.store.sector_ids() {
-            if wanted.contains(&s) || held.contains(&s) {
-                continue;
+    /// Sends the records of a sector this node no longer holds to its
+    /// current holders and drops it once every holder acknowledged.
+    fn push_orphan(&mut self, rx: &mut Reactor<Link>, s: u32) {
+        let entries = match self.store.scan(s) {
+            Ok(items) => items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect(),
+            Err(e) => {
+                warn!("cannot read orphaned sector {s}: {e}");
+                return;
             }
-            let entries = match self.store.scan(s) {
-                Ok(items) => {
-                    items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect()
-                }
-                Err(e) => {
-                    warn!("cannot read orphaned sector {s}: {e}");
-                    continue;
-                }
-            };
-            info!("sector {s} moved away while this node was down; handing its records to the holders");
-            self.send_batch(rx, entries, BatchDone::DropSector(s));
-        }
+        };
+        info!("sector {s} moved away without this node; handing its records to the holders");
+        self.send_batch(rx, entries, BatchDone::DropSector(s));
     }
 
     /// Delivers hints whose target is back (or gone for good) to the
