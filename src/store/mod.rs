@@ -14,8 +14,9 @@ pub mod log;
 pub mod record;
 pub mod recovery;
 pub mod sector;
+pub mod wal;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub use error::{Error, Result};
 
 use crate::hlc::Version;
 use sector::Sector;
+use wal::Wal;
 
 /// When appended records are made durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,8 +79,14 @@ pub struct Store {
     root: PathBuf,
     sectors: HashMap<u32, Sector>,
     policy: FsyncPolicy,
-    dirty: Vec<u32>,
+    /// The write-ahead log that makes group commit one fsync (not with `Never`).
+    wal: Option<Wal>,
+    /// Sectors written since the last checkpoint (their files are not synced).
+    unsynced: HashSet<u32>,
 }
+
+/// WAL size at which the sectors are synced and the WAL emptied.
+pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Store {
     /// Opens the store in `dir`, creating `<dir>/sectors/` if missing, and
@@ -99,7 +107,39 @@ impl Store {
                 None => ::log::warn!("{}: not a sector directory; ignored", path.display()),
             }
         }
-        Ok(Store { root, sectors, policy, dirty: Vec::new() })
+        let mut store = Store { root, sectors, policy, wal: None, unsynced: HashSet::new() };
+        let (wal, frames) = Wal::open(dir)?;
+        let replayed = frames.len();
+        for (sector, rec) in frames {
+            store.sector_mut(sector)?.apply(&rec.key, rec.version, rec.value.as_deref())?;
+            store.unsynced.insert(sector);
+        }
+        if replayed > 0 {
+            ::log::info!("{}: {replayed} records replayed from the write-ahead log", wal.path().display());
+        }
+        store.wal = Some(wal);
+        store.checkpoint()?;
+        if policy == FsyncPolicy::Never {
+            store.wal = None;
+        }
+        Ok(store)
+    }
+
+    /// Syncs every sector written since the last checkpoint, then empties
+    /// the WAL: its records are now safe in their sectors.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        for id in std::mem::take(&mut self.unsynced) {
+            if let Some(s) = self.sectors.get_mut(&id) {
+                if let Err(e) = s.sync() {
+                    self.unsynced.insert(id);
+                    return Err(e);
+                }
+            }
+        }
+        match self.wal.as_mut() {
+            Some(w) => w.reset(),
+            None => Ok(()),
+        }
     }
 
     /// The fsync policy the store was opened with.
@@ -123,43 +163,34 @@ impl Store {
 
     /// Applies a write (`value` `None` = delete) if `version` is newer than
     /// the key's current one; returns whether it did. Creates the sector on
-    /// its first write. Durability follows the policy: `Always` syncs before
+    /// its first write. The record goes to the sector's log and to the WAL;
+    /// durability follows the policy: `Always` commits the WAL before
     /// returning, `Batch` leaves it to [`Store::sync_dirty`].
     pub fn apply(&mut self, sector: u32, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<bool> {
-        let policy = self.policy;
-        let s = self.sector_mut(sector)?;
-        let was_dirty = s.is_dirty();
-        if !s.apply(key, version, value)? {
+        if !self.sector_mut(sector)?.apply(key, version, value)? {
             return Ok(false);
         }
-        match policy {
-            FsyncPolicy::Always => s.sync()?,
-            FsyncPolicy::Batch if !was_dirty => self.dirty.push(sector),
-            FsyncPolicy::Batch | FsyncPolicy::Never => {}
+        self.unsynced.insert(sector);
+        if let Some(wal) = self.wal.as_mut() {
+            wal.append(sector, key, value, version);
+            if self.policy == FsyncPolicy::Always {
+                wal.commit()?;
+            }
         }
         self.compact_if_needed(sector);
         Ok(true)
     }
 
-    /// Group commit: one `sync_data` per sector written since the last call.
-    /// Returns how many sectors were synced (always 0 for `Never`).
-    pub fn sync_dirty(&mut self) -> Result<usize> {
-        let ids = std::mem::take(&mut self.dirty);
-        let mut synced = 0;
-        for (i, id) in ids.iter().enumerate() {
-            let Some(s) = self.sectors.get_mut(id) else {
-                continue;
-            };
-            if !s.is_dirty() {
-                continue;
-            }
-            if let Err(e) = s.sync() {
-                self.dirty = ids.get(i..).unwrap_or_default().to_vec();
-                return Err(e);
-            }
-            synced += 1;
+    /// Group commit: writes and syncs the WAL once for every write applied
+    /// since the last call; checkpoints when the WAL has grown large.
+    /// Returns whether anything was synced (always false for `Never`).
+    pub fn sync_dirty(&mut self) -> Result<bool> {
+        let Some(wal) = self.wal.as_mut() else { return Ok(false) };
+        let committed = wal.commit()?;
+        if wal.len() >= CHECKPOINT_BYTES {
+            self.checkpoint()?;
         }
-        Ok(synced)
+        Ok(committed)
     }
 
     /// Whether this node holds `sector`.
@@ -182,7 +213,8 @@ impl Store {
     /// Removes `sector`'s files and directory (it moved to another node).
     /// Dropping a sector that is not held removes any leftover directory.
     pub fn drop_sector(&mut self, sector: u32) -> Result<()> {
-        self.dirty.retain(|&id| id != sector);
+        // The WAL must not bring the sector back after a crash.
+        self.checkpoint()?;
         match self.sectors.remove(&sector) {
             Some(s) => s.destroy(),
             None => {
@@ -344,22 +376,48 @@ mod tests {
     }
 
     #[test]
-    fn batch_syncs_each_dirty_sector_once() -> Result<()> {
+    fn batch_commits_a_turn_of_writes_at_once() -> Result<()> {
         let dir = TestDir::new("store-batch");
         let mut store = Store::open(dir.path(), FsyncPolicy::Batch)?;
         for i in 0..10u64 {
             store.apply((i % 3) as u32, &i.to_be_bytes(), v(i + 1), Some(b"x"))?;
         }
         assert!(!store.apply(0, &0u64.to_be_bytes(), v(1), Some(b"x"))?);
-        assert_eq!(store.sync_dirty()?, 3);
-        assert_eq!(store.sync_dirty()?, 0);
+        assert!(store.sync_dirty()?);
+        assert!(!store.sync_dirty()?);
         store.apply(2, b"again", v(50), Some(b"y"))?;
-        assert_eq!(store.sync_dirty()?, 1);
+        assert!(store.sync_dirty()?);
 
         drop(store);
         let mut never = Store::open(dir.path(), FsyncPolicy::Never)?;
+        assert_eq!(never.total_live_keys(), 11);
         never.apply(0, b"k", v(100), Some(b"z"))?;
-        assert_eq!(never.sync_dirty()?, 0);
+        assert!(!never.sync_dirty()?);
+        Ok(())
+    }
+
+    #[test]
+    fn the_wal_restores_writes_whose_sector_record_was_lost() -> Result<()> {
+        let dir = TestDir::new("store-wal");
+        let mut store = Store::open(dir.path(), FsyncPolicy::Batch)?;
+        store.apply(7, b"kept", v(1), Some(b"1"))?;
+        store.checkpoint()?;
+        store.apply(7, b"late", v(2), Some(b"2"))?;
+        store.apply(8, b"gone", v(3), None)?;
+        store.sync_dirty()?;
+        drop(store);
+        // A crash before the sector files reached the disk: cut the sector
+        // logs back to what the checkpoint had synced.
+        let seg = dir.path().join("sectors/7");
+        let file = std::fs::read_dir(&seg)?.next().unwrap()?.path();
+        let synced_len = crate::store::record::encoded_len(4, Some(b"1")) as u64;
+        std::fs::OpenOptions::new().write(true).open(&file)?.set_len(synced_len)?;
+        std::fs::remove_dir_all(dir.path().join("sectors/8"))?;
+
+        let store = Store::open(dir.path(), FsyncPolicy::Batch)?;
+        assert_eq!(value(&store, 7, b"kept"), Some(b"1".to_vec()));
+        assert_eq!(value(&store, 7, b"late"), Some(b"2".to_vec()));
+        assert_eq!(store.get(8, b"gone")?, Some(Item { version: v(3), value: None }));
         Ok(())
     }
 
@@ -382,7 +440,7 @@ mod tests {
         store.drop_sector(42)?;
         assert!(!store.has_sector(42));
         assert!(!dir.path().join("sectors/42").exists());
-        assert_eq!(store.sync_dirty()?, 0);
+        assert!(!store.sync_dirty()?);
         store.drop_sector(42)?;
         drop(store);
         assert!(Store::open(dir.path(), FsyncPolicy::Batch)?.sector_ids().is_empty());
@@ -407,6 +465,8 @@ mod tests {
         store.apply(3, b"kept", v(1), Some(b"safe"))?;
         store.apply(3, b"torn", v(2), Some(b"lost"))?;
         drop(store);
+        // The crash came before the write-ahead log had the record.
+        fs::remove_file(dir.path().join(wal::WAL_FILE))?;
         let seg = log::segment_path(&dir.path().join("sectors/3"), 1);
         let len = fs::metadata(&seg)?.len();
         fs::OpenOptions::new().write(true).open(&seg)?.set_len(len - 2)?;

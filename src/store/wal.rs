@@ -1,0 +1,205 @@
+//! The write-ahead log: group commit for every sector with one fsync.
+//!
+//! Each write goes to its sector's log (page cache only) and is also
+//! appended to an in-memory WAL buffer. Once per loop turn
+//! [`Wal::commit`] writes the buffer to `wal.log` with one `write` and one
+//! `fdatasync`, so a turn's acknowledgements cost one fsync however many
+//! sectors they touch. At a checkpoint the store fsyncs the sectors written
+//! since the last one and empties the WAL. After a crash the sector logs
+//! are replayed first, then the WAL's records are applied again
+//! (last-writer-wins makes that idempotent).
+//!
+//! A frame is `sector u32 | !sector u32 | record` (big-endian); the record
+//! carries its own CRC (see [`super::record`]). A torn or corrupt tail is
+//! cut at the last whole frame.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::hlc::Version;
+
+use super::record::{self, Decoded, Record};
+use super::Result;
+
+/// The WAL's file name inside the store directory.
+pub const WAL_FILE: &str = "wal.log";
+
+/// The write-ahead log of one store.
+#[derive(Debug)]
+pub struct Wal {
+    file: File,
+    path: PathBuf,
+    /// Frames appended since the last commit.
+    buf: Vec<u8>,
+    /// Bytes on disk.
+    len: u64,
+}
+
+impl Wal {
+    /// Opens (or creates) `<dir>/wal.log` and returns it with the records
+    /// it holds, in order, for replay. A torn or corrupt tail is cut.
+    pub fn open(dir: &Path) -> Result<(Wal, Vec<(u32, Record)>)> {
+        let path = dir.join(WAL_FILE);
+        let file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let (frames, good) = read_frames(&file)?;
+        let on_disk = file.metadata()?.len();
+        if good < on_disk {
+            ::log::warn!("{}: cut {} bytes of torn or corrupt tail at offset {good}", path.display(), on_disk - good);
+            file.set_len(good)?;
+            file.sync_data()?;
+        }
+        Ok((Wal { file, path, buf: Vec::new(), len: good }, frames))
+    }
+
+    /// Appends one write to the buffer (nothing reaches the disk yet).
+    pub fn append(&mut self, sector: u32, key: &[u8], value: Option<&[u8]>, version: Version) {
+        self.buf.extend_from_slice(&sector.to_be_bytes());
+        self.buf.extend_from_slice(&(!sector).to_be_bytes());
+        record::encode_parts(key, value, version, &mut self.buf);
+    }
+
+    /// Writes the buffered frames and syncs them; false if there were none.
+    pub fn commit(&mut self) -> Result<bool> {
+        if self.buf.is_empty() {
+            return Ok(false);
+        }
+        if let Err(e) = (&self.file).write_all(&self.buf) {
+            // Cut a partial write so the file still ends at a frame boundary.
+            let _ = self.file.set_len(self.len);
+            return Err(e.into());
+        }
+        self.file.sync_data()?;
+        self.len += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(true)
+    }
+
+    /// Bytes committed to disk since the last reset.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when nothing is committed since the last reset.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Empties the log once its records are safe in their sectors.
+    pub fn reset(&mut self) -> Result<()> {
+        self.commit()?;
+        self.file.set_len(0)?;
+        self.file.sync_data()?;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Where the log lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads whole frames from the start; returns them and the offset after
+/// the last good one.
+fn read_frames(file: &File) -> Result<(Vec<(u32, Record)>, u64)> {
+    let mut r = BufReader::new(file);
+    let mut frames = Vec::new();
+    let mut good = 0u64;
+    loop {
+        let mut head = [0u8; 8];
+        match read_full(&mut r, &mut head)? {
+            0 => break,
+            n if n < head.len() => break,
+            _ => {}
+        }
+        let sector = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let check = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        if check != !sector {
+            break;
+        }
+        match record::read_record(&mut r)? {
+            Decoded::Record { record, len } => {
+                frames.push((sector, record));
+                good += 8 + u64::from(len);
+            }
+            Decoded::End | Decoded::Torn | Decoded::Corrupt(_) => break,
+        }
+    }
+    Ok((frames, good))
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_dir::TestDir;
+    use super::*;
+
+    fn v(ms: u64) -> Version {
+        Version { ms, counter: 0, node: 1 }
+    }
+
+    #[test]
+    fn committed_frames_come_back_and_a_torn_tail_is_cut() -> Result<()> {
+        let dir = TestDir::new("wal");
+        let (mut wal, frames) = Wal::open(dir.path())?;
+        assert!(frames.is_empty());
+        wal.append(3, b"a", Some(b"1"), v(1));
+        wal.append(700, b"b", None, v(2));
+        assert!(wal.commit()?);
+        assert!(!wal.commit()?);
+        let full = wal.len();
+        wal.append(4, b"c", Some(b"33"), v(3));
+        wal.commit()?;
+        drop(wal);
+        // Cut the last frame at every offset: the first two always survive.
+        let path = dir.path().join(WAL_FILE);
+        let bytes = std::fs::read(&path)?;
+        for cut in full as usize..bytes.len() {
+            std::fs::write(&path, &bytes[..cut])?;
+            let (wal, frames) = Wal::open(dir.path())?;
+            assert_eq!(frames.len(), 2, "cut at {cut}");
+            assert_eq!(frames[1].0, 700);
+            assert_eq!(frames[1].1.value, None);
+            assert_eq!(wal.len(), full);
+        }
+        std::fs::write(&path, &bytes)?;
+        let (mut wal, frames) = Wal::open(dir.path())?;
+        assert_eq!(frames.len(), 3);
+        wal.reset()?;
+        assert!(wal.is_empty());
+        assert!(Wal::open(dir.path())?.1.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_sector_id_ends_the_log() -> Result<()> {
+        let dir = TestDir::new("wal-bad");
+        let (mut wal, _) = Wal::open(dir.path())?;
+        wal.append(1, b"a", Some(b"1"), v(1));
+        wal.append(2, b"b", Some(b"2"), v(2));
+        wal.commit()?;
+        drop(wal);
+        let path = dir.path().join(WAL_FILE);
+        let mut bytes = std::fs::read(&path)?;
+        let second = bytes.len() / 2;
+        bytes[second] ^= 0xff;
+        std::fs::write(&path, &bytes)?;
+        let (_, frames) = Wal::open(dir.path())?;
+        assert!(frames.len() <= 1);
+        Ok(())
+    }
+}
