@@ -15,6 +15,7 @@
 //! - [`daemon`]: APUE daemon helpers: detaching, pidfile locks, log files.
 //! - [`cli`]: shared command-line helpers (addresses, exit codes).
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod daemon;

@@ -53,46 +53,46 @@ impl Node {
         rx.send(conn, &Message { header, body });
     }
 
+    /// A client's PUT, GET or DEL: refused, forwarded to the key's
+    /// coordinator, or coordinated here.
     pub(super) fn handle_client(&mut self, rx: &mut Reactor<Link>, conn: ConnId, msg: Message) {
         let h = msg.header;
-        let (key, value) = match msg.body {
-            Body::Put { key, value } => (key, Some(value)),
-            Body::Del { key } => (key, None),
-            Body::Get { key } => return self.start_read(rx, conn, h, key),
+        let (key, value_len) = match &msg.body {
+            Body::Put { key, value } => (key, value.len()),
+            Body::Get { key } | Body::Del { key } => (key, 0),
             _ => return,
         };
         let (max_key, max_value) = self.limits();
-        if key.len() > max_key || value.as_ref().is_some_and(|v| v.len() > max_value) {
+        if key.len() > max_key || value_len > max_value {
             let reason = format!("key or value over the limit ({max_key} / {max_value} bytes)");
             return self.reply(rx, conn, h, Body::Error { reason });
         }
-        self.start_write(rx, conn, h, key, value);
+        let (sector, replicas) = match self.place(key) {
+            Ok(Some(here)) => here,
+            Ok(None) => {
+                let coord = self.replicas(self.table.as_ref().map_or(0, |t| t.sector_of(key)));
+                return match coord.first() {
+                    Some(&c) => self.forward(rx, conn, h, c, msg.body),
+                    None => self.reply(rx, conn, h, Body::Error { reason: "no live replica for this key".into() }),
+                };
+            }
+            Err(reason) => return self.reply(rx, conn, h, Body::Error { reason }),
+        };
+        match msg.body {
+            Body::Put { key, value } => self.start_write(rx, conn, h, sector, replicas, key, Some(value)),
+            Body::Del { key } => self.start_write(rx, conn, h, sector, replicas, key, None),
+            Body::Get { key } => self.start_read(rx, conn, h, sector, replicas, key),
+            _ => {}
+        }
     }
 
-    /// Routes a client request: coordinate it here or forward it. Returns
-    /// the sector and replicas when this node coordinates.
-    fn route(
-        &mut self,
-        rx: &mut Reactor<Link>,
-        conn: ConnId,
-        h: Header,
-        key: &[u8],
-        body: impl FnOnce() -> Body,
-    ) -> Option<(u32, Vec<u32>)> {
-        let Some(table) = &self.table else {
-            self.reply(rx, conn, h, Body::Error { reason: "node has no partition table yet".into() });
-            return None;
-        };
+    /// Where `key` is served: `Some((sector, live replicas))` if this node
+    /// is one of the replicas, `None` if another node coordinates it.
+    fn place(&self, key: &[u8]) -> Result<Option<(u32, Vec<u32>)>, String> {
+        let Some(table) = &self.table else { return Err("node has no partition table yet".into()) };
         let sector = table.sector_of(key);
         let replicas = self.replicas(sector);
-        if replicas.contains(&self.cfg.id) {
-            return Some((sector, replicas));
-        }
-        match replicas.first() {
-            Some(&coord) => self.forward(rx, conn, h, coord, body()),
-            None => self.reply(rx, conn, h, Body::Error { reason: "no live replica for this key".into() }),
-        }
-        None
+        Ok(replicas.contains(&self.cfg.id).then_some((sector, replicas)))
     }
 
     fn forward(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header, coord: u32, body: Body) {
@@ -137,20 +137,25 @@ impl Node {
         id
     }
 
-    fn start_write(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header, key: Vec<u8>, value: Option<Vec<u8>>) {
-        let fwd_key = key.clone();
-        let fwd_value = value.clone();
-        let body = move || match fwd_value {
-            Some(value) => Body::Put { key: fwd_key, value },
-            None => Body::Del { key: fwd_key },
-        };
-        let Some((sector, replicas)) = self.route(rx, conn, h, &key, body) else {
-            return;
-        };
+    #[allow(clippy::too_many_arguments)]
+    fn start_write(
+        &mut self,
+        rx: &mut Reactor<Link>,
+        conn: ConnId,
+        h: Header,
+        sector: u32,
+        replicas: Vec<u32>,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) {
         let version = self.clock.tick();
         if let Err(e) = self.store.apply(sector, &key, version, value.as_deref()) {
             error!("write to sector {sector} failed: {e}");
             return self.reply(rx, conn, h, Body::Error { reason: format!("storage error: {e}") });
+        }
+        if replicas.len() == 1 && self.pending.is_none() && !self.relays.contains_key(&sector) {
+            // The only replica: the reply waits for this turn's fsync, nothing else.
+            return self.reply(rx, conn, h, Body::Ok);
         }
         let need = self.write_quorum().min(replicas.len()).max(1);
         let op = self.new_op(rx, OpKind::Write, conn, h, sector, key.clone(), need, replicas.len());
@@ -207,11 +212,23 @@ impl Node {
         }
     }
 
-    fn start_read(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header, key: Vec<u8>) {
-        let fwd_key = key.clone();
-        let Some((sector, replicas)) = self.route(rx, conn, h, &key, || Body::Get { key: fwd_key }) else {
-            return;
-        };
+    fn start_read(
+        &mut self,
+        rx: &mut Reactor<Link>,
+        conn: ConnId,
+        h: Header,
+        sector: u32,
+        replicas: Vec<u32>,
+        key: Vec<u8>,
+    ) {
+        if replicas.len() == 1 && self.is_synced(sector) {
+            let body = match self.store.get(sector, &key) {
+                Ok(Some(crate::store::Item { value: Some(value), version })) => Body::Value { value, version },
+                Ok(_) => Body::NotFound { version: None },
+                Err(e) => Body::Error { reason: format!("storage error: {e}") },
+            };
+            return self.reply(rx, conn, h, body);
+        }
         let need = self.read_quorum().min(replicas.len()).max(1);
         let op = self.new_op(rx, OpKind::Read, conn, h, sector, key.clone(), need, replicas.len());
         match self.store.get(sector, &key) {
