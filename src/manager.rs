@@ -77,6 +77,9 @@ pub struct Manager {
     last_heard: HashMap<u32, Instant>,
 }
 
+/// After a manager restart, how long known members have to re-register
+/// before they can be declared down.
+const RESTART_GRACE: Duration = Duration::from_secs(10);
 /// How long a move may wait for SYNCED before the pending table is pushed again.
 const MOVE_NUDGE: Duration = Duration::from_secs(10);
 
@@ -404,10 +407,12 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), crate::cli::Exit> {
             return Err(Exit::new(EX_OSERR, msg));
         }
     };
-    // Nodes get one dead-after of grace to re-register after a restart.
+    // Members get a grace period to re-register after a restart, so a
+    // whole cluster started again one node at a time does not reshuffle.
     let members: Vec<u32> = mgr.newest().members.iter().map(|m| m.id).collect();
+    let grace = Instant::now() + RESTART_GRACE.saturating_sub(cfg.dead_after);
     for id in members {
-        mgr.last_heard.insert(id, Instant::now());
+        mgr.last_heard.insert(id, grace);
     }
     rx.add_timer(cfg.heartbeat, TIMER_HEARTBEATS);
     println!("listening on {bound}");

@@ -250,7 +250,7 @@ impl Engine<'_> {
         self.done >= self.w.ops
     }
 
-    /// The next operation: (key, is_read).
+    /// The next operation (number `issued`): (key, is_read).
     fn next_op(&mut self) -> (Vec<u8>, bool) {
         let i = self.issued;
         let (k, read) = match &self.w.choice {
@@ -274,8 +274,8 @@ impl Engine<'_> {
 
     /// Sends one operation from client `c`, latency measured from `t0`.
     fn issue(&mut self, rx: &mut Reactor<Link>, c: usize, t0: Instant) {
-        self.issued += 1;
         let (key, read) = self.next_op();
+        self.issued += 1;
         let now = Instant::now();
         let Some(node) = self.route(&key, now) else {
             let k = String::from_utf8_lossy(&key).into_owned();

@@ -168,7 +168,7 @@ pub fn main(args: &[String]) -> Result<i32, Exit> {
         println!("gtstore-bench {}", env!("CARGO_PKG_VERSION"));
         return Ok(0);
     }
-    let a = parse(&m)?;
+    let mut a = parse(&m)?;
     cli::resolve(&a.manager)?;
 
     let cfg = Config { manager: a.manager.clone(), ..Config::default() };
@@ -177,6 +177,18 @@ pub fn main(args: &[String]) -> Result<i32, Exit> {
     let router = Router::new(&table).map_err(|e| Exit::new(EX_UNAVAILABLE, e))?;
     let nodes = router.nodes.len();
     let label = a.label.clone().unwrap_or_else(|| format!("{nodes}x{}", table.rep));
+    for p in a.pids.iter_mut().filter(|p| p.node.is_none()) {
+        // A pidfile outside a node<ID> directory can only belong to a lone node.
+        match router.nodes[..] {
+            [(id, _)] => p.node = Some(id),
+            _ => {
+                return Err(Exit::usage(format!(
+                    "--pidfile {}: not in a node<ID> directory, so its node is unknown",
+                    p.pidfile.display()
+                )))
+            }
+        }
+    }
 
     let mut figures: Vec<NodeFigures> = Vec::new();
     if a.node_stats {

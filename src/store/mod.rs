@@ -81,7 +81,8 @@ pub struct Store {
     policy: FsyncPolicy,
     /// The write-ahead log that makes group commit one fsync (not with `Never`).
     wal: Option<Wal>,
-    /// Sectors written since the last checkpoint (their files are not synced).
+    /// Sectors written since the last checkpoint: their files are not
+    /// synced and the WAL holds their records.
     unsynced: HashSet<u32>,
 }
 
@@ -214,7 +215,9 @@ impl Store {
     /// Dropping a sector that is not held removes any leftover directory.
     pub fn drop_sector(&mut self, sector: u32) -> Result<()> {
         // The WAL must not bring the sector back after a crash.
-        self.checkpoint()?;
+        if self.unsynced.contains(&sector) {
+            self.checkpoint()?;
+        }
         match self.sectors.remove(&sector) {
             Some(s) => s.destroy(),
             None => {

@@ -597,3 +597,105 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// One node line of `gtstore status`: `server<i> HOST:PORT up|down sectors=S keys=K`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: u16,
+    /// `HOST:PORT`.
+    pub addr: String,
+    /// `up` or `down` (or whatever state name the manager reports).
+    pub state: String,
+    /// Sectors the node holds (or owns, when it did not answer).
+    pub sectors: u64,
+    /// Keys it holds; `None` when it did not answer (`keys=?`).
+    pub keys: Option<u64>,
+}
+
+/// `gtstore status`, parsed.
+#[derive(Debug, Clone)]
+pub struct StatusReport {
+    /// The table's epoch.
+    pub epoch: u64,
+    /// Node lines, in the order printed.
+    pub nodes: Vec<NodeStatus>,
+    /// The number on the `under-replicated` line.
+    pub under_replicated: u64,
+    /// The whole output.
+    pub text: String,
+}
+
+impl StatusReport {
+    /// The line of node `id`, if it is listed.
+    pub fn node(&self, id: u16) -> Option<&NodeStatus> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// `(id, sectors)` of every node, in the order printed.
+    pub fn sectors(&self) -> Vec<(u16, u64)> {
+        self.nodes.iter().map(|n| (n.id, n.sectors)).collect()
+    }
+}
+
+/// Parses the output of `gtstore status`; `None` if it does not have the documented shape.
+pub fn parse_status(text: &str) -> Option<StatusReport> {
+    let mut lines = text.lines();
+    let first: Vec<&str> = lines.next()?.split_whitespace().collect();
+    if first.first() != Some(&"epoch") {
+        return None;
+    }
+    let epoch = first.get(1)?.parse().ok()?;
+    let mut nodes = Vec::new();
+    let mut under = None;
+    for line in lines {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() == Some(&"under-replicated") {
+            under = Some(f.get(1)?.parse().ok()?);
+        } else if let Some(id) = f.first().and_then(|w| w.strip_prefix("server")) {
+            let field = |name: &str| f.iter().find_map(|w| w.strip_prefix(name));
+            nodes.push(NodeStatus {
+                id: id.parse().ok()?,
+                addr: f.get(1)?.to_string(),
+                state: f.get(2)?.to_string(),
+                sectors: field("sectors=")?.parse().ok()?,
+                keys: field("keys=")?.parse().ok(),
+            });
+        }
+    }
+    Some(StatusReport { epoch, nodes, under_replicated: under?, text: text.to_string() })
+}
+
+impl Cluster {
+    /// `gtstore status`, parsed; `None` if the command failed or printed something else.
+    pub fn status_report(&self) -> Option<StatusReport> {
+        let out = self.cli(&["status"]);
+        if !out.status.success() {
+            return None;
+        }
+        parse_status(&stdout(&out))
+    }
+
+    /// Polls `gtstore status` every 200 ms until `pred` holds; returns the report and the time
+    /// it took, or (on timeout) the last report seen.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&StatusReport) -> bool,
+    ) -> Result<(StatusReport, Duration), Option<StatusReport>> {
+        let started = Instant::now();
+        let mut last = None;
+        loop {
+            if let Some(s) = self.status_report() {
+                if pred(&s) {
+                    return Ok((s, started.elapsed()));
+                }
+                last = Some(s);
+            }
+            if started.elapsed() >= timeout {
+                return Err(last);
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
