@@ -140,8 +140,10 @@ pub enum Body {
     /// round-robin contact node.
     TableMsg { table: Table, pending: Option<Table>, contact: u32 },
     // Node to node.
-    /// A replica write (or repair, or hint delivery when `hint_for` != 0).
-    Store { entry: Entry, hint_for: u32 },
+    /// A write for a replica: a coordinator's fresh write, a write held for
+    /// node `hint_for` (when not 0), or with `repair` set a copy of an older
+    /// write (read repair, relays during moves, hint and orphan delivery).
+    Store { entry: Entry, hint_for: u32, repair: bool },
     /// A replica read of `key`.
     Fetch { key: Vec<u8> },
     /// Ask for every entry of `sector`, unless the sender's digest of it
@@ -491,8 +493,9 @@ fn encode_body(body: &Body, out: &mut Vec<u8>) {
                 None => out.push(0),
             }
         }
-        Body::Store { entry, hint_for } => {
+        Body::Store { entry, hint_for, repair } => {
             put_u32(out, *hint_for);
+            out.push(u8::from(*repair));
             put_entry(out, entry);
         }
         Body::Pull { sector, digest } => {
@@ -533,7 +536,8 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
         "TABLE" => read_table_msg(r)?,
         "STORE" => {
             let hint_for = r.u32()?;
-            Body::Store { hint_for, entry: read_entry(r)? }
+            let repair = r.flag()?;
+            Body::Store { hint_for, repair, entry: read_entry(r)? }
         }
         "PULL" => Body::Pull { sector: r.u32()?, digest: r.u64()? },
         "CHUNK" => {
@@ -587,8 +591,8 @@ mod tests {
             Body::Leave,
             Body::TableMsg { table: table.clone(), pending: None, contact: 2 },
             Body::TableMsg { table: table.clone(), pending: Some(table), contact: 0 },
-            Body::Store { entry: entry.clone(), hint_for: 0 },
-            Body::Store { entry: tomb.clone(), hint_for: 5 },
+            Body::Store { entry: entry.clone(), hint_for: 0, repair: false },
+            Body::Store { entry: tomb.clone(), hint_for: 5, repair: true },
             Body::Fetch { key: b"k".to_vec() },
             Body::Pull { sector: 17, digest: u64::MAX },
             Body::Chunk { sector: 17, entries: vec![entry, tomb], last: true },

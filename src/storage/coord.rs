@@ -45,6 +45,10 @@ pub(super) struct Op {
     timer: crate::net::timer::TimerId,
 }
 
+/// A coordinator's write older than this (milliseconds) when it reaches a
+/// replica is refused: twice the coordinator's own deadline.
+const STALE_WRITE_MS: u64 = 2 * OP_DEADLINE.as_millis() as u64;
+
 impl Node {
     // ----- client requests ----------------------------------------------
 
@@ -168,7 +172,7 @@ impl Node {
         }
         let me = self.cfg.id;
         for node in replicas.into_iter().filter(|&n| n != me) {
-            let body = Body::Store { entry: entry.clone(), hint_for: 0 };
+            let body = Body::Store { entry: entry.clone(), hint_for: 0, repair: false };
             if !self.ask_peer(rx, node, op, body) {
                 self.hand_to_stand_in(rx, op, node);
             }
@@ -193,7 +197,7 @@ impl Node {
             op.tried.push(node);
         }
         info!("node {down} unreachable: node {node} holds the write with a hint");
-        if !self.ask_peer(rx, node, op_id, Body::Store { entry, hint_for: down }) {
+        if !self.ask_peer(rx, node, op_id, Body::Store { entry, hint_for: down, repair: false }) {
             self.hand_to_stand_in(rx, op_id, node);
         }
     }
@@ -353,7 +357,7 @@ impl Node {
                 info!("read repair of node {node} for a key in sector {}", op.sector);
                 let msg = Message {
                     header: Header { node: self.cfg.id, ..Header::default() },
-                    body: Body::Store { entry: newest.clone(), hint_for: 0 },
+                    body: Body::Store { entry: newest.clone(), hint_for: 0, repair: true },
                 };
                 rx.send(conn, &msg);
             }
@@ -404,7 +408,11 @@ impl Node {
     // ----- requests from peers ------------------------------------------
 
     /// A replica write, a repair, a relayed write, or (with `hint_for`) a
-    /// write held for an unreachable node.
+    /// write held for an unreachable node. A coordinator's write that
+    /// arrives long after it was made (this node was stalled) is refused:
+    /// the coordinator has settled the request already, and the copy comes
+    /// back by read repair, hints or a move instead.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn handle_store(
         &mut self,
         rx: &mut Reactor<Link>,
@@ -412,11 +420,17 @@ impl Node {
         h: Header,
         entry: Entry,
         hint_for: u32,
+        repair: bool,
     ) {
         let Some(table) = &self.table else {
             return self.reply(rx, conn, h, Body::Error { reason: "no table yet".into() });
         };
         let sector = table.sector_of(&entry.key);
+        let age = crate::hlc::wall_ms().saturating_sub(entry.version.ms);
+        if !repair && age > STALE_WRITE_MS {
+            info!("refusing a replica write of sector {sector} made {age} ms ago");
+            return self.reply(rx, conn, h, Body::Error { reason: format!("replica write arrived {age} ms late") });
+        }
         self.clock.observe(entry.version);
         let hinted = hint_for != 0 && hint_for != self.cfg.id;
         let applied = if hinted {

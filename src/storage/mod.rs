@@ -225,7 +225,7 @@ impl Node {
         let h = msg.header;
         match msg.body {
             Body::Put { .. } | Body::Get { .. } | Body::Del { .. } => self.handle_client(rx, conn, msg),
-            Body::Store { entry, hint_for } => self.handle_store(rx, conn, h, entry, hint_for),
+            Body::Store { entry, hint_for, repair } => self.handle_store(rx, conn, h, entry, hint_for, repair),
             Body::Fetch { key } => self.handle_fetch(rx, conn, h, key, true),
             Body::Inspect { key } => self.handle_fetch(rx, conn, h, key, false),
             Body::Pull { sector, digest } => self.handle_pull(rx, conn, h, sector, digest),

@@ -362,7 +362,7 @@ impl Node {
             if let Some(conn) = self.peer(rx, node) {
                 let msg = Message {
                     header: Header { node: self.cfg.id, ..Header::default() },
-                    body: Body::Store { entry: entry.clone(), hint_for: 0 },
+                    body: Body::Store { entry: entry.clone(), hint_for: 0, repair: true },
                 };
                 rx.send(conn, &msg);
             }
@@ -432,7 +432,7 @@ impl Node {
                 let req = self.next_id();
                 let msg = Message {
                     header: Header { node: self.cfg.id, req, client: 0 },
-                    body: Body::Store { entry: e.clone(), hint_for: 0 },
+                    body: Body::Store { entry: e.clone(), hint_for: 0, repair: true },
                 };
                 if rx.send(conn, &msg) {
                     self.batch_reqs.insert(req, (id, node));
