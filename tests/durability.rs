@@ -153,8 +153,10 @@ fn torn_tail_record_is_cut_reported_and_other_keys_survive() {
     assert_eq!(last_key, same[5].as_bytes(), "the newest record is the last put");
     let cut_at = start + len / 2;
     fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut_at as u64).unwrap();
-    let wal = fs::metadata(c.node_dir(1).join("wal.log")).map(|m| m.len()).unwrap_or(0);
-    assert_eq!(wal, 0, "a clean stop empties the write-ahead log");
+    for name in ["wal-0.log", "wal-1.log"] {
+        let wal = fs::metadata(c.node_dir(1).join(name)).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(wal, 0, "a clean stop empties the write-ahead log {name}");
+    }
 
     let log_before = fs::metadata(c.node_log(1)).map(|m| m.len()).unwrap_or(0);
     c.restart_node(1);

@@ -159,13 +159,15 @@ impl Node {
         }
     }
 
+    /// Registers on a new manager connection; a leaving node that lost
+    /// its connection announces the leave again right after.
     fn register(&mut self, rx: &mut Reactor<Link>) {
-        let msg = Message {
-            header: Header { node: self.cfg.id, req: self.next_id(), ..Header::default() },
-            body: Body::Register { id: self.cfg.id, addr: self.advertise.clone() },
-        };
-        if let Some(m) = self.manager {
-            rx.send(m, &msg);
+        let Some(m) = self.manager else { return };
+        let header = Header { node: self.cfg.id, req: self.next_id(), ..Header::default() };
+        rx.send(m, &Message { header, body: Body::Register { id: self.cfg.id, addr: self.advertise.clone() } });
+        if self.leaving {
+            let header = Header { node: self.cfg.id, req: self.next_id(), ..Header::default() };
+            rx.send(m, &Message { header, body: Body::Leave });
         }
     }
 

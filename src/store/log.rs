@@ -182,6 +182,17 @@ impl SegmentWriter {
     }
 }
 
+impl SegmentWriter {
+    /// The whole segment: the file's bytes, then the buffered ones.
+    pub fn contents(&self) -> Result<Vec<u8>> {
+        let on_disk = usize::try_from(self.flushed).map_err(|_| too_large("segment", usize::MAX))?;
+        let mut all = vec![0u8; on_disk];
+        self.file.read_exact_at(&mut all, 0)?;
+        all.extend_from_slice(&self.buf);
+        Ok(all)
+    }
+}
+
 impl Drop for SegmentWriter {
     /// A clean shutdown leaves every record in the file (best effort; after
     /// a crash the write-ahead log has them).

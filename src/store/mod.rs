@@ -81,10 +81,17 @@ pub struct Store {
     policy: FsyncPolicy,
     /// The write-ahead log that makes group commit one fsync (not with `Never`).
     wal: Option<Wal>,
-    /// Sectors written since the last checkpoint: their files are not
-    /// synced and the WAL holds their records.
+    /// The other WAL file, empty, waiting for the next rotation.
+    spare: Option<Wal>,
+    /// A full WAL being retired: the sectors still to sync before it can be
+    /// emptied, a few per loop turn, so a checkpoint never stalls the loop.
+    retiring: Option<(Wal, Vec<u32>)>,
+    /// Sectors written to the active WAL: their files are not synced.
     unsynced: HashSet<u32>,
 }
+
+/// Sectors synced per loop turn while a WAL retires.
+pub const SYNCS_PER_TURN: usize = 8;
 
 /// WAL size at which the sectors are synced and the WAL emptied.
 pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
@@ -108,39 +115,81 @@ impl Store {
                 None => ::log::warn!("{}: not a sector directory; ignored", path.display()),
             }
         }
-        let mut store = Store { root, sectors, policy, wal: None, unsynced: HashSet::new() };
-        let (wal, frames) = Wal::open(dir)?;
-        let replayed = frames.len();
-        for (sector, rec) in frames {
-            store.sector_mut(sector)?.apply(&rec.key, rec.version, rec.value.as_deref())?;
-            store.unsynced.insert(sector);
+        let mut store =
+            Store { root, sectors, policy, wal: None, spare: None, retiring: None, unsynced: HashSet::new() };
+        // Last-writer-wins makes the order of replay irrelevant.
+        let mut wals = Vec::new();
+        for name in wal::WAL_FILES {
+            let (wal, frames) = Wal::open(dir, name)?;
+            if !frames.is_empty() {
+                ::log::info!("{}: {} records replayed", wal.path().display(), frames.len());
+            }
+            for (sector, rec) in frames {
+                store.sector_mut(sector)?.apply(&rec.key, rec.version, rec.value.as_deref())?;
+                store.unsynced.insert(sector);
+            }
+            wals.push(wal);
         }
-        if replayed > 0 {
-            ::log::info!("{}: {replayed} records replayed from the write-ahead log", wal.path().display());
-        }
-        store.wal = Some(wal);
+        store.spare = wals.pop();
+        store.wal = wals.pop();
         store.checkpoint()?;
         if policy == FsyncPolicy::Never {
-            store.wal = None;
+            (store.wal, store.spare) = (None, None);
         }
         Ok(store)
     }
 
-    /// Syncs every sector written since the last checkpoint, then empties
-    /// the WAL: its records are now safe in their sectors.
+    /// Syncs every sector not synced yet, then empties the WALs: their
+    /// records are now safe in their sectors.
     pub fn checkpoint(&mut self) -> Result<()> {
-        for id in std::mem::take(&mut self.unsynced) {
-            if let Some(s) = self.sectors.get_mut(&id) {
-                if let Err(e) = s.sync() {
-                    self.unsynced.insert(id);
-                    return Err(e);
-                }
+        let mut ids: Vec<u32> = self.unsynced.drain().collect();
+        if let Some((old, pending)) = self.retiring.take() {
+            ids.extend(pending);
+            self.spare = Some(old);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            if let Err(e) = self.sync_sector(*id) {
+                self.unsynced.extend(ids.get(i..).unwrap_or_default());
+                return Err(e);
             }
         }
-        match self.wal.as_mut() {
-            Some(w) => w.reset(),
+        for w in [self.wal.as_mut(), self.spare.as_mut()].into_iter().flatten() {
+            w.reset()?;
+        }
+        Ok(())
+    }
+
+    fn sync_sector(&mut self, id: u32) -> Result<()> {
+        match self.sectors.get_mut(&id) {
+            Some(s) => s.sync(),
             None => Ok(()),
         }
+    }
+
+    /// A few steps of retiring a full WAL; starts retiring the active one
+    /// when it is full (the spare takes over).
+    fn checkpoint_step(&mut self) -> Result<()> {
+        if let Some((_, pending)) = self.retiring.as_mut() {
+            let batch: Vec<u32> = pending.drain(..pending.len().min(SYNCS_PER_TURN)).collect();
+            for id in batch {
+                self.sync_sector(id)?;
+            }
+            if self.retiring.as_ref().is_some_and(|(_, p)| p.is_empty()) {
+                if let Some((mut old, _)) = self.retiring.take() {
+                    old.reset()?;
+                    self.spare = Some(old);
+                }
+            }
+            return Ok(());
+        }
+        if self.wal.as_ref().is_some_and(|w| w.len() >= CHECKPOINT_BYTES) {
+            if let Some(spare) = self.spare.take() {
+                let full = self.wal.replace(spare);
+                let pending: Vec<u32> = self.unsynced.drain().collect();
+                self.retiring = full.map(|w| (w, pending));
+            }
+        }
+        Ok(())
     }
 
     /// The fsync policy the store was opened with.
@@ -188,9 +237,7 @@ impl Store {
     pub fn sync_dirty(&mut self) -> Result<bool> {
         let Some(wal) = self.wal.as_mut() else { return Ok(false) };
         let committed = wal.commit()?;
-        if wal.len() >= CHECKPOINT_BYTES {
-            self.checkpoint()?;
-        }
+        self.checkpoint_step()?;
         Ok(committed)
     }
 
@@ -213,11 +260,10 @@ impl Store {
 
     /// Removes `sector`'s files and directory (it moved to another node).
     /// Dropping a sector that is not held removes any leftover directory.
+    /// After a crash the WAL may bring back a dropped sector's recent
+    /// records; the node then treats it as an orphan and hands it over.
     pub fn drop_sector(&mut self, sector: u32) -> Result<()> {
-        // The WAL must not bring the sector back after a crash.
-        if self.unsynced.contains(&sector) {
-            self.checkpoint()?;
-        }
+        self.unsynced.remove(&sector);
         match self.sectors.remove(&sector) {
             Some(s) => s.destroy(),
             None => {
@@ -410,6 +456,34 @@ mod tests {
     }
 
     #[test]
+    fn a_full_wal_retires_a_few_sectors_per_turn() -> Result<()> {
+        let dir = TestDir::new("store-rotate");
+        let mut store = Store::open(dir.path(), FsyncPolicy::Batch)?;
+        let big = vec![7u8; 1 << 20];
+        let mut turns = 0u64;
+        // Fill the active WAL past the threshold over 40 sectors.
+        for i in 0..(CHECKPOINT_BYTES >> 20) + 2 {
+            store.apply((i % 40) as u32, &i.to_be_bytes(), v(i + 1), Some(&big))?;
+            store.sync_dirty()?;
+            turns += 1;
+        }
+        assert!(store.retiring.is_some(), "the full WAL is retiring");
+        while store.retiring.is_some() {
+            store.apply(99, &turns.to_be_bytes(), v(10_000 + turns), Some(b"x"))?;
+            store.sync_dirty()?;
+            turns += 1;
+            assert!(turns < 200, "retiring ends");
+        }
+        std::mem::forget(store);
+        let store = Store::open(dir.path(), FsyncPolicy::Batch)?;
+        assert_eq!(
+            store.total_live_keys() as u64,
+            (CHECKPOINT_BYTES >> 20) + 2 + (turns - (CHECKPOINT_BYTES >> 20) - 2)
+        );
+        Ok(())
+    }
+
+    #[test]
     fn the_wal_restores_writes_whose_sector_record_was_lost() -> Result<()> {
         let dir = TestDir::new("store-wal");
         let mut store = Store::open(dir.path(), FsyncPolicy::Batch)?;
@@ -453,7 +527,7 @@ mod tests {
         store.drop_sector(42)?;
         assert!(!store.has_sector(42));
         assert!(!dir.path().join("sectors/42").exists());
-        assert!(!store.sync_dirty()?);
+        store.sync_dirty()?;
         store.drop_sector(42)?;
         drop(store);
         assert!(Store::open(dir.path(), FsyncPolicy::Batch)?.sector_ids().is_empty());
@@ -479,7 +553,9 @@ mod tests {
         store.apply(3, b"torn", v(2), Some(b"lost"))?;
         drop(store);
         // The crash came before the write-ahead log had the record.
-        fs::remove_file(dir.path().join(wal::WAL_FILE))?;
+        for name in wal::WAL_FILES {
+            fs::remove_file(dir.path().join(name))?;
+        }
         let seg = log::segment_path(&dir.path().join("sectors/3"), 1);
         let len = fs::metadata(&seg)?.len();
         fs::OpenOptions::new().write(true).open(&seg)?.set_len(len - 2)?;

@@ -15,7 +15,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::log::{self, Loc, SegmentWriter};
-use super::record::Record;
+use super::record::{self, Record};
 use super::recovery::{self, Stats};
 use super::{Error, Item, Result};
 use crate::hlc::Version;
@@ -129,13 +129,35 @@ impl Sector {
     pub fn scan(&self) -> Result<Vec<(Vec<u8>, Item)>> {
         let mut keys: Vec<&Vec<u8>> = self.index.keys().collect();
         keys.sort_unstable();
+        // One read of the active segment instead of one per record.
+        let segment = self.writer.contents()?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            if let Some(e) = self.index.get(key) {
-                out.push((key.clone(), self.item(key, e)?));
-            }
+            let Some(e) = self.index.get(key) else { continue };
+            let item = match e.loc.gen == self.writer.gen() && !e.tombstone {
+                true => self.item_from(&segment, key, e)?,
+                false => self.item(key, e)?,
+            };
+            out.push((key.clone(), item));
         }
         Ok(out)
+    }
+
+    /// The item of entry `e`, decoded from the active segment's bytes.
+    fn item_from(&self, segment: &[u8], key: &[u8], e: &Entry) -> Result<Item> {
+        let corrupt = Error::Corrupt { sector: self.id, gen: e.loc.gen, offset: e.loc.pos };
+        let start = usize::try_from(e.loc.pos).map_err(|_| corrupt)?;
+        let bytes = segment.get(start..start.saturating_add(e.loc.len as usize)).ok_or(Error::Corrupt {
+            sector: self.id,
+            gen: e.loc.gen,
+            offset: e.loc.pos,
+        })?;
+        match record::decode(bytes) {
+            record::Decoded::Record { record, .. } if record.key == key && record.version == e.version => {
+                Ok(Item { version: e.version, value: record.value })
+            }
+            _ => Err(Error::Corrupt { sector: self.id, gen: e.loc.gen, offset: e.loc.pos }),
+        }
     }
 
     /// Every key with its newest version, tombstones included, sorted by key.

@@ -5,7 +5,8 @@
 //! [`Wal::commit`] writes the buffer to `wal.log` with one `write` and one
 //! `fdatasync`, so a turn's acknowledgements cost one fsync however many
 //! sectors they touch. At a checkpoint the store fsyncs the sectors written
-//! since the last one and empties the WAL. After a crash the sector logs
+//! since the last one and empties the WAL (two files alternate, so
+//! retiring a full one never stalls the loop; see `Store`). After a crash the sector logs
 //! are replayed first, then the WAL's records are applied again
 //! (last-writer-wins makes that idempotent).
 //!
@@ -22,8 +23,9 @@ use crate::hlc::Version;
 use super::record::{self, Decoded, Record};
 use super::Result;
 
-/// The WAL's file name inside the store directory.
-pub const WAL_FILE: &str = "wal.log";
+/// The two WAL files inside the store directory: one takes writes while
+/// the other, full, is retired by syncing its sectors a few at a time.
+pub const WAL_FILES: [&str; 2] = ["wal-0.log", "wal-1.log"];
 
 /// The write-ahead log of one store.
 #[derive(Debug)]
@@ -39,8 +41,8 @@ pub struct Wal {
 impl Wal {
     /// Opens (or creates) `<dir>/wal.log` and returns it with the records
     /// it holds, in order, for replay. A torn or corrupt tail is cut.
-    pub fn open(dir: &Path) -> Result<(Wal, Vec<(u32, Record)>)> {
-        let path = dir.join(WAL_FILE);
+    pub fn open(dir: &Path, name: &str) -> Result<(Wal, Vec<(u32, Record)>)> {
+        let path = dir.join(name);
         let file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
         let (frames, good) = read_frames(&file)?;
         let on_disk = file.metadata()?.len();
@@ -155,7 +157,7 @@ mod tests {
     #[test]
     fn committed_frames_come_back_and_a_torn_tail_is_cut() -> Result<()> {
         let dir = TestDir::new("wal");
-        let (mut wal, frames) = Wal::open(dir.path())?;
+        let (mut wal, frames) = Wal::open(dir.path(), WAL_FILES[0])?;
         assert!(frames.is_empty());
         wal.append(3, b"a", Some(b"1"), v(1));
         wal.append(700, b"b", None, v(2));
@@ -166,39 +168,39 @@ mod tests {
         wal.commit()?;
         drop(wal);
         // Cut the last frame at every offset: the first two always survive.
-        let path = dir.path().join(WAL_FILE);
+        let path = dir.path().join(WAL_FILES[0]);
         let bytes = std::fs::read(&path)?;
         for cut in full as usize..bytes.len() {
             std::fs::write(&path, &bytes[..cut])?;
-            let (wal, frames) = Wal::open(dir.path())?;
+            let (wal, frames) = Wal::open(dir.path(), WAL_FILES[0])?;
             assert_eq!(frames.len(), 2, "cut at {cut}");
             assert_eq!(frames[1].0, 700);
             assert_eq!(frames[1].1.value, None);
             assert_eq!(wal.len(), full);
         }
         std::fs::write(&path, &bytes)?;
-        let (mut wal, frames) = Wal::open(dir.path())?;
+        let (mut wal, frames) = Wal::open(dir.path(), WAL_FILES[0])?;
         assert_eq!(frames.len(), 3);
         wal.reset()?;
         assert!(wal.is_empty());
-        assert!(Wal::open(dir.path())?.1.is_empty());
+        assert!(Wal::open(dir.path(), WAL_FILES[0])?.1.is_empty());
         Ok(())
     }
 
     #[test]
     fn a_damaged_sector_id_ends_the_log() -> Result<()> {
         let dir = TestDir::new("wal-bad");
-        let (mut wal, _) = Wal::open(dir.path())?;
+        let (mut wal, _) = Wal::open(dir.path(), WAL_FILES[0])?;
         wal.append(1, b"a", Some(b"1"), v(1));
         wal.append(2, b"b", Some(b"2"), v(2));
         wal.commit()?;
         drop(wal);
-        let path = dir.path().join(WAL_FILE);
+        let path = dir.path().join(WAL_FILES[0]);
         let mut bytes = std::fs::read(&path)?;
         let second = bytes.len() / 2;
         bytes[second] ^= 0xff;
         std::fs::write(&path, &bytes)?;
-        let (_, frames) = Wal::open(dir.path())?;
+        let (_, frames) = Wal::open(dir.path(), WAL_FILES[0])?;
         assert!(frames.len() <= 1);
         Ok(())
     }
