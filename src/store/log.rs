@@ -71,7 +71,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Appended bytes held in memory before one positioned write.
-pub const WRITE_BUFFER: usize = 64 * 1024;
+pub const WRITE_BUFFER: usize = 16 * 1024;
 
 /// The append end of one segment; it also serves reads from its own file.
 ///
@@ -152,7 +152,8 @@ impl SegmentWriter {
             return Err(e.into());
         }
         self.flushed = self.pos;
-        self.buf.clear();
+        // One buffer per sector: give a large one back rather than keep it.
+        self.buf = Vec::new();
         Ok(())
     }
 

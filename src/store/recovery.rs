@@ -8,13 +8,12 @@
 //! damage in an older, sealed segment cannot come from a crash, so it is
 //! `Error::Corrupt`. Records before the damage are never lost.
 
-use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::Path;
 
 use super::log::{self, Loc, SegmentIter};
 use super::record::Record;
-use super::sector::Entry;
+use super::sector::{Entry, Index};
 use super::{Error, Result};
 
 /// What a replay found.
@@ -36,7 +35,7 @@ pub struct Stats {
 #[derive(Debug, Default)]
 pub struct Replayed {
     /// The newest entry of every key, tombstones included.
-    pub index: HashMap<Vec<u8>, Entry>,
+    pub index: Index,
     /// Counts gathered during the replay.
     pub stats: Stats,
     /// Generations found, oldest first.
@@ -79,20 +78,26 @@ fn insert(out: &mut Replayed, loc: Loc, rec: Record) {
     let stats = &mut out.stats;
     stats.records = stats.records.saturating_add(1);
     let len = u64::from(loc.len);
-    let entry = Entry { loc, version: rec.version, tombstone: rec.value.is_none() };
-    match out.index.get_mut(&rec.key) {
+    let entry = match Entry::new(loc, rec.version, rec.value.is_none()) {
+        Ok(e) => e,
+        Err(e) => {
+            ::log::warn!("record at offset {} not indexed: {e}", loc.pos);
+            return;
+        }
+    };
+    match out.index.get_mut(&rec.key[..]) {
         Some(old) if rec.version < old.version => {
             stats.dead_bytes = stats.dead_bytes.saturating_add(len);
         }
         Some(old) => {
-            let old_len = u64::from(old.loc.len);
+            let old_len = u64::from(old.loc().len);
             stats.live_bytes = stats.live_bytes.saturating_sub(old_len).saturating_add(len);
             stats.dead_bytes = stats.dead_bytes.saturating_add(old_len);
             *old = entry;
         }
         None => {
             stats.live_bytes = stats.live_bytes.saturating_add(len);
-            out.index.insert(rec.key, entry);
+            out.index.insert(rec.key.into_boxed_slice(), entry);
         }
     }
 }
@@ -138,7 +143,7 @@ mod tests {
     fn assert_holds(got: &Replayed, recs: &[Record]) {
         assert_eq!(got.index.len(), recs.len());
         for r in recs {
-            assert_eq!(got.index[&r.key].version, r.version);
+            assert_eq!(got.index[&r.key[..]].version, r.version);
         }
     }
 
@@ -232,9 +237,9 @@ mod tests {
         let locs = write_segment(dir.path(), 1, &[old, new, gone.clone()]);
         let got = replay(dir.path(), 0)?;
         let e = got.index[&b"k"[..]];
-        assert!(e.tombstone);
+        assert!(e.tombstone());
         assert_eq!(e.version, gone.version);
-        assert_eq!(e.loc, locs[2]);
+        assert_eq!(e.loc(), locs[2]);
         assert_eq!(got.stats.records, 3);
         assert_eq!(got.stats.live_bytes, u64::from(locs[2].len));
         assert_eq!(got.stats.dead_bytes, u64::from(locs[0].len + locs[1].len));
@@ -250,7 +255,7 @@ mod tests {
         let got = replay(dir.path(), 0)?;
         assert_eq!(got.generations, vec![1, 2]);
         for (r, loc) in recs.iter().zip(&copies) {
-            assert_eq!(got.index[&r.key].loc, *loc);
+            assert_eq!(got.index[&r.key[..]].loc(), *loc);
         }
         assert_eq!(got.tail, copies.last().unwrap().end());
         Ok(())

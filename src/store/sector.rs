@@ -26,23 +26,54 @@ pub const COMPACT_MIN_DEAD_BYTES: u64 = 1024 * 1024;
 /// The generation of a new sector's first segment.
 const FIRST_GEN: u64 = 1;
 
-/// The index entry of one key: its newest record.
+/// The index entry of one key: its newest record. Packed into 32 bytes
+/// (segment generation and offset as u32, the tombstone flag in the
+/// length's top bit), since there is one per key in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Where the record is.
-    pub loc: Loc,
     /// The record's version.
     pub version: Version,
-    /// The record is a tombstone (the key is deleted).
-    pub tombstone: bool,
+    gen: u32,
+    pos: u32,
+    len_and_flag: u32,
 }
+
+/// The tombstone bit of `Entry::len_and_flag`.
+const TOMBSTONE_BIT: u32 = 1 << 31;
+
+impl Entry {
+    /// The entry of a record at `loc`; an error if the segment is past 4 GiB.
+    pub fn new(loc: Loc, version: Version, tombstone: bool) -> Result<Entry> {
+        let too_large = |what, len| Error::TooLarge { what, len, limit: u64::from(u32::MAX >> 1) };
+        let gen = u32::try_from(loc.gen).map_err(|_| too_large("segment generation", loc.gen))?;
+        let pos = u32::try_from(loc.pos).map_err(|_| too_large("segment offset", loc.pos))?;
+        if loc.len & TOMBSTONE_BIT != 0 {
+            return Err(too_large("record", u64::from(loc.len)));
+        }
+        let flag = if tombstone { TOMBSTONE_BIT } else { 0 };
+        Ok(Entry { version, gen, pos, len_and_flag: loc.len | flag })
+    }
+
+    /// Where the record is.
+    pub fn loc(&self) -> Loc {
+        Loc { gen: u64::from(self.gen), pos: u64::from(self.pos), len: self.len_and_flag & !TOMBSTONE_BIT }
+    }
+
+    /// The record is a tombstone (the key is deleted).
+    pub fn tombstone(&self) -> bool {
+        self.len_and_flag & TOMBSTONE_BIT != 0
+    }
+}
+
+/// A sector's index: key → newest entry. Boxed keys save a word per key.
+pub type Index = HashMap<Box<[u8]>, Entry>;
 
 /// One sector's index and active segment.
 #[derive(Debug)]
 pub struct Sector {
     id: u32,
     dir: PathBuf,
-    index: HashMap<Vec<u8>, Entry>,
+    index: Index,
     writer: SegmentWriter,
     live_bytes: u64,
     dead_bytes: u64,
@@ -101,9 +132,9 @@ impl Sector {
             return Ok(false);
         }
         let loc = self.writer.append_parts(key, value, version)?;
-        let entry = Entry { loc, version, tombstone: value.is_none() };
-        if let Some(old) = self.index.insert(key.to_vec(), entry) {
-            let old_len = u64::from(old.loc.len);
+        let entry = Entry::new(loc, version, value.is_none())?;
+        if let Some(old) = self.index.insert(Box::from(key), entry) {
+            let old_len = u64::from(old.loc().len);
             self.live_bytes = self.live_bytes.saturating_sub(old_len);
             self.dead_bytes = self.dead_bytes.saturating_add(old_len);
         }
@@ -127,49 +158,49 @@ impl Sector {
 
     /// Every entry, tombstones included, sorted by key, values read from disk.
     pub fn scan(&self) -> Result<Vec<(Vec<u8>, Item)>> {
-        let mut keys: Vec<&Vec<u8>> = self.index.keys().collect();
+        let mut keys: Vec<&Box<[u8]>> = self.index.keys().collect();
         keys.sort_unstable();
         // One read of the active segment instead of one per record.
         let segment = self.writer.contents()?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let Some(e) = self.index.get(key) else { continue };
-            let item = match e.loc.gen == self.writer.gen() && !e.tombstone {
+            let item = match e.loc().gen == self.writer.gen() && !e.tombstone() {
                 true => self.item_from(&segment, key, e)?,
                 false => self.item(key, e)?,
             };
-            out.push((key.clone(), item));
+            out.push((key.to_vec(), item));
         }
         Ok(out)
     }
 
     /// The item of entry `e`, decoded from the active segment's bytes.
     fn item_from(&self, segment: &[u8], key: &[u8], e: &Entry) -> Result<Item> {
-        let corrupt = Error::Corrupt { sector: self.id, gen: e.loc.gen, offset: e.loc.pos };
-        let start = usize::try_from(e.loc.pos).map_err(|_| corrupt)?;
-        let bytes = segment.get(start..start.saturating_add(e.loc.len as usize)).ok_or(Error::Corrupt {
+        let corrupt = Error::Corrupt { sector: self.id, gen: e.loc().gen, offset: e.loc().pos };
+        let start = usize::try_from(e.loc().pos).map_err(|_| corrupt)?;
+        let bytes = segment.get(start..start.saturating_add(e.loc().len as usize)).ok_or(Error::Corrupt {
             sector: self.id,
-            gen: e.loc.gen,
-            offset: e.loc.pos,
+            gen: e.loc().gen,
+            offset: e.loc().pos,
         })?;
         match record::decode(bytes) {
             record::Decoded::Record { record, .. } if record.key == key && record.version == e.version => {
                 Ok(Item { version: e.version, value: record.value })
             }
-            _ => Err(Error::Corrupt { sector: self.id, gen: e.loc.gen, offset: e.loc.pos }),
+            _ => Err(Error::Corrupt { sector: self.id, gen: e.loc().gen, offset: e.loc().pos }),
         }
     }
 
     /// Every key with its newest version, tombstones included, sorted by key.
     pub fn keys_with_versions(&self) -> Vec<(Vec<u8>, Version)> {
-        let mut out: Vec<(Vec<u8>, Version)> = self.index.iter().map(|(k, e)| (k.clone(), e.version)).collect();
+        let mut out: Vec<(Vec<u8>, Version)> = self.index.iter().map(|(k, e)| (k.to_vec(), e.version)).collect();
         out.sort_unstable();
         out
     }
 
     /// Keys whose newest entry is not a tombstone.
     pub fn live_keys(&self) -> usize {
-        self.index.values().filter(|e| !e.tombstone).count()
+        self.index.values().filter(|e| !e.tombstone()).count()
     }
 
     /// Keys in the index, tombstones included.
@@ -249,12 +280,12 @@ impl Sector {
 
     /// Copies every indexed record into `next` and makes it durable;
     /// returns the index pointing into `next`.
-    fn copy_live(&self, next: &mut SegmentWriter) -> Result<HashMap<Vec<u8>, Entry>> {
+    fn copy_live(&self, next: &mut SegmentWriter) -> Result<Index> {
         let mut index = HashMap::with_capacity(self.index.len());
         for (key, e) in &self.index {
             let rec = self.read(key, e)?;
             let loc = next.append(&rec)?;
-            index.insert(key.clone(), Entry { loc, ..*e });
+            index.insert(key.clone(), Entry::new(loc, e.version, e.tombstone())?);
         }
         next.sync()?;
         log::sync_dir(&self.dir)?;
@@ -284,19 +315,19 @@ impl Sector {
 
     /// The item for index entry `e` of `key`.
     fn item(&self, key: &[u8], e: &Entry) -> Result<Item> {
-        let value = if e.tombstone { None } else { self.read(key, e)?.value };
+        let value = if e.tombstone() { None } else { self.read(key, e)?.value };
         Ok(Item { version: e.version, value })
     }
 
     /// Reads the record of entry `e` and checks it is the one indexed.
     fn read(&self, key: &[u8], e: &Entry) -> Result<Record> {
-        let rec = if e.loc.gen == self.writer.gen() {
-            self.writer.read(e.loc)?
+        let rec = if e.loc().gen == self.writer.gen() {
+            self.writer.read(e.loc())?
         } else {
-            log::read_loc(&self.dir, self.id, e.loc)?
+            log::read_loc(&self.dir, self.id, e.loc())?
         };
-        if rec.key != key || rec.version != e.version || rec.value.is_none() != e.tombstone {
-            return Err(Error::Corrupt { sector: self.id, gen: e.loc.gen, offset: e.loc.pos });
+        if rec.key != key || rec.version != e.version || rec.value.is_none() != e.tombstone() {
+            return Err(Error::Corrupt { sector: self.id, gen: e.loc().gen, offset: e.loc().pos });
         }
         Ok(rec)
     }
