@@ -6,7 +6,7 @@
 #
 # The manager listens on 127.0.0.1:BASE_PORT with its state in RUN_DIR/manager; storage node i
 # listens on 127.0.0.1:BASE_PORT+i with its data in RUN_DIR/node<i>. Every daemon is started with
-# --daemon, which returns only once the daemon is ready (for a node: registered with the manager),
+# --daemon, which returns only once the daemon is ready (for a node: joined, with its sectors received),
 # so `make start` returns once every node has joined. Extra daemon flags: MANAGER_FLAGS, NODE_FLAGS.
 # BIN is where the binaries are taken from (default target/release). NOBUILD=1 skips the release
 # build in `start`; the test harness sets both, since `cargo test` already built the binaries.

@@ -77,6 +77,8 @@ pub struct Manager {
     last_heard: HashMap<u32, Instant>,
 }
 
+/// Client ids handed out between two saves of the state.
+const CLIENT_ID_BATCH: u64 = 64;
 /// After a manager restart, how long known members have to re-register
 /// before they can be declared down.
 const RESTART_GRACE: Duration = Duration::from_secs(10);
@@ -108,6 +110,8 @@ impl Manager {
             table.members.len()
         );
         let waiting = pending.as_ref().map(|p| table.gainers(p).into_iter().collect()).unwrap_or_default();
+        // Ids are saved every CLIENT_ID_BATCH; skip past any handed out since.
+        let next_client = next_client.saturating_add(CLIENT_ID_BATCH);
         Ok(Manager {
             cfg,
             table,
@@ -199,7 +203,7 @@ impl Manager {
     fn handle_hello(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64) {
         let client = self.next_client;
         self.next_client += 1;
-        if client.is_multiple_of(64) {
+        if client.is_multiple_of(CLIENT_ID_BATCH) {
             self.save();
         }
         let contact = self.contact();

@@ -16,7 +16,7 @@ fn options() -> getopts::Options {
     o.optopt("", "read-quorum", "replies a read waits for (default N/2+1)", "R");
     o.optopt("", "write-quorum", "acknowledgements a write waits for (default N/2+1)", "W");
     o.optopt("", "sectors", "sectors of the hash space for a new cluster (default 1024)", "Q");
-    o.optopt("", "heartbeat-ms", "heartbeat interval for nodes (default 200)", "MS");
+    o.optopt("", "heartbeat-ms", "how often silent nodes are looked for (default 200)", "MS");
     o.optopt("", "dead-after-ms", "silence before a node is declared dead (default 1000)", "MS");
     o.optflag("", "daemon", "detach; return once listening");
     o.optopt("", "log", "log file (reopened on SIGHUP; default standard error)", "FILE");

@@ -21,7 +21,7 @@ fn options() -> getopts::Options {
     o.optopt("", "max-header", "longest header line accepted (default 128)", "BYTES");
     o.optopt("", "max-conns", "simultaneous connections (default 4096)", "N");
     o.optopt("", "heartbeat-ms", "heartbeat interval (default 200)", "MS");
-    o.optflag("", "daemon", "detach; return once registered with the manager");
+    o.optflag("", "daemon", "detach; return once the node has joined and received its sectors");
     o.optopt("", "log", "log file (reopened on SIGHUP; default standard error)", "FILE");
     o.optopt("", "pidfile", "pidfile, locked while running (default DIR/gtstore-storage.pid)", "FILE");
     o.optflag("h", "help", "print this help");

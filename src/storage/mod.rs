@@ -263,12 +263,14 @@ impl Node {
         rx.add_timer(self.cfg.heartbeat, TIMER_HEARTBEAT);
     }
 
+    /// The start limit: a node that has not even got a table from the
+    /// manager gives up; one that is receiving its sectors keeps going.
     fn give_up_starting(&mut self, rx: &mut Reactor<Link>) {
+        if self.table.is_some() {
+            return;
+        }
         if let Some(r) = self.ready.take() {
-            let msg = format!(
-                "could not join the cluster through the manager at {} within {:?}",
-                self.cfg.manager, START_LIMIT
-            );
+            let msg = format!("could not register with the manager at {} within {:?}", self.cfg.manager, START_LIMIT);
             error!("{msg}");
             r.fail(EX_UNAVAILABLE, &msg);
             self.failed = Some(Exit::new(EX_UNAVAILABLE, msg));
@@ -288,14 +290,16 @@ impl Handler for Node {
         let link = rx.conn(conn).map(|c| c.data).unwrap_or_default();
         match (link, msg.body) {
             (Link::Manager, Body::TableMsg { table, pending, .. }) => self.on_tables(rx, table, pending),
-            (Link::Manager, Body::Error { reason }) => {
-                error!("manager refused us: {reason}");
-                if let Some(r) = self.ready.take() {
-                    r.fail(EX_UNAVAILABLE, &format!("manager refused registration: {reason}"));
+            (Link::Manager, Body::Error { reason }) => match self.ready.take() {
+                Some(r) => {
+                    let msg = format!("manager refused registration: {reason}");
+                    error!("{msg}");
+                    r.fail(EX_UNAVAILABLE, &msg);
+                    self.failed = Some(Exit::new(EX_UNAVAILABLE, msg));
+                    rx.stop();
                 }
-                self.failed = Some(Exit::new(EX_UNAVAILABLE, format!("manager refused registration: {reason}")));
-                rx.stop();
-            }
+                None => warn!("manager: {reason}"),
+            },
             (Link::Manager, _) => {}
             (Link::Peer(_), body) => self.handle_from_peer(rx, Message { header: msg.header, body }),
             (Link::Inbound, body) => self.handle_inbound(rx, conn, Message { header: msg.header, body }),

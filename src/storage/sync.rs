@@ -334,13 +334,16 @@ impl Node {
         let mut batch = Vec::new();
         let mut bytes = 0;
         for (key, item) in items {
-            bytes += key.len() + item.value.as_ref().map_or(0, Vec::len) + 32;
-            batch.push(Entry { key, version: item.version, value: item.value });
-            if bytes >= CHUNK_BYTES {
+            let size = key.len() + item.value.as_ref().map_or(0, Vec::len) + 32;
+            // Cut before an entry that would take the chunk past the limit, so
+            // a chunk is never larger than one maximal record plus framing.
+            if bytes + size > CHUNK_BYTES && !batch.is_empty() {
                 let entries = std::mem::take(&mut batch);
                 rx.send(conn, &Message { header, body: Body::Chunk { sector, entries, last: false } });
                 bytes = 0;
             }
+            bytes += size;
+            batch.push(Entry { key, version: item.version, value: item.value });
         }
         rx.send(conn, &Message { header, body: Body::Chunk { sector, entries: batch, last: true } });
     }
