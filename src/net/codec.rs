@@ -234,12 +234,63 @@ pub fn parse(buf: &[u8]) -> Result<Message, DecodeError> {
 
 /// Appends the wire form of `msg` to `out`.
 pub fn encode(msg: &Message, out: &mut Vec<u8>) {
-    let mut payload = Vec::new();
-    encode_body(&msg.body, &mut payload);
     let h = &msg.header;
-    let line = format!("{} {} {} {} {}\n", msg.body.verb(), h.client, h.node, payload.len(), h.req);
-    out.extend_from_slice(line.as_bytes());
-    out.extend_from_slice(&payload);
+    let len = payload_len(&msg.body);
+    out.reserve(len + 64);
+    out.extend_from_slice(msg.body.verb().as_bytes());
+    for n in [h.client, u64::from(h.node), len as u64, h.req] {
+        out.push(b' ');
+        put_decimal(out, n);
+    }
+    out.push(b'\n');
+    let start = out.len();
+    encode_body(&msg.body, out);
+    debug_assert_eq!(out.len() - start, len, "payload_len agrees with encode_body");
+}
+
+/// Appends `n` in decimal.
+fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// The encoded size of an entry.
+fn entry_len(e: &Entry) -> usize {
+    4 + e.key.len() + Version::WIRE_LEN + 1 + e.value.as_ref().map_or(0, |v| 4 + v.len())
+}
+
+/// The encoded size of a table.
+fn table_len(t: &Table) -> usize {
+    8 + 4 * 3 + 4 + t.members.iter().map(|m| 4 + 4 + m.addr.len() + 1).sum::<usize>() + 4 + 4 * t.owners.len()
+}
+
+/// The payload size `encode_body` writes for `body`, so the header can be
+/// written first and the payload straight after it.
+fn payload_len(body: &Body) -> usize {
+    match body {
+        Body::Put { key, value } => 8 + key.len() + value.len(),
+        Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => 4 + key.len(),
+        Body::StatsReq | Body::Ok | Body::Hello | Body::GetTable | Body::Leave | Body::Unknown(_) => 0,
+        Body::Value { value, .. } => Version::WIRE_LEN + 4 + value.len(),
+        Body::NotFound { version } => 1 + version.map_or(0, |_| Version::WIRE_LEN),
+        Body::Error { reason } => 4 + reason.len(),
+        Body::StatsReply(_) => 4 + 8 + 4,
+        Body::Register { addr, .. } => 4 + 4 + addr.len(),
+        Body::Heartbeat { .. } | Body::Synced { .. } => 8,
+        Body::TableMsg { table, pending, .. } => 4 + table_len(table) + 1 + pending.as_ref().map_or(0, table_len),
+        Body::Store { entry, .. } => 4 + 1 + entry_len(entry),
+        Body::Pull { .. } => 4 + 8,
+        Body::Chunk { entries, .. } => 4 + 1 + 4 + entries.iter().map(entry_len).sum::<usize>(),
+    }
 }
 
 /// Encodes `msg` into a fresh buffer.
@@ -259,14 +310,19 @@ struct HeaderFields<'a> {
 }
 
 fn header_fields(line: &[u8]) -> Result<HeaderFields<'_>, DecodeError> {
-    let text = std::str::from_utf8(line).map_err(|_| DecodeError::BadVerb)?;
-    let parts: Vec<&str> = text.split(' ').collect();
-    let [verb, client, node, len, req] = parts[..] else {
-        return Err(DecodeError::FieldCount(parts.len()));
-    };
-    if !is_verb(verb) {
-        return Err(DecodeError::BadVerb);
+    let mut parts: [&[u8]; 5] = [&[]; 5];
+    let mut count = 0;
+    for part in line.split(|&b| b == b' ') {
+        if let Some(slot) = parts.get_mut(count) {
+            *slot = part;
+        }
+        count += 1;
     }
+    if count != parts.len() {
+        return Err(DecodeError::FieldCount(count));
+    }
+    let [verb, client, node, len, req] = parts;
+    let verb = std::str::from_utf8(verb).ok().filter(|v| is_verb(v)).ok_or(DecodeError::BadVerb)?;
     Ok(HeaderFields {
         verb,
         client: decimal(client, "CLIENT_ID")?,
@@ -295,11 +351,14 @@ fn is_verb(s: &str) -> bool {
 }
 
 /// A plain decimal: digits only, no sign, at most 20 digits, fits in u64.
-fn decimal(s: &str, what: &'static str) -> Result<u64, DecodeError> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+fn decimal(s: &[u8], what: &'static str) -> Result<u64, DecodeError> {
+    if s.is_empty() || s.len() > 20 {
         return Err(DecodeError::BadNumber(what));
     }
-    s.parse().map_err(|_| DecodeError::BadNumber(what))
+    s.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9).ok_or(DecodeError::BadNumber(what))?;
+        n.checked_mul(10).and_then(|n| n.checked_add(u64::from(digit))).ok_or(DecodeError::BadNumber(what))
+    })
 }
 
 /// A cursor over a payload; every read is bounds-checked.

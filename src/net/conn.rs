@@ -55,6 +55,8 @@ pub struct Conn<D> {
     out_pos: usize,
     /// The interest registered with epoll: (readable, writable).
     pub registered: (bool, bool),
+    /// On the loop's list of connections to flush this turn.
+    pub queued: bool,
 }
 
 impl<D> Conn<D> {
@@ -71,6 +73,7 @@ impl<D> Conn<D> {
             outbuf: Vec::new(),
             out_pos: 0,
             registered: (false, false),
+            queued: false,
         }
     }
 

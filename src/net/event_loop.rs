@@ -16,7 +16,6 @@
 //! Replies are never written before step 4, so a write acknowledged in a
 //! turn has been synced by that turn's fsync.
 
-use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -92,8 +91,8 @@ pub struct Reactor<D> {
     conns: Slab<Conn<D>>,
     /// Generation of each slab key, bumped when the key is reused.
     gens: Vec<u32>,
-    /// Connections with output queued this turn.
-    dirty: HashSet<ConnId>,
+    /// Connections with output queued this turn (each once: `Conn::queued`).
+    dirty: Vec<ConnId>,
     /// Connections to free at the end of the turn.
     to_close: Vec<ConnId>,
     scratch: Vec<u8>,
@@ -115,7 +114,7 @@ impl<D> Reactor<D> {
             signals: None,
             conns: Slab::new(),
             gens: Vec::new(),
-            dirty: HashSet::new(),
+            dirty: Vec::new(),
             to_close: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             limits,
@@ -178,7 +177,7 @@ impl<D> Reactor<D> {
             Some(c) if c.state != ConnState::Closed => c.queue(msg),
             _ => return false,
         }
-        self.dirty.insert(id);
+        self.mark_dirty(id);
         true
     }
 
@@ -227,6 +226,16 @@ impl<D> Reactor<D> {
     /// Arms a timer; see [`Timers::add`].
     pub fn add_timer(&mut self, delay: Duration, payload: u64) -> TimerId {
         self.timers.add(delay, payload)
+    }
+
+    /// Puts `id` on this turn's flush list, once.
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.conn_mut(id) {
+            if !c.queued {
+                c.queued = true;
+                self.dirty.push(id);
+            }
+        }
     }
 
     fn insert(&mut self, conn: Conn<D>) -> Result<ConnId> {
@@ -311,7 +320,7 @@ impl<D> Reactor<D> {
         }
         if ev.contains(EpollFlags::EPOLLOUT) {
             // Written in the flush step, after before_sleep's fsync.
-            self.dirty.insert(id);
+            self.mark_dirty(id);
         }
     }
 
@@ -320,7 +329,7 @@ impl<D> Reactor<D> {
         match socket::getsockopt(&c.sock, sockopt::SocketError) {
             Ok(0) => {
                 c.state = ConnState::Open;
-                self.dirty.insert(id);
+                self.mark_dirty(id);
                 h.on_connected(self, id);
             }
             Ok(err) => {
@@ -368,7 +377,7 @@ impl<D> Reactor<D> {
                 if let Some(c) = self.conn_mut(id) {
                     c.state = ConnState::CloseAfterFlush;
                 }
-                self.dirty.insert(id);
+                self.mark_dirty(id);
             }
             Err(e) => {
                 debug!("connection {:?}: {e}", self.conn(id).and_then(|c| c.peer));
@@ -386,9 +395,10 @@ impl<D> Reactor<D> {
     }
 
     fn flush(&mut self) {
-        let ids: Vec<ConnId> = self.dirty.drain().collect();
+        let ids: Vec<ConnId> = std::mem::take(&mut self.dirty);
         for id in ids {
             let Some(c) = self.conn_mut(id) else { continue };
+            c.queued = false;
             if matches!(c.state, ConnState::Closed | ConnState::Connecting) {
                 continue;
             }
@@ -427,7 +437,6 @@ impl<D> Reactor<D> {
                 }
                 let c = self.conns.remove(id.key);
                 let _ = self.epoll.delete(c.sock.as_fd());
-                self.dirty.remove(&id);
                 h.on_closed(self, id, c.data);
             }
         }

@@ -4,7 +4,9 @@
 
 use log::{error, info};
 
-use super::{Link, Node, OP_DEADLINE, TIMER_OP_BASE};
+use std::time::Instant;
+
+use super::{Link, Node, OP_DEADLINE};
 use crate::hlc::Version;
 use crate::net::codec::{Body, Entry, Header, Message, Stats};
 use crate::net::{ConnId, Reactor};
@@ -42,7 +44,8 @@ pub(super) struct Op {
     entry: Option<Entry>,
     /// Nodes asked so far (the preference list, then stand-ins).
     tried: Vec<u32>,
-    timer: crate::net::timer::TimerId,
+    /// When the op gives up waiting (swept every `OP_SWEEP`).
+    deadline: Instant,
 }
 
 /// A coordinator's write older than this (milliseconds) when it reaches a
@@ -100,7 +103,7 @@ impl Node {
     }
 
     fn forward(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header, coord: u32, body: Body) {
-        let op = self.new_op(rx, OpKind::Forward, conn, h, 0, Vec::new(), 1, 1);
+        let op = self.new_op(OpKind::Forward, conn, h, 0, Vec::new(), 1, 1);
         if !self.ask_peer(rx, coord, op, body) {
             self.finish_op(rx, op, Some(Body::Error { reason: format!("coordinator server{coord} unreachable") }));
         }
@@ -109,7 +112,6 @@ impl Node {
     #[allow(clippy::too_many_arguments)]
     fn new_op(
         &mut self,
-        rx: &mut Reactor<Link>,
         kind: OpKind,
         client: ConnId,
         header: Header,
@@ -119,7 +121,7 @@ impl Node {
         asked: usize,
     ) -> u64 {
         let id = self.next_id();
-        let timer = rx.add_timer(OP_DEADLINE, TIMER_OP_BASE + id);
+        let deadline = Instant::now() + OP_DEADLINE;
         let op = Op {
             kind,
             client,
@@ -135,7 +137,7 @@ impl Node {
             answers: Vec::new(),
             entry: None,
             tried: Vec::new(),
-            timer,
+            deadline,
         };
         self.ops.insert(id, op);
         id
@@ -162,7 +164,7 @@ impl Node {
             return self.reply(rx, conn, h, Body::Ok);
         }
         let need = self.write_quorum().min(replicas.len()).max(1);
-        let op = self.new_op(rx, OpKind::Write, conn, h, sector, key.clone(), need, replicas.len());
+        let op = self.new_op(OpKind::Write, conn, h, sector, key.clone(), need, replicas.len());
         let entry = Entry { key, version, value };
         self.count_answer(rx, op, self.cfg.id, Some(version), None);
         self.relay(rx, sector, &entry, &replicas);
@@ -234,7 +236,7 @@ impl Node {
             return self.reply(rx, conn, h, body);
         }
         let need = self.read_quorum().min(replicas.len()).max(1);
-        let op = self.new_op(rx, OpKind::Read, conn, h, sector, key.clone(), need, replicas.len());
+        let op = self.new_op(OpKind::Read, conn, h, sector, key.clone(), need, replicas.len());
         match self.store.get(sector, &key) {
             // A copy still catching up does not count towards R.
             _ if !self.is_synced(sector) => self.count_failure(rx, op),
@@ -338,7 +340,6 @@ impl Node {
         let Some(op) = self.ops.remove(&op_id) else {
             return;
         };
-        rx.timers.cancel(op.timer);
         if let (OpKind::Read, Some(newest)) = (&op.kind, &op.newest) {
             self.read_repair(rx, &op, newest.clone());
         }
@@ -364,7 +365,17 @@ impl Node {
         }
     }
 
-    pub(super) fn on_op_deadline(&mut self, rx: &mut Reactor<Link>, op_id: u64) {
+    /// Ends every op past its deadline (a periodic sweep instead of one
+    /// timer per request).
+    pub(super) fn sweep_ops(&mut self, rx: &mut Reactor<Link>) {
+        let now = Instant::now();
+        let late: Vec<u64> = self.ops.iter().filter(|(_, op)| op.deadline <= now).map(|(id, _)| *id).collect();
+        for id in late {
+            self.on_op_deadline(rx, id);
+        }
+    }
+
+    fn on_op_deadline(&mut self, rx: &mut Reactor<Link>, op_id: u64) {
         let Some(op) = self.ops.get(&op_id) else {
             return;
         };

@@ -48,8 +48,10 @@ const TIMER_HINTS: u64 = 5;
 const TIMER_LEAVE_LIMIT: u64 = 6;
 /// How long a leaving node waits for its sectors to be taken over.
 const LEAVE_LIMIT: Duration = Duration::from_secs(120);
-/// Timer payloads at or above this are operation deadlines (op id + base).
-const TIMER_OP_BASE: u64 = 1 << 32;
+/// Timer payload: end operations past their deadline.
+const TIMER_OP_SWEEP: u64 = 7;
+/// How often operations are checked against their deadline.
+const OP_SWEEP: Duration = Duration::from_millis(50);
 /// How long a coordinated operation waits for its quorum.
 const OP_DEADLINE: Duration = Duration::from_millis(1000);
 /// How long a starting node waits to register before it gives up.
@@ -317,7 +319,10 @@ impl Handler for Node {
                 warn!("leave not finished within {LEAVE_LIMIT:?}; exiting with the data on disk");
                 rx.stop();
             }
-            p if p >= TIMER_OP_BASE => self.on_op_deadline(rx, p - TIMER_OP_BASE),
+            TIMER_OP_SWEEP => {
+                self.sweep_ops(rx);
+                rx.add_timer(OP_SWEEP, TIMER_OP_SWEEP);
+            }
             _ => {}
         }
     }
@@ -435,6 +440,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
     rx.add_timer(node.cfg.heartbeat, TIMER_HEARTBEAT);
     rx.add_timer(START_LIMIT, TIMER_START_LIMIT);
     rx.add_timer(sync::HINT_PERIOD, TIMER_HINTS);
+    rx.add_timer(OP_SWEEP, TIMER_OP_SWEEP);
     let started_at = Instant::now();
     net::run(&mut rx, &mut node).map_err(|e| Exit::new(EX_OSERR, format!("event loop: {e}")))?;
     if let Err(e) = node.store.sync_dirty() {

@@ -88,6 +88,8 @@ pub struct SegmentWriter {
     /// Bytes already written to the file.
     flushed: u64,
     buf: Vec<u8>,
+    /// Where the last appended record starts in `buf`.
+    last_start: usize,
 }
 
 impl SegmentWriter {
@@ -95,13 +97,13 @@ impl SegmentWriter {
     pub fn create(dir: &Path, sector: u32, gen: u64) -> Result<SegmentWriter> {
         let file =
             OpenOptions::new().read(true).write(true).create(true).truncate(true).open(segment_path(dir, gen))?;
-        Ok(SegmentWriter { sector, gen, file, pos: 0, flushed: 0, buf: Vec::new() })
+        Ok(SegmentWriter { sector, gen, file, pos: 0, flushed: 0, buf: Vec::new(), last_start: 0 })
     }
 
     /// Opens existing segment `gen` to append at `pos`, its recovered end.
     pub fn open_at(dir: &Path, sector: u32, gen: u64, pos: u64) -> Result<SegmentWriter> {
         let file = OpenOptions::new().read(true).write(true).open(segment_path(dir, gen))?;
-        Ok(SegmentWriter { sector, gen, file, pos, flushed: pos, buf: Vec::new() })
+        Ok(SegmentWriter { sector, gen, file, pos, flushed: pos, buf: Vec::new(), last_start: 0 })
     }
 
     /// The generation this writer appends to.
@@ -135,14 +137,35 @@ impl SegmentWriter {
         };
         let loc = Loc { gen: self.gen, pos: self.pos, len };
         self.pos = end;
-        if self.buf.len() >= WRITE_BUFFER {
-            self.flush()?;
+        // Flush what came before this record, keeping it buffered for
+        // `last_record`.
+        if start >= WRITE_BUFFER {
+            let rec = self.buf.split_off(start);
+            self.flushed_write()?;
+            self.buf = rec;
         }
+        self.last_start = self.buf.len() - written;
         Ok(loc)
+    }
+
+    /// The encoded bytes of the record most recently appended, if it is
+    /// still buffered (it always is right after `append_parts`, since the
+    /// buffer is flushed before it fills past `WRITE_BUFFER`).
+    pub fn last_record(&self) -> &[u8] {
+        self.buf.get(self.last_start..).unwrap_or_default()
     }
 
     /// Writes the buffered records to the file (no fsync).
     pub fn flush(&mut self) -> Result<()> {
+        self.flushed_write()?;
+        // One buffer per sector: give a large one back rather than keep it.
+        self.buf = Vec::new();
+        self.last_start = 0;
+        Ok(())
+    }
+
+    /// Writes the whole buffer at the file's end and clears it.
+    fn flushed_write(&mut self) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -151,9 +174,8 @@ impl SegmentWriter {
             let _ = self.file.set_len(self.flushed);
             return Err(e.into());
         }
-        self.flushed = self.pos;
-        // One buffer per sector: give a large one back rather than keep it.
-        self.buf = Vec::new();
+        self.flushed += self.buf.len() as u64;
+        self.buf.clear();
         Ok(())
     }
 

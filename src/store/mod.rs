@@ -221,8 +221,11 @@ impl Store {
             return Ok(false);
         }
         self.unsynced.insert(sector);
-        if let Some(wal) = self.wal.as_mut() {
-            wal.append(sector, key, value, version);
+        if let (Some(wal), Some(s)) = (self.wal.as_mut(), self.sectors.get(&sector)) {
+            match s.last_record() {
+                [] => wal.append(sector, key, value, version),
+                encoded => wal.append_encoded(sector, encoded),
+            }
             if self.policy == FsyncPolicy::Always {
                 wal.commit()?;
             }

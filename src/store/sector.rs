@@ -133,14 +133,27 @@ impl Sector {
         }
         let loc = self.writer.append_parts(key, value, version)?;
         let entry = Entry::new(loc, version, value.is_none())?;
-        if let Some(old) = self.index.insert(Box::from(key), entry) {
-            let old_len = u64::from(old.loc().len);
-            self.live_bytes = self.live_bytes.saturating_sub(old_len);
-            self.dead_bytes = self.dead_bytes.saturating_add(old_len);
+        // An overwrite updates the entry in place: no new key allocation.
+        match self.index.get_mut(key) {
+            Some(old) => {
+                let old_len = u64::from(old.loc().len);
+                self.live_bytes = self.live_bytes.saturating_sub(old_len);
+                self.dead_bytes = self.dead_bytes.saturating_add(old_len);
+                *old = entry;
+            }
+            None => {
+                self.index.insert(Box::from(key), entry);
+            }
         }
         self.live_bytes = self.live_bytes.saturating_add(u64::from(loc.len));
         self.dirty = true;
         Ok(true)
+    }
+
+    /// The bytes of the record most recently appended (for the WAL to copy
+    /// instead of encoding the record again).
+    pub fn last_record(&self) -> &[u8] {
+        self.writer.last_record()
     }
 
     /// The index entry of `key`, if the sector has seen it.

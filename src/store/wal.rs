@@ -61,6 +61,13 @@ impl Wal {
         record::encode_parts(key, value, version, &mut self.buf);
     }
 
+    /// Appends one write already encoded as a record (see [`super::record`]).
+    pub fn append_encoded(&mut self, sector: u32, record: &[u8]) {
+        self.buf.extend_from_slice(&sector.to_be_bytes());
+        self.buf.extend_from_slice(&(!sector).to_be_bytes());
+        self.buf.extend_from_slice(record);
+    }
+
     /// Writes the buffered frames and syncs them; false if there were none.
     pub fn commit(&mut self) -> Result<bool> {
         if self.buf.is_empty() {
