@@ -8,7 +8,8 @@ mod common;
 
 use std::fs;
 use std::net::TcpListener;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use common::*;
 use gtstore::client::{Client, Config};
@@ -300,4 +301,32 @@ fn second_storage_on_same_data_dir_exits_75() {
     assert!(err.contains(&node.pid().to_string()), "the refusal names the holder's pid {}: {err:?}", node.pid());
     // The first node is unharmed.
     assert!(alive(node.pid(), "gtstore-"), "the first node died");
+}
+
+#[test]
+fn sighup_reopens_the_log_file_after_rotation() {
+    let dir = TempDir::new("single-sighup");
+    let mdir = dir.join("manager");
+    fs::create_dir_all(&mdir).unwrap();
+    let log = dir.join("manager.log");
+    let rotated = dir.join("manager.log.1");
+    let mut manager = Daemon::spawn(
+        &bin("gtstore-manager"),
+        &["--listen", "127.0.0.1:0", "--data-dir", mdir.to_str().unwrap(), "--log", log.to_str().unwrap()],
+    );
+    assert!(fs::read_to_string(&log).unwrap().contains("listening on"), "the manager logs to --log");
+
+    // logrotate's way: rename the file, then SIGHUP; the daemon writes to a new file.
+    fs::rename(&log, &rotated).unwrap();
+    manager.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(fs::read_to_string(&log).unwrap_or_default().contains("log reopened"), "a new log file after SIGHUP");
+    manager.signal(Signal::SIGTERM);
+    let status = manager.wait_exit(Duration::from_secs(10)).expect("manager exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    assert!(fs::read_to_string(&log).unwrap().contains("exiting"), "later lines go to the new file");
+    assert!(!fs::read_to_string(&rotated).unwrap().contains("exiting"), "nothing more in the rotated file");
 }
