@@ -13,7 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Version {
     /// Milliseconds since the Unix epoch, never behind any version seen.
     pub ms: u64,
-    /// Orders writes that share `ms`.
+    /// Orders writes that share `ms`; a clock keeps it at most
+    /// [`MAX_COUNTER`] (the store packs it into 16 bits).
     pub counter: u32,
     /// The coordinator that made the version: breaks exact ties.
     pub node: u32,
@@ -45,6 +46,10 @@ impl std::fmt::Display for Version {
     }
 }
 
+/// The largest counter a clock makes: past it the clock moves to the next
+/// millisecond instead.
+pub const MAX_COUNTER: u32 = u16::MAX as u32;
+
 /// A hybrid logical clock owned by one node.
 #[derive(Debug)]
 pub struct Clock {
@@ -63,8 +68,10 @@ impl Clock {
         let now = wall_ms();
         self.last = if now > self.last.ms {
             Version { ms: now, counter: 0, node: self.node }
+        } else if self.last.counter >= MAX_COUNTER {
+            Version { ms: self.last.ms + 1, counter: 0, node: self.node }
         } else {
-            Version { ms: self.last.ms, counter: self.last.counter.saturating_add(1), node: self.node }
+            Version { ms: self.last.ms, counter: self.last.counter + 1, node: self.node }
         };
         self.last
     }
@@ -103,6 +110,18 @@ mod tests {
         let future = Version { ms: wall_ms() + 60_000, counter: 7, node: 9 };
         c.observe(future);
         assert!(c.tick() > future);
+    }
+
+    #[test]
+    fn the_counter_stays_within_16_bits() {
+        let mut c = Clock::new(1);
+        c.observe(Version { ms: wall_ms() + 60_000, counter: MAX_COUNTER - 2, node: 2 });
+        let mut prev = c.tick();
+        for _ in 0..10 {
+            let v = c.tick();
+            assert!(v > prev && v.counter <= MAX_COUNTER, "{v}");
+            prev = v;
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Appended bytes held in memory before one positioned write.
-pub const WRITE_BUFFER: usize = 16 * 1024;
+pub const WRITE_BUFFER: usize = 4 * 1024;
 
 /// The append end of one segment; it also serves reads from its own file.
 ///

@@ -208,7 +208,7 @@ impl Store {
 
     /// The newest version of `key` (a tombstone's too), without disk I/O.
     pub fn version_of(&self, sector: u32, key: &[u8]) -> Option<Version> {
-        Some(self.sectors.get(&sector)?.entry(key)?.version)
+        Some(self.sectors.get(&sector)?.entry(key)?.version())
     }
 
     /// Applies a write (`value` `None` = delete) if `version` is newer than

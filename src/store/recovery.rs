@@ -13,7 +13,7 @@ use std::path::Path;
 
 use super::log::{self, Loc, SegmentIter};
 use super::record::Record;
-use super::sector::{Entry, Index};
+use super::sector::{Entry, Index, IndexKey};
 use super::{Error, Result};
 
 /// What a replay found.
@@ -86,7 +86,7 @@ fn insert(out: &mut Replayed, loc: Loc, rec: Record) {
         }
     };
     match out.index.get_mut(&rec.key[..]) {
-        Some(old) if rec.version < old.version => {
+        Some(old) if rec.version < old.version() => {
             stats.dead_bytes = stats.dead_bytes.saturating_add(len);
         }
         Some(old) => {
@@ -97,7 +97,7 @@ fn insert(out: &mut Replayed, loc: Loc, rec: Record) {
         }
         None => {
             stats.live_bytes = stats.live_bytes.saturating_add(len);
-            out.index.insert(rec.key.into_boxed_slice(), entry);
+            out.index.insert(IndexKey::new(&rec.key), entry);
         }
     }
 }
@@ -143,7 +143,7 @@ mod tests {
     fn assert_holds(got: &Replayed, recs: &[Record]) {
         assert_eq!(got.index.len(), recs.len());
         for r in recs {
-            assert_eq!(got.index[&r.key[..]].version, r.version);
+            assert_eq!(got.index[&r.key[..]].version(), r.version);
         }
     }
 
@@ -238,7 +238,7 @@ mod tests {
         let got = replay(dir.path(), 0)?;
         let e = got.index[&b"k"[..]];
         assert!(e.tombstone());
-        assert_eq!(e.version, gone.version);
+        assert_eq!(e.version(), gone.version);
         assert_eq!(e.loc(), locs[2]);
         assert_eq!(got.stats.records, 3);
         assert_eq!(got.stats.live_bytes, u64::from(locs[2].len));

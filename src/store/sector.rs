@@ -26,13 +26,16 @@ pub const COMPACT_MIN_DEAD_BYTES: u64 = 1024 * 1024;
 /// The generation of a new sector's first segment.
 const FIRST_GEN: u64 = 1;
 
-/// The index entry of one key: its newest record. Packed into 32 bytes
-/// (segment generation and offset as u32, the tombstone flag in the
-/// length's top bit), since there is one per key in memory.
+/// The index entry of one key: its newest record. Packed into 24 bytes,
+/// since there is one per key in memory: the segment generation and offset
+/// as u32, the tombstone flag in the length's top bit, and the version with
+/// a 16-bit counter and node id (the clock keeps counters below 2^16 and
+/// node ids are at most 65535).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// The record's version.
-    pub version: Version,
+    ms: u64,
+    counter: u16,
+    node: u16,
     gen: u32,
     pos: u32,
     len_and_flag: u32,
@@ -42,7 +45,8 @@ pub struct Entry {
 const TOMBSTONE_BIT: u32 = 1 << 31;
 
 impl Entry {
-    /// The entry of a record at `loc`; an error if the segment is past 4 GiB.
+    /// The entry of a record at `loc`; an error if the segment is past
+    /// 4 GiB or the version does not fit the packed form.
     pub fn new(loc: Loc, version: Version, tombstone: bool) -> Result<Entry> {
         let too_large = |what, len| Error::TooLarge { what, len, limit: u64::from(u32::MAX >> 1) };
         let gen = u32::try_from(loc.gen).map_err(|_| too_large("segment generation", loc.gen))?;
@@ -50,13 +54,21 @@ impl Entry {
         if loc.len & TOMBSTONE_BIT != 0 {
             return Err(too_large("record", u64::from(loc.len)));
         }
+        let counter =
+            u16::try_from(version.counter).map_err(|_| too_large("version counter", version.counter.into()))?;
+        let node = u16::try_from(version.node).map_err(|_| too_large("version node id", version.node.into()))?;
         let flag = if tombstone { TOMBSTONE_BIT } else { 0 };
-        Ok(Entry { version, gen, pos, len_and_flag: loc.len | flag })
+        Ok(Entry { ms: version.ms, counter, node, gen, pos, len_and_flag: loc.len | flag })
     }
 
     /// Where the record is.
     pub fn loc(&self) -> Loc {
         Loc { gen: u64::from(self.gen), pos: u64::from(self.pos), len: self.len_and_flag & !TOMBSTONE_BIT }
+    }
+
+    /// The record's version.
+    pub fn version(&self) -> Version {
+        Version { ms: self.ms, counter: u32::from(self.counter), node: u32::from(self.node) }
     }
 
     /// The record is a tombstone (the key is deleted).
@@ -65,8 +77,83 @@ impl Entry {
     }
 }
 
-/// A sector's index: key → newest entry. Boxed keys save a word per key.
-pub type Index = HashMap<Box<[u8]>, Entry>;
+/// Keys up to this many bytes are stored inside the index slot.
+pub const INLINE_KEY: usize = 14;
+
+/// A key as the index stores it, in 16 bytes: short keys in place (no
+/// allocation of their own), longer ones behind a thin pointer. Hashes and
+/// compares as its bytes.
+#[derive(Clone)]
+pub enum IndexKey {
+    /// A key of at most `INLINE_KEY` bytes.
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    /// A longer key.
+    #[allow(clippy::box_collection)] // a thin pointer keeps the slot at 16 bytes
+    Boxed(Box<Vec<u8>>),
+}
+
+impl IndexKey {
+    /// The index form of `key`.
+    pub fn new(key: &[u8]) -> IndexKey {
+        match key.len() {
+            n if n <= INLINE_KEY => {
+                let mut bytes = [0u8; INLINE_KEY];
+                bytes[..n].copy_from_slice(key);
+                IndexKey::Inline { len: n as u8, bytes }
+            }
+            _ => IndexKey::Boxed(Box::new(key.to_vec())),
+        }
+    }
+
+    /// The key's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            IndexKey::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            IndexKey::Boxed(b) => b,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for IndexKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::hash::Hash for IndexKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state)
+    }
+}
+
+impl PartialEq for IndexKey {
+    fn eq(&self, other: &IndexKey) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for IndexKey {}
+
+impl PartialOrd for IndexKey {
+    fn partial_cmp(&self, other: &IndexKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IndexKey {
+    fn cmp(&self, other: &IndexKey) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_slice()))
+    }
+}
+
+/// A sector's index: key → newest entry.
+pub type Index = HashMap<IndexKey, Entry>;
 
 /// One sector's index and active segment.
 #[derive(Debug)]
@@ -128,7 +215,7 @@ impl Sector {
     /// (`value` `None` = tombstone). Returns whether it was applied; an
     /// older or equal version writes nothing.
     pub fn apply(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<bool> {
-        if self.index.get(key).is_some_and(|e| version <= e.version) {
+        if self.index.get(key).is_some_and(|e| version <= e.version()) {
             return Ok(false);
         }
         let loc = self.writer.append_parts(key, value, version)?;
@@ -142,7 +229,7 @@ impl Sector {
                 *old = entry;
             }
             None => {
-                self.index.insert(Box::from(key), entry);
+                self.index.insert(IndexKey::new(key), entry);
             }
         }
         self.live_bytes = self.live_bytes.saturating_add(u64::from(loc.len));
@@ -171,7 +258,7 @@ impl Sector {
 
     /// Every entry, tombstones included, sorted by key, values read from disk.
     pub fn scan(&self) -> Result<Vec<(Vec<u8>, Item)>> {
-        let mut keys: Vec<&Box<[u8]>> = self.index.keys().collect();
+        let mut keys: Vec<&IndexKey> = self.index.keys().collect();
         keys.sort_unstable();
         // One read of the active segment instead of one per record.
         let segment = self.writer.contents()?;
@@ -179,10 +266,10 @@ impl Sector {
         for key in keys {
             let Some(e) = self.index.get(key) else { continue };
             let item = match e.loc().gen == self.writer.gen() && !e.tombstone() {
-                true => self.item_from(&segment, key, e)?,
-                false => self.item(key, e)?,
+                true => self.item_from(&segment, key.as_slice(), e)?,
+                false => self.item(key.as_slice(), e)?,
             };
-            out.push((key.to_vec(), item));
+            out.push((key.as_slice().to_vec(), item));
         }
         Ok(out)
     }
@@ -197,8 +284,8 @@ impl Sector {
             offset: e.loc().pos,
         })?;
         match record::decode(bytes) {
-            record::Decoded::Record { record, .. } if record.key == key && record.version == e.version => {
-                Ok(Item { version: e.version, value: record.value })
+            record::Decoded::Record { record, .. } if record.key == key && record.version == e.version() => {
+                Ok(Item { version: e.version(), value: record.value })
             }
             _ => Err(Error::Corrupt { sector: self.id, gen: e.loc().gen, offset: e.loc().pos }),
         }
@@ -206,7 +293,8 @@ impl Sector {
 
     /// Every key with its newest version, tombstones included, sorted by key.
     pub fn keys_with_versions(&self) -> Vec<(Vec<u8>, Version)> {
-        let mut out: Vec<(Vec<u8>, Version)> = self.index.iter().map(|(k, e)| (k.to_vec(), e.version)).collect();
+        let mut out: Vec<(Vec<u8>, Version)> =
+            self.index.iter().map(|(k, e)| (k.as_slice().to_vec(), e.version())).collect();
         out.sort_unstable();
         out
     }
@@ -296,9 +384,9 @@ impl Sector {
     fn copy_live(&self, next: &mut SegmentWriter) -> Result<Index> {
         let mut index = HashMap::with_capacity(self.index.len());
         for (key, e) in &self.index {
-            let rec = self.read(key, e)?;
+            let rec = self.read(key.as_slice(), e)?;
             let loc = next.append(&rec)?;
-            index.insert(key.clone(), Entry::new(loc, e.version, e.tombstone())?);
+            index.insert(key.clone(), Entry::new(loc, e.version(), e.tombstone())?);
         }
         next.sync()?;
         log::sync_dir(&self.dir)?;
@@ -329,7 +417,7 @@ impl Sector {
     /// The item for index entry `e` of `key`.
     fn item(&self, key: &[u8], e: &Entry) -> Result<Item> {
         let value = if e.tombstone() { None } else { self.read(key, e)?.value };
-        Ok(Item { version: e.version, value })
+        Ok(Item { version: e.version(), value })
     }
 
     /// Reads the record of entry `e` and checks it is the one indexed.
@@ -339,7 +427,7 @@ impl Sector {
         } else {
             log::read_loc(&self.dir, self.id, e.loc())?
         };
-        if rec.key != key || rec.version != e.version || rec.value.is_none() != e.tombstone() {
+        if rec.key != key || rec.version != e.version() || rec.value.is_none() != e.tombstone() {
             return Err(Error::Corrupt { sector: self.id, gen: e.loc().gen, offset: e.loc().pos });
         }
         Ok(rec)
@@ -364,6 +452,20 @@ fn report(dir: &Path, stats: &Stats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_slots_stay_small() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<IndexKey>(), 16);
+        let short = IndexKey::new(b"key12345");
+        let long = IndexKey::new(&[7u8; 40]);
+        assert!(matches!(short, IndexKey::Inline { .. }) && matches!(long, IndexKey::Boxed(_)));
+        let mut index = Index::new();
+        index.insert(short, Entry::new(Loc { gen: 1, pos: 0, len: 40 }, v(1), false).unwrap());
+        assert!(index.contains_key(&b"key12345"[..]) && !index.contains_key(&b"key1234"[..]));
+        let big = Version { ms: 1, counter: 70_000, node: 1 };
+        assert!(Entry::new(Loc { gen: 1, pos: 0, len: 40 }, big, false).is_err());
+    }
     use crate::store::test_dir::TestDir;
 
     fn v(ms: u64) -> Version {
