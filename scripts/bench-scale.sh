@@ -29,6 +29,36 @@ echo "rss_kb,1,1,$(echo "$node" | field rss_kb)" >>"$CSV"
 echo "keys,1,1,$keys" >>"$CSV"
 echo "load_ops_per_s,1,1,$(echo "$out" | field ops_per_s)" >>"$CSV"
 
+echo "== the same $SCALE_KEYS keys and 16-byte values in redis-server (no persistence)" >&2
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+	apt-get update >/dev/null && apt-get install -y redis-server redis-tools >/dev/null
+fi
+REDIS_PORT=${REDIS_PORT:-7600}
+REDIS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/gtstore-bench-redis.XXXXXX")
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$REDIS_DIR" --appendonly no --save '' \
+	--daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log"
+i=0
+until redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; do
+	i=$((i + 1))
+	[ $i -lt 100 ] || { echo "bench-scale: redis-server did not start" >&2; exit 1; }
+	sleep 0.1
+done
+rpid=$(cat "$REDIS_DIR/redis.pid")
+rss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+before=$(rss "$rpid")
+awk -v n="$SCALE_KEYS" 'BEGIN { for (i = 0; i < n; i++) { k = "key" i
+	printf "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$16\r\nxxxxxxxxxxxxxxxx\r\n", length(k), k } }' |
+	redis-cli -p "$REDIS_PORT" --pipe >/dev/null
+after=$(rss "$rpid")
+rkeys=$(redis-cli -p "$REDIS_PORT" dbsize)
+kill "$rpid"
+rm -rf "$REDIS_DIR"
+redis_bpk=$(awk -v a="$after" -v b="$before" -v k="$rkeys" 'BEGIN { printf "%.1f", (a - b) * 1024 / k }')
+gt_bpk=$(echo "$node" | field bytes_per_key)
+echo "redis keys=$rkeys rss_before_kb=$before rss_kb=$after bytes_per_key=$redis_bpk"
+echo "redis_bytes_per_key,1,1,$redis_bpk" >>"$CSV"
+echo "ratio gtstore/redis bytes per key: $(awk -v g="$gt_bpk" -v r="$redis_bpk" 'BEGIN { printf "%.2f", g / r }')"
+
 echo "== restarting the node on $keys keys" >&2
 bench_make kill NODE=1
 t0=$(date +%s.%N)

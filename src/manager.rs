@@ -77,6 +77,8 @@ pub struct Manager {
     last_heard: HashMap<u32, Instant>,
 }
 
+/// The largest node id (versions store it in 16 bits).
+pub const MAX_NODE_ID: u32 = 65535;
 /// Client ids handed out between two saves of the state.
 const CLIENT_ID_BATCH: u64 = 64;
 /// After a manager restart, how long known members have to re-register
@@ -211,8 +213,8 @@ impl Manager {
     }
 
     fn handle_register(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64, node: u32, addr: String) {
-        if node == 0 {
-            rx.send(id, &error_reply(req, "node id 0 is reserved"));
+        if node == 0 || node > MAX_NODE_ID {
+            rx.send(id, &error_reply(req, &format!("node ids are 1 to {MAX_NODE_ID}")));
             return;
         }
         if let Some(d) = rx.data_mut(id) {
