@@ -51,6 +51,16 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
 }
 
+impl crate::cli::DaemonPaths for Config {
+    fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    fn log_file(&self) -> Option<&std::path::Path> {
+        self.log_file.as_deref()
+    }
+}
+
 /// What the manager knows about a connection.
 #[derive(Debug, Default)]
 pub struct Peer {

@@ -1,9 +1,8 @@
 //! `gtstore-manager`: parses the command line and runs the manager daemon.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use gtstore::cli::{self, opt_num, Exit, EX_USAGE};
+use gtstore::cli::{self, opt_num, DaemonSpec, Exit};
 use gtstore::manager::{self, Config};
 
 const PROG: &str = "gtstore-manager";
@@ -45,7 +44,7 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         return Err(Exit::usage("--sectors must be between 1 and 1048576"));
     }
     let listen = cli::resolve(&m.opt_str("listen").unwrap_or_else(|| cli::DEFAULT_MANAGER.into()))?;
-    let data_dir = PathBuf::from(m.opt_str("data-dir").unwrap_or_else(|| "gtstore-manager".into()));
+    let data_dir = cli::absolute(&m.opt_str("data-dir").unwrap_or_else(|| "gtstore-manager".into()));
     let ms = |name: &str, default: u64| -> Result<Duration, Exit> {
         let v: u64 = opt_num(m, name)?.unwrap_or(default);
         if v == 0 {
@@ -61,41 +60,12 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         sectors,
         heartbeat: ms("heartbeat-ms", 200)?,
         dead_after: ms("dead-after-ms", 1000)?,
-        log_file: m.opt_str("log").map(|p| std::path::absolute(&p).unwrap_or_else(|_| PathBuf::from(p))),
-        data_dir: std::path::absolute(&data_dir).unwrap_or(data_dir),
+        log_file: m.opt_str("log").map(|p| cli::absolute(&p)),
+        data_dir,
     })
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = options();
-    let m = cli::parse_args(&opts, &args).unwrap_or_else(|e| cli::die(PROG, e));
-    if m.opt_present("help") {
-        print!(
-            "{}",
-            opts.usage(&format!(
-                "Usage: {PROG} [options]\n\nThe GTStore manager: membership, the partition table, failure detection."
-            ))
-        );
-        return;
-    }
-    if m.opt_present("version") {
-        println!("{PROG} {}", env!("CARGO_PKG_VERSION"));
-        return;
-    }
-    if !m.free.is_empty() {
-        cli::die(PROG, Exit::new(EX_USAGE, format!("unexpected argument '{}'", m.free[0])));
-    }
-    let cfg = config(&m).unwrap_or_else(|e| cli::die(PROG, e));
-    gtstore::daemon::init_logging(log::LevelFilter::Info);
-    if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
-        cli::die(PROG, Exit::new(cli::EX_OSERR, format!("{}: {e}", cfg.data_dir.display())));
-    }
-    let pidfile = m.opt_str("pidfile").map(PathBuf::from).unwrap_or_else(|| cfg.data_dir.join("gtstore-manager.pid"));
-    let started = gtstore::daemon::start(m.opt_present("daemon"), cfg.log_file.as_deref(), &pidfile, &cfg.data_dir);
-    let (ready, _pid) = started.unwrap_or_else(|e| cli::die(PROG, e));
-    if let Err(e) = manager::run(cfg, ready) {
-        log::error!("{}", e.message);
-        cli::die(PROG, e);
-    }
+    let spec = DaemonSpec { prog: PROG, usage: "Usage: gtstore-manager [options]\n\nThe GTStore manager: membership, the partition table, failure detection.", pidfile: "gtstore-manager.pid" };
+    cli::daemon_main(spec, options(), config, manager::run);
 }

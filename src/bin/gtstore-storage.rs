@@ -1,9 +1,8 @@
 //! `gtstore-storage`: parses the command line and runs a storage node.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use gtstore::cli::{self, opt_num, Exit, EX_USAGE};
+use gtstore::cli::{self, opt_num, DaemonSpec, Exit};
 use gtstore::storage::{self, Config};
 use gtstore::store::FsyncPolicy;
 
@@ -52,7 +51,7 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         }
         Ok(v)
     };
-    let data_dir = PathBuf::from(m.opt_str("data-dir").unwrap_or_else(|| format!("gtstore-node{id}")));
+    let data_dir = cli::absolute(&m.opt_str("data-dir").unwrap_or_else(|| format!("gtstore-node{id}")));
     let heartbeat: u64 = opt_num(m, "heartbeat-ms")?.unwrap_or(200);
     Ok(Config {
         id,
@@ -64,41 +63,12 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         max_header: max("max-header", 128, 4096)?.max(64),
         max_conns: max("max-conns", 4096, 1 << 20)?,
         heartbeat: Duration::from_millis(heartbeat.max(1)),
-        log_file: m.opt_str("log").map(|p| std::path::absolute(&p).unwrap_or_else(|_| PathBuf::from(p))),
-        data_dir: std::path::absolute(&data_dir).unwrap_or(data_dir),
+        log_file: m.opt_str("log").map(|p| cli::absolute(&p)),
+        data_dir,
     })
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = options();
-    let m = cli::parse_args(&opts, &args).unwrap_or_else(|e| cli::die(PROG, e));
-    if m.opt_present("help") {
-        print!(
-            "{}",
-            opts.usage(&format!(
-                "Usage: {PROG} --id I [options]\n\nA GTStore storage node: sectors on disk, coordinator and replica."
-            ))
-        );
-        return;
-    }
-    if m.opt_present("version") {
-        println!("{PROG} {}", env!("CARGO_PKG_VERSION"));
-        return;
-    }
-    if !m.free.is_empty() {
-        cli::die(PROG, Exit::new(EX_USAGE, format!("unexpected argument '{}'", m.free[0])));
-    }
-    let cfg = config(&m).unwrap_or_else(|e| cli::die(PROG, e));
-    gtstore::daemon::init_logging(log::LevelFilter::Info);
-    if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
-        cli::die(PROG, Exit::new(cli::EX_OSERR, format!("{}: {e}", cfg.data_dir.display())));
-    }
-    let pidfile = m.opt_str("pidfile").map(PathBuf::from).unwrap_or_else(|| cfg.data_dir.join("gtstore-storage.pid"));
-    let started = gtstore::daemon::start(m.opt_present("daemon"), cfg.log_file.as_deref(), &pidfile, &cfg.data_dir);
-    let (ready, _pid) = started.unwrap_or_else(|e| cli::die(PROG, e));
-    if let Err(e) = storage::run(cfg, ready) {
-        log::error!("{}", e.message);
-        cli::die(PROG, e);
-    }
+    let spec = DaemonSpec { prog: PROG, usage: "Usage: gtstore-storage --id I [options]\n\nA GTStore storage node: sectors on disk, coordinator and replica.", pidfile: "gtstore-storage.pid" };
+    cli::daemon_main(spec, options(), config, storage::run);
 }

@@ -84,6 +84,16 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
 }
 
+impl crate::cli::DaemonPaths for Config {
+    fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    fn log_file(&self) -> Option<&std::path::Path> {
+        self.log_file.as_deref()
+    }
+}
+
 /// Who is on the other end of a connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
