@@ -9,11 +9,14 @@
 //! 1. wait for events (until the earliest timer);
 //! 2. accept, read and dispatch every complete message (pipelining);
 //! 3. run due timers;
-//! 4. [`Handler::before_sleep`] — where the storage node fsyncs (group commit);
-//! 5. write every connection's queued output;
-//! 6. free the connections closed during the turn.
+//! 4. write the output queued with [`Reactor::send_early`]: requests to
+//!    other servers, which acknowledge nothing, so the replicas start on a
+//!    write while this node syncs it;
+//! 5. [`Handler::before_sleep`] — where the storage node fsyncs (group commit);
+//! 6. write every connection's queued output;
+//! 7. free the connections closed during the turn.
 //!
-//! Replies are never written before step 4, so a write acknowledged in a
+//! Replies are never written before step 5, so a write acknowledged in a
 //! turn has been synced by that turn's fsync.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -93,6 +96,8 @@ pub struct Reactor<D> {
     gens: Vec<u32>,
     /// Connections with output queued this turn (each once: `Conn::queued`).
     dirty: Vec<ConnId>,
+    /// Connections whose output may go out before the turn's fsync.
+    early: Vec<ConnId>,
     /// Connections to free at the end of the turn.
     to_close: Vec<ConnId>,
     scratch: Vec<u8>,
@@ -115,6 +120,7 @@ impl<D> Reactor<D> {
             conns: Slab::new(),
             gens: Vec::new(),
             dirty: Vec::new(),
+            early: Vec::new(),
             to_close: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             limits,
@@ -178,6 +184,19 @@ impl<D> Reactor<D> {
             _ => return false,
         }
         self.mark_dirty(id);
+        true
+    }
+
+    /// Queues `msg` and writes it before [`Handler::before_sleep`] (the
+    /// fsync), not after: for requests to other servers, which acknowledge
+    /// nothing, so they need not wait for this turn's writes to be durable.
+    pub fn send_early(&mut self, id: ConnId, msg: &Message) -> bool {
+        if !self.send(id, msg) {
+            return false;
+        }
+        if !self.early.contains(&id) {
+            self.early.push(id);
+        }
         true
     }
 
@@ -394,11 +413,25 @@ impl<D> Reactor<D> {
         self.send_and_close(id, &reply);
     }
 
+    /// Writes the connections marked by [`Reactor::send_early`].
+    fn flush_early(&mut self) {
+        let ids: Vec<ConnId> = std::mem::take(&mut self.early);
+        self.write_out(ids);
+    }
+
     fn flush(&mut self) {
         let ids: Vec<ConnId> = std::mem::take(&mut self.dirty);
+        for &id in &ids {
+            if let Some(c) = self.conn_mut(id) {
+                c.queued = false;
+            }
+        }
+        self.write_out(ids);
+    }
+
+    fn write_out(&mut self, ids: Vec<ConnId>) {
         for id in ids {
             let Some(c) = self.conn_mut(id) else { continue };
-            c.queued = false;
             if matches!(c.state, ConnState::Closed | ConnState::Connecting) {
                 continue;
             }
@@ -491,6 +524,7 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data>, h: &mut H) -> Result<()> {
         for payload in rx.timers.expired(Instant::now()) {
             h.on_timer(rx, payload);
         }
+        rx.flush_early();
         h.before_sleep(rx);
         rx.flush();
         rx.reap(h);

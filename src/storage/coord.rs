@@ -360,7 +360,7 @@ impl Node {
                     header: Header { node: self.cfg.id, ..Header::default() },
                     body: Body::Store { entry: newest.clone(), hint_for: 0, repair: true },
                 };
-                rx.send(conn, &msg);
+                rx.send_early(conn, &msg);
             }
         }
     }

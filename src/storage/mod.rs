@@ -217,7 +217,7 @@ impl Node {
         };
         let req = self.next_id();
         let msg = Message { header: Header { node: self.cfg.id, req, client: 0 }, body };
-        if !rx.send(conn, &msg) {
+        if !rx.send_early(conn, &msg) {
             return false;
         }
         self.inflight.insert(req, (op, node));

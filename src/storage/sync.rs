@@ -194,7 +194,7 @@ impl Node {
                     header: Header { node: self.cfg.id, req, client: 0 },
                     body: Body::Pull { sector: s, digest },
                 };
-                if rx.send(conn, &msg) {
+                if rx.send_early(conn, &msg) {
                     self.pull_reqs.insert(req, (s, src));
                     pull.left += 1;
                 } else {
@@ -367,7 +367,7 @@ impl Node {
                     header: Header { node: self.cfg.id, ..Header::default() },
                     body: Body::Store { entry: entry.clone(), hint_for: 0, repair: true },
                 };
-                rx.send(conn, &msg);
+                rx.send_early(conn, &msg);
             }
         }
     }
@@ -437,7 +437,7 @@ impl Node {
                     header: Header { node: self.cfg.id, req, client: 0 },
                     body: Body::Store { entry: e.clone(), hint_for: 0, repair: true },
                 };
-                if rx.send(conn, &msg) {
+                if rx.send_early(conn, &msg) {
                     self.batch_reqs.insert(req, (id, node));
                     batch.left += 1;
                 } else {
