@@ -4,7 +4,7 @@
 #
 # Redis: a private redis-server on REDIS_PORT (7600) in a temporary directory, every write
 # fsynced (--appendonly yes --appendfsync always, no snapshots), measured by
-# `redis-benchmark -t set,get -n OPS -c 50 -d 16 -r 100000`, then again with -P 16; it is stopped
+# `redis-benchmark -t set,get -n OPS -c 50 -d 16 -r 100000`, then again with -P 16 and 5*OPS; it is stopped
 # by its pid afterwards. redis-server and redis-tools are installed with apt-get when missing.
 # Redis's 50/50 figure is its SETs and GETs together over the time of both runs:
 # 2*OPS / (OPS/set_rate + OPS/get_rate).
@@ -19,6 +19,9 @@ set -eu
 . "$(dirname "$0")/bench-lib.sh"
 
 OPS=${BENCH_OPS:-200000}
+# Pipelined runs are five times longer (for both systems), so that at several
+# hundred thousand operations per second they still last a few seconds.
+P16_OPS=$((OPS * 5))
 REDIS_PORT=${REDIS_PORT:-7600}
 CSV=$BENCH_OUT/vs-redis.csv
 
@@ -52,14 +55,16 @@ until redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; d
 	sleep 0.1
 done
 
-# redis_run NAME [ARGS]: runs redis-benchmark; sets NAME_set, NAME_get (ops/s), NAME_p50,
+# redis_run NAME OPS [ARGS]: runs redis-benchmark; sets NAME_set, NAME_get (ops/s), NAME_p50,
 # NAME_p99 (the larger of the SET and GET figures) and NAME_mix (the 50/50 figure).
 redis_run() {
 	name=$1
 	shift
-	out=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -t set,get -n "$OPS" -c 50 -d 16 -r 100000 --csv "$@")
+	ops=$1
+	shift
+	out=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -t set,get -n "$ops" -c 50 -d 16 -r 100000 --csv "$@")
 	# "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-	vals=$(echo "$out" | tr -d '"' | awk -F, -v ops="$OPS" '
+	vals=$(echo "$out" | tr -d '"' | awk -F, -v ops="$ops" '
 		$1 == "SET" { s = $2; s50 = $5; s99 = $7 }
 		$1 == "GET" { g = $2; g50 = $5; g99 = $7 }
 		END {
@@ -74,17 +79,17 @@ redis_run() {
 }
 
 echo "== redis-benchmark, $OPS operations each of SET and GET" >&2
-redis_run redis
-redis_run redis_p16 -P 16
+redis_run redis "$OPS"
+redis_run redis_p16 "$P16_OPS" -P 16
 redis_stop
 trap cluster_stop EXIT
 
-# gt_run NAME NODES REP [ARGS]: gtstore-bench on a fresh cluster; sets NAME_ops, NAME_p50, NAME_p99.
+# gt_run NAME NODES REP OPS [ARGS]: gtstore-bench on a fresh cluster; sets NAME_ops, NAME_p50, NAME_p99.
 gt_run() {
-	name=$1 nodes=$2 rep=$3
-	shift 3
+	name=$1 nodes=$2 rep=$3 ops=$4
+	shift 4
 	cluster_start "$nodes" "$rep"
-	line=$("$BENCH" --manager "$MANAGER" --ops "$OPS" --read-ratio 0.5 --clients 50 --keys 100000 \
+	line=$("$BENCH" --manager "$MANAGER" --ops "$ops" --read-ratio 0.5 --clients 50 --keys 100000 \
 		--value-size 16 --preload "$@" | grep '^ops=')
 	cluster_stop
 	eval "${name}_ops=$(echo "$line" | field ops_per_s) ${name}_p50=$(echo "$line" | field p50_ms)"
@@ -93,10 +98,10 @@ gt_run() {
 		\"\$${name}_p50\" \"\$${name}_p99\" \"\$${name}_err\""
 }
 
-gt_run gt1x1 1 1
-gt_run gt7x3 7 3
-gt_run gt1x1_p16 1 1 --pipeline 16
-gt_run gt7x3_p16 7 3 --pipeline 16
+gt_run gt1x1 1 1 "$OPS"
+gt_run gt7x3 7 3 "$OPS"
+gt_run gt1x1_p16 1 1 "$P16_OPS" --pipeline 16
+gt_run gt7x3_p16 7 3 "$P16_OPS" --pipeline 16
 
 {
 	echo "system,nodes,replicas,ops_per_s,p50_ms,p99_ms"
