@@ -46,6 +46,8 @@ pub(super) struct Op {
     tried: Vec<u32>,
     /// When the op gives up waiting (swept every `OP_SWEEP`).
     deadline: Instant,
+    /// The loop turn the op began in (see `Node::turn`).
+    turn: u64,
 }
 
 /// A coordinator's write older than this (milliseconds) when it reaches a
@@ -138,6 +140,7 @@ impl Node {
             entry: None,
             tried: Vec::new(),
             deadline,
+            turn: self.turn,
         };
         self.ops.insert(id, op);
         id
@@ -312,13 +315,21 @@ impl Node {
         self.maybe_retire(rx, op_id);
     }
 
+    /// Answers the op's client. An op begun in an earlier turn read and
+    /// wrote only what that turn's fsync made durable, so its answer need
+    /// not wait for this turn's fsync.
     fn answer_client(&mut self, rx: &mut Reactor<Link>, op_id: u64, body: Body) {
         let Some(op) = self.ops.get_mut(&op_id) else {
             return;
         };
         op.replied = true;
-        let (client, header) = (op.client, op.header);
-        self.reply(rx, client, header, body);
+        let (client, header, durable) = (op.client, op.header, op.turn < self.turn);
+        let msg = Message { header: Header { node: self.cfg.id, ..header }, body };
+        if durable {
+            rx.send_early(client, &msg);
+        } else {
+            rx.send(client, &msg);
+        }
     }
 
     /// Drops an op once every replica answered (after repairing stale ones).
@@ -396,7 +407,8 @@ impl Node {
         if let OpKind::Forward = op.kind {
             let (client, header) = (op.client, op.header);
             let coord = msg.header.node;
-            rx.send(client, &Message { header: Header { node: coord, ..header }, body: msg.body });
+            // The coordinator answered after its own fsync: relay it at once.
+            rx.send_early(client, &Message { header: Header { node: coord, ..header }, body: msg.body });
             if let Some(op) = self.ops.get_mut(&op_id) {
                 op.replied = true;
             }

@@ -137,6 +137,8 @@ pub struct Node {
     batch_reqs: HashMap<u64, (u64, u32)>,
     /// SIGTERM arrived: leaving the cluster.
     leaving: bool,
+    /// Loop turns completed; everything applied in an earlier turn is on disk.
+    turn: u64,
     /// Why the loop was stopped, if it was a failure.
     failed: Option<Exit>,
     advertise: String,
@@ -381,6 +383,8 @@ impl Handler for Node {
             error!("fsync failed: {e}; exiting so no unsynced write is acknowledged");
             std::process::exit(EX_OSERR);
         }
+        // Everything applied up to now is durable.
+        self.turn += 1;
     }
 }
 
@@ -436,6 +440,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         batches: HashMap::new(),
         batch_reqs: HashMap::new(),
         leaving: false,
+        turn: 0,
         failed: None,
         advertise: bound.to_string(),
         manager: None,
