@@ -94,6 +94,19 @@ impl crate::cli::DaemonPaths for Config {
     }
 }
 
+/// The first wait before reconnecting to a peer whose connection failed.
+const PEER_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The longest wait before reconnecting to a peer.
+const PEER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A peer not to reconnect to before `until`.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    until: Instant,
+    /// The wait that set `until`; the next failure doubles it.
+    delay: Duration,
+}
+
 /// Who is on the other end of a connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
@@ -144,6 +157,8 @@ pub struct Node {
     advertise: String,
     manager: Option<ConnId>,
     peers: HashMap<u32, ConnId>,
+    /// Peers whose connection failed, not to be retried yet.
+    backoff: HashMap<u32, Backoff>,
     ops: HashMap<u64, Op>,
     /// Peer request id → (op id, peer node).
     inflight: HashMap<u64, (u64, u32)>,
@@ -187,11 +202,16 @@ impl Node {
 
     // ----- peers --------------------------------------------------------
 
+    /// The persistent connection to peer `node`, opened if needed; `None`
+    /// while a reconnect backoff to it runs.
     fn peer(&mut self, rx: &mut Reactor<Link>, node: u32) -> Option<ConnId> {
         if let Some(&id) = self.peers.get(&node) {
             if rx.conn(id).is_some() {
                 return Some(id);
             }
+        }
+        if self.backoff.get(&node).is_some_and(|b| b.until > Instant::now()) {
+            return None;
         }
         let addr = self
             .newest()?
@@ -353,6 +373,9 @@ impl Handler for Node {
         if Some(conn) == self.manager {
             self.register(rx);
         }
+        if let Some(Link::Peer(node)) = rx.conn(conn).map(|c| c.data) {
+            self.backoff.remove(&node);
+        }
     }
 
     fn on_closed(&mut self, rx: &mut Reactor<Link>, conn: ConnId, link: Link) {
@@ -367,6 +390,9 @@ impl Handler for Node {
                 if self.peers.get(&node) == Some(&conn) {
                     self.peers.remove(&node);
                 }
+                // Reconnect with backoff: 50 ms, doubling to 2 s while it fails.
+                let delay = self.backoff.get(&node).map_or(PEER_BACKOFF_MIN, |b| (b.delay * 2).min(PEER_BACKOFF_MAX));
+                self.backoff.insert(node, Backoff { until: Instant::now() + delay, delay });
                 self.ops_lost(rx, node);
                 self.pulls_lost(rx, node);
                 self.batches_lost(node);
@@ -445,6 +471,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         advertise: bound.to_string(),
         manager: None,
         peers: HashMap::new(),
+        backoff: HashMap::new(),
         ops: HashMap::new(),
         inflight: HashMap::new(),
         next_id: 0,
