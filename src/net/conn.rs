@@ -57,6 +57,8 @@ pub struct Conn<D> {
     pub registered: (bool, bool),
     /// On the loop's list of connections to flush this turn.
     pub queued: bool,
+    /// Output before this offset may be written before the turn's fsync.
+    early_end: usize,
 }
 
 impl<D> Conn<D> {
@@ -74,6 +76,7 @@ impl<D> Conn<D> {
             out_pos: 0,
             registered: (false, false),
             queued: false,
+            early_end: 0,
         }
     }
 
@@ -164,9 +167,31 @@ impl<D> Conn<D> {
     /// Writes queued output until it is drained, the socket is full, or the
     /// per-turn budget is spent.
     pub fn write_some(&mut self) -> Result<()> {
+        self.write_upto(self.outbuf.len())
+    }
+
+    /// Writes only the output queued with [`Conn::queue_early`] (nothing
+    /// queued after a plain [`Conn::queue`] of the same turn).
+    pub fn write_early(&mut self) -> Result<()> {
+        self.write_upto(self.early_end)
+    }
+
+    /// Queues `msg` as output that may be written before the turn's fsync,
+    /// if everything queued before it may be too; returns whether it may.
+    pub fn queue_early(&mut self, msg: &Message) -> bool {
+        let early = self.early_end == self.outbuf.len();
+        codec::encode(msg, &mut self.outbuf);
+        if early {
+            self.early_end = self.outbuf.len();
+        }
+        early
+    }
+
+    fn write_upto(&mut self, limit: usize) -> Result<()> {
         let mut budget = MAX_WRITE_PER_TURN;
-        while self.has_output() && budget > 0 {
-            let end = self.outbuf.len().min(self.out_pos + budget);
+        let limit = limit.min(self.outbuf.len());
+        while self.out_pos < limit && budget > 0 {
+            let end = limit.min(self.out_pos + budget);
             match self.sock.write(&self.outbuf[self.out_pos..end]) {
                 Ok(0) => return Err(Error::PeerReset),
                 Ok(n) => {
@@ -181,10 +206,57 @@ impl<D> Conn<D> {
         if !self.has_output() {
             self.outbuf.clear();
             self.out_pos = 0;
+            self.early_end = 0;
             if self.outbuf.capacity() > 4 * READ_CHUNK {
                 self.outbuf.shrink_to(READ_CHUNK);
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::codec::{Body, Header};
+    use std::net::TcpListener;
+
+    fn pair() -> (Conn<()>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        client.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+        (Conn::new(server, ConnState::Open, ()), client)
+    }
+
+    fn msg(req: u64) -> Message {
+        Message { header: Header { req, ..Header::default() }, body: Body::Ok }
+    }
+
+    fn received(mut peer: &TcpStream) -> Vec<u64> {
+        let mut buf = vec![0u8; 4096];
+        let n = peer.read(&mut buf).unwrap_or(0);
+        let mut reqs = Vec::new();
+        let mut at = 0;
+        while let Ok(Some(len)) = codec::check(&buf[at..n], &Limits::default()) {
+            reqs.push(codec::parse(&buf[at..at + len]).unwrap().header.req);
+            at += len;
+        }
+        reqs
+    }
+
+    #[test]
+    fn early_output_never_overtakes_or_drags_plain_output() {
+        let (mut c, peer) = pair();
+        assert!(c.queue_early(&msg(1)));
+        c.queue(&msg(2));
+        assert!(!c.queue_early(&msg(3)), "behind plain output, early output waits");
+        c.write_early().unwrap();
+        assert_eq!(received(&peer), vec![1], "only what was queued early before any plain output");
+        c.write_some().unwrap();
+        assert_eq!(received(&peer), vec![2, 3]);
+        assert!(!c.has_output());
+        assert!(c.queue_early(&msg(4)), "an empty buffer takes early output again");
     }
 }

@@ -82,6 +82,9 @@ pub trait Handler {
     fn on_connected(&mut self, _rx: &mut Reactor<Self::Data>, _id: ConnId) {}
     /// A connection was closed (by either side or by an error); its data.
     fn on_closed(&mut self, _rx: &mut Reactor<Self::Data>, _id: ConnId, _data: Self::Data) {}
+    /// Called once per turn before the output queued with
+    /// [`Reactor::send_early`] is written.
+    fn before_early_flush(&mut self, _rx: &mut Reactor<Self::Data>) {}
     /// Called once per turn before queued output is written.
     fn before_sleep(&mut self, _rx: &mut Reactor<Self::Data>) {}
 }
@@ -190,11 +193,16 @@ impl<D> Reactor<D> {
     /// Queues `msg` and writes it before [`Handler::before_sleep`] (the
     /// fsync), not after: for requests to other servers, which acknowledge
     /// nothing, so they need not wait for this turn's writes to be durable.
+    ///
+    /// Output queued on the same connection with [`Reactor::send`] earlier
+    /// in the turn holds it back: a connection's bytes keep their order.
     pub fn send_early(&mut self, id: ConnId, msg: &Message) -> bool {
-        if !self.send(id, msg) {
-            return false;
-        }
-        if !self.early.contains(&id) {
+        let early = match self.conn_mut(id) {
+            Some(c) if c.state != ConnState::Closed => c.queue_early(msg),
+            _ => return false,
+        };
+        self.mark_dirty(id);
+        if early && !self.early.contains(&id) {
             self.early.push(id);
         }
         true
@@ -416,7 +424,16 @@ impl<D> Reactor<D> {
     /// Writes the connections marked by [`Reactor::send_early`].
     fn flush_early(&mut self) {
         let ids: Vec<ConnId> = std::mem::take(&mut self.early);
-        self.write_out(ids);
+        for id in ids {
+            let Some(c) = self.conn_mut(id) else { continue };
+            if matches!(c.state, ConnState::Closed | ConnState::Connecting) {
+                continue;
+            }
+            if let Err(e) = c.write_early() {
+                debug!("write to {:?}: {e}", c.peer);
+                self.close(id);
+            }
+        }
     }
 
     fn flush(&mut self) {
@@ -524,6 +541,7 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data>, h: &mut H) -> Result<()> {
         for payload in rx.timers.expired(Instant::now()) {
             h.on_timer(rx, payload);
         }
+        h.before_early_flush(rx);
         rx.flush_early();
         h.before_sleep(rx);
         rx.flush();

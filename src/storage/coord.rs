@@ -501,7 +501,10 @@ impl Node {
             Ok(None) => Body::NotFound { version: None },
             Err(e) => Body::Error { reason: format!("storage error: {e}") },
         };
-        self.reply(rx, conn, h, body);
+        // A read acknowledges nothing: it goes before the turn's fsync (what
+        // it may show is already written to the log, see before_early_flush).
+        let msg = Message { header: Header { node: self.cfg.id, ..h }, body };
+        rx.send_early(conn, &msg);
     }
 
     pub(super) fn handle_stats(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header) {

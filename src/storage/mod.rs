@@ -401,6 +401,16 @@ impl Handler for Node {
         }
     }
 
+    /// Replica reads leave before the fsync; what they may show must at
+    /// least survive a crash of this process, so the turn's WAL frames are
+    /// written (not yet synced) first.
+    fn before_early_flush(&mut self, _rx: &mut Reactor<Link>) {
+        if let Err(e) = self.store.write_out() {
+            error!("write-ahead log write failed: {e}; exiting so no unsynced write is acknowledged");
+            std::process::exit(EX_OSERR);
+        }
+    }
+
     fn before_sleep(&mut self, _rx: &mut Reactor<Link>) {
         let synced = self.store.sync_dirty().and_then(|_| self.hints.sync_dirty());
         if let Err(e) = synced {

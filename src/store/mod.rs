@@ -234,6 +234,16 @@ impl Store {
         Ok(true)
     }
 
+    /// Writes the WAL's buffered frames to its file without syncing, so
+    /// what this turn applied survives a crash of the process (the
+    /// turn's [`Store::sync_dirty`] still syncs it before acknowledging).
+    pub fn write_out(&mut self) -> Result<()> {
+        match self.wal.as_mut() {
+            Some(wal) => wal.write_out(),
+            None => Ok(()),
+        }
+    }
+
     /// Group commit: writes and syncs the WAL once for every write applied
     /// since the last call; checkpoints when the WAL has grown large.
     /// Returns whether anything was synced (always false for `Never`).

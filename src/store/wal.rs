@@ -34,6 +34,8 @@ pub struct Wal {
     path: PathBuf,
     /// Frames appended since the last commit.
     buf: Vec<u8>,
+    /// Frames written to the file and not synced yet.
+    unsynced: bool,
     /// Bytes on disk.
     len: u64,
 }
@@ -51,7 +53,7 @@ impl Wal {
             file.set_len(good)?;
             file.sync_data()?;
         }
-        Ok((Wal { file, path, buf: Vec::new(), len: good }, frames))
+        Ok((Wal { file, path, buf: Vec::new(), unsynced: false, len: good }, frames))
     }
 
     /// Appends one write to the buffer (nothing reaches the disk yet).
@@ -70,18 +72,30 @@ impl Wal {
 
     /// Writes the buffered frames and syncs them; false if there were none.
     pub fn commit(&mut self) -> Result<bool> {
-        if self.buf.is_empty() {
+        self.write_out()?;
+        if !self.unsynced {
             return Ok(false);
+        }
+        self.file.sync_data()?;
+        self.unsynced = false;
+        Ok(true)
+    }
+
+    /// Writes the buffered frames to the file without syncing them: they
+    /// then survive a crash of the process, not yet one of the machine.
+    pub fn write_out(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
         }
         if let Err(e) = (&self.file).write_all(&self.buf) {
             // Cut a partial write so the file still ends at a frame boundary.
             let _ = self.file.set_len(self.len);
             return Err(e.into());
         }
-        self.file.sync_data()?;
         self.len += self.buf.len() as u64;
         self.buf.clear();
-        Ok(true)
+        self.unsynced = true;
+        Ok(())
     }
 
     /// Bytes committed to disk since the last reset.
