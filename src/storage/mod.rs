@@ -8,7 +8,13 @@
 //! R replies and repairs stale replicas afterwards. A request for another
 //! node's key is forwarded to that key's coordinator. Group commit: writes
 //! of a loop turn are fsynced in `before_sleep`, before the loop writes
-//! that turn's replies.
+//! that turn's acknowledgements (requests to peers, replica reads and
+//! answers to requests begun in an earlier turn go out before it).
+//!
+//! The node's work is split over three files: this one (state, the
+//! manager link, peers, the event dispatch), `coord` (client requests,
+//! quorums, replica writes and reads) and `sync` (moves, catch-up, hints,
+//! orphans, leaving).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 

@@ -9,9 +9,11 @@
 //! written during the stream is missed. Once all its sectors are in, the
 //! node reports `SYNCED` and the manager switches tables when every gainer
 //! has. A restarted node pulls the same way (digests skip sectors that are
-//! already equal), so it catches up before its reads count. Sectors a node
-//! no longer holds are dropped after a switch it took part in, or, when it
-//! finds them on disk after being away, pushed to their holders first.
+//! already equal), so it catches up before its reads count. After a switch,
+//! a sector the node no longer holds is dropped if the node streamed it to
+//! a puller; otherwise (the node was away while it moved) its records are
+//! pushed to the holders first and the sector is dropped once all of them
+//! acknowledged.
 
 use std::collections::HashSet;
 use std::time::Duration;
