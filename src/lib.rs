@@ -6,14 +6,16 @@
 //!
 //! # Layout
 //! - [`net`]: the event loop, connection state machines, timers, the wire codec.
-//! - [`store`]: sector logs on disk, their in-memory indexes, recovery, compaction.
+//! - [`store`]: sector logs on disk, their in-memory indexes, recovery,
+//!   compaction, and the write-ahead log behind group commit.
 //! - [`table`]: the partition table, key hashing and preference lists.
 //! - [`hlc`]: versions and the hybrid logical clock that makes them.
 //! - [`manager`]: the manager daemon's state and handlers.
 //! - [`storage`]: the storage node daemon: coordinator, replica, mover.
 //! - [`client`]: the client library used by the CLI and the benchmark.
 //! - [`daemon`]: APUE daemon helpers: detaching, pidfile locks, log files.
-//! - [`cli`]: shared command-line helpers (addresses, exit codes).
+//! - [`cli`]: shared command-line helpers (addresses, exit codes, the daemons' `main`).
+//! - [`bench`]: the load generator behind `gtstore-bench` and its charts.
 
 pub mod bench;
 pub mod cli;
