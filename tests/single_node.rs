@@ -314,14 +314,19 @@ fn sighup_reopens_the_log_file_after_rotation() {
         &bin("gtstore-manager"),
         &["--listen", "127.0.0.1:0", "--data-dir", mdir.to_str().unwrap(), "--log", log.to_str().unwrap()],
     );
+    // The daemon prints its address on stdout before it logs it, so give the log a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !fs::read_to_string(&log).unwrap_or_default().contains("listening on") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
     assert!(fs::read_to_string(&log).unwrap().contains("listening on"), "the manager logs to --log");
 
     // logrotate's way: rename the file, then SIGHUP; the daemon writes to a new file.
     fs::rename(&log, &rotated).unwrap();
     manager.signal(Signal::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !log.exists() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
+    while !fs::read_to_string(&log).unwrap_or_default().contains("log reopened") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
     }
     assert!(fs::read_to_string(&log).unwrap_or_default().contains("log reopened"), "a new log file after SIGHUP");
     manager.signal(Signal::SIGTERM);

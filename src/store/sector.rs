@@ -165,6 +165,11 @@ pub struct Sector {
     live_bytes: u64,
     dead_bytes: u64,
     dirty: bool,
+    /// Created by this process: its directory entries (the sector's in
+    /// `sectors/`, the segment's in the sector's) are synced with its
+    /// first [`Sector::sync`], not at creation, so a first write costs no
+    /// directory fsyncs; until then its records are safe in the WAL.
+    new_dirs: bool,
 }
 
 impl Sector {
@@ -172,20 +177,18 @@ impl Sector {
     /// and replays its segments. Leftovers of an interrupted compaction
     /// (more than one segment) are compacted into one if possible.
     pub fn open(dir: &Path, id: u32) -> Result<Sector> {
+        let mut new_dirs = false;
         if !dir.is_dir() {
             fs::create_dir_all(dir)?;
-            if let Some(parent) = dir.parent() {
-                log::sync_dir(parent)?;
-            }
+            new_dirs = true;
         }
         let replayed = recovery::replay(dir, id)?;
         report(dir, &replayed.stats);
         let writer = match replayed.generations.last() {
             Some(&gen) => SegmentWriter::open_at(dir, id, gen, replayed.tail)?,
             None => {
-                let w = SegmentWriter::create(dir, id, FIRST_GEN)?;
-                log::sync_dir(dir)?;
-                w
+                new_dirs = true;
+                SegmentWriter::create(dir, id, FIRST_GEN)?
             }
         };
         let mut sector = Sector {
@@ -196,6 +199,7 @@ impl Sector {
             live_bytes: replayed.stats.live_bytes,
             dead_bytes: replayed.stats.dead_bytes,
             dirty: false,
+            new_dirs,
         };
         if replayed.generations.len() > 1 {
             // Reads still work across segments, so a failed merge is not fatal.
@@ -329,9 +333,17 @@ impl Sector {
         self.dirty
     }
 
-    /// Makes every appended record durable (`sync_data`).
+    /// Makes every appended record durable (`sync_data`), and the
+    /// directory entries of a sector created since it was opened.
     pub fn sync(&mut self) -> Result<()> {
         self.writer.sync()?;
+        if self.new_dirs {
+            log::sync_dir(&self.dir)?;
+            if let Some(parent) = self.dir.parent() {
+                log::sync_dir(parent)?;
+            }
+            self.new_dirs = false;
+        }
         self.dirty = false;
         Ok(())
     }
