@@ -7,7 +7,9 @@
 //! triggered. Every turn runs in a fixed order:
 //!
 //! 1. wait for events (until the earliest timer);
-//! 2. accept, read and dispatch every complete message (pipelining);
+//! 2. accept, read and dispatch every complete message (pipelining); then,
+//!    up to [`Reactor::drain_rounds`] times, take the events that arrived
+//!    meanwhile without waiting, so that they share this turn's fsync;
 //! 3. run due timers;
 //! 4. write the output queued with [`Reactor::send_early`]: requests to
 //!    other servers, which acknowledge nothing, so the replicas start on a
@@ -110,6 +112,11 @@ pub struct Reactor<D> {
     pub max_conns: usize,
     /// The role's timers.
     pub timers: Timers,
+    /// Extra rounds of events a turn takes without waiting, while events
+    /// keep arriving (default 0). The storage node sets a few: requests
+    /// that arrive while it works join the turn's group commit instead of
+    /// waiting for the next fsync, so batches grow and fsyncs drop.
+    pub drain_rounds: usize,
     stopped: bool,
 }
 
@@ -129,6 +136,7 @@ impl<D> Reactor<D> {
             limits,
             max_conns: 4096,
             timers: Timers::new(),
+            drain_rounds: 0,
             stopped: false,
         })
     }
@@ -421,6 +429,21 @@ impl<D> Reactor<D> {
         self.send_and_close(id, &reply);
     }
 
+    /// Handles one batch of epoll events.
+    fn dispatch<H: Handler<Data = D>>(&mut self, h: &mut H, events: &[EpollEvent]) {
+        for ev in events {
+            match ev.data() {
+                LISTENER => self.accept_all(h),
+                SIGNALS => self.on_signal_event(h),
+                token => {
+                    if let Some(id) = ConnId::from_token(token) {
+                        self.on_conn_event(h, id, ev.events());
+                    }
+                }
+            }
+        }
+    }
+
     /// Writes the connections marked by [`Reactor::send_early`].
     fn flush_early(&mut self) {
         let ids: Vec<ConnId> = std::mem::take(&mut self.early);
@@ -522,21 +545,19 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data>, h: &mut H) -> Result<()> {
     while !rx.stopped {
         let timeout =
             if rx.dirty.is_empty() && rx.to_close.is_empty() { rx.timers.next_timeout() } else { Some(Duration::ZERO) };
-        let n = match rx.epoll.wait(&mut events, epoll_timeout(timeout)) {
+        let mut n = match rx.epoll.wait(&mut events, epoll_timeout(timeout)) {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,
             Err(e) => return Err(Error::Sys(e)),
         };
-        for ev in &events[..n] {
-            match ev.data() {
-                LISTENER => rx.accept_all(h),
-                SIGNALS => rx.on_signal_event(h),
-                token => {
-                    if let Some(id) = ConnId::from_token(token) {
-                        rx.on_conn_event(h, id, ev.events());
-                    }
-                }
+        let mut rounds = 0;
+        while n > 0 {
+            rx.dispatch(h, &events[..n]);
+            if rounds == rx.drain_rounds {
+                break;
             }
+            rounds += 1;
+            n = rx.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0);
         }
         for payload in rx.timers.expired(Instant::now()) {
             h.on_timer(rx, payload);

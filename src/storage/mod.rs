@@ -58,6 +58,10 @@ const LEAVE_LIMIT: Duration = Duration::from_secs(120);
 const TIMER_OP_SWEEP: u64 = 7;
 /// How often operations are checked against their deadline.
 const OP_SWEEP: Duration = Duration::from_millis(50);
+/// Rounds of events a loop turn takes without waiting before its group
+/// commit (see `Reactor::drain_rounds`). Measured on 1 node, 50 clients
+/// (`gtstore-bench --preload`): 0 rounds 73k-80k ops/s, 8 rounds 92k-93k.
+const DRAIN_ROUNDS: usize = 8;
 /// How long a coordinated operation waits for its quorum.
 const OP_DEADLINE: Duration = Duration::from_millis(1000);
 /// How long a starting node waits to register before it gives up.
@@ -454,6 +458,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
     let started = (|| -> net::Result<(Reactor<Link>, SocketAddr)> {
         let mut rx = Reactor::new(limits)?;
         rx.max_conns = cfg.max_conns;
+        rx.drain_rounds = DRAIN_ROUNDS;
         let bound = rx.listen(cfg.listen)?;
         rx.catch_signals()?;
         Ok((rx, bound))
