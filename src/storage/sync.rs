@@ -181,7 +181,7 @@ impl Node {
             let Some(s) = self.pull_queue.pop_front() else { break };
             let sources = self.sources(s);
             if sources.is_empty() {
-                self.synced.insert(s);
+                self.mark_synced(s);
                 continue;
             }
             let digest = digest(&self.store.keys_with_versions(s));
@@ -260,11 +260,21 @@ impl Node {
             if failed {
                 self.retry_pull(rx, sector);
             } else {
-                self.synced.insert(sector);
+                self.mark_synced(sector);
             }
         }
         self.pump_pulls(rx);
         self.after_progress(rx);
+    }
+
+    /// `sector` is complete here. Its directory and segment are created now
+    /// if it is still empty, so that its first write, on a client's
+    /// path, creates no files.
+    fn mark_synced(&mut self, sector: u32) {
+        self.synced.insert(sector);
+        if let Err(e) = self.store.ensure_sector(sector) {
+            warn!("cannot create sector {sector}: {e}; its first write will try again");
+        }
     }
 
     /// A pull request is a peer request the caller tracks.
