@@ -8,8 +8,9 @@
 //!
 //! 1. wait for events (until the earliest timer);
 //! 2. accept, read and dispatch every complete message (pipelining); then,
-//!    up to [`Reactor::drain_rounds`] times, take the events that arrived
-//!    meanwhile without waiting, so that they share this turn's fsync;
+//!    up to [`Reactor::drain_rounds`] times and within
+//!    [`Reactor::drain_budget`], take the events that arrived meanwhile
+//!    without waiting, so that they share this turn's fsync;
 //! 3. run due timers;
 //! 4. write the output queued with [`Reactor::send_early`]: requests to
 //!    other servers, which acknowledge nothing, so the replicas start on a
@@ -117,6 +118,9 @@ pub struct Reactor<D> {
     /// that arrive while it works join the turn's group commit instead of
     /// waiting for the next fsync, so batches grow and fsyncs drop.
     pub drain_rounds: usize,
+    /// No extra round starts once the turn has run this long, so a slow
+    /// turn does not hold its replies back longer still.
+    pub drain_budget: Duration,
     stopped: bool,
 }
 
@@ -137,6 +141,7 @@ impl<D> Reactor<D> {
             max_conns: 4096,
             timers: Timers::new(),
             drain_rounds: 0,
+            drain_budget: Duration::ZERO,
             stopped: false,
         })
     }
@@ -550,10 +555,10 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data>, h: &mut H) -> Result<()> {
             Err(Errno::EINTR) => 0,
             Err(e) => return Err(Error::Sys(e)),
         };
-        let mut rounds = 0;
+        let (mut rounds, started) = (0, Instant::now());
         while n > 0 {
             rx.dispatch(h, &events[..n]);
-            if rounds == rx.drain_rounds {
+            if rounds == rx.drain_rounds || started.elapsed() >= rx.drain_budget {
                 break;
             }
             rounds += 1;

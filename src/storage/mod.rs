@@ -62,6 +62,8 @@ const OP_SWEEP: Duration = Duration::from_millis(50);
 /// commit (see `Reactor::drain_rounds`). Measured on 1 node, 50 clients
 /// (`gtstore-bench --preload`): 0 rounds 73k-80k ops/s, 8 rounds 92k-93k.
 const DRAIN_ROUNDS: usize = 8;
+/// A loop turn starts no extra round of events after this long.
+const DRAIN_BUDGET: Duration = Duration::from_millis(2);
 /// How long a coordinated operation waits for its quorum.
 const OP_DEADLINE: Duration = Duration::from_millis(1000);
 /// How long a starting node waits to register before it gives up.
@@ -459,6 +461,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         let mut rx = Reactor::new(limits)?;
         rx.max_conns = cfg.max_conns;
         rx.drain_rounds = DRAIN_ROUNDS;
+        rx.drain_budget = DRAIN_BUDGET;
         let bound = rx.listen(cfg.listen)?;
         rx.catch_signals()?;
         Ok((rx, bound))
