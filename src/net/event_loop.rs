@@ -575,3 +575,67 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data>, h: &mut H) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::codec::{self, Body, Header};
+    use std::io::Write;
+
+    /// Records, for each message, how many turns had ended when it arrived;
+    /// on message 1 it sends message 2 from the client side, so message 2
+    /// is readable before the turn could end.
+    struct Recorder {
+        client: TcpStream,
+        turns_ended: usize,
+        seen: Vec<(u64, usize)>,
+    }
+
+    fn encoded(req: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        codec::encode(&Message { header: Header { req, ..Header::default() }, body: Body::Ok }, &mut out);
+        out
+    }
+
+    impl Handler for Recorder {
+        type Data = ();
+        fn accepted(&mut self, _peer: Option<SocketAddr>) {}
+        fn on_message(&mut self, rx: &mut Reactor<()>, _id: ConnId, msg: Message) {
+            self.seen.push((msg.header.req, self.turns_ended));
+            match msg.header.req {
+                1 => self.client.write_all(&encoded(2)).unwrap(),
+                _ => rx.stop(),
+            }
+        }
+        fn on_timer(&mut self, _rx: &mut Reactor<()>, _payload: u64) {}
+        fn on_signal(&mut self, _rx: &mut Reactor<()>, _sig: Signal) {}
+        fn before_sleep(&mut self, _rx: &mut Reactor<()>) {
+            self.turns_ended += 1;
+        }
+    }
+
+    /// The turns that had ended when messages 1 and 2 arrived.
+    fn turns_of_two_messages(drain_rounds: usize, drain_budget: Duration) -> (usize, usize) {
+        let mut rx: Reactor<()> = Reactor::new(Limits::default()).unwrap();
+        rx.drain_rounds = drain_rounds;
+        rx.drain_budget = drain_budget;
+        let addr = rx.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        let mut h = Recorder { client: client.try_clone().unwrap(), turns_ended: 0, seen: Vec::new() };
+        client.write_all(&encoded(1)).unwrap();
+        run(&mut rx, &mut h).unwrap();
+        assert_eq!(h.seen.iter().map(|&(req, _)| req).collect::<Vec<_>>(), vec![1, 2]);
+        (h.seen[0].1, h.seen[1].1)
+    }
+
+    #[test]
+    fn requests_arriving_during_a_turn_join_it_when_draining() {
+        let second_s = Duration::from_secs(1);
+        let (first, second) = turns_of_two_messages(8, second_s);
+        assert_eq!(first, second, "with drain rounds the second message shares the first one's turn");
+        let (first, second) = turns_of_two_messages(0, second_s);
+        assert_eq!(first + 1, second, "without, it waits for the next turn");
+        let (first, second) = turns_of_two_messages(8, Duration::ZERO);
+        assert_eq!(first + 1, second, "a spent budget starts no extra round");
+    }
+}
