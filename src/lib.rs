@@ -10,6 +10,7 @@
 //!   compaction, and the write-ahead log behind group commit.
 //! - [`table`]: the partition table, key hashing and preference lists.
 //! - [`hlc`]: versions and the hybrid logical clock that makes them.
+//! - [`idmap`]: hash maps keyed by the daemons' own integer ids.
 //! - [`manager`]: the manager daemon's state and handlers.
 //! - [`storage`]: the storage node daemon: coordinator, replica, mover.
 //! - [`client`]: the client library used by the CLI and the benchmark.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod hlc;
+pub mod idmap;
 pub mod manager;
 pub mod net;
 pub mod storage;

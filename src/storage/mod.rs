@@ -34,6 +34,7 @@ use nix::sys::signal::Signal;
 use crate::cli::{Exit, EX_OSERR, EX_UNAVAILABLE};
 use crate::daemon::Readiness;
 use crate::hlc::Clock;
+use crate::idmap::IdMap;
 use crate::manager::{error_reply, reopen_log};
 use crate::net::codec::{Body, Header, Limits, Message};
 use crate::net::{self, ConnId, Handler, Reactor};
@@ -171,9 +172,9 @@ pub struct Node {
     peers: HashMap<u32, ConnId>,
     /// Peers whose connection failed, not to be retried yet.
     backoff: HashMap<u32, Backoff>,
-    ops: HashMap<u64, Op>,
+    ops: IdMap<u64, Op>,
     /// Peer request id → (op id, peer node).
-    inflight: HashMap<u64, (u64, u32)>,
+    inflight: IdMap<u64, (u64, u32)>,
     next_id: u64,
     ready: Option<Readiness>,
 }
@@ -496,8 +497,8 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         manager: None,
         peers: HashMap::new(),
         backoff: HashMap::new(),
-        ops: HashMap::new(),
-        inflight: HashMap::new(),
+        ops: IdMap::default(),
+        inflight: IdMap::default(),
         next_id: 0,
         ready: Some(ready),
         cfg,

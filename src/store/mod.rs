@@ -16,7 +16,6 @@ pub mod recovery;
 pub mod sector;
 pub mod wal;
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,6 +24,7 @@ use std::str::FromStr;
 pub use error::{Error, Result};
 
 use crate::hlc::Version;
+use crate::idmap::{IdMap, IdSet};
 use sector::Sector;
 use wal::Wal;
 
@@ -77,7 +77,7 @@ pub struct Item {
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    sectors: HashMap<u32, Sector>,
+    sectors: IdMap<u32, Sector>,
     policy: FsyncPolicy,
     /// The write-ahead log that makes group commit one fsync (not with `Never`).
     wal: Option<Wal>,
@@ -87,7 +87,7 @@ pub struct Store {
     /// emptied, a few per loop turn, so a checkpoint never stalls the loop.
     retiring: Option<(Wal, Vec<u32>)>,
     /// Sectors written to the active WAL: their files are not synced.
-    unsynced: HashSet<u32>,
+    unsynced: IdSet<u32>,
 }
 
 /// Sectors synced per loop turn while a WAL retires.
@@ -105,7 +105,7 @@ impl Store {
             fs::create_dir_all(&root)?;
             log::sync_dir(dir)?;
         }
-        let mut sectors = HashMap::new();
+        let mut sectors = IdMap::default();
         for entry in fs::read_dir(&root)? {
             let path = entry?.path();
             match sector_id(&path) {
@@ -116,7 +116,7 @@ impl Store {
             }
         }
         let mut store =
-            Store { root, sectors, policy, wal: None, spare: None, retiring: None, unsynced: HashSet::new() };
+            Store { root, sectors, policy, wal: None, spare: None, retiring: None, unsynced: IdSet::default() };
         // Last-writer-wins makes the order of replay irrelevant.
         let mut wals = Vec::new();
         for name in wal::WAL_FILES {
