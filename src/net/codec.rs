@@ -201,6 +201,12 @@ impl Body {
 /// Returns `Ok(Some(n))` with its total length, `Ok(None)` if more bytes
 /// are needed, or an error as soon as the header is known to be bad.
 pub fn check(buf: &[u8], limits: &Limits) -> Result<Option<usize>, DecodeError> {
+    Ok(check_header(buf, limits)?.map(|(nl, fields)| nl + 1 + fields.len as usize).filter(|&total| buf.len() >= total))
+}
+
+/// [`check`]'s work: the header line's end and fields once the line is
+/// complete and the body length within the limit.
+fn check_header<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<(usize, HeaderFields<'a>)>, DecodeError> {
     let scan = &buf[..buf.len().min(limits.max_header)];
     let Some(nl) = scan.iter().position(|&b| b == b'\n') else {
         if buf.len() >= limits.max_header {
@@ -213,8 +219,7 @@ pub fn check(buf: &[u8], limits: &Limits) -> Result<Option<usize>, DecodeError> 
     if fields.len > limits.max_body as u64 {
         return Err(DecodeError::BodyTooLarge { len: fields.len, limit: limits.max_body });
     }
-    let total = nl + 1 + fields.len as usize;
-    Ok((buf.len() >= total).then_some(total))
+    Ok(Some((nl, fields)))
 }
 
 /// Parses exactly one message from `buf` (a slice [`check`] accepted).
@@ -222,6 +227,19 @@ pub fn parse(buf: &[u8]) -> Result<Message, DecodeError> {
     let nl = buf.iter().position(|&b| b == b'\n').ok_or(DecodeError::BadPayload("no header line"))?;
     let h = header_fields(&buf[..nl])?;
     let payload = buf.get(nl + 1..).ok_or(DecodeError::BadPayload("short"))?;
+    parse_payload(h, payload)
+}
+
+/// [`check`] and [`parse`] in one pass over the header: the first message
+/// of `buf` and its length, or `None` while it is incomplete.
+pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Message, usize)>, DecodeError> {
+    let Some((nl, h)) = check_header(buf, limits)? else { return Ok(None) };
+    let total = nl + 1 + h.len as usize;
+    let Some(payload) = buf.get(nl + 1..total) else { return Ok(None) };
+    Ok(Some((parse_payload(h, payload)?, total)))
+}
+
+fn parse_payload(h: HeaderFields<'_>, payload: &[u8]) -> Result<Message, DecodeError> {
     if payload.len() as u64 != h.len {
         return Err(DecodeError::BadPayload("length does not match"));
     }
@@ -687,6 +705,7 @@ mod tests {
             let wire = to_bytes(&m);
             for i in 0..wire.len() {
                 assert_eq!(check(&wire[..i], &Limits::default()), Ok(None), "{m:?} at {i}");
+                assert_eq!(decode(&wire[..i], &Limits::default()), Ok(None), "{m:?} at {i}");
             }
         }
     }
@@ -696,8 +715,10 @@ mod tests {
         let all: Vec<u8> = every_variant().iter().flat_map(to_bytes).collect();
         let mut pos = 0;
         let mut n = 0;
-        while let Some(len) = check(&all[pos..], &Limits::default()).unwrap() {
-            parse(&all[pos..pos + len]).unwrap();
+        let want = every_variant();
+        while let Some((msg, len)) = decode(&all[pos..], &Limits::default()).unwrap() {
+            assert_eq!(check(&all[pos..], &Limits::default()), Ok(Some(len)));
+            assert_eq!(msg, want[n]);
             pos += len;
             n += 1;
         }
@@ -722,7 +743,8 @@ mod tests {
             (b"GET 1 x", DecodeError::BadNumber("header")),
         ];
         for (input, want) in cases {
-            assert_eq!(check(input, &l), Err(want), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(check(input, &l), Err(want.clone()), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(decode(input, &l), Err(want), "{:?}", String::from_utf8_lossy(input));
         }
     }
 
@@ -766,8 +788,13 @@ mod tests {
                 buf[at] = (seed >> (3 * f)) as u8;
             }
             buf.truncate(((seed >> 40) as usize) % (buf.len() + 1));
-            if let Ok(Some(n)) = check(&buf, &l) {
-                let _ = parse(&buf[..n]);
+            // One pass or two, the same verdict.
+            let two_pass = check(&buf, &l).map(|n| n.map(|n| (parse(&buf[..n]), n)));
+            match (two_pass, decode(&buf, &l)) {
+                (Ok(None), Ok(None)) => {}
+                (Ok(Some((Ok(a), n))), Ok(Some((b, m)))) => assert_eq!((a, n), (b, m)),
+                (Ok(Some((Err(a), _))), Err(b)) | (Err(a), Err(b)) => assert_eq!(a, b),
+                (two, one) => panic!("check+parse {two:?} but decode {one:?}"),
             }
         }
     }

@@ -142,11 +142,9 @@ impl<D> Conn<D> {
 
     /// Cuts the next complete message from the input, if there is one.
     pub fn next_message(&mut self, limits: &Limits) -> Result<Option<Message>> {
-        let rest = &self.inbuf[self.in_pos..];
-        match codec::check(rest, limits)? {
+        match codec::decode(&self.inbuf[self.in_pos..], limits)? {
             None => Ok(None),
-            Some(len) => {
-                let msg = codec::parse(&rest[..len])?;
+            Some((msg, len)) => {
                 self.in_pos += len;
                 Ok(Some(msg))
             }
