@@ -273,8 +273,10 @@ impl Store {
 
     /// Removes `sector`'s files and directory (it moved to another node).
     /// Dropping a sector that is not held removes any leftover directory.
-    /// After a crash the WAL may bring back a dropped sector's recent
-    /// records; the node then treats it as an orphan and hands it over.
+    /// The removal is not fsynced: after a crash the directory (or the
+    /// WAL's recent records) may bring a dropped sector back; the node then
+    /// treats it as an orphan and hands it over again, which last-writer-
+    /// wins makes harmless.
     pub fn drop_sector(&mut self, sector: u32) -> Result<()> {
         self.unsynced.remove(&sector);
         match self.sectors.remove(&sector) {
@@ -283,7 +285,6 @@ impl Store {
                 let dir = self.sector_dir(sector);
                 if dir.is_dir() {
                     fs::remove_dir_all(&dir)?;
-                    log::sync_dir(&self.root)?;
                 }
                 Ok(())
             }

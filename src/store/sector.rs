@@ -415,14 +415,12 @@ impl Sector {
         log::sync_dir(&self.dir)
     }
 
-    /// Deletes the sector's files and directory.
+    /// Deletes the sector's files and directory (not fsynced; see
+    /// `Store::drop_sector`).
     pub fn destroy(self) -> Result<()> {
         let dir = self.dir;
         drop(self.writer);
         fs::remove_dir_all(&dir)?;
-        if let Some(parent) = dir.parent() {
-            log::sync_dir(parent)?;
-        }
         Ok(())
     }
 
