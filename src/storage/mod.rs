@@ -16,7 +16,7 @@
 //! quorums, replica writes and reads) and `sync` (moves, catch-up, hints,
 //! orphans, leaving).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 mod coord;
 mod sync;
@@ -55,6 +55,8 @@ const TIMER_HINTS: u64 = 5;
 const TIMER_LEAVE_LIMIT: u64 = 6;
 /// How long a leaving node waits for its sectors to be taken over.
 const LEAVE_LIMIT: Duration = Duration::from_secs(120);
+/// Timer payload: create a few queued empty sectors.
+const TIMER_CREATE: u64 = 8;
 /// Timer payload: end operations past their deadline.
 const TIMER_OP_SWEEP: u64 = 7;
 /// How often operations are checked against their deadline.
@@ -143,6 +145,8 @@ pub struct Node {
     pending: Option<Table>,
     /// Sectors whose copy here is complete for the newest table.
     synced: HashSet<u32>,
+    /// Complete but empty sectors still to be created on disk (then synced).
+    to_create: BTreeSet<u32>,
     /// Sectors being pulled, and those waiting their turn or a retry.
     pulls: HashMap<u32, Pull>,
     pull_queue: VecDeque<u32>,
@@ -360,6 +364,7 @@ impl Handler for Node {
             TIMER_START_LIMIT => self.give_up_starting(rx),
             TIMER_PULL_RETRY => self.on_pull_retry(rx),
             TIMER_HINTS => self.deliver_hints(rx),
+            TIMER_CREATE => self.create_some(rx),
             TIMER_LEAVE_LIMIT => {
                 warn!("leave not finished within {LEAVE_LIMIT:?}; exiting with the data on disk");
                 rx.stop();
@@ -481,6 +486,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         table: None,
         pending: None,
         synced: HashSet::new(),
+        to_create: BTreeSet::new(),
         pulls: HashMap::new(),
         pull_queue: VecDeque::new(),
         pull_retry: Vec::new(),

@@ -16,11 +16,11 @@
 //! acknowledged.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
-use super::{Link, Node, TIMER_HINTS, TIMER_PULL_RETRY};
+use super::{Link, Node, TIMER_CREATE, TIMER_HINTS, TIMER_PULL_RETRY};
 use crate::net::codec::{Body, Entry, Header, Message};
 use crate::net::{ConnId, Reactor};
 use crate::table::{hash_key, NodeState, Table};
@@ -33,6 +33,10 @@ const CHUNK_BYTES: usize = 256 * 1024;
 pub(super) const PULL_RETRY: Duration = Duration::from_millis(300);
 /// How often hints are offered for delivery.
 pub(super) const HINT_PERIOD: Duration = Duration::from_millis(500);
+/// Loop time spent creating empty sectors per turn (see `create_some`).
+const CREATE_BUDGET: Duration = Duration::from_millis(5);
+/// The pause between two rounds of sector creation.
+const CREATE_PAUSE: Duration = Duration::from_millis(1);
 
 /// One sector being pulled.
 #[derive(Debug)]
@@ -159,6 +163,7 @@ impl Node {
         let wanted = self.wanted();
         let wanted_set: HashSet<u32> = wanted.iter().copied().collect();
         self.synced.retain(|s| wanted_set.contains(s));
+        self.to_create.retain(|s| wanted_set.contains(s));
         for s in wanted {
             if !self.synced.contains(&s) && !self.pulls.contains_key(&s) && !self.pull_queue.contains(&s) {
                 self.pull_queue.push_back(s);
@@ -181,7 +186,7 @@ impl Node {
             let Some(s) = self.pull_queue.pop_front() else { break };
             let sources = self.sources(s);
             if sources.is_empty() {
-                self.mark_synced(s);
+                self.mark_synced(rx, s);
                 continue;
             }
             let digest = digest(&self.store.keys_with_versions(s));
@@ -260,7 +265,7 @@ impl Node {
             if failed {
                 self.retry_pull(rx, sector);
             } else {
-                self.mark_synced(sector);
+                self.mark_synced(rx, sector);
             }
         }
         self.pump_pulls(rx);
@@ -270,10 +275,29 @@ impl Node {
     /// `sector` is complete here. Its directory and segment are created now
     /// if it is still empty, so that its first write, on a client's
     /// path, creates no files.
-    fn mark_synced(&mut self, sector: u32) {
+    fn mark_synced(&mut self, rx: &mut Reactor<Link>, sector: u32) {
         self.synced.insert(sector);
-        if let Err(e) = self.store.ensure_sector(sector) {
-            warn!("cannot create sector {sector}: {e}; its first write will try again");
+        if !self.store.has_sector(sector) {
+            if self.to_create.is_empty() {
+                rx.add_timer(Duration::ZERO, TIMER_CREATE);
+            }
+            self.to_create.insert(sector);
+        }
+    }
+
+    /// Creates queued empty sectors for at most `CREATE_BUDGET` per turn,
+    /// in the background: a join's thousand creations neither stall the
+    /// loop nor delay the join, and most first writes find their files.
+    pub(super) fn create_some(&mut self, rx: &mut Reactor<Link>) {
+        let started = Instant::now();
+        while started.elapsed() < CREATE_BUDGET {
+            let Some(sector) = self.to_create.pop_first() else { break };
+            if let Err(e) = self.store.ensure_sector(sector) {
+                warn!("cannot create sector {sector}: {e}; its first write will try again");
+            }
+        }
+        if !self.to_create.is_empty() {
+            rx.add_timer(CREATE_PAUSE, TIMER_CREATE);
         }
     }
 
