@@ -297,8 +297,7 @@ pub fn exchange(mut conn: &TcpStream, msg: &Message, timeout: Duration) -> std::
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        if let Some(n) = codec::check(&buf, &limits).map_err(|e| e.to_string())? {
-            let reply = codec::parse(&buf[..n]).map_err(|e| e.to_string())?;
+        if let Some((reply, n)) = codec::decode(&buf, &limits).map_err(|e| e.to_string())? {
             // A protocol error is answered with REQ_ID 0 before the node closes.
             let protocol_error = reply.header.req == 0 && matches!(reply.body, Body::Error { .. });
             if reply.header.req == msg.header.req || msg.header.req == 0 || protocol_error {

@@ -237,8 +237,8 @@ mod tests {
         let n = peer.read(&mut buf).unwrap_or(0);
         let mut reqs = Vec::new();
         let mut at = 0;
-        while let Ok(Some(len)) = codec::check(&buf[at..n], &Limits::default()) {
-            reqs.push(codec::parse(&buf[at..at + len]).unwrap().header.req);
+        while let Ok(Some((msg, len))) = codec::decode(&buf[at..n], &Limits::default()) {
+            reqs.push(msg.header.req);
             at += len;
         }
         reqs
