@@ -55,12 +55,12 @@ const TIMER_HINTS: u64 = 5;
 const TIMER_LEAVE_LIMIT: u64 = 6;
 /// How long a leaving node waits for its sectors to be taken over.
 const LEAVE_LIMIT: Duration = Duration::from_secs(120);
-/// Timer payload: create a few queued empty sectors.
-const TIMER_CREATE: u64 = 8;
 /// Timer payload: end operations past their deadline.
 const TIMER_OP_SWEEP: u64 = 7;
 /// How often operations are checked against their deadline.
 const OP_SWEEP: Duration = Duration::from_millis(50);
+/// Timer payload: create a few queued empty sectors.
+const TIMER_CREATE: u64 = 8;
 /// Rounds of events a loop turn takes without waiting before its group
 /// commit (see `Reactor::drain_rounds`). Measured on 1 node, 50 clients
 /// (`gtstore-bench --preload`): 0 rounds 73k-80k ops/s, 8 rounds 92k-93k.
@@ -145,7 +145,7 @@ pub struct Node {
     pending: Option<Table>,
     /// Sectors whose copy here is complete for the newest table.
     synced: HashSet<u32>,
-    /// Complete but empty sectors still to be created on disk (then synced).
+    /// Complete but empty sectors whose files are still to be created.
     to_create: BTreeSet<u32>,
     /// Sectors being pulled, and those waiting their turn or a retry.
     pulls: HashMap<u32, Pull>,

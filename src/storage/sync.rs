@@ -272,9 +272,9 @@ impl Node {
         self.after_progress(rx);
     }
 
-    /// `sector` is complete here. Its directory and segment are created now
-    /// if it is still empty, so that its first write, on a client's
-    /// path, creates no files.
+    /// `sector` is complete here. If it is still empty, its directory and
+    /// segment are queued for [`Node::create_some`], so that its first
+    /// write, on a client's path, seldom has to create them.
     fn mark_synced(&mut self, rx: &mut Reactor<Link>, sector: u32) {
         self.synced.insert(sector);
         if !self.store.has_sector(sector) {
