@@ -63,9 +63,9 @@ impl Clock {
         Clock { node, last: Version::default() }
     }
 
-    /// A fresh version newer than every version made or observed so far.
-    pub fn tick(&mut self) -> Version {
-        let now = wall_ms();
+    /// A fresh version newer than every version made or observed so far;
+    /// `now` is the wall clock in milliseconds (passed in by the role's driver).
+    pub fn tick(&mut self, now: u64) -> Version {
         self.last = if now > self.last.ms {
             Version { ms: now, counter: 0, node: self.node }
         } else if self.last.counter >= MAX_COUNTER {
@@ -96,9 +96,9 @@ mod tests {
     #[test]
     fn ticks_are_strictly_increasing() {
         let mut c = Clock::new(3);
-        let mut prev = c.tick();
+        let mut prev = c.tick(wall_ms());
         for _ in 0..10_000 {
-            let v = c.tick();
+            let v = c.tick(wall_ms());
             assert!(v > prev);
             prev = v;
         }
@@ -109,16 +109,16 @@ mod tests {
         let mut c = Clock::new(1);
         let future = Version { ms: wall_ms() + 60_000, counter: 7, node: 9 };
         c.observe(future);
-        assert!(c.tick() > future);
+        assert!(c.tick(wall_ms()) > future);
     }
 
     #[test]
     fn the_counter_stays_within_16_bits() {
         let mut c = Clock::new(1);
         c.observe(Version { ms: wall_ms() + 60_000, counter: MAX_COUNTER - 2, node: 2 });
-        let mut prev = c.tick();
+        let mut prev = c.tick(wall_ms());
         for _ in 0..10 {
-            let v = c.tick();
+            let v = c.tick(wall_ms());
             assert!(v > prev && v.counter <= MAX_COUNTER, "{v}");
             prev = v;
         }

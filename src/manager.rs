@@ -8,7 +8,7 @@
 //! round-robin contact node on `HELLO`. A restarted manager reloads the
 //! state, so nodes that re-register keep their sectors and no data moves.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -20,13 +20,17 @@ use nix::sys::signal::Signal;
 
 use crate::daemon::{self, Readiness};
 use crate::net::codec::{self, Body, Header, Limits, Message};
-use crate::net::{self, ConnId, Handler, Reactor};
+use crate::net::{self, ConnId, Handler, Io, Reactor};
 use crate::table::{NodeState, Table};
 
 /// The state file inside the data directory.
 pub const STATE_FILE: &str = "manager.state";
-/// Timer payload: check heartbeats.
-const TIMER_HEARTBEATS: u64 = 1;
+/// The manager's timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// Check heartbeats (every heartbeat interval).
+    Heartbeats,
+}
 
 /// How the manager was started.
 #[derive(Clone, Debug)]
@@ -76,15 +80,15 @@ pub struct Manager {
     /// The table the cluster is moving to, while gainers receive sectors.
     pending: Option<Table>,
     /// Gainers of `pending` that have not reported SYNCED yet.
-    waiting: HashSet<u32>,
+    waiting: BTreeSet<u32>,
     /// When the pending table was last published (to nudge stuck moves).
     pending_since: Instant,
     next_client: u64,
     next_contact: usize,
     /// The registration connection of each live node.
-    node_conns: HashMap<u32, ConnId>,
+    node_conns: BTreeMap<u32, ConnId>,
     /// When each node was last heard from.
-    last_heard: HashMap<u32, Instant>,
+    last_heard: BTreeMap<u32, Instant>,
 }
 
 /// The largest node id (versions store it in 16 bits).
@@ -98,8 +102,9 @@ const RESTART_GRACE: Duration = Duration::from_secs(10);
 const MOVE_NUDGE: Duration = Duration::from_secs(10);
 
 impl Manager {
-    /// Loads the state from `cfg.data_dir` or starts a new cluster.
-    pub fn open(cfg: Config) -> Result<Manager, String> {
+    /// Loads the state from `cfg.data_dir` or starts a new cluster; `now`
+    /// is the monotonic time of the start.
+    pub fn open(cfg: Config, now: Instant) -> Result<Manager, String> {
         fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("{}: {e}", cfg.data_dir.display()))?;
         let path = cfg.data_dir.join(STATE_FILE);
         let (table, pending, next_client) = match fs::read(&path) {
@@ -129,17 +134,34 @@ impl Manager {
             table,
             pending,
             waiting,
-            pending_since: Instant::now(),
+            pending_since: now,
             next_client,
             next_contact: 0,
-            node_conns: HashMap::new(),
-            last_heard: HashMap::new(),
+            node_conns: BTreeMap::new(),
+            last_heard: BTreeMap::new(),
         })
     }
 
     /// The current table.
     pub fn table(&self) -> &Table {
         &self.table
+    }
+
+    /// The table the cluster is moving to, while a move runs.
+    pub fn pending(&self) -> Option<&Table> {
+        self.pending.as_ref()
+    }
+
+    /// Arms the first timers. Members get a grace period to re-register
+    /// after a restart, so a whole cluster started again one node at a time
+    /// does not reshuffle.
+    pub fn start(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>) {
+        let members: Vec<u32> = self.newest().members.iter().map(|m| m.id).collect();
+        let grace = rx.now() + RESTART_GRACE.saturating_sub(self.cfg.dead_after);
+        for id in members {
+            self.last_heard.insert(id, grace);
+        }
+        rx.add_timer(self.cfg.heartbeat, Timer::Heartbeats);
     }
 
     fn save(&self) {
@@ -171,7 +193,7 @@ impl Manager {
     /// Applies a membership change to the newest table. If some node gains
     /// sectors, the result becomes the pending table until every gainer
     /// reports SYNCED; otherwise it becomes current at once.
-    fn change(&mut self, rx: &mut Reactor<Peer>, what: &str, apply: impl FnOnce(&mut Table)) {
+    fn change(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>, what: &str, apply: impl FnOnce(&mut Table)) {
         let mut next = self.newest().clone();
         apply(&mut next);
         next.epoch = self.newest().epoch + 1;
@@ -184,13 +206,13 @@ impl Manager {
         } else {
             self.pending = Some(next);
             self.waiting = gainers.into_iter().collect();
-            self.pending_since = Instant::now();
+            self.pending_since = rx.now();
         }
         self.publish(rx);
     }
 
     /// Makes the pending table current once every gainer has synced.
-    fn maybe_switch(&mut self, rx: &mut Reactor<Peer>) {
+    fn maybe_switch(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>) {
         if !self.waiting.is_empty() {
             return;
         }
@@ -203,7 +225,7 @@ impl Manager {
     }
 
     /// Saves the tables and pushes them to every registered node.
-    fn publish(&mut self, rx: &mut Reactor<Peer>) {
+    fn publish(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>) {
         self.save();
         let msg = self.table_msg(Header::default(), 0);
         let conns: Vec<ConnId> = self.node_conns.values().copied().collect();
@@ -212,7 +234,7 @@ impl Manager {
         }
     }
 
-    fn handle_hello(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64) {
+    fn handle_hello(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>, id: ConnId, req: u64) {
         let client = self.next_client;
         self.next_client += 1;
         if client.is_multiple_of(CLIENT_ID_BATCH) {
@@ -222,7 +244,14 @@ impl Manager {
         rx.send(id, &self.table_msg(Header { client, node: 0, req }, contact));
     }
 
-    fn handle_register(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64, node: u32, addr: String) {
+    fn handle_register(
+        &mut self,
+        rx: &mut impl Io<Data = Peer, Timer = Timer>,
+        id: ConnId,
+        req: u64,
+        node: u32,
+        addr: String,
+    ) {
         if node == 0 || node > MAX_NODE_ID {
             rx.send(id, &error_reply(req, &format!("node ids are 1 to {MAX_NODE_ID}")));
             return;
@@ -235,7 +264,7 @@ impl Manager {
                 rx.close(old);
             }
         }
-        self.last_heard.insert(node, Instant::now());
+        self.last_heard.insert(node, rx.now());
         info!("node {node} registered from {addr}");
         let known = self.newest().member(node).is_some_and(|m| m.addr == addr && m.state == NodeState::Up);
         if known {
@@ -245,7 +274,7 @@ impl Manager {
         }
     }
 
-    fn handle_leave(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64) {
+    fn handle_leave(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>, id: ConnId, req: u64) {
         let Some(node) = rx.data_mut(id).and_then(|d| d.node) else {
             rx.send(id, &error_reply(req, "LEAVE before REGISTER"));
             return;
@@ -255,7 +284,7 @@ impl Manager {
         self.maybe_switch(rx);
     }
 
-    fn handle_synced(&mut self, rx: &mut Reactor<Peer>, id: ConnId, epoch: u64) {
+    fn handle_synced(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>, id: ConnId, epoch: u64) {
         let Some(node) = rx.data_mut(id).and_then(|d| d.node) else { return };
         if self.pending.as_ref().is_some_and(|p| p.epoch == epoch) && self.waiting.remove(&node) {
             info!("node {node} has its sectors for epoch {epoch}; {} to go", self.waiting.len());
@@ -263,9 +292,9 @@ impl Manager {
         }
     }
 
-    fn handle_heartbeat(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64, epoch: u64) {
+    fn handle_heartbeat(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>, id: ConnId, req: u64, epoch: u64) {
         let Some(node) = rx.data_mut(id).and_then(|d| d.node) else { return };
-        self.last_heard.insert(node, Instant::now());
+        self.last_heard.insert(node, rx.now());
         if self.newest().member(node).is_some_and(|m| m.state == NodeState::Down) {
             let addr = self.newest().member(node).map(|m| m.addr.clone()).unwrap_or_default();
             self.change(rx, &format!("node {node} is back"), |t| t.assign_join(node, &addr));
@@ -274,8 +303,8 @@ impl Manager {
         }
     }
 
-    fn check_heartbeats(&mut self, rx: &mut Reactor<Peer>) {
-        let now = Instant::now();
+    fn check_heartbeats(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>) {
+        let now = rx.now();
         let dead: Vec<u32> = self
             .newest()
             .members
@@ -297,9 +326,9 @@ impl Manager {
             self.change(rx, &format!("node {node} is down"), |t| t.mark_down(node));
             self.maybe_switch(rx);
         }
-        if self.pending.is_some() && self.pending_since.elapsed() > MOVE_NUDGE {
+        if self.pending.is_some() && now.saturating_duration_since(self.pending_since) > MOVE_NUDGE {
             warn!("move to epoch {} still waits for {:?}; publishing it again", self.newest().epoch, self.waiting);
-            self.pending_since = Instant::now();
+            self.pending_since = now;
             self.publish(rx);
         }
     }
@@ -307,12 +336,13 @@ impl Manager {
 
 impl Handler for Manager {
     type Data = Peer;
+    type Timer = Timer;
 
     fn accepted(&mut self, _peer: Option<SocketAddr>) -> Peer {
         Peer::default()
     }
 
-    fn on_message(&mut self, rx: &mut Reactor<Peer>, id: ConnId, msg: Message) {
+    fn on_message<X: Io<Data = Peer, Timer = Timer>>(&mut self, rx: &mut X, id: ConnId, msg: Message) {
         let req = msg.header.req;
         match msg.body {
             Body::Hello => self.handle_hello(rx, id, req),
@@ -331,14 +361,16 @@ impl Handler for Manager {
         }
     }
 
-    fn on_timer(&mut self, rx: &mut Reactor<Peer>, payload: u64) {
-        if payload == TIMER_HEARTBEATS {
-            self.check_heartbeats(rx);
-            rx.add_timer(self.cfg.heartbeat, TIMER_HEARTBEATS);
+    fn on_timer<X: Io<Data = Peer, Timer = Timer>>(&mut self, rx: &mut X, timer: Timer) {
+        match timer {
+            Timer::Heartbeats => {
+                self.check_heartbeats(rx);
+                rx.add_timer(self.cfg.heartbeat, Timer::Heartbeats);
+            }
         }
     }
 
-    fn on_signal(&mut self, rx: &mut Reactor<Peer>, sig: Signal) {
+    fn on_signal<X: Io<Data = Peer, Timer = Timer>>(&mut self, rx: &mut X, sig: Signal) {
         match sig {
             Signal::SIGHUP => reopen_log(&self.cfg.log_file),
             _ => {
@@ -349,7 +381,7 @@ impl Handler for Manager {
         }
     }
 
-    fn on_closed(&mut self, _rx: &mut Reactor<Peer>, id: ConnId, data: Peer) {
+    fn on_closed<X: Io<Data = Peer, Timer = Timer>>(&mut self, _rx: &mut X, id: ConnId, data: Peer) {
         if let Some(node) = data.node {
             if self.node_conns.get(&node) == Some(&id) {
                 self.node_conns.remove(&node);
@@ -402,14 +434,14 @@ fn load_state(bytes: &[u8]) -> Result<State, String> {
 /// Runs the manager until SIGTERM or SIGINT.
 pub fn run(cfg: Config, ready: Readiness) -> Result<(), crate::cli::Exit> {
     use crate::cli::{Exit, EX_OSERR};
-    let mut mgr = match Manager::open(cfg.clone()) {
+    let mut mgr = match Manager::open(cfg.clone(), Instant::now()) {
         Ok(m) => m,
         Err(e) => {
             ready.fail(EX_OSERR, &e);
             return Err(Exit::new(EX_OSERR, e));
         }
     };
-    let started = (|| -> net::Result<(Reactor<Peer>, SocketAddr)> {
+    let started = (|| -> net::Result<(Reactor<Peer, Timer>, SocketAddr)> {
         let mut rx = Reactor::new(Limits { max_header: 128, max_body: 1 << 20 })?;
         let bound = rx.listen(cfg.listen)?;
         rx.catch_signals()?;
@@ -423,14 +455,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), crate::cli::Exit> {
             return Err(Exit::new(EX_OSERR, msg));
         }
     };
-    // Members get a grace period to re-register after a restart, so a
-    // whole cluster started again one node at a time does not reshuffle.
-    let members: Vec<u32> = mgr.newest().members.iter().map(|m| m.id).collect();
-    let grace = Instant::now() + RESTART_GRACE.saturating_sub(cfg.dead_after);
-    for id in members {
-        mgr.last_heard.insert(id, grace);
-    }
-    rx.add_timer(cfg.heartbeat, TIMER_HEARTBEATS);
+    mgr.start(&mut rx);
     println!("listening on {bound}");
     let _ = std::io::stdout().flush();
     info!("listening on {bound}");

@@ -29,15 +29,24 @@ use hdrhistogram::Histogram;
 use nix::sys::signal::Signal;
 
 use crate::net::codec::{Body, Header, Limits, Message};
-use crate::net::{ConnId, Handler, Reactor};
+use crate::net::{ConnId, Handler, Io, Reactor};
 use crate::table::{NodeState, Table};
 
-/// Timer payload: housekeeping (timeouts, progress), every [`TICK`].
-const TIMER_TICK: u64 = 0;
-/// Timer payload: the next open-loop operation is due.
-const TIMER_RATE: u64 = 1;
-/// Timer payloads from here on: client `payload - TIMER_CLIENT` may send again.
-const TIMER_CLIENT: u64 = 16;
+/// The load generator's timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// Housekeeping (timeouts, progress), every [`TICK`].
+    Tick,
+    /// The next open-loop operation is due.
+    Rate,
+    /// Simulated client `c` may send again.
+    Client(usize),
+}
+/// The driver the load generator runs on.
+pub trait BenchIo: Io<Data = Link, Timer = Timer> {}
+
+impl<X: Io<Data = Link, Timer = Timer>> BenchIo for X {}
+
 /// How often timeouts are checked and progress is considered.
 const TICK: Duration = Duration::from_millis(100);
 /// How long a node whose connection failed is avoided.
@@ -273,7 +282,7 @@ impl Engine<'_> {
     }
 
     /// Sends one operation from client `c`, latency measured from `t0`.
-    fn issue(&mut self, rx: &mut Reactor<Link>, c: usize, t0: Instant) {
+    fn issue(&mut self, rx: &mut impl BenchIo, c: usize, t0: Instant) {
         let (key, read) = self.next_op();
         self.issued += 1;
         let now = Instant::now();
@@ -282,7 +291,7 @@ impl Engine<'_> {
             self.error(|| format!("no node holds {k} in the table"));
             return;
         };
-        let conn = match self.sims[c].conns[node].filter(|&id| rx.conn(id).is_some()) {
+        let conn = match self.sims[c].conns[node].filter(|&id| rx.is_open(id)) {
             Some(id) => id,
             None => match rx.connect(self.router.nodes[node].1, Link { client: c, node }) {
                 Ok(id) => {
@@ -311,15 +320,15 @@ impl Engine<'_> {
     }
 
     /// Makes client `c` wait [`CLIENT_BACKOFF`] before it sends again.
-    fn pause(&mut self, rx: &mut Reactor<Link>, c: usize) {
+    fn pause(&mut self, rx: &mut impl BenchIo, c: usize) {
         if !self.sims[c].paused {
             self.sims[c].paused = true;
-            rx.add_timer(CLIENT_BACKOFF, TIMER_CLIENT + c as u64);
+            rx.add_timer(CLIENT_BACKOFF, Timer::Client(c));
         }
     }
 
     /// Closed loop: lets client `c` fill its pipeline.
-    fn refill(&mut self, rx: &mut Reactor<Link>, c: usize) {
+    fn refill(&mut self, rx: &mut impl BenchIo, c: usize) {
         if self.w.rate.is_some() {
             return;
         }
@@ -335,7 +344,7 @@ impl Engine<'_> {
 
     /// Open loop: sends every due operation a client has room for, and arms
     /// a timer for the next one.
-    fn schedule(&mut self, rx: &mut Reactor<Link>) {
+    fn schedule(&mut self, rx: &mut impl BenchIo) {
         let Some(rate) = self.w.rate else { return };
         let now = Instant::now();
         let n = self.sims.len();
@@ -344,7 +353,7 @@ impl Engine<'_> {
             if due > now {
                 if !self.rate_timer_armed {
                     self.rate_timer_armed = true;
-                    rx.add_timer(due - now, TIMER_RATE);
+                    rx.add_timer(due - now, Timer::Rate);
                 }
                 return;
             }
@@ -361,7 +370,7 @@ impl Engine<'_> {
     }
 
     /// A reply or failure for request `req`.
-    fn complete(&mut self, rx: &mut Reactor<Link>, req: u64, result: Result<(), String>) {
+    fn complete(&mut self, rx: &mut impl BenchIo, req: u64, result: Result<(), String>) {
         let Some(p) = self.pending.remove(&req) else {
             return; // Timed out earlier, or not ours.
         };
@@ -383,7 +392,7 @@ impl Engine<'_> {
         }
     }
 
-    fn tick(&mut self, rx: &mut Reactor<Link>) {
+    fn tick(&mut self, rx: &mut impl BenchIo) {
         let now = Instant::now();
         let timeout = self.w.timeout;
         let late: Vec<u64> =
@@ -402,20 +411,21 @@ impl Engine<'_> {
             self.last_progress_done = self.done;
         }
         if !self.finished() {
-            rx.add_timer(TICK, TIMER_TICK);
+            rx.add_timer(TICK, Timer::Tick);
         }
     }
 }
 
 impl Handler for Engine<'_> {
     type Data = Link;
+    type Timer = Timer;
 
     fn accepted(&mut self, _peer: Option<SocketAddr>) -> Link {
         // The bench has no listener; this is never called.
         Link { client: usize::MAX, node: usize::MAX }
     }
 
-    fn on_message(&mut self, rx: &mut Reactor<Link>, _id: ConnId, msg: Message) {
+    fn on_message<X: BenchIo>(&mut self, rx: &mut X, _id: ConnId, msg: Message) {
         let result = match msg.body {
             Body::Ok | Body::Value { .. } => Ok(()),
             Body::NotFound { .. } => {
@@ -428,12 +438,11 @@ impl Handler for Engine<'_> {
         self.complete(rx, msg.header.req, result);
     }
 
-    fn on_timer(&mut self, rx: &mut Reactor<Link>, payload: u64) {
-        match payload {
-            TIMER_TICK => self.tick(rx),
-            TIMER_RATE => self.rate_timer_armed = false,
-            p => {
-                let c = (p - TIMER_CLIENT) as usize;
+    fn on_timer<X: BenchIo>(&mut self, rx: &mut X, timer: Timer) {
+        match timer {
+            Timer::Tick => self.tick(rx),
+            Timer::Rate => self.rate_timer_armed = false,
+            Timer::Client(c) => {
                 if let Some(s) = self.sims.get_mut(c) {
                     s.paused = false;
                     self.refill(rx, c);
@@ -442,13 +451,13 @@ impl Handler for Engine<'_> {
         }
     }
 
-    fn on_signal(&mut self, rx: &mut Reactor<Link>, sig: Signal) {
+    fn on_signal<X: BenchIo>(&mut self, rx: &mut X, sig: Signal) {
         eprintln!("gtstore-bench: {sig}: stopping; the report covers the operations done so far");
         self.interrupted = true;
         rx.stop();
     }
 
-    fn on_closed(&mut self, rx: &mut Reactor<Link>, id: ConnId, link: Link) {
+    fn on_closed<X: BenchIo>(&mut self, rx: &mut X, id: ConnId, link: Link) {
         let Some(sim) = self.sims.get_mut(link.client) else {
             return;
         };
@@ -468,7 +477,7 @@ impl Handler for Engine<'_> {
         }
     }
 
-    fn before_sleep(&mut self, rx: &mut Reactor<Link>) {
+    fn before_sleep<X: BenchIo>(&mut self, rx: &mut X) {
         if self.finished() {
             rx.stop();
         } else if !self.interrupted {
@@ -481,7 +490,8 @@ impl Handler for Engine<'_> {
 pub fn run(w: &Workload, router: &Router, client_id: u64) -> Result<Outcome, String> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, HIST_MAX_US, 3).map_err(|e| e.to_string())?;
     hist.auto(false);
-    let mut rx: Reactor<Link> = Reactor::new(Limits::default()).map_err(|e| format!("cannot create epoll: {e}"))?;
+    let mut rx: Reactor<Link, Timer> =
+        Reactor::new(Limits::default()).map_err(|e| format!("cannot create epoll: {e}"))?;
     rx.max_conns = usize::MAX;
     rx.catch_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let now = Instant::now();
@@ -511,7 +521,7 @@ pub fn run(w: &Workload, router: &Router, client_id: u64) -> Result<Outcome, Str
         interrupted: false,
     };
     if w.ops > 0 {
-        rx.add_timer(TICK, TIMER_TICK);
+        rx.add_timer(TICK, Timer::Tick);
         for c in 0..e.sims.len() {
             e.refill(&mut rx, c);
         }

@@ -37,6 +37,7 @@ use slab::Slab;
 use super::codec::{Limits, Message};
 use super::conn::{Conn, ConnState, ReadOutcome, READ_CHUNK};
 use super::error::{Error, Result};
+use super::io::{Io, SplitMix};
 use super::timer::{TimerId, Timers};
 
 /// Epoll token of the listening socket.
@@ -57,6 +58,12 @@ pub struct ConnId {
 }
 
 impl ConnId {
+    /// An id for slot `key` in its `gen`-th use: for other drivers of the
+    /// roles (the simulator), which number their connections themselves.
+    pub fn new(key: usize, gen: u32) -> ConnId {
+        ConnId { key, gen }
+    }
+
     fn token(self) -> u64 {
         ((self.gen as u64) << 32) | (self.key as u64 + FIRST_CONN)
     }
@@ -68,32 +75,43 @@ impl ConnId {
     }
 }
 
-/// What a role does with the loop's events.
+/// What a role does with the loop's events. Every callback gets the
+/// driver as an [`Io`]: the real [`Reactor`] here, the simulated cluster in
+/// `gtstore-sim`. Callbacks are generic over it, so the same role code runs
+/// in both, monomorphised (no dynamic dispatch on the request path).
 pub trait Handler {
     /// The role's data about each connection.
     type Data;
+    /// The role's timer type.
+    type Timer;
 
     /// Data for a connection accepted on the listener.
     fn accepted(&mut self, peer: Option<SocketAddr>) -> Self::Data;
     /// One complete message arrived on `id`.
-    fn on_message(&mut self, rx: &mut Reactor<Self::Data>, id: ConnId, msg: Message);
-    /// A timer armed with `payload` is due.
-    fn on_timer(&mut self, rx: &mut Reactor<Self::Data>, payload: u64);
+    fn on_message<X: Io<Data = Self::Data, Timer = Self::Timer>>(&mut self, io: &mut X, id: ConnId, msg: Message);
+    /// A timer is due.
+    fn on_timer<X: Io<Data = Self::Data, Timer = Self::Timer>>(&mut self, io: &mut X, timer: Self::Timer);
     /// A signal arrived (SIGTERM, SIGINT or SIGHUP).
-    fn on_signal(&mut self, rx: &mut Reactor<Self::Data>, sig: Signal);
+    fn on_signal<X: Io<Data = Self::Data, Timer = Self::Timer>>(&mut self, io: &mut X, sig: Signal);
     /// An outbound connection finished connecting.
-    fn on_connected(&mut self, _rx: &mut Reactor<Self::Data>, _id: ConnId) {}
+    fn on_connected<X: Io<Data = Self::Data, Timer = Self::Timer>>(&mut self, _io: &mut X, _id: ConnId) {}
     /// A connection was closed (by either side or by an error); its data.
-    fn on_closed(&mut self, _rx: &mut Reactor<Self::Data>, _id: ConnId, _data: Self::Data) {}
+    fn on_closed<X: Io<Data = Self::Data, Timer = Self::Timer>>(
+        &mut self,
+        _io: &mut X,
+        _id: ConnId,
+        _data: Self::Data,
+    ) {
+    }
     /// Called once per turn before the output queued with
-    /// [`Reactor::send_early`] is written.
-    fn before_early_flush(&mut self, _rx: &mut Reactor<Self::Data>) {}
+    /// [`Io::send_early`] is written.
+    fn before_early_flush<X: Io<Data = Self::Data, Timer = Self::Timer>>(&mut self, _io: &mut X) {}
     /// Called once per turn before queued output is written.
-    fn before_sleep(&mut self, _rx: &mut Reactor<Self::Data>) {}
+    fn before_sleep<X: Io<Data = Self::Data, Timer = Self::Timer>>(&mut self, _io: &mut X) {}
 }
 
 /// The loop's state: epoll, listener, signals, timers and connections.
-pub struct Reactor<D> {
+pub struct Reactor<D, T = u64> {
     epoll: Epoll,
     listener: Option<TcpListener>,
     signals: Option<SignalFd>,
@@ -112,7 +130,9 @@ pub struct Reactor<D> {
     /// Most connections accepted at once.
     pub max_conns: usize,
     /// The role's timers.
-    pub timers: Timers,
+    pub timers: Timers<T>,
+    /// The seeded generator behind [`Io::random`].
+    rng: SplitMix,
     /// Extra rounds of events a turn takes without waiting, while events
     /// keep arriving (default 0). The storage node sets a few: requests
     /// that arrive while it works join the turn's group commit instead of
@@ -124,9 +144,9 @@ pub struct Reactor<D> {
     stopped: bool,
 }
 
-impl<D> Reactor<D> {
+impl<D, T> Reactor<D, T> {
     /// A loop with no listener and no signal handling yet.
-    pub fn new(limits: Limits) -> Result<Reactor<D>> {
+    pub fn new(limits: Limits) -> Result<Reactor<D, T>> {
         Ok(Reactor {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             listener: None,
@@ -140,6 +160,7 @@ impl<D> Reactor<D> {
             limits,
             max_conns: 4096,
             timers: Timers::new(),
+            rng: SplitMix::new(seed_from_os()),
             drain_rounds: 0,
             drain_budget: Duration::ZERO,
             stopped: false,
@@ -263,11 +284,6 @@ impl<D> Reactor<D> {
         self.conns.len()
     }
 
-    /// Arms a timer; see [`Timers::add`].
-    pub fn add_timer(&mut self, delay: Duration, payload: u64) -> TimerId {
-        self.timers.add(delay, payload)
-    }
-
     /// Puts `id` on this turn's flush list, once.
     fn mark_dirty(&mut self, id: ConnId) {
         if let Some(c) = self.conn_mut(id) {
@@ -293,7 +309,7 @@ impl<D> Reactor<D> {
         Ok(id)
     }
 
-    fn accept_all<H: Handler<Data = D>>(&mut self, h: &mut H) {
+    fn accept_all<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H) {
         loop {
             let Some(l) = self.listener.as_ref() else {
                 return;
@@ -311,7 +327,7 @@ impl<D> Reactor<D> {
         }
     }
 
-    fn admit<H: Handler<Data = D>>(&mut self, h: &mut H, sock: TcpStream, peer: SocketAddr) {
+    fn admit<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H, sock: TcpStream, peer: SocketAddr) {
         if self.conns.len() >= self.max_conns {
             warn!("refusing {peer}: {} connections open", self.conns.len());
             return;
@@ -326,7 +342,7 @@ impl<D> Reactor<D> {
         }
     }
 
-    fn on_signal_event<H: Handler<Data = D>>(&mut self, h: &mut H) {
+    fn on_signal_event<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H) {
         loop {
             let got = match self.signals.as_ref() {
                 Some(fd) => fd.read_signal(),
@@ -342,7 +358,7 @@ impl<D> Reactor<D> {
         }
     }
 
-    fn on_conn_event<H: Handler<Data = D>>(&mut self, h: &mut H, id: ConnId, ev: EpollFlags) {
+    fn on_conn_event<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H, id: ConnId, ev: EpollFlags) {
         let Some(state) = self.conn(id).map(|c| c.state) else {
             return;
         };
@@ -364,7 +380,7 @@ impl<D> Reactor<D> {
         }
     }
 
-    fn finish_connect<H: Handler<Data = D>>(&mut self, h: &mut H, id: ConnId) {
+    fn finish_connect<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H, id: ConnId) {
         let Some(c) = self.conn_mut(id) else { return };
         match socket::getsockopt(&c.sock, sockopt::SocketError) {
             Ok(0) => {
@@ -383,7 +399,7 @@ impl<D> Reactor<D> {
         }
     }
 
-    fn on_readable<H: Handler<Data = D>>(&mut self, h: &mut H, id: ConnId) {
+    fn on_readable<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H, id: ConnId) {
         let max_inbuf = self.limits.max_header + self.limits.max_body;
         let Some(c) = self.conns.get_mut(id.key) else {
             return;
@@ -435,7 +451,7 @@ impl<D> Reactor<D> {
     }
 
     /// Handles one batch of epoll events.
-    fn dispatch<H: Handler<Data = D>>(&mut self, h: &mut H, events: &[EpollEvent]) {
+    fn dispatch<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H, events: &[EpollEvent]) {
         for ev in events {
             match ev.data() {
                 LISTENER => self.accept_all(h),
@@ -506,7 +522,7 @@ impl<D> Reactor<D> {
         }
     }
 
-    fn reap<H: Handler<Data = D>>(&mut self, h: &mut H) {
+    fn reap<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H) {
         while !self.to_close.is_empty() {
             let ids: Vec<ConnId> = std::mem::take(&mut self.to_close);
             for id in ids {
@@ -519,6 +535,74 @@ impl<D> Reactor<D> {
             }
         }
     }
+}
+
+impl<D, T> Io for Reactor<D, T> {
+    type Data = D;
+    type Timer = T;
+
+    fn send(&mut self, id: ConnId, msg: &Message) -> bool {
+        Reactor::send(self, id, msg)
+    }
+
+    fn send_early(&mut self, id: ConnId, msg: &Message) -> bool {
+        Reactor::send_early(self, id, msg)
+    }
+
+    fn send_and_close(&mut self, id: ConnId, msg: &Message) {
+        Reactor::send_and_close(self, id, msg)
+    }
+
+    fn connect(&mut self, addr: SocketAddr, data: D) -> Result<ConnId> {
+        Reactor::connect(self, addr, data)
+    }
+
+    fn close(&mut self, id: ConnId) {
+        Reactor::close(self, id)
+    }
+
+    fn data(&self, id: ConnId) -> Option<&D> {
+        self.conn(id).map(|c| &c.data)
+    }
+
+    fn data_mut(&mut self, id: ConnId) -> Option<&mut D> {
+        Reactor::data_mut(self, id)
+    }
+
+    fn add_timer(&mut self, delay: Duration, timer: T) -> TimerId {
+        self.timers.add(Instant::now(), delay, timer)
+    }
+
+    fn cancel_timer(&mut self, id: TimerId) {
+        self.timers.cancel(id)
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn wall_ms(&self) -> u64 {
+        crate::hlc::wall_ms()
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    fn stop(&mut self) {
+        Reactor::stop(self)
+    }
+
+    fn abort(&mut self, code: i32, why: &str) {
+        log::error!("{why}; exiting before this turn's replies are written");
+        std::process::exit(code);
+    }
+}
+
+/// A seed for the real loop's generator: the time and the process id.
+fn seed_from_os() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32)
 }
 
 fn flags((read, write): (bool, bool)) -> EpollFlags {
@@ -545,11 +629,14 @@ fn epoll_timeout(t: Option<Duration>) -> EpollTimeout {
 
 /// Runs turns until the handler calls [`Reactor::stop`]. Only a failure of
 /// the epoll fd itself ends the loop with an error.
-pub fn run<H: Handler>(rx: &mut Reactor<H::Data>, h: &mut H) -> Result<()> {
+pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result<()> {
     let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
     while !rx.stopped {
-        let timeout =
-            if rx.dirty.is_empty() && rx.to_close.is_empty() { rx.timers.next_timeout() } else { Some(Duration::ZERO) };
+        let timeout = if rx.dirty.is_empty() && rx.to_close.is_empty() {
+            rx.timers.next_timeout(Instant::now())
+        } else {
+            Some(Duration::ZERO)
+        };
         let mut n = match rx.epoll.wait(&mut events, epoll_timeout(timeout)) {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,
@@ -564,8 +651,8 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data>, h: &mut H) -> Result<()> {
             rounds += 1;
             n = rx.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0);
         }
-        for payload in rx.timers.expired(Instant::now()) {
-            h.on_timer(rx, payload);
+        for timer in rx.timers.expired(Instant::now()) {
+            h.on_timer(rx, timer);
         }
         h.before_early_flush(rx);
         rx.flush_early();
@@ -599,24 +686,25 @@ mod tests {
 
     impl Handler for Recorder {
         type Data = ();
+        type Timer = u64;
         fn accepted(&mut self, _peer: Option<SocketAddr>) {}
-        fn on_message(&mut self, rx: &mut Reactor<()>, _id: ConnId, msg: Message) {
+        fn on_message<X: Io<Data = (), Timer = u64>>(&mut self, rx: &mut X, _id: ConnId, msg: Message) {
             self.seen.push((msg.header.req, self.turns_ended));
             match msg.header.req {
                 1 => self.client.write_all(&encoded(2)).unwrap(),
                 _ => rx.stop(),
             }
         }
-        fn on_timer(&mut self, _rx: &mut Reactor<()>, _payload: u64) {}
-        fn on_signal(&mut self, _rx: &mut Reactor<()>, _sig: Signal) {}
-        fn before_sleep(&mut self, _rx: &mut Reactor<()>) {
+        fn on_timer<X: Io<Data = (), Timer = u64>>(&mut self, _rx: &mut X, _timer: u64) {}
+        fn on_signal<X: Io<Data = (), Timer = u64>>(&mut self, _rx: &mut X, _sig: Signal) {}
+        fn before_sleep<X: Io<Data = (), Timer = u64>>(&mut self, _rx: &mut X) {
             self.turns_ended += 1;
         }
     }
 
     /// The turns that had ended when messages 1 and 2 arrived.
     fn turns_of_two_messages(drain_rounds: usize, drain_budget: Duration) -> (usize, usize) {
-        let mut rx: Reactor<()> = Reactor::new(Limits::default()).unwrap();
+        let mut rx: Reactor<(), u64> = Reactor::new(Limits::default()).unwrap();
         rx.drain_rounds = drain_rounds;
         rx.drain_budget = drain_budget;
         let addr = rx.listen("127.0.0.1:0".parse().unwrap()).unwrap();

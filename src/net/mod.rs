@@ -1,11 +1,14 @@
 //! Networking: the one-thread epoll event loop, connection state machines,
-//! timers and the wire codec shared by every GTStore process.
+//! timers, the wire codec shared by every GTStore process, and the [`Io`]
+//! seam through which role logic reaches its driver.
 
 pub mod codec;
 pub mod conn;
 pub mod error;
 pub mod event_loop;
+pub mod io;
 pub mod timer;
 
 pub use error::{Error, Result};
 pub use event_loop::{run, ConnId, Handler, Reactor};
+pub use io::{Io, SplitMix};

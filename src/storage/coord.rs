@@ -6,10 +6,10 @@ use log::{error, info};
 
 use std::time::Instant;
 
-use super::{Link, Node, OP_DEADLINE};
+use super::{Node, NodeIo, OP_DEADLINE};
 use crate::hlc::Version;
 use crate::net::codec::{Body, Entry, Header, Message, Stats};
-use crate::net::{ConnId, Reactor};
+use crate::net::ConnId;
 
 /// What an operation in flight is waiting for.
 #[derive(Debug)]
@@ -57,14 +57,14 @@ const STALE_WRITE_MS: u64 = 2 * OP_DEADLINE.as_millis() as u64;
 impl Node {
     // ----- client requests ----------------------------------------------
 
-    pub(super) fn reply(&self, rx: &mut Reactor<Link>, conn: ConnId, header: Header, body: Body) {
+    pub(super) fn reply(&self, rx: &mut impl NodeIo, conn: ConnId, header: Header, body: Body) {
         let header = Header { node: self.cfg.id, ..header };
         rx.send(conn, &Message { header, body });
     }
 
     /// A client's PUT, GET or DEL: refused, forwarded to the key's
     /// coordinator, or coordinated here.
-    pub(super) fn handle_client(&mut self, rx: &mut Reactor<Link>, conn: ConnId, msg: Message) {
+    pub(super) fn handle_client(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message) {
         let h = msg.header;
         let (key, value_len) = match &msg.body {
             Body::Put { key, value } => (key, value.len()),
@@ -104,8 +104,8 @@ impl Node {
         Ok(replicas.contains(&self.cfg.id).then_some((sector, replicas)))
     }
 
-    fn forward(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header, coord: u32, body: Body) {
-        let op = self.new_op(OpKind::Forward, conn, h, 0, Vec::new(), 1, 1);
+    fn forward(&mut self, rx: &mut impl NodeIo, conn: ConnId, h: Header, coord: u32, body: Body) {
+        let op = self.new_op(rx.now(), OpKind::Forward, conn, h, 0, Vec::new(), 1, 1);
         if !self.ask_peer(rx, coord, op, body) {
             self.finish_op(rx, op, Some(Body::Error { reason: format!("coordinator server{coord} unreachable") }));
         }
@@ -114,6 +114,7 @@ impl Node {
     #[allow(clippy::too_many_arguments)]
     fn new_op(
         &mut self,
+        now: Instant,
         kind: OpKind,
         client: ConnId,
         header: Header,
@@ -123,7 +124,7 @@ impl Node {
         asked: usize,
     ) -> u64 {
         let id = self.next_id();
-        let deadline = Instant::now() + OP_DEADLINE;
+        let deadline = now + OP_DEADLINE;
         let op = Op {
             kind,
             client,
@@ -149,7 +150,7 @@ impl Node {
     #[allow(clippy::too_many_arguments)]
     fn start_write(
         &mut self,
-        rx: &mut Reactor<Link>,
+        rx: &mut impl NodeIo,
         conn: ConnId,
         h: Header,
         sector: u32,
@@ -157,7 +158,7 @@ impl Node {
         key: Vec<u8>,
         value: Option<Vec<u8>>,
     ) {
-        let version = self.clock.tick();
+        let version = self.clock.tick(rx.wall_ms());
         if let Err(e) = self.store.apply(sector, &key, version, value.as_deref()) {
             error!("write to sector {sector} failed: {e}");
             return self.reply(rx, conn, h, Body::Error { reason: format!("storage error: {e}") });
@@ -167,7 +168,7 @@ impl Node {
             return self.reply(rx, conn, h, Body::Ok);
         }
         let need = self.write_quorum().min(replicas.len()).max(1);
-        let op = self.new_op(OpKind::Write, conn, h, sector, key.clone(), need, replicas.len());
+        let op = self.new_op(rx.now(), OpKind::Write, conn, h, sector, key.clone(), need, replicas.len());
         let entry = Entry { key, version, value };
         self.count_answer(rx, op, self.cfg.id, Some(version), None);
         self.relay(rx, sector, &entry, &replicas);
@@ -187,7 +188,7 @@ impl Node {
     /// Sloppy quorum: a replica `down` could not take a write, so the next
     /// live node in ring order outside the preference list takes it with a
     /// hint naming `down`; its acknowledgement counts towards W.
-    fn hand_to_stand_in(&mut self, rx: &mut Reactor<Link>, op_id: u64, down: u32) {
+    fn hand_to_stand_in(&mut self, rx: &mut impl NodeIo, op_id: u64, down: u32) {
         let stand_in = match (self.ops.get(&op_id), &self.table) {
             (Some(op), Some(t)) => t.ring_from(op.sector).into_iter().find(|n| {
                 !op.tried.contains(n) && t.member(*n).is_some_and(|m| m.state == crate::table::NodeState::Up)
@@ -208,7 +209,7 @@ impl Node {
     }
 
     /// The connection to `node` closed: its answers will not come.
-    pub(super) fn ops_lost(&mut self, rx: &mut Reactor<Link>, node: u32) {
+    pub(super) fn ops_lost(&mut self, rx: &mut impl NodeIo, node: u32) {
         let lost: Vec<u64> = self.inflight.iter().filter(|(_, (_, n))| *n == node).map(|(r, _)| *r).collect();
         for req in lost {
             let Some((op, _)) = self.inflight.remove(&req) else { continue };
@@ -223,7 +224,7 @@ impl Node {
 
     fn start_read(
         &mut self,
-        rx: &mut Reactor<Link>,
+        rx: &mut impl NodeIo,
         conn: ConnId,
         h: Header,
         sector: u32,
@@ -239,7 +240,7 @@ impl Node {
             return self.reply(rx, conn, h, body);
         }
         let need = self.read_quorum().min(replicas.len()).max(1);
-        let op = self.new_op(OpKind::Read, conn, h, sector, key.clone(), need, replicas.len());
+        let op = self.new_op(rx.now(), OpKind::Read, conn, h, sector, key.clone(), need, replicas.len());
         match self.store.get(sector, &key) {
             // A copy still catching up does not count towards R.
             _ if !self.is_synced(sector) => self.count_failure(rx, op),
@@ -273,7 +274,7 @@ impl Node {
     /// Records one replica's answer; answers the client once the quorum is met.
     fn count_answer(
         &mut self,
-        rx: &mut Reactor<Link>,
+        rx: &mut impl NodeIo,
         op_id: u64,
         node: u32,
         version: Option<Version>,
@@ -303,7 +304,7 @@ impl Node {
     }
 
     /// Records a replica that could not be asked or did not answer.
-    fn count_failure(&mut self, rx: &mut Reactor<Link>, op_id: u64) {
+    fn count_failure(&mut self, rx: &mut impl NodeIo, op_id: u64) {
         let Some(op) = self.ops.get_mut(&op_id) else {
             return;
         };
@@ -318,7 +319,7 @@ impl Node {
     /// Answers the op's client. An op begun in an earlier turn read and
     /// wrote only what that turn's fsync made durable, so its answer need
     /// not wait for this turn's fsync.
-    fn answer_client(&mut self, rx: &mut Reactor<Link>, op_id: u64, body: Body) {
+    fn answer_client(&mut self, rx: &mut impl NodeIo, op_id: u64, body: Body) {
         let Some(op) = self.ops.get_mut(&op_id) else {
             return;
         };
@@ -333,7 +334,7 @@ impl Node {
     }
 
     /// Drops an op once every replica answered (after repairing stale ones).
-    fn maybe_retire(&mut self, rx: &mut Reactor<Link>, op_id: u64) {
+    fn maybe_retire(&mut self, rx: &mut impl NodeIo, op_id: u64) {
         let done = self.ops.get(&op_id).is_some_and(|op| op.ok + op.failed >= op.asked);
         if done {
             self.finish_op(rx, op_id, None);
@@ -342,7 +343,7 @@ impl Node {
 
     /// Ends an op: answers the client with `fallback` if nobody has yet,
     /// repairs stale replicas of a read, and forgets it.
-    fn finish_op(&mut self, rx: &mut Reactor<Link>, op_id: u64, fallback: Option<Body>) {
+    fn finish_op(&mut self, rx: &mut impl NodeIo, op_id: u64, fallback: Option<Body>) {
         if let Some(body) = fallback {
             if self.ops.get(&op_id).is_some_and(|op| !op.replied) {
                 self.answer_client(rx, op_id, body);
@@ -356,7 +357,7 @@ impl Node {
         }
     }
 
-    fn read_repair(&mut self, rx: &mut Reactor<Link>, op: &Op, newest: Entry) {
+    fn read_repair(&mut self, rx: &mut impl NodeIo, op: &Op, newest: Entry) {
         for &(node, version) in &op.answers {
             if version.is_some_and(|v| v >= newest.version) {
                 continue;
@@ -378,15 +379,15 @@ impl Node {
 
     /// Ends every op past its deadline (a periodic sweep instead of one
     /// timer per request).
-    pub(super) fn sweep_ops(&mut self, rx: &mut Reactor<Link>) {
-        let now = Instant::now();
+    pub(super) fn sweep_ops(&mut self, rx: &mut impl NodeIo) {
+        let now = rx.now();
         let late: Vec<u64> = self.ops.iter().filter(|(_, op)| op.deadline <= now).map(|(id, _)| *id).collect();
         for id in late {
             self.on_op_deadline(rx, id);
         }
     }
 
-    fn on_op_deadline(&mut self, rx: &mut Reactor<Link>, op_id: u64) {
+    fn on_op_deadline(&mut self, rx: &mut impl NodeIo, op_id: u64) {
         let Some(op) = self.ops.get(&op_id) else {
             return;
         };
@@ -397,7 +398,7 @@ impl Node {
 
     // ----- replies from peers -------------------------------------------
 
-    pub(super) fn handle_peer_reply(&mut self, rx: &mut Reactor<Link>, msg: Message) {
+    pub(super) fn handle_peer_reply(&mut self, rx: &mut impl NodeIo, msg: Message) {
         let Some((op_id, node)) = self.inflight.remove(&msg.header.req) else {
             return;
         };
@@ -438,7 +439,7 @@ impl Node {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn handle_store(
         &mut self,
-        rx: &mut Reactor<Link>,
+        rx: &mut impl NodeIo,
         conn: ConnId,
         h: Header,
         entry: Entry,
@@ -449,7 +450,7 @@ impl Node {
             return self.reply(rx, conn, h, Body::Error { reason: "no table yet".into() });
         };
         let sector = table.sector_of(&entry.key);
-        let age = crate::hlc::wall_ms().saturating_sub(entry.version.ms);
+        let age = rx.wall_ms().saturating_sub(entry.version.ms);
         if !repair && age > STALE_WRITE_MS {
             info!("refusing a replica write of sector {sector} made {age} ms ago");
             return self.reply(rx, conn, h, Body::Error { reason: format!("replica write arrived {age} ms late") });
@@ -480,7 +481,7 @@ impl Node {
     /// catching up) or INSPECT (an operator's look at the local copy).
     pub(super) fn handle_fetch(
         &mut self,
-        rx: &mut Reactor<Link>,
+        rx: &mut impl NodeIo,
         conn: ConnId,
         h: Header,
         key: Vec<u8>,
@@ -507,7 +508,7 @@ impl Node {
         rx.send_early(conn, &msg);
     }
 
-    pub(super) fn handle_stats(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header) {
+    pub(super) fn handle_stats(&mut self, rx: &mut impl NodeIo, conn: ConnId, h: Header) {
         let owned = self.table.as_ref().map_or(0, |t| t.owned_by(self.cfg.id));
         let missing = self.missing_sectors();
         let stats = Stats { sectors: owned as u32, keys: self.store.total_live_keys() as u64, missing: missing as u32 };

@@ -16,7 +16,7 @@
 //! quorums, replica writes and reads) and `sync` (moves, catch-up, hints,
 //! orphans, leaving).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 mod coord;
 mod sync;
@@ -34,33 +34,38 @@ use nix::sys::signal::Signal;
 use crate::cli::{Exit, EX_OSERR, EX_UNAVAILABLE};
 use crate::daemon::Readiness;
 use crate::hlc::Clock;
-use crate::idmap::IdMap;
+use crate::idmap::{IdMap, IdSet};
 use crate::manager::{error_reply, reopen_log};
 use crate::net::codec::{Body, Header, Limits, Message};
-use crate::net::{self, ConnId, Handler, Reactor};
+use crate::net::{self, ConnId, Handler, Io, Reactor};
 use crate::store::{FsyncPolicy, Store};
 use crate::table::{NodeState, Table};
 
-/// Timer payload: send a heartbeat to the manager.
-const TIMER_HEARTBEAT: u64 = 1;
-/// Timer payload: reconnect to the manager.
-const TIMER_MANAGER: u64 = 2;
-/// Timer payload: give up waiting to register at start.
-const TIMER_START_LIMIT: u64 = 3;
-/// Timer payload: retry failed sector pulls.
-const TIMER_PULL_RETRY: u64 = 4;
-/// Timer payload: offer hints for delivery.
-const TIMER_HINTS: u64 = 5;
-/// Timer payload: a leave took too long.
-const TIMER_LEAVE_LIMIT: u64 = 6;
+/// The storage node's timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// Send a heartbeat to the manager.
+    Heartbeat,
+    /// Reconnect to the manager.
+    Manager,
+    /// Give up waiting to register at start.
+    StartLimit,
+    /// Retry failed sector pulls.
+    PullRetry,
+    /// Offer hints for delivery.
+    Hints,
+    /// A leave took too long.
+    LeaveLimit,
+    /// End operations past their deadline.
+    OpSweep,
+    /// Create a few queued empty sectors.
+    Create,
+}
+
 /// How long a leaving node waits for its sectors to be taken over.
 const LEAVE_LIMIT: Duration = Duration::from_secs(120);
-/// Timer payload: end operations past their deadline.
-const TIMER_OP_SWEEP: u64 = 7;
 /// How often operations are checked against their deadline.
 const OP_SWEEP: Duration = Duration::from_millis(50);
-/// Timer payload: create a few queued empty sectors.
-const TIMER_CREATE: u64 = 8;
 /// Rounds of events a loop turn takes without waiting before its group
 /// commit (see `Reactor::drain_rounds`). Measured on 1 node, 50 clients
 /// (`gtstore-bench --preload`): 0 rounds 73k-80k ops/s, 8 rounds 92k-93k.
@@ -134,6 +139,11 @@ pub enum Link {
     Manager,
 }
 
+/// The driver a storage node runs on: the real loop or the simulator.
+pub trait NodeIo: Io<Data = Link, Timer = Timer> {}
+
+impl<X: Io<Data = Link, Timer = Timer>> NodeIo for X {}
+
 /// The storage node's state.
 pub struct Node {
     cfg: Config,
@@ -144,27 +154,27 @@ pub struct Node {
     /// The table the cluster is moving to, if a move runs.
     pending: Option<Table>,
     /// Sectors whose copy here is complete for the newest table.
-    synced: HashSet<u32>,
+    synced: IdSet<u32>,
     /// Complete but empty sectors whose files are still to be created.
     to_create: BTreeSet<u32>,
     /// Sectors being pulled, and those waiting their turn or a retry.
-    pulls: HashMap<u32, Pull>,
+    pulls: IdMap<u32, Pull>,
     pull_queue: VecDeque<u32>,
     pull_retry: Vec<u32>,
     /// Pull request id → (sector, source node).
-    pull_reqs: HashMap<u64, (u32, u32)>,
+    pull_reqs: IdMap<u64, (u32, u32)>,
     /// Pullers of each sector served here: later writes are relayed to them.
-    relays: HashMap<u32, Vec<u32>>,
+    relays: IdMap<u32, Vec<u32>>,
     /// Sectors streamed to a puller since the last switch (safe to drop).
-    served: HashSet<u32>,
+    served: IdSet<u32>,
     /// The epoch whose SYNCED was last sent.
     reported_epoch: u64,
     /// Writes held for unreachable nodes; the sector id is the target node.
     hints: Store,
     /// Groups of sends awaiting acknowledgement (orphans, hint delivery).
-    batches: HashMap<u64, Batch>,
+    batches: IdMap<u64, Batch>,
     /// Batch request id → (batch id, node).
-    batch_reqs: HashMap<u64, (u64, u32)>,
+    batch_reqs: IdMap<u64, (u64, u32)>,
     /// SIGTERM arrived: leaving the cluster.
     leaving: bool,
     /// Loop turns completed; everything applied in an earlier turn is on disk.
@@ -173,9 +183,9 @@ pub struct Node {
     failed: Option<Exit>,
     advertise: String,
     manager: Option<ConnId>,
-    peers: HashMap<u32, ConnId>,
+    peers: IdMap<u32, ConnId>,
     /// Peers whose connection failed, not to be retried yet.
-    backoff: HashMap<u32, Backoff>,
+    backoff: IdMap<u32, Backoff>,
     ops: IdMap<u64, Op>,
     /// Peer request id → (op id, peer node).
     inflight: IdMap<u64, (u64, u32)>,
@@ -184,6 +194,80 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node over its opened stores, advertising `advertise` to the
+    /// manager; `ready` is told once the node serves (None: nobody waits).
+    pub fn new(cfg: Config, store: Store, hints: Store, advertise: String, ready: Option<Readiness>) -> Node {
+        Node {
+            clock: Clock::new(cfg.id),
+            store,
+            hints,
+            table: None,
+            pending: None,
+            synced: IdSet::default(),
+            to_create: BTreeSet::new(),
+            pulls: IdMap::default(),
+            pull_queue: VecDeque::new(),
+            pull_retry: Vec::new(),
+            pull_reqs: IdMap::default(),
+            relays: IdMap::default(),
+            served: IdSet::default(),
+            reported_epoch: 0,
+            batches: IdMap::default(),
+            batch_reqs: IdMap::default(),
+            leaving: false,
+            turn: 0,
+            failed: None,
+            advertise,
+            manager: None,
+            peers: IdMap::default(),
+            backoff: IdMap::default(),
+            ops: IdMap::default(),
+            inflight: IdMap::default(),
+            next_id: 0,
+            ready,
+            cfg,
+        }
+    }
+
+    /// Connects to the manager and arms the first timers.
+    pub fn start(&mut self, rx: &mut impl NodeIo) {
+        self.connect_manager(rx);
+        rx.add_timer(self.cfg.heartbeat, Timer::Heartbeat);
+        rx.add_timer(START_LIMIT, Timer::StartLimit);
+        rx.add_timer(sync::HINT_PERIOD, Timer::Hints);
+        rx.add_timer(OP_SWEEP, Timer::OpSweep);
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> u32 {
+        self.cfg.id
+    }
+
+    /// The node's sectors (for the simulator's checker).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The node's hint store.
+    pub fn hints(&self) -> &Store {
+        &self.hints
+    }
+
+    /// The table requests are routed by, and the pending one.
+    pub fn tables(&self) -> (Option<&Table>, Option<&Table>) {
+        (self.table.as_ref(), self.pending.as_ref())
+    }
+
+    /// True if this node's copy of `sector` is complete for the newest table.
+    pub fn holds_synced(&self, sector: u32) -> bool {
+        self.synced.contains(&sector)
+    }
+
+    /// Why the node stopped, if it failed.
+    pub fn failure(&self) -> Option<&Exit> {
+        self.failed.as_ref()
+    }
+
     fn limits(&self) -> (usize, usize) {
         (self.cfg.max_key, self.cfg.max_value)
     }
@@ -195,19 +279,19 @@ impl Node {
 
     // ----- manager link -------------------------------------------------
 
-    fn connect_manager(&mut self, rx: &mut Reactor<Link>) {
+    fn connect_manager(&mut self, rx: &mut impl NodeIo) {
         match rx.connect(self.cfg.manager, Link::Manager) {
             Ok(id) => self.manager = Some(id),
             Err(e) => {
                 warn!("cannot reach manager {}: {e}", self.cfg.manager);
-                rx.add_timer(Duration::from_millis(300), TIMER_MANAGER);
+                rx.add_timer(Duration::from_millis(300), Timer::Manager);
             }
         }
     }
 
     /// Registers on a new manager connection; a leaving node that lost
     /// its connection announces the leave again right after.
-    fn register(&mut self, rx: &mut Reactor<Link>) {
+    fn register(&mut self, rx: &mut impl NodeIo) {
         let Some(m) = self.manager else { return };
         let header = Header { node: self.cfg.id, req: self.next_id(), ..Header::default() };
         rx.send(m, &Message { header, body: Body::Register { id: self.cfg.id, addr: self.advertise.clone() } });
@@ -221,13 +305,13 @@ impl Node {
 
     /// The persistent connection to peer `node`, opened if needed; `None`
     /// while a reconnect backoff to it runs.
-    fn peer(&mut self, rx: &mut Reactor<Link>, node: u32) -> Option<ConnId> {
+    fn peer(&mut self, rx: &mut impl NodeIo, node: u32) -> Option<ConnId> {
         if let Some(&id) = self.peers.get(&node) {
-            if rx.conn(id).is_some() {
+            if rx.is_open(id) {
                 return Some(id);
             }
         }
-        if self.backoff.get(&node).is_some_and(|b| b.until > Instant::now()) {
+        if self.backoff.get(&node).is_some_and(|b| b.until > rx.now()) {
             return None;
         }
         let addr = self
@@ -250,7 +334,7 @@ impl Node {
     }
 
     /// Sends `body` to peer `node` on behalf of op `op`; false if unreachable.
-    fn ask_peer(&mut self, rx: &mut Reactor<Link>, node: u32, op: u64, body: Body) -> bool {
+    fn ask_peer(&mut self, rx: &mut impl NodeIo, node: u32, op: u64, body: Body) -> bool {
         let Some(conn) = self.peer(rx, node) else {
             return false;
         };
@@ -274,7 +358,7 @@ impl Node {
 
 impl Node {
     /// A request from a client or a peer that connected to us.
-    fn handle_inbound(&mut self, rx: &mut Reactor<Link>, conn: ConnId, msg: Message) {
+    fn handle_inbound(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message) {
         let h = msg.header;
         match msg.body {
             Body::Put { .. } | Body::Get { .. } | Body::Del { .. } => self.handle_client(rx, conn, msg),
@@ -291,7 +375,7 @@ impl Node {
     }
 
     /// A reply on one of our peer connections.
-    fn handle_from_peer(&mut self, rx: &mut Reactor<Link>, msg: Message) {
+    fn handle_from_peer(&mut self, rx: &mut impl NodeIo, msg: Message) {
         let req = msg.header.req;
         if self.is_pull_req(req) {
             match msg.body {
@@ -305,18 +389,18 @@ impl Node {
         }
     }
 
-    fn heartbeat(&mut self, rx: &mut Reactor<Link>) {
+    fn heartbeat(&mut self, rx: &mut impl NodeIo) {
         if let Some(m) = self.manager {
             let epoch = self.newest().map_or(0, |t| t.epoch);
             let header = Header { node: self.cfg.id, ..Header::default() };
             rx.send(m, &Message { header, body: Body::Heartbeat { epoch } });
         }
-        rx.add_timer(self.cfg.heartbeat, TIMER_HEARTBEAT);
+        rx.add_timer(self.cfg.heartbeat, Timer::Heartbeat);
     }
 
     /// The start limit: a node that has not even got a table from the
     /// manager gives up; one that is receiving its sectors keeps going.
-    fn give_up_starting(&mut self, rx: &mut Reactor<Link>) {
+    fn give_up_starting(&mut self, rx: &mut impl NodeIo) {
         if self.table.is_some() {
             return;
         }
@@ -332,13 +416,14 @@ impl Node {
 
 impl Handler for Node {
     type Data = Link;
+    type Timer = Timer;
 
     fn accepted(&mut self, _peer: Option<SocketAddr>) -> Link {
         Link::Inbound
     }
 
-    fn on_message(&mut self, rx: &mut Reactor<Link>, conn: ConnId, msg: Message) {
-        let link = rx.conn(conn).map(|c| c.data).unwrap_or_default();
+    fn on_message<X: NodeIo>(&mut self, rx: &mut X, conn: ConnId, msg: Message) {
+        let link = rx.data(conn).copied().unwrap_or_default();
         match (link, msg.body) {
             (Link::Manager, Body::TableMsg { table, pending, .. }) => self.on_tables(rx, table, pending),
             (Link::Manager, Body::Error { reason }) => match self.ready.take() {
@@ -357,27 +442,27 @@ impl Handler for Node {
         }
     }
 
-    fn on_timer(&mut self, rx: &mut Reactor<Link>, payload: u64) {
-        match payload {
-            TIMER_HEARTBEAT => self.heartbeat(rx),
-            TIMER_MANAGER if self.manager.is_none() => self.connect_manager(rx),
-            TIMER_START_LIMIT => self.give_up_starting(rx),
-            TIMER_PULL_RETRY => self.on_pull_retry(rx),
-            TIMER_HINTS => self.deliver_hints(rx),
-            TIMER_CREATE => self.create_some(rx),
-            TIMER_LEAVE_LIMIT => {
+    fn on_timer<X: NodeIo>(&mut self, rx: &mut X, timer: Timer) {
+        match timer {
+            Timer::Heartbeat => self.heartbeat(rx),
+            Timer::Manager if self.manager.is_none() => self.connect_manager(rx),
+            Timer::Manager => {}
+            Timer::StartLimit => self.give_up_starting(rx),
+            Timer::PullRetry => self.on_pull_retry(rx),
+            Timer::Hints => self.deliver_hints(rx),
+            Timer::Create => self.create_some(rx),
+            Timer::LeaveLimit => {
                 warn!("leave not finished within {LEAVE_LIMIT:?}; exiting with the data on disk");
                 rx.stop();
             }
-            TIMER_OP_SWEEP => {
+            Timer::OpSweep => {
                 self.sweep_ops(rx);
-                rx.add_timer(OP_SWEEP, TIMER_OP_SWEEP);
+                rx.add_timer(OP_SWEEP, Timer::OpSweep);
             }
-            _ => {}
         }
     }
 
-    fn on_signal(&mut self, rx: &mut Reactor<Link>, sig: Signal) {
+    fn on_signal<X: NodeIo>(&mut self, rx: &mut X, sig: Signal) {
         match sig {
             Signal::SIGHUP => reopen_log(&self.cfg.log_file),
             _ => {
@@ -387,21 +472,21 @@ impl Handler for Node {
         }
     }
 
-    fn on_connected(&mut self, rx: &mut Reactor<Link>, conn: ConnId) {
+    fn on_connected<X: NodeIo>(&mut self, rx: &mut X, conn: ConnId) {
         if Some(conn) == self.manager {
             self.register(rx);
         }
-        if let Some(Link::Peer(node)) = rx.conn(conn).map(|c| c.data) {
+        if let Some(&Link::Peer(node)) = rx.data(conn) {
             self.backoff.remove(&node);
         }
     }
 
-    fn on_closed(&mut self, rx: &mut Reactor<Link>, conn: ConnId, link: Link) {
+    fn on_closed<X: NodeIo>(&mut self, rx: &mut X, conn: ConnId, link: Link) {
         match link {
             Link::Manager => {
                 if self.manager == Some(conn) {
                     self.manager = None;
-                    rx.add_timer(Duration::from_millis(300), TIMER_MANAGER);
+                    rx.add_timer(Duration::from_millis(300), Timer::Manager);
                 }
             }
             Link::Peer(node) => {
@@ -410,7 +495,7 @@ impl Handler for Node {
                 }
                 // Reconnect with backoff: 50 ms, doubling to 2 s while it fails.
                 let delay = self.backoff.get(&node).map_or(PEER_BACKOFF_MIN, |b| (b.delay * 2).min(PEER_BACKOFF_MAX));
-                self.backoff.insert(node, Backoff { until: Instant::now() + delay, delay });
+                self.backoff.insert(node, Backoff { until: rx.now() + delay, delay });
                 self.ops_lost(rx, node);
                 self.pulls_lost(rx, node);
                 self.batches_lost(node);
@@ -422,20 +507,19 @@ impl Handler for Node {
     /// Replica reads leave before the fsync; what they may show must at
     /// least survive a crash of this process, so the turn's WAL frames are
     /// written (not yet synced) first.
-    fn before_early_flush(&mut self, _rx: &mut Reactor<Link>) {
+    fn before_early_flush<X: NodeIo>(&mut self, rx: &mut X) {
         if let Err(e) = self.store.write_out() {
-            error!("write-ahead log write failed: {e}; exiting so no unsynced write is acknowledged");
-            std::process::exit(EX_OSERR);
+            rx.abort(EX_OSERR, &format!("write-ahead log write failed: {e}"));
         }
     }
 
-    fn before_sleep(&mut self, _rx: &mut Reactor<Link>) {
+    fn before_sleep<X: NodeIo>(&mut self, rx: &mut X) {
         let synced = self.store.sync_dirty().and_then(|_| self.hints.sync_dirty());
         if let Err(e) = synced {
             // Acknowledging a write that is not on disk would break the
             // contract; stop before any reply of this turn is written.
-            error!("fsync failed: {e}; exiting so no unsynced write is acknowledged");
-            std::process::exit(EX_OSERR);
+            rx.abort(EX_OSERR, &format!("fsync failed: {e}"));
+            return;
         }
         // Everything applied up to now is durable.
         self.turn += 1;
@@ -463,7 +547,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         cfg.data_dir.display()
     );
     let limits = Limits { max_header: cfg.max_header, max_body: cfg.max_key + cfg.max_value + 256 };
-    let started = (|| -> net::Result<(Reactor<Link>, SocketAddr)> {
+    let started = (|| -> net::Result<(Reactor<Link, Timer>, SocketAddr)> {
         let mut rx = Reactor::new(limits)?;
         rx.max_conns = cfg.max_conns;
         rx.drain_rounds = DRAIN_ROUNDS;
@@ -479,41 +563,8 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
     println!("listening on {bound}");
     let _ = std::io::stdout().flush();
     info!("node {} listening on {bound}", cfg.id);
-    let mut node = Node {
-        clock: Clock::new(cfg.id),
-        store,
-        hints,
-        table: None,
-        pending: None,
-        synced: HashSet::new(),
-        to_create: BTreeSet::new(),
-        pulls: HashMap::new(),
-        pull_queue: VecDeque::new(),
-        pull_retry: Vec::new(),
-        pull_reqs: HashMap::new(),
-        relays: HashMap::new(),
-        served: HashSet::new(),
-        reported_epoch: 0,
-        batches: HashMap::new(),
-        batch_reqs: HashMap::new(),
-        leaving: false,
-        turn: 0,
-        failed: None,
-        advertise: bound.to_string(),
-        manager: None,
-        peers: HashMap::new(),
-        backoff: HashMap::new(),
-        ops: IdMap::default(),
-        inflight: IdMap::default(),
-        next_id: 0,
-        ready: Some(ready),
-        cfg,
-    };
-    node.connect_manager(&mut rx);
-    rx.add_timer(node.cfg.heartbeat, TIMER_HEARTBEAT);
-    rx.add_timer(START_LIMIT, TIMER_START_LIMIT);
-    rx.add_timer(sync::HINT_PERIOD, TIMER_HINTS);
-    rx.add_timer(OP_SWEEP, TIMER_OP_SWEEP);
+    let mut node = Node::new(cfg, store, hints, bound.to_string(), Some(ready));
+    node.start(&mut rx);
     let started_at = Instant::now();
     net::run(&mut rx, &mut node).map_err(|e| Exit::new(EX_OSERR, format!("event loop: {e}")))?;
     if let Err(e) = node.store.sync_dirty() {

@@ -15,14 +15,14 @@
 //! pushed to the holders first and the sector is dropped once all of them
 //! acknowledged.
 
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use crate::idmap::IdSet;
+use std::time::Duration;
 
 use log::{error, info, warn};
 
-use super::{Link, Node, TIMER_CREATE, TIMER_HINTS, TIMER_PULL_RETRY};
+use super::{Node, NodeIo, Timer};
 use crate::net::codec::{Body, Entry, Header, Message};
-use crate::net::{ConnId, Reactor};
+use crate::net::ConnId;
 use crate::table::{hash_key, NodeState, Table};
 
 /// Sectors pulled at once.
@@ -102,7 +102,7 @@ impl Node {
     }
 
     /// A new table (and pending table) from the manager.
-    pub(super) fn on_tables(&mut self, rx: &mut Reactor<Link>, table: Table, pending: Option<Table>) {
+    pub(super) fn on_tables(&mut self, rx: &mut impl NodeIo, table: Table, pending: Option<Table>) {
         let newest = pending.as_ref().map_or(table.epoch, |p| p.epoch);
         if self.newest().is_some_and(|t| t.epoch > newest) {
             return;
@@ -136,8 +136,8 @@ impl Node {
     /// Sectors on disk that this node holds under neither table: those it
     /// streamed to their new holders during the move are dropped; the rest
     /// (it was away while they moved) are handed to the holders first.
-    fn settle_unheld(&mut self, rx: &mut Reactor<Link>) {
-        let mut keep: HashSet<u32> = self.wanted().into_iter().collect();
+    fn settle_unheld(&mut self, rx: &mut impl NodeIo) {
+        let mut keep: IdSet<u32> = self.wanted().into_iter().collect();
         if let Some(t) = &self.table {
             keep.extend(t.sectors_held_by(self.cfg.id));
         }
@@ -159,9 +159,9 @@ impl Node {
     }
 
     /// Queues a pull of every wanted sector that is not synced yet.
-    fn start_pulls(&mut self, rx: &mut Reactor<Link>) {
+    fn start_pulls(&mut self, rx: &mut impl NodeIo) {
         let wanted = self.wanted();
-        let wanted_set: HashSet<u32> = wanted.iter().copied().collect();
+        let wanted_set: IdSet<u32> = wanted.iter().copied().collect();
         self.synced.retain(|s| wanted_set.contains(s));
         self.to_create.retain(|s| wanted_set.contains(s));
         for s in wanted {
@@ -181,7 +181,7 @@ impl Node {
             .collect()
     }
 
-    fn pump_pulls(&mut self, rx: &mut Reactor<Link>) {
+    fn pump_pulls(&mut self, rx: &mut impl NodeIo) {
         while self.pulls.len() < MAX_PULLS {
             let Some(s) = self.pull_queue.pop_front() else { break };
             let sources = self.sources(s);
@@ -216,15 +216,15 @@ impl Node {
         }
     }
 
-    fn retry_pull(&mut self, rx: &mut Reactor<Link>, sector: u32) {
+    fn retry_pull(&mut self, rx: &mut impl NodeIo, sector: u32) {
         if self.pull_retry.is_empty() {
-            rx.add_timer(PULL_RETRY, TIMER_PULL_RETRY);
+            rx.add_timer(PULL_RETRY, Timer::PullRetry);
         }
         self.pull_retry.push(sector);
     }
 
     /// The retry timer: queue the failed sectors again.
-    pub(super) fn on_pull_retry(&mut self, rx: &mut Reactor<Link>) {
+    pub(super) fn on_pull_retry(&mut self, rx: &mut impl NodeIo) {
         for s in std::mem::take(&mut self.pull_retry) {
             if !self.pull_queue.contains(&s) {
                 self.pull_queue.push_back(s);
@@ -235,7 +235,7 @@ impl Node {
     }
 
     /// A CHUNK of a sector this node is pulling.
-    pub(super) fn on_chunk(&mut self, rx: &mut Reactor<Link>, req: u64, entries: Vec<Entry>, last: bool) {
+    pub(super) fn on_chunk(&mut self, rx: &mut impl NodeIo, req: u64, entries: Vec<Entry>, last: bool) {
         let Some(&(sector, _)) = self.pull_reqs.get(&req) else { return };
         for e in entries {
             self.clock.observe(e.version);
@@ -251,7 +251,7 @@ impl Node {
     }
 
     /// One source's stream ended (`ok`) or broke.
-    pub(super) fn pull_ended(&mut self, rx: &mut Reactor<Link>, req: u64, ok: bool) {
+    pub(super) fn pull_ended(&mut self, rx: &mut impl NodeIo, req: u64, ok: bool) {
         let Some((sector, src)) = self.pull_reqs.remove(&req) else { return };
         let Some(pull) = self.pulls.get_mut(&sector) else { return };
         pull.left = pull.left.saturating_sub(1);
@@ -275,11 +275,11 @@ impl Node {
     /// `sector` is complete here. If it is still empty, its directory and
     /// segment are queued for [`Node::create_some`], so that its first
     /// write, on a client's path, seldom has to create them.
-    fn mark_synced(&mut self, rx: &mut Reactor<Link>, sector: u32) {
+    fn mark_synced(&mut self, rx: &mut impl NodeIo, sector: u32) {
         self.synced.insert(sector);
         if !self.store.has_sector(sector) {
             if self.to_create.is_empty() {
-                rx.add_timer(Duration::ZERO, TIMER_CREATE);
+                rx.add_timer(Duration::ZERO, Timer::Create);
             }
             self.to_create.insert(sector);
         }
@@ -288,16 +288,16 @@ impl Node {
     /// Creates queued empty sectors for at most `CREATE_BUDGET` per turn,
     /// in the background: a join's thousand creations neither stall the
     /// loop nor delay the join, and most first writes find their files.
-    pub(super) fn create_some(&mut self, rx: &mut Reactor<Link>) {
-        let started = Instant::now();
-        while started.elapsed() < CREATE_BUDGET {
+    pub(super) fn create_some(&mut self, rx: &mut impl NodeIo) {
+        let started = rx.now();
+        while rx.now().saturating_duration_since(started) < CREATE_BUDGET {
             let Some(sector) = self.to_create.pop_first() else { break };
             if let Err(e) = self.store.ensure_sector(sector) {
                 warn!("cannot create sector {sector}: {e}; its first write will try again");
             }
         }
         if !self.to_create.is_empty() {
-            rx.add_timer(CREATE_PAUSE, TIMER_CREATE);
+            rx.add_timer(CREATE_PAUSE, Timer::Create);
         }
     }
 
@@ -307,7 +307,7 @@ impl Node {
     }
 
     /// Fails every pull in flight to `node` (its connection closed).
-    pub(super) fn pulls_lost(&mut self, rx: &mut Reactor<Link>, node: u32) {
+    pub(super) fn pulls_lost(&mut self, rx: &mut impl NodeIo, node: u32) {
         let lost: Vec<u64> = self.pull_reqs.iter().filter(|(_, (_, n))| *n == node).map(|(r, _)| *r).collect();
         for req in lost {
             self.pull_ended(rx, req, false);
@@ -315,7 +315,7 @@ impl Node {
     }
 
     /// Reports SYNCED and readiness once every wanted sector is in.
-    fn after_progress(&mut self, rx: &mut Reactor<Link>) {
+    fn after_progress(&mut self, rx: &mut impl NodeIo) {
         let all_in = self.wanted().iter().all(|s| self.synced.contains(s));
         if !all_in {
             return;
@@ -344,7 +344,7 @@ impl Node {
 
     /// Streams `sector` to the puller unless its digest already matches,
     /// and relays the sector's later writes to it until the move ends.
-    pub(super) fn handle_pull(&mut self, rx: &mut Reactor<Link>, conn: ConnId, h: Header, sector: u32, their: u64) {
+    pub(super) fn handle_pull(&mut self, rx: &mut impl NodeIo, conn: ConnId, h: Header, sector: u32, their: u64) {
         let puller = h.node;
         self.served.insert(sector);
         if puller != 0 {
@@ -387,7 +387,7 @@ impl Node {
     /// Copies a write of `sector` to the nodes moving in: pullers that
     /// registered here and holders under the pending table. Fire and forget;
     /// `skip` already have it.
-    pub(super) fn relay(&mut self, rx: &mut Reactor<Link>, sector: u32, entry: &Entry, skip: &[u32]) {
+    pub(super) fn relay(&mut self, rx: &mut impl NodeIo, sector: u32, entry: &Entry, skip: &[u32]) {
         let mut targets: Vec<u32> = self.relays.get(&sector).cloned().unwrap_or_default();
         if let Some(p) = &self.pending {
             targets.extend(p.preference(sector));
@@ -412,7 +412,7 @@ impl Node {
 
     /// Sends the records of a sector this node no longer holds to its
     /// current holders and drops it once every holder acknowledged.
-    fn push_orphan(&mut self, rx: &mut Reactor<Link>, s: u32) {
+    fn push_orphan(&mut self, rx: &mut impl NodeIo, s: u32) {
         let entries = match self.store.scan(s) {
             Ok(items) => items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect(),
             Err(e) => {
@@ -426,8 +426,8 @@ impl Node {
 
     /// Delivers hints whose target is back (or gone for good) to the
     /// current holders of each key.
-    pub(super) fn deliver_hints(&mut self, rx: &mut Reactor<Link>) {
-        rx.add_timer(HINT_PERIOD, TIMER_HINTS);
+    pub(super) fn deliver_hints(&mut self, rx: &mut impl NodeIo) {
+        rx.add_timer(HINT_PERIOD, Timer::Hints);
         let Some(t) = self.table.clone() else { return };
         for target in self.hints.sector_ids() {
             let back = t.member(target).is_none_or(|m| m.state == NodeState::Up);
@@ -451,7 +451,7 @@ impl Node {
 
     /// Sends each entry to the live holders of its key (applying it here
     /// if this node is one) and runs `done` once all are acknowledged.
-    fn send_batch(&mut self, rx: &mut Reactor<Link>, entries: Vec<Entry>, done: BatchDone) {
+    fn send_batch(&mut self, rx: &mut impl NodeIo, entries: Vec<Entry>, done: BatchDone) {
         let Some(t) = self.table.clone() else { return };
         let id = self.next_id();
         let mut batch = Batch { left: 0, failed: false, done };
@@ -533,7 +533,7 @@ impl Node {
 
     /// SIGTERM or SIGINT: announce the leave; the node keeps serving as a
     /// source until the manager's table no longer lists it.
-    pub(super) fn start_leave(&mut self, rx: &mut Reactor<Link>) {
+    pub(super) fn start_leave(&mut self, rx: &mut impl NodeIo) {
         if self.leaving {
             return;
         }
@@ -546,6 +546,6 @@ impl Node {
         info!("leaving: handing sectors over");
         let msg = Message { header: Header { node: self.cfg.id, req: self.next_id(), client: 0 }, body: Body::Leave };
         rx.send(m, &msg);
-        rx.add_timer(super::LEAVE_LIMIT, super::TIMER_LEAVE_LIMIT);
+        rx.add_timer(super::LEAVE_LIMIT, Timer::LeaveLimit);
     }
 }
