@@ -224,15 +224,7 @@ impl Client {
 
     /// The key's live preference list, coordinator first.
     fn candidates(&self, key: &[u8]) -> Vec<u32> {
-        let t = &self.table;
-        let pref = t.preference(t.sector_of(key));
-        let up: Vec<u32> =
-            pref.iter().copied().filter(|&n| t.member(n).is_some_and(|m| m.state == NodeState::Up)).collect();
-        if up.is_empty() {
-            pref
-        } else {
-            up
-        }
+        candidates(&self.table, key)
     }
 
     fn attempt(&mut self, node: u32, body: &Body) -> Attempt {
@@ -260,7 +252,22 @@ impl Client {
     }
 }
 
-fn is_retryable(reason: &str) -> bool {
+/// The nodes a request for `key` is tried on, in order: the key's live
+/// preference list, coordinator first (the whole list if none is up).
+/// Shared with `gtstore-sim`'s clients.
+pub fn candidates(t: &Table, key: &[u8]) -> Vec<u32> {
+    let pref = t.preference(t.sector_of(key));
+    let up: Vec<u32> =
+        pref.iter().copied().filter(|&n| t.member(n).is_some_and(|m| m.state == NodeState::Up)).collect();
+    if up.is_empty() {
+        pref
+    } else {
+        up
+    }
+}
+
+/// True if an error reply means: try another replica.
+pub fn is_retryable(reason: &str) -> bool {
     reason.contains("quorum")
         || reason.contains("timed out")
         || reason.contains("unreachable")

@@ -26,6 +26,7 @@ pub mod hlc;
 pub mod idmap;
 pub mod manager;
 pub mod net;
+pub mod sim;
 pub mod storage;
 pub mod store;
 pub mod table;

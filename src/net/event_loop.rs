@@ -64,6 +64,11 @@ impl ConnId {
         ConnId { key, gen }
     }
 
+    /// The slot key and generation [`ConnId::new`] was given.
+    pub fn parts(self) -> (usize, u32) {
+        (self.key, self.gen)
+    }
+
     fn token(self) -> u64 {
         ((self.gen as u64) << 32) | (self.key as u64 + FIRST_CONN)
     }

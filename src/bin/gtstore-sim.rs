@@ -1,0 +1,105 @@
+//! gtstore-sim: runs whole simulated clusters from seeds and checks them.
+//! Thin main over `gtstore::sim`; see gtstore-sim(1).
+
+use std::time::Instant;
+
+use gtstore::cli::{EX_OK, EX_SOFTWARE, EX_USAGE};
+use gtstore::sim;
+
+const USAGE: &str = "usage: gtstore-sim [--seeds N] [--first S] [--seed S] [--trace] [--quiet]";
+
+fn main() {
+    std::process::exit(run());
+}
+
+fn run() -> i32 {
+    let mut opts = getopts::Options::new();
+    opts.optopt("n", "seeds", "how many seeds to run (default 200)", "N");
+    opts.optopt("f", "first", "the first seed of the range (default 1)", "S");
+    opts.optopt("s", "seed", "run this one seed (a replay)", "S");
+    opts.optflag("t", "trace", "print the whole trace of each failing seed");
+    opts.optflag("q", "quiet", "print only failures and the summary line");
+    opts.optflag("h", "help", "print this help");
+    opts.optflag("V", "version", "print the version");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let m = match opts.parse(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("gtstore-sim: {e}\n{USAGE}");
+            return EX_USAGE;
+        }
+    };
+    if m.opt_present("help") {
+        print!("{}", opts.usage(USAGE));
+        return EX_OK;
+    }
+    if m.opt_present("version") {
+        println!("gtstore-sim {}", env!("CARGO_PKG_VERSION"));
+        return EX_OK;
+    }
+    let num = |name: &str, default: u64| -> Result<u64, String> {
+        match m.opt_str(name) {
+            None => Ok(default),
+            Some(s) => s.parse::<u64>().map_err(|_| format!("--{name} {s:?}: not a number")),
+        }
+    };
+    let parsed = (|| Ok::<_, String>((num("seeds", 200)?, num("first", 1)?, m.opt_str("seed"))))();
+    let (count, first, one) = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("gtstore-sim: {e}\n{USAGE}");
+            return EX_USAGE;
+        }
+    };
+    let seeds: Vec<u64> = match one {
+        Some(s) => match s.parse::<u64>() {
+            Ok(s) => vec![s],
+            Err(_) => {
+                eprintln!("gtstore-sim: --seed {s:?}: not a number\n{USAGE}");
+                return EX_USAGE;
+            }
+        },
+        None => (first..first.saturating_add(count)).collect(),
+    };
+    let (full_trace, quiet) = (m.opt_present("trace") || seeds.len() == 1, m.opt_present("quiet"));
+    let root = std::env::temp_dir().join(format!("gtstore-sim-{}", std::process::id()));
+    let started = Instant::now();
+    let (mut failed, mut faults, mut ops) = (Vec::new(), 0usize, 0usize);
+    for &seed in &seeds {
+        let r = sim::run_seed(seed, &root);
+        faults += r.faults;
+        ops += r.ops;
+        if r.failures.is_empty() {
+            if !quiet {
+                println!("seed {seed}: ok ({}; {} faults, {} ops)", r.summary, r.faults, r.ops);
+            }
+            continue;
+        }
+        println!("seed {seed}: FAILED ({})", r.summary);
+        for f in &r.failures {
+            println!("  {f}");
+        }
+        let lines: Vec<&str> =
+            if full_trace { r.trace.iter().map(String::as_str).collect() } else { sim::relevant_trace(&r) };
+        for l in lines.iter().rev().take(if full_trace { usize::MAX } else { 40 }).rev() {
+            println!("    | {l}");
+        }
+        failed.push(seed);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "{} seeds in {secs:.1} s ({:.0} seeds/min), {faults} faults, {ops} client operations",
+        seeds.len(),
+        seeds.len() as f64 * 60.0 / secs
+    );
+    println!("sim: {} seeds, {} failed", seeds.len(), failed.len());
+    for s in &failed {
+        println!("replay: target/release/gtstore-sim --seed {s} --trace");
+    }
+    if failed.is_empty() {
+        EX_OK
+    } else {
+        EX_SOFTWARE
+    }
+}

@@ -1,0 +1,157 @@
+//! The checker: an oracle outside the system, over the history of client
+//! operations and the replicas' final state.
+//!
+//! Rules (README "Testing"):
+//! - (a) For every key, the final quorum read and every replica's copy come
+//!   from a write that no acknowledged write of the key follows in real
+//!   time: an acknowledged write is never lost, nor overwritten by a write
+//!   that completed before it began. A write the client gave up on may land
+//!   until its deadline (the client's total deadline after its invocation),
+//!   never later.
+//! - (b) A deleted key does not come back without a later put (the same
+//!   rule with deletes as writes).
+//! - Reads return only values some put wrote, and never one invoked after
+//!   the read ended.
+//! - (c) After healing every sector has N copies and they agree.
+//! - (d) Every join and leave finished and the final reads succeeded.
+
+use std::collections::BTreeMap;
+
+use super::client::OP_DEADLINE;
+use super::history::{History, Kind, Op, Outcome};
+use super::host::Time;
+
+/// Where a final copy of a key came from, as far as can be told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Copy {
+    /// This value (a put's).
+    Value(Vec<u8>),
+    /// A tombstone or nothing at all.
+    Absent,
+}
+
+/// The latest time `op` may take effect: its acknowledgement, or for a
+/// write its client gave up on, its deadline.
+fn effect_end(op: &Op) -> Time {
+    match (&op.outcome, op.end) {
+        (Outcome::Acked, Some(end)) => end,
+        _ => op.invoke + OP_DEADLINE,
+    }
+}
+
+/// Checks one key's final copy (`what` names where it was seen). Returns a
+/// description of the violation, if any.
+pub fn check_copy(history: &History, key: &[u8], copy: &Copy, what: &str) -> Option<String> {
+    let writes: Vec<&Op> = history.ops.iter().filter(|o| o.is_write() && o.key == key).collect();
+    let acked_after = |end: Time| writes.iter().find(|w| w.acked() && w.invoke > end).copied();
+    match copy {
+        Copy::Value(v) => {
+            let Some(src) = writes.iter().find(|w| w.kind == Kind::Put && w.value.as_deref() == Some(v)) else {
+                return Some(format!("{what}: value {} was never written", show(v)));
+            };
+            let later = acked_after(effect_end(src))?;
+            Some(format!(
+                "{what}: {} (put by client {} at {}) survives, but {} acknowledged at {} began after it ended at {}",
+                show(v),
+                src.client,
+                ms(src.invoke),
+                describe(later),
+                ms(later.end.unwrap_or(0)),
+                ms(effect_end(src))
+            ))
+        }
+        Copy::Absent => {
+            let last_delete = writes.iter().filter(|w| w.kind == Kind::Del).map(|w| effect_end(w)).max().unwrap_or(0);
+            let lost = writes.iter().find(|w| w.kind == Kind::Put && w.acked() && w.invoke > last_delete)?;
+            Some(format!(
+                "{what}: no value, but {} was acknowledged at {} after every delete could have landed",
+                describe(lost),
+                ms(lost.end.unwrap_or(0))
+            ))
+        }
+    }
+}
+
+/// Reads return only values that were written before they ended.
+pub fn check_reads(history: &History) -> Vec<String> {
+    let mut puts: BTreeMap<(&[u8], &[u8]), Time> = BTreeMap::new();
+    for op in history.ops.iter().filter(|o| o.kind == Kind::Put) {
+        if let Some(v) = &op.value {
+            puts.insert((op.key.as_slice(), v.as_slice()), op.invoke);
+        }
+    }
+    let mut bad = Vec::new();
+    for op in history.ops.iter().filter(|o| o.kind == Kind::Get) {
+        if let (Outcome::Value(v), Some(end)) = (&op.outcome, op.end) {
+            match puts.get(&(op.key.as_slice(), v.as_slice())) {
+                Some(&invoked) if invoked <= end => {}
+                Some(_) => bad.push(format!("{}: read a value written after the read ended", describe(op))),
+                None => bad.push(format!("{}: read {} that no put wrote", describe(op), show(v))),
+            }
+        }
+    }
+    bad
+}
+
+/// One operation for a report.
+pub fn describe(op: &Op) -> String {
+    let what = match op.kind {
+        Kind::Put => format!("put {}={}", show(&op.key), show(op.value.as_deref().unwrap_or_default())),
+        Kind::Del => format!("del {}", show(&op.key)),
+        Kind::Get => format!("get {}", show(&op.key)),
+    };
+    let end = op.end.map_or("-".to_string(), ms);
+    format!("client {} {what} [{} .. {end}] {:?} via server{}", op.client, ms(op.invoke), op.outcome, op.node)
+}
+
+/// Bytes for people.
+pub fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A simulated time in milliseconds, for reports.
+pub fn ms(t: Time) -> String {
+    format!("{}.{:03}s", t / 1_000_000, (t / 1000) % 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(h: &mut History, client: usize, v: &str, invoke: Time, end: Time, acked: bool) {
+        let id = h.invoke(client, Kind::Put, b"k".to_vec(), Some(v.as_bytes().to_vec()), invoke);
+        let outcome = if acked { Outcome::Acked } else { Outcome::Failed("timeout".into()) };
+        h.complete(id, outcome, 1, end);
+    }
+
+    #[test]
+    fn a_write_overwritten_by_an_older_one_is_caught() {
+        let mut h = History::default();
+        put(&mut h, 0, "v1", 0, 400_000, true);
+        put(&mut h, 1, "v2", 2_400_000, 2_500_000, true);
+        assert!(check_copy(&h, b"k", &Copy::Value(b"v2".to_vec()), "read").is_none());
+        assert!(check_copy(&h, b"k", &Copy::Value(b"v1".to_vec()), "read").is_some(), "v2 was lost");
+        assert!(check_copy(&h, b"k", &Copy::Absent, "read").is_some(), "both were lost");
+        assert!(check_copy(&h, b"k", &Copy::Value(b"v9".to_vec()), "read").is_some(), "never written");
+    }
+
+    #[test]
+    fn a_write_given_up_on_may_land_until_its_deadline_only() {
+        let mut h = History::default();
+        put(&mut h, 0, "v1", 0, 300_000, false);
+        put(&mut h, 1, "v2", 1_000_000, 1_100_000, true);
+        assert!(check_copy(&h, b"k", &Copy::Value(b"v1".to_vec()), "read").is_none(), "within its deadline");
+        put(&mut h, 1, "v3", OP_DEADLINE + 1, OP_DEADLINE + 100_000, true);
+        assert!(check_copy(&h, b"k", &Copy::Value(b"v1".to_vec()), "read").is_some(), "past its deadline");
+    }
+
+    #[test]
+    fn a_delete_that_comes_back_is_caught() {
+        let mut h = History::default();
+        put(&mut h, 0, "v1", 0, 100_000, true);
+        let d = h.invoke(1, Kind::Del, b"k".to_vec(), None, 200_000);
+        h.complete(d, Outcome::Acked, 1, 300_000);
+        assert!(check_copy(&h, b"k", &Copy::Absent, "read").is_none());
+        assert!(check_copy(&h, b"k", &Copy::Value(b"v1".to_vec()), "read").is_some());
+    }
+}

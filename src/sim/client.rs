@@ -1,0 +1,323 @@
+//! Simulated clients: the client library's routing, timeouts and retry
+//! policy as an event-driven state machine.
+//!
+//! A client says HELLO to the manager, keeps the table, and runs one
+//! operation at a time over a small key space. Each attempt goes to the
+//! key's candidates in [`client::candidates`] order; an attempt that times
+//! out (the library's per-attempt timeout) or loses its connection
+//! refreshes the table and moves on; an error reply is retried or not as
+//! [`client::is_retryable`] says; past the library's total deadline the
+//! operation fails. Every invocation and outcome goes into the history.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use super::history::{History, Kind, Outcome};
+use super::host::Time;
+use super::net::{Event, Net, Proc};
+use crate::client;
+use crate::net::codec::{Body, Header, Message};
+use crate::net::{ConnId, SplitMix};
+use crate::table::Table;
+
+/// µs per ms.
+const MS: Time = 1000;
+/// The library's per-attempt timeout.
+pub const ATTEMPT_TIMEOUT: Time = 300 * MS;
+/// The library's total deadline for one operation.
+pub const OP_DEADLINE: Time = 5000 * MS;
+/// The pause after trying every candidate once.
+const ROUND_PAUSE: Time = 50 * MS;
+
+/// A client connection.
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    link: u64,
+    open: bool,
+    /// Messages waiting for the connect to finish.
+    waiting: Vec<Message>,
+}
+
+/// The operation a client is running.
+#[derive(Debug)]
+struct Running {
+    hist: usize,
+    key: Vec<u8>,
+    body: Body,
+    deadline: Time,
+    round: usize,
+    /// The node and request id of the attempt in flight.
+    attempt: Option<(u32, u64)>,
+    last_error: String,
+}
+
+/// What a client does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Think,
+    Attempt(u64),
+    Retry(u64),
+}
+
+/// One simulated client.
+#[derive(Debug)]
+pub struct SimClient {
+    /// Its index (`Proc::Client(ix)`).
+    pub ix: usize,
+    addr: SocketAddr,
+    manager: SocketAddr,
+    client_id: u64,
+    /// The cached table.
+    pub table: Option<Table>,
+    conns: BTreeMap<Option<u32>, Conn>,
+    next_conn: usize,
+    next_req: u64,
+    running: Option<Running>,
+    rng: SplitMix,
+    keys: u64,
+    /// No new operation starts after this time.
+    pub active_until: Time,
+    /// Mean think time between operations (µs).
+    think: Time,
+    puts: u64,
+    tokens: BTreeMap<u64, Token>,
+    next_token: u64,
+    /// Scripted reads (the checker's final reads) instead of random ops.
+    pub script: Vec<Vec<u8>>,
+}
+
+impl SimClient {
+    /// A client of the cluster whose manager is at `manager`.
+    pub fn new(ix: usize, manager: SocketAddr, keys: u64, think: Time, active_until: Time, seed: u64) -> SimClient {
+        SimClient {
+            ix,
+            addr: SocketAddr::from(([127, 0, 1, (ix % 250) as u8], 40000)),
+            manager,
+            client_id: 0,
+            table: None,
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            next_req: 0,
+            running: None,
+            rng: SplitMix::new(seed),
+            keys,
+            active_until,
+            think,
+            puts: 0,
+            tokens: BTreeMap::new(),
+            next_token: 0,
+            script: Vec::new(),
+        }
+    }
+
+    fn me(&self) -> Proc {
+        Proc::Client(self.ix)
+    }
+
+    /// True while an operation runs.
+    pub fn busy(&self) -> bool {
+        self.running.is_some()
+    }
+
+    fn timer(&mut self, net: &mut Net, after: Time, token: Token) {
+        self.next_token += 1;
+        self.tokens.insert(self.next_token, token);
+        let at = net.now + after;
+        net.at(at, Event::ClientTimer { client: self.ix, token: self.next_token });
+    }
+
+    /// Says hello to the manager.
+    pub fn start(&mut self, net: &mut Net) {
+        self.send_to(net, None, Body::Hello);
+        let wait = 100 * MS + self.rng.below(100 * MS);
+        self.timer(net, wait, Token::Think);
+    }
+
+    fn send_to(&mut self, net: &mut Net, node: Option<u32>, body: Body) -> Option<u64> {
+        let addr = match node {
+            None => self.manager,
+            Some(n) => self.table.as_ref()?.member(n)?.addr.parse().ok()?,
+        };
+        self.next_req += 1;
+        let msg = Message { header: Header { client: self.client_id, node: 0, req: self.next_req }, body };
+        if !self.conns.contains_key(&node) {
+            self.next_conn += 1;
+            let id = ConnId::new(self.next_conn, 1);
+            let link = net.connect(self.me(), id, self.addr, addr);
+            self.conns.insert(node, Conn { id, link, open: false, waiting: Vec::new() });
+        }
+        let c = self.conns.get_mut(&node)?;
+        if c.open {
+            net.send(Proc::Client(self.ix), c.id, c.link, msg);
+        } else {
+            c.waiting.push(msg);
+        }
+        Some(self.next_req)
+    }
+
+    /// A connect finished.
+    pub fn on_connected(&mut self, net: &mut Net, conn: ConnId) {
+        let me = self.me();
+        if let Some(c) = self.conns.values_mut().find(|c| c.id == conn) {
+            c.open = true;
+            for m in std::mem::take(&mut c.waiting) {
+                net.send(me, c.id, c.link, m);
+            }
+        }
+    }
+
+    /// A connection closed or was refused.
+    pub fn on_closed(&mut self, net: &mut Net, hist: &mut History, conn: ConnId) {
+        let Some(node) = self.conns.iter().find(|(_, c)| c.id == conn).map(|(n, _)| *n) else { return };
+        self.conns.remove(&node);
+        let lost = self.running.as_ref().and_then(|r| r.attempt).is_some_and(|(n, _)| Some(n) == node);
+        if lost {
+            self.attempt_failed(net, hist, format!("connection to server{} closed", node.unwrap_or(0)));
+        }
+    }
+
+    /// A message from the manager or a node.
+    pub fn on_message(&mut self, net: &mut Net, hist: &mut History, conn: ConnId, msg: Message) {
+        let from = self.conns.iter().find(|(_, c)| c.id == conn).map(|(n, _)| *n);
+        match (from, msg.body) {
+            (Some(None), Body::TableMsg { table, .. }) => {
+                if msg.header.client != 0 && self.client_id == 0 {
+                    self.client_id = msg.header.client;
+                }
+                if self.table.as_ref().is_none_or(|t| table.epoch >= t.epoch) {
+                    self.table = Some(table);
+                }
+            }
+            (Some(Some(node)), body) => self.on_reply(net, hist, node, msg.header, body),
+            _ => {}
+        }
+    }
+
+    fn on_reply(&mut self, net: &mut Net, hist: &mut History, node: u32, h: Header, body: Body) {
+        let Some(r) = self.running.as_ref() else { return };
+        if r.attempt != Some((node, h.req)) {
+            return; // an answer to an attempt given up on
+        }
+        let outcome = match body {
+            Body::Ok => Outcome::Acked,
+            Body::Value { value, .. } => Outcome::Value(value),
+            Body::NotFound { .. } => Outcome::NotFound,
+            Body::Error { reason } if client::is_retryable(&reason) => {
+                return self.attempt_failed(net, hist, format!("server{node}: {reason}"));
+            }
+            Body::Error { reason } => Outcome::Failed(format!("refused: {reason}")),
+            other => Outcome::Failed(format!("unexpected {} reply", other.verb())),
+        };
+        self.finish(net, hist, outcome, h.node);
+    }
+
+    fn finish(&mut self, net: &mut Net, hist: &mut History, outcome: Outcome, node: u32) {
+        if let Some(r) = self.running.take() {
+            hist.complete(r.hist, outcome, node, net.now);
+        }
+        let pause = 1 + self.rng.below(2 * self.think + 1);
+        self.timer(net, pause, Token::Think);
+    }
+
+    fn attempt_failed(&mut self, net: &mut Net, hist: &mut History, why: String) {
+        let Some(r) = self.running.as_mut() else { return };
+        r.attempt = None;
+        r.last_error = why;
+        r.round += 1;
+        let candidates = self.table.as_ref().map_or(1, |t| client::candidates(t, &r.key).len().max(1));
+        let pause = if r.round.is_multiple_of(candidates) { ROUND_PAUSE } else { 0 };
+        // The library refreshes the table after a failed attempt.
+        self.send_to(net, None, Body::GetTable);
+        self.next_token += 1;
+        let tok = self.next_token;
+        self.tokens.insert(tok, Token::Retry(tok));
+        let _ = hist;
+        net.at(net.now + pause, Event::ClientTimer { client: self.ix, token: tok });
+    }
+
+    /// A client timer fired.
+    pub fn on_timer(&mut self, net: &mut Net, hist: &mut History, token: u64) {
+        match self.tokens.remove(&token) {
+            Some(Token::Think) => self.next_op(net, hist),
+            Some(Token::Retry(_)) => self.attempt(net, hist),
+            Some(Token::Attempt(req)) => {
+                let timed_out = self.running.as_ref().and_then(|r| r.attempt).is_some_and(|(_, q)| q == req);
+                if timed_out {
+                    let node = self.running.as_ref().and_then(|r| r.attempt).map_or(0, |(n, _)| n);
+                    // The library drops a connection whose attempt timed out.
+                    if let Some(c) = self.conns.remove(&Some(node)) {
+                        net.close(self.me(), c.id, c.link);
+                    }
+                    self.attempt_failed(net, hist, format!("server{node}: timed out"));
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn next_op(&mut self, net: &mut Net, hist: &mut History) {
+        if self.running.is_some() {
+            return;
+        }
+        if self.table.is_none() {
+            self.send_to(net, None, Body::Hello);
+            self.timer(net, 100 * MS, Token::Think);
+            return;
+        }
+        let (kind, key) = if let Some(key) = self.script.pop() {
+            (Kind::Get, key)
+        } else if net.now < self.active_until {
+            let key = format!("k{}", self.rng.below(self.keys)).into_bytes();
+            let kind = match self.rng.below(10) {
+                0..=4 => Kind::Put,
+                5..=8 => Kind::Get,
+                _ => Kind::Del,
+            };
+            (kind, key)
+        } else {
+            return;
+        };
+        let (body, value) = match kind {
+            Kind::Put => {
+                self.puts += 1;
+                let v = format!("c{}-{}", self.ix, self.puts).into_bytes();
+                (Body::Put { key: key.clone(), value: v.clone() }, Some(v))
+            }
+            Kind::Get => (Body::Get { key: key.clone() }, None),
+            Kind::Del => (Body::Del { key: key.clone() }, None),
+        };
+        let id = hist.invoke(self.ix, kind, key.clone(), value, net.now);
+        self.running = Some(Running {
+            hist: id,
+            key,
+            body,
+            deadline: net.now + OP_DEADLINE,
+            round: 0,
+            attempt: None,
+            last_error: String::new(),
+        });
+        self.attempt(net, hist);
+    }
+
+    fn attempt(&mut self, net: &mut Net, hist: &mut History) {
+        let Some(r) = self.running.as_ref() else { return };
+        if net.now >= r.deadline {
+            let why = format!("no replica answered within the deadline: {}", r.last_error);
+            return self.finish(net, hist, Outcome::Failed(why), 0);
+        }
+        let cands = self.table.as_ref().map(|t| client::candidates(t, &r.key)).unwrap_or_default();
+        let Some(&node) = cands.get(r.round % cands.len().max(1)) else {
+            let why = "no node holds this key".to_string();
+            return self.attempt_failed(net, hist, why);
+        };
+        let body = r.body.clone();
+        let Some(req) = self.send_to(net, Some(node), body) else {
+            return self.attempt_failed(net, hist, format!("server{node} is not in the table"));
+        };
+        if let Some(r) = self.running.as_mut() {
+            r.attempt = Some((node, req));
+        }
+        self.timer(net, ATTEMPT_TIMEOUT, Token::Attempt(req));
+    }
+}

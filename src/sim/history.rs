@@ -1,0 +1,88 @@
+//! The history of client operations the checker judges: what each client
+//! asked, when it asked, when it heard back and what it heard.
+
+use super::host::Time;
+
+/// What an operation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A PUT of a value unique to this operation.
+    Put,
+    /// A DEL.
+    Del,
+    /// A GET.
+    Get,
+}
+
+/// How an operation ended, as its client saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// No answer yet (the run ended first).
+    Pending,
+    /// A PUT or DEL was acknowledged.
+    Acked,
+    /// A GET found this value.
+    Value(Vec<u8>),
+    /// A GET found nothing.
+    NotFound,
+    /// The client gave up or was refused: the write may or may not land.
+    Failed(String),
+}
+
+/// One operation of one client.
+#[derive(Clone, Debug)]
+pub struct Op {
+    /// The client (index).
+    pub client: usize,
+    /// PUT, DEL or GET.
+    pub kind: Kind,
+    /// The key.
+    pub key: Vec<u8>,
+    /// A PUT's value (unique in the run).
+    pub value: Option<Vec<u8>>,
+    /// When the client invoked it.
+    pub invoke: Time,
+    /// When the client heard the outcome (None while pending).
+    pub end: Option<Time>,
+    /// The node that coordinated it, if one answered.
+    pub node: u32,
+    /// The outcome.
+    pub outcome: Outcome,
+}
+
+impl Op {
+    /// True for an acknowledged PUT or DEL.
+    pub fn acked(&self) -> bool {
+        self.outcome == Outcome::Acked
+    }
+
+    /// True for a PUT or DEL.
+    pub fn is_write(&self) -> bool {
+        self.kind != Kind::Get
+    }
+}
+
+/// Every operation of a run, in invocation order.
+#[derive(Debug, Default)]
+pub struct History {
+    /// The operations; an index is an operation id.
+    pub ops: Vec<Op>,
+}
+
+impl History {
+    /// Records an invocation; returns its id.
+    pub fn invoke(&mut self, client: usize, kind: Kind, key: Vec<u8>, value: Option<Vec<u8>>, now: Time) -> usize {
+        self.ops.push(Op { client, kind, key, value, invoke: now, end: None, node: 0, outcome: Outcome::Pending });
+        self.ops.len() - 1
+    }
+
+    /// Records how operation `id` ended.
+    pub fn complete(&mut self, id: usize, outcome: Outcome, node: u32, now: Time) {
+        if let Some(op) = self.ops.get_mut(id) {
+            debug_assert_eq!(op.outcome, Outcome::Pending, "an operation ends once");
+            op.outcome = outcome;
+            op.end = Some(now);
+            op.node = node;
+        }
+    }
+}

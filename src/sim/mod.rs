@@ -1,0 +1,775 @@
+//! `gtstore-sim`: deterministic simulation of whole clusters.
+//!
+//! One process, one thread, no sockets, no real time. A [`World`] runs the
+//! production role code — [`Manager`] and storage [`Node`]s, through the
+//! same [`crate::net::Handler`] callbacks the epoll loop calls — on
+//! simulated processes ([`host`]), a simulated network ([`net`]) and
+//! simulated disks, with clients ([`client`]) that follow the client
+//! library's routing and retries. One `u64` seed decides everything: the
+//! cluster's shape, the mix of fault kinds (swarm testing), every latency,
+//! every fault's time. After the faults stop and the cluster heals, the
+//! [`checker`] judges the history and the replicas' final state.
+//!
+//! Layout: `host` (a process and its `Io`), `net` (links, partitions, the
+//! event queue), `client` (simulated clients), `history`, `checker`,
+//! `plan` (what a seed draws), this file (the world and a run).
+
+pub mod checker;
+pub mod client;
+pub mod history;
+pub mod host;
+pub mod net;
+pub mod plan;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use checker::Copy;
+use client::SimClient;
+use history::{History, Outcome};
+use host::{ConnState, Host, HostIo, Input, Time};
+use net::{Event, Net, NetConfig, Proc};
+use plan::{Fault, Plan};
+
+use crate::manager::{self, Manager};
+use crate::net::{ConnId, Handler, SplitMix};
+use crate::storage::{self, Node};
+use crate::store::{FsyncPolicy, Store};
+use crate::table::NodeState;
+
+/// µs per ms.
+const MS: Time = 1000;
+/// µs per second.
+const SEC: Time = 1_000_000;
+/// The wall clock at simulated time 0 (2026-12-01).
+const WALL_BASE_MS: u64 = 1_796_083_200_000;
+/// How long after healing the cluster must have settled (liveness bound).
+pub const SETTLE: Time = 40 * SEC;
+
+thread_local! {
+    /// The trace of the current run: log lines with time and process.
+    static TRACE: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// The simulated time and process the next log line belongs to.
+    static CURRENT: RefCell<(Time, String)> = const { RefCell::new((0, String::new())) };
+}
+
+/// A `log` logger that writes into the run's trace.
+struct TraceLogger;
+
+impl log::Log for TraceLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let (t, who) = CURRENT.with(|c| c.borrow().clone());
+            let line = format!("{} {who}: {}", checker::ms(t), r.args());
+            TRACE.with(|tr| tr.borrow_mut().push(line));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: TraceLogger = TraceLogger;
+
+/// Routes the roles' log lines into the trace (once per process).
+pub fn install_logger() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
+fn set_current(t: Time, who: Proc) {
+    CURRENT.with(|c| *c.borrow_mut() = (t, who.to_string()));
+}
+
+/// Adds a line of the simulator's own to the trace.
+fn note(t: Time, line: String) {
+    TRACE.with(|tr| tr.borrow_mut().push(format!("{} sim: {line}", checker::ms(t))));
+}
+
+/// What one seed's run found.
+#[derive(Debug)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// What the seed drew, in one line.
+    pub summary: String,
+    /// Every violation found (empty: the seed passed).
+    pub failures: Vec<String>,
+    /// The trace (roles' log lines and the simulator's notes).
+    pub trace: Vec<String>,
+    /// Faults injected.
+    pub faults: usize,
+    /// Client operations run.
+    pub ops: usize,
+    /// Simulated events run.
+    pub steps: u64,
+}
+
+/// A simulated cluster.
+pub struct World {
+    plan: Plan,
+    net: Net,
+    base: Instant,
+    root: PathBuf,
+    manager: Host<Manager>,
+    nodes: BTreeMap<u32, Host<Node>>,
+    clients: Vec<SimClient>,
+    history: History,
+    rng: SplitMix,
+    /// Nodes asked to leave (SIGTERM sent).
+    leavers: Vec<u32>,
+    /// Nodes crashed and not restarted.
+    crashed: Vec<u32>,
+    faults: usize,
+    /// The world has been cut short (a role hit a bug).
+    aborted: Vec<String>,
+}
+
+fn manager_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7000))
+}
+
+fn node_addr(id: u32) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16))
+}
+
+impl World {
+    /// A world for `plan`, with its disks under `root`.
+    pub fn new(plan: Plan, root: PathBuf) -> World {
+        let base = Instant::now();
+        let net_cfg =
+            NetConfig { min_latency: plan.min_latency, jitter: plan.jitter, connect_timeout: plan.connect_timeout };
+        let mut rng = SplitMix::new(plan.seed ^ 0xA5A5);
+        let net = Net::new(net_cfg, rng.next_u64());
+        let manager = Host {
+            role: None,
+            io: HostIo::new(base, WALL_BASE_MS, 0, 0, rng.next_u64()),
+            addr: manager_addr(),
+            inbox: Default::default(),
+            stalled_until: 0,
+        };
+        World {
+            plan,
+            net,
+            base,
+            root,
+            manager,
+            nodes: BTreeMap::new(),
+            clients: Vec::new(),
+            history: History::default(),
+            rng,
+            leavers: Vec::new(),
+            crashed: Vec::new(),
+            faults: 0,
+            aborted: Vec::new(),
+        }
+    }
+
+    fn manager_cfg(&self) -> manager::Config {
+        manager::Config {
+            listen: manager_addr(),
+            data_dir: self.root.join("manager"),
+            rep: self.plan.rep,
+            read_quorum: self.plan.rep / 2 + 1,
+            write_quorum: self.plan.rep / 2 + 1,
+            sectors: self.plan.sectors,
+            heartbeat: Duration::from_millis(200),
+            dead_after: Duration::from_secs(1),
+            log_file: None,
+        }
+    }
+
+    fn node_cfg(&self, id: u32) -> storage::Config {
+        storage::Config {
+            id,
+            listen: node_addr(id),
+            manager: manager_addr(),
+            data_dir: self.root.join(format!("node{id}")),
+            fsync: FsyncPolicy::Batch,
+            max_key: 1024,
+            max_value: 64 * 1024,
+            max_header: 128,
+            max_conns: 4096,
+            heartbeat: Duration::from_millis(200),
+            log_file: None,
+        }
+    }
+
+    fn start_manager(&mut self) {
+        let now = self.net.now;
+        set_current(now, Proc::Manager);
+        let io = HostIo::new(self.base, WALL_BASE_MS, now, 0, self.rng.next_u64());
+        self.manager.io = io;
+        match Manager::open(self.manager_cfg(), self.manager.io_now()) {
+            Ok(mut m) => {
+                m.start(&mut self.manager.io);
+                self.manager.role = Some(m);
+                self.net.listeners.insert(manager_addr(), Proc::Manager);
+                self.schedule_wake(Proc::Manager);
+            }
+            Err(e) => self.aborted.push(format!("manager cannot start: {e}")),
+        }
+    }
+
+    fn start_node(&mut self, id: u32) {
+        let now = self.net.now;
+        set_current(now, Proc::Node(id));
+        let cfg = self.node_cfg(id);
+        let opened = Store::open(&cfg.data_dir, cfg.fsync)
+            .and_then(|s| Ok((s, Store::open(&cfg.data_dir.join("hints"), cfg.fsync)?)));
+        let (store, hints) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                self.aborted.push(format!("node {id} cannot open its store: {e}"));
+                return;
+            }
+        };
+        let skew = self.plan.skew_ms.get(&id).copied().unwrap_or(0);
+        let mut io = HostIo::new(self.base, WALL_BASE_MS, now, skew, self.rng.next_u64());
+        let mut node = Node::new(cfg, store, hints, node_addr(id).to_string(), None);
+        node.start(&mut io);
+        let host = Host { role: Some(node), io, addr: node_addr(id), inbox: Default::default(), stalled_until: 0 };
+        self.nodes.insert(id, host);
+        self.net.listeners.insert(node_addr(id), Proc::Node(id));
+        self.schedule_wake(Proc::Node(id));
+    }
+
+    fn schedule_wake(&mut self, p: Proc) {
+        let now = self.net.now;
+        self.net.at(now, Event::Wake(p));
+    }
+
+    /// Crashes `p`: the role is gone without a goodbye, what its disk had
+    /// not synced is lost, and every connection of it resets.
+    fn crash(&mut self, p: Proc) {
+        note(self.net.now, format!("crash {p}"));
+        match p {
+            Proc::Manager => {
+                if let Some(m) = self.manager.role.take() {
+                    std::mem::forget(m);
+                }
+                self.manager.inbox.clear();
+                self.net.listeners.remove(&manager_addr());
+            }
+            Proc::Node(id) => {
+                if let Some(h) = self.nodes.get_mut(&id) {
+                    if let Some(n) = h.role.take() {
+                        // A crash runs no destructor: no final checkpoint.
+                        std::mem::forget(n);
+                    }
+                    h.inbox.clear();
+                }
+                self.net.listeners.remove(&node_addr(id));
+            }
+            Proc::Client(_) => {}
+        }
+        self.net.reset_all_of(p);
+    }
+
+    /// Delivers `input` to process `to`.
+    fn deliver(&mut self, to: Proc, input: Input) {
+        match to {
+            Proc::Manager => {
+                if self.manager.is_up() {
+                    self.manager.inbox.push_back(input);
+                    self.schedule_wake(to);
+                }
+            }
+            Proc::Node(id) => {
+                if let Some(h) = self.nodes.get_mut(&id).filter(|h| h.is_up()) {
+                    h.inbox.push_back(input);
+                    self.schedule_wake(to);
+                }
+            }
+            Proc::Client(i) => {
+                let (net, hist) = (&mut self.net, &mut self.history);
+                let Some(c) = self.clients.get_mut(i) else { return };
+                match input {
+                    Input::Connected(id) => c.on_connected(net, id),
+                    Input::Msg(id, msg) => c.on_message(net, hist, id, msg),
+                    Input::Closed(id) => c.on_closed(net, hist, id),
+                    Input::Accept { .. } | Input::Signal(_) => {}
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::ConnectArrive { link, to, peer } => self.connect_arrive(link, to, peer),
+            Event::ConnectDone { link } => {
+                if let Some((p, c)) = self.net.initiator(link) {
+                    self.deliver(p, Input::Connected(c));
+                }
+            }
+            Event::Refused { to, conn } => self.deliver(to, Input::Closed(conn)),
+            Event::Arrive { link, dir, msg } => {
+                if let Some((p, c)) = self.net.arrival_end(link, dir) {
+                    self.deliver(p, Input::Msg(c, msg));
+                }
+            }
+            Event::CloseArrive { to, conn, link } => {
+                self.net.forget(link);
+                self.deliver(to, Input::Closed(conn));
+            }
+            Event::Wake(p) => self.wake(p),
+            Event::Fault(i) => self.fault(i),
+            Event::ClientTimer { client, token } => {
+                let (net, hist) = (&mut self.net, &mut self.history);
+                if let Some(c) = self.clients.get_mut(client) {
+                    c.on_timer(net, hist, token);
+                }
+            }
+        }
+    }
+
+    fn connect_arrive(&mut self, link: u64, to: Proc, peer: SocketAddr) {
+        let conn = match to {
+            Proc::Manager if self.manager.is_up() => Some(self.manager.io.reserve()),
+            Proc::Node(id) => self.nodes.get_mut(&id).filter(|h| h.is_up()).map(|h| h.io.reserve()),
+            _ => None,
+        };
+        match conn {
+            Some(conn) => {
+                self.net.accepted(link, conn);
+                self.deliver(to, Input::Accept { conn, link, peer });
+            }
+            None => {
+                if let Some((p, c)) = self.net.initiator(link) {
+                    self.net.forget(link);
+                    let lat = self.net.latency();
+                    self.net.at(self.net.now + lat, Event::Refused { to: p, conn: c });
+                }
+            }
+        }
+    }
+
+    fn wake(&mut self, p: Proc) {
+        let now = self.net.now;
+        set_current(now, p);
+        let ended = match p {
+            Proc::Manager => run_turn(&mut self.manager, p, &mut self.net, self.base),
+            Proc::Node(id) => match self.nodes.get_mut(&id) {
+                Some(h) => run_turn(h, p, &mut self.net, self.base),
+                None => TurnEnd::Idle,
+            },
+            Proc::Client(_) => TurnEnd::Idle,
+        };
+        match ended {
+            TurnEnd::Idle => {}
+            TurnEnd::Stopped => {
+                note(now, format!("{p} exited"));
+                self.exit(p);
+            }
+            TurnEnd::Aborted(why) => {
+                note(now, format!("{p} aborted: {why}"));
+                self.crash(p);
+                if let Proc::Node(id) = p {
+                    self.crashed.push(id);
+                }
+            }
+        }
+    }
+
+    /// `p` exited by itself (a finished leave): its connections close.
+    fn exit(&mut self, p: Proc) {
+        if let Proc::Node(id) = p {
+            if let Some(h) = self.nodes.get_mut(&id) {
+                if let Some(n) = h.role.take() {
+                    drop(n);
+                }
+                h.inbox.clear();
+            }
+            self.net.listeners.remove(&node_addr(id));
+        }
+        self.net.reset_all_of(p);
+    }
+
+    fn fault(&mut self, i: usize) {
+        let Some(f) = self.plan.faults.get(i).map(|(_, f)| f.clone()) else { return };
+        self.faults += 1;
+        let now = self.net.now;
+        note(now, format!("fault: {f:?}"));
+        match f {
+            Fault::Crash(id) => {
+                if self.nodes.get(&id).is_some_and(|h| h.is_up()) {
+                    self.crash(Proc::Node(id));
+                    self.crashed.push(id);
+                }
+            }
+            Fault::Restart(id) => self.restart(id),
+            Fault::Stall(id, dur) => {
+                if let Some(h) = self.nodes.get_mut(&id) {
+                    h.stalled_until = now + dur;
+                }
+            }
+            Fault::StallManager(dur) => self.manager.stalled_until = now + dur,
+            Fault::Isolate(procs) => {
+                let all = self.all_procs();
+                for a in &procs {
+                    for b in all.iter().filter(|b| !procs.contains(b)) {
+                        self.net.block(*a, *b);
+                        self.net.block(*b, *a);
+                    }
+                }
+            }
+            Fault::OneWay(from, to) => self.net.block(from, to),
+            Fault::Reset => {
+                if let Some(l) = self.net.random_link() {
+                    self.net.reset(l);
+                }
+            }
+            Fault::Join(id) => {
+                if !self.nodes.contains_key(&id) {
+                    self.start_node(id);
+                }
+            }
+            Fault::Leave(id) => {
+                if self.nodes.get(&id).is_some_and(|h| h.is_up()) && !self.leavers.contains(&id) {
+                    self.leavers.push(id);
+                    self.deliver(Proc::Node(id), Input::Signal(Signal::SIGTERM));
+                }
+            }
+            Fault::CrashManager => {
+                if self.manager.is_up() {
+                    self.crash(Proc::Manager);
+                }
+            }
+            Fault::RestartManager => {
+                if !self.manager.is_up() {
+                    self.start_manager();
+                }
+            }
+            Fault::Heal => self.heal(),
+        }
+    }
+
+    fn restart(&mut self, id: u32) {
+        if self.nodes.get(&id).is_some_and(|h| !h.is_up()) && self.crashed.contains(&id) {
+            self.crashed.retain(|&c| c != id);
+            if self.leavers.contains(&id) {
+                // An operator does not restart a node that was leaving.
+                return;
+            }
+            note(self.net.now, format!("restart node{id}"));
+            self.start_node(id);
+        }
+    }
+
+    /// Ends every fault: partitions heal, stalls end, crashed processes
+    /// come back.
+    fn heal(&mut self) {
+        self.net.heal();
+        let now = self.net.now;
+        for h in self.nodes.values_mut() {
+            h.stalled_until = h.stalled_until.min(now);
+        }
+        self.manager.stalled_until = self.manager.stalled_until.min(now);
+        for id in self.crashed.clone() {
+            self.restart(id);
+        }
+        if !self.manager.is_up() {
+            self.start_manager();
+        }
+        let ids: Vec<u32> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.schedule_wake(Proc::Node(id));
+        }
+        self.schedule_wake(Proc::Manager);
+    }
+
+    fn all_procs(&self) -> Vec<Proc> {
+        let mut v = vec![Proc::Manager];
+        v.extend(self.nodes.keys().map(|&id| Proc::Node(id)));
+        v.extend((0..self.clients.len()).map(Proc::Client));
+        v
+    }
+
+    /// Runs events until `until`.
+    fn run_until(&mut self, until: Time) {
+        while let Some(t) = self.net.peek_time() {
+            if t > until || !self.aborted.is_empty() {
+                break;
+            }
+            let Some(ev) = self.net.pop() else { break };
+            // A stalled process runs nothing: its wake-ups wait for the stall's end.
+            if let Event::Wake(p) = ev {
+                let until = self.stalled_until(p);
+                if until > self.net.now {
+                    self.net.at(until, Event::Wake(p));
+                    continue;
+                }
+            }
+            self.handle(ev);
+        }
+        self.net.now = self.net.now.max(until);
+    }
+
+    fn stalled_until(&self, p: Proc) -> Time {
+        match p {
+            Proc::Manager => self.manager.stalled_until,
+            Proc::Node(id) => self.nodes.get(&id).map_or(0, |h| h.stalled_until),
+            Proc::Client(_) => 0,
+        }
+    }
+}
+
+/// How a turn ended.
+enum TurnEnd {
+    Idle,
+    Stopped,
+    Aborted(String),
+}
+
+/// Runs one loop turn of `host` (process `me`) and moves its output onto
+/// the network: the real loop's order, see `net::event_loop`.
+fn run_turn<H: Handler>(host: &mut Host<H>, me: Proc, net: &mut Net, base: Instant) -> TurnEnd {
+    if !host.is_up() {
+        return TurnEnd::Idle;
+    }
+    if !host.turn_inputs(net.now) {
+        return TurnEnd::Aborted(host.io.aborted.take().unwrap_or_default());
+    }
+    flush(host, me, net, true);
+    if !host.turn_sleep() {
+        return TurnEnd::Aborted(host.io.aborted.take().unwrap_or_default());
+    }
+    flush(host, me, net, false);
+    for (link, conn) in host.reap() {
+        net.close(me, conn, link);
+    }
+    let my_addr = host.addr;
+    for (conn, addr) in std::mem::take(&mut host.io.connects) {
+        let link = net.connect(me, conn, my_addr, addr);
+        if let Some(c) = host.io.conn_mut(conn) {
+            c.link = link;
+        }
+    }
+    if host.io.stopped {
+        return TurnEnd::Stopped;
+    }
+    if let Some(at) = host.io.timers.next_deadline() {
+        let t = at.saturating_duration_since(base).as_micros() as Time;
+        net.at(t.max(net.now), Event::Wake(me));
+    }
+    TurnEnd::Idle
+}
+
+/// Hands a host's queued output to the network: with `early_only`, what may
+/// leave before the turn's fsync.
+fn flush<H: Handler>(host: &mut Host<H>, me: Proc, net: &mut Net, early_only: bool) {
+    let ids: Vec<ConnId> = if early_only { host.io.dirty.clone() } else { std::mem::take(&mut host.io.dirty) };
+    for id in ids {
+        let msgs = host.io.take_output(id, early_only);
+        let Some(c) = host.io.conn_mut(id) else { continue };
+        let link = c.link;
+        for m in msgs {
+            net.send(me, id, link, m);
+        }
+        if !early_only && c.close_after_flush && c.out.is_empty() && c.state == ConnState::Open {
+            use crate::net::Io;
+            host.io.close(id);
+        } else if !early_only && !c.out.is_empty() {
+            host.io.dirty.push(id);
+        }
+    }
+}
+
+impl<H: Handler> Host<H> {
+    fn io_now(&self) -> Instant {
+        use crate::net::Io;
+        self.io.now()
+    }
+}
+
+/// Runs one seed: builds the cluster the seed draws, runs clients and
+/// faults, heals, and checks. `root` is a scratch directory for the disks.
+pub fn run_seed(seed: u64, root: &std::path::Path) -> Report {
+    install_logger();
+    TRACE.with(|t| t.borrow_mut().clear());
+    let plan = Plan::draw(seed);
+    let summary = plan.summary();
+    let dir = root.join(format!("seed-{seed}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut w = World::new(plan, dir.clone());
+    let failures = w.run();
+    let report = Report {
+        seed,
+        summary,
+        failures,
+        trace: TRACE.with(|t| std::mem::take(&mut *t.borrow_mut())),
+        faults: w.faults,
+        ops: w.history.ops.len(),
+        steps: w.net.steps,
+    };
+    drop(w);
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+impl World {
+    /// The whole run; returns the violations found.
+    fn run(&mut self) -> Vec<String> {
+        self.start_manager();
+        for id in self.plan.initial_nodes() {
+            self.start_node(id);
+        }
+        for (i, (at, _)) in self.plan.faults.clone().into_iter().enumerate() {
+            self.net.at(at, Event::Fault(i));
+        }
+        let active_until = self.plan.heal_at + 5 * SEC;
+        for i in 0..self.plan.clients {
+            let seed = self.rng.next_u64();
+            let mut c = SimClient::new(i, manager_addr(), self.plan.keys, self.plan.think, active_until, seed);
+            c.active_until = active_until;
+            self.clients.push(c);
+        }
+        self.run_until(self.plan.clients_start);
+        for c in &mut self.clients {
+            c.start(&mut self.net);
+        }
+        let settle_at = self.plan.heal_at + SETTLE;
+        self.run_until(settle_at);
+        let mut failures = self.aborted.clone();
+        if !failures.is_empty() {
+            return failures;
+        }
+        failures.extend(self.check_membership());
+        failures.extend(self.final_reads(settle_at));
+        failures.extend(checker::check_reads(&self.history));
+        failures.extend(self.check_replicas());
+        failures
+    }
+
+    /// (d) Every join and leave finished: no move pending, every running
+    /// node an up member, every leaver gone.
+    fn check_membership(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        let Some(m) = self.manager.role.as_ref() else {
+            return vec!["the manager is not up after healing".into()];
+        };
+        if let Some(p) = m.pending() {
+            bad.push(format!("a move to epoch {} has not finished {} after healing", p.epoch, checker::ms(SETTLE)));
+        }
+        let t = m.table();
+        for (id, h) in &self.nodes {
+            let member = t.member(*id);
+            if self.leavers.contains(id) {
+                if h.is_up() || member.is_some_and(|m| m.state == NodeState::Up) {
+                    bad.push(format!("node {id} was asked to leave and has not left"));
+                }
+            } else if h.is_up() && member.is_none_or(|m| m.state != NodeState::Up) {
+                bad.push(format!("node {id} runs but is not an up member"));
+            }
+        }
+        bad
+    }
+
+    /// Reads every key through a fresh client after the cluster settled;
+    /// each must succeed, and its value obeys (a) and (b).
+    fn final_reads(&mut self, from: Time) -> Vec<String> {
+        let ix = self.clients.len();
+        let mut c = SimClient::new(ix, manager_addr(), self.plan.keys, MS, 0, self.rng.next_u64());
+        c.script = (0..self.plan.keys).rev().map(|k| format!("k{k}").into_bytes()).collect();
+        c.start(&mut self.net);
+        self.clients.push(c);
+        let first = self.history.ops.len();
+        self.run_until(from + (self.plan.keys + 2) * client::OP_DEADLINE);
+        // Read repair runs after the reads; give it time.
+        let t = self.net.now + 3 * SEC;
+        self.run_until(t);
+        let mut bad = Vec::new();
+        let reads: Vec<_> = self.history.ops[first..].iter().filter(|o| o.client == ix).cloned().collect();
+        if reads.len() < self.plan.keys as usize {
+            bad.push(format!("only {} of {} final reads were run", reads.len(), self.plan.keys));
+        }
+        for op in &reads {
+            let copy = match &op.outcome {
+                Outcome::Value(v) => Copy::Value(v.clone()),
+                Outcome::NotFound => Copy::Absent,
+                other => {
+                    bad.push(format!("final read of {} failed after healing: {other:?}", checker::show(&op.key)));
+                    continue;
+                }
+            };
+            bad.extend(checker::check_copy(&self.history, &op.key, &copy, "final quorum read"));
+        }
+        bad
+    }
+
+    /// (c) and (a) on every replica: every sector has N synced copies that
+    /// agree, and each key's copy obeys the rules.
+    fn check_replicas(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        let Some(m) = self.manager.role.as_ref() else { return bad };
+        let t = m.table().clone();
+        for s in 0..t.sectors() {
+            let pref = t.preference(s);
+            if pref.len() < (t.rep as usize).min(t.members.iter().filter(|m| m.state == NodeState::Up).count()) {
+                bad.push(format!("sector {s} has {} holders, want {}", pref.len(), t.rep));
+            }
+            let mut copies = Vec::new();
+            for &n in &pref {
+                match self.nodes.get(&n).and_then(|h| h.role.as_ref()) {
+                    Some(node) if node.holds_synced(s) => copies.push((n, node.store().keys_with_versions(s))),
+                    Some(_) => bad.push(format!("sector {s}: node {n} holds no complete copy")),
+                    None => bad.push(format!("sector {s}: holder node {n} is not running")),
+                }
+            }
+            if let Some((n0, first)) = copies.first() {
+                for (n, c) in &copies[1..] {
+                    if c != first {
+                        bad.push(format!("sector {s}: the copies of node {n0} and node {n} differ"));
+                    }
+                }
+            }
+        }
+        for k in 0..self.plan.keys {
+            let key = format!("k{k}").into_bytes();
+            let s = t.sector_of(&key);
+            for n in t.preference(s) {
+                let Some(node) = self.nodes.get(&n).and_then(|h| h.role.as_ref()) else { continue };
+                let copy = match node.store().get(s, &key) {
+                    Ok(Some(item)) => item.value.map_or(Copy::Absent, Copy::Value),
+                    Ok(None) => Copy::Absent,
+                    Err(e) => {
+                        bad.push(format!("node {n}: cannot read {}: {e}", checker::show(&key)));
+                        continue;
+                    }
+                };
+                bad.extend(checker::check_copy(&self.history, &key, &copy, &format!("node {n}'s copy")));
+            }
+        }
+        bad
+    }
+}
+
+/// The trace lines that concern a failure: those naming its key or sector,
+/// and the simulator's own notes.
+pub fn relevant_trace(report: &Report) -> Vec<&str> {
+    let mut words: Vec<String> = Vec::new();
+    for f in &report.failures {
+        for w in f.split(|c: char| !c.is_alphanumeric()) {
+            if (w.starts_with('k') && w[1..].chars().all(|c| c.is_ascii_digit()) && w.len() > 1)
+                || w.starts_with("sector")
+            {
+                words.push(w.to_string());
+            }
+        }
+    }
+    report
+        .trace
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.contains(" sim: ") || words.iter().any(|w| l.contains(w.as_str())))
+        .collect()
+}
