@@ -10,6 +10,7 @@
 //! know about the network, replicas or the ring: callers name the sector.
 
 pub mod error;
+pub mod index;
 pub mod log;
 pub mod record;
 pub mod recovery;

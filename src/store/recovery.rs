@@ -11,9 +11,9 @@
 use std::fs::OpenOptions;
 use std::path::Path;
 
+use super::index::{Entry, Index, IndexKey};
 use super::log::{self, Loc, SegmentIter};
 use super::record::Record;
-use super::sector::{Entry, Index, IndexKey};
 use super::{Error, Result};
 
 /// What a replay found.
