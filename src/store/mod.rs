@@ -9,6 +9,7 @@
 //! recovery of every sector at [`Store::open`], and compaction. It does not
 //! know about the network, replicas or the ring: callers name the sector.
 
+pub mod disk;
 pub mod error;
 pub mod index;
 pub mod log;
