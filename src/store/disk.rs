@@ -140,6 +140,11 @@ impl SeqReader {
     pub fn new(file: Box<dyn DiskFile>) -> SeqReader {
         SeqReader { file, pos: 0, at_end: false }
     }
+
+    /// The file back, once reading is done.
+    pub fn into_inner(self) -> Box<dyn DiskFile> {
+        self.file
+    }
 }
 
 impl Read for SeqReader {

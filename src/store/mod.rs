@@ -8,6 +8,9 @@
 //! according to the [`FsyncPolicy`] (with group commit for `batch`),
 //! recovery of every sector at [`Store::open`], and compaction. It does not
 //! know about the network, replicas or the ring: callers name the sector.
+//! Every file-system call goes through a [`disk::Disk`]: the real file
+//! system ([`Store::open`]) or, in the simulator, a [`disk::SimDisk`]
+//! ([`Store::open_on`]).
 
 pub mod disk;
 pub mod error;
@@ -19,14 +22,15 @@ pub mod sector;
 pub mod wal;
 
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::str::FromStr;
 
 pub use error::{Error, Result};
 
 use crate::hlc::Version;
 use crate::idmap::{IdMap, IdSet};
+use disk::{DirEntry, Disk, OsDisk};
 use sector::Sector;
 use wal::Wal;
 
@@ -78,6 +82,7 @@ pub struct Item {
 /// A node's sectors, opened from its data directory.
 #[derive(Debug)]
 pub struct Store {
+    disk: Rc<dyn Disk>,
     root: PathBuf,
     sectors: IdMap<u32, Sector>,
     policy: FsyncPolicy,
@@ -99,30 +104,36 @@ pub const SYNCS_PER_TURN: usize = 8;
 pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Store {
-    /// Opens the store in `dir`, creating `<dir>/sectors/` if missing, and
-    /// replays every sector directory found there.
+    /// Opens the store in `dir` on the real file system, creating
+    /// `<dir>/sectors/` if missing, and replays every sector directory
+    /// found there.
     pub fn open(dir: &Path, policy: FsyncPolicy) -> Result<Store> {
+        Store::open_on(Rc::new(OsDisk), dir, policy)
+    }
+
+    /// Opens the store in `dir` on `disk` (see [`Store::open`]).
+    pub fn open_on(disk: Rc<dyn Disk>, dir: &Path, policy: FsyncPolicy) -> Result<Store> {
         let root = dir.join("sectors");
-        if !root.is_dir() {
-            fs::create_dir_all(&root)?;
-            log::sync_dir(dir)?;
+        if !disk.is_dir(&root) {
+            disk.create_dir_all(&root)?;
+            disk.sync_dir(dir)?;
         }
         let mut sectors = IdMap::default();
-        for entry in fs::read_dir(&root)? {
-            let path = entry?.path();
-            match sector_id(&path) {
+        for entry in disk.read_dir(&root)? {
+            let path = root.join(&entry.name);
+            match sector_id(&entry) {
                 Some(id) => {
-                    sectors.insert(id, Sector::open(&path, id)?);
+                    sectors.insert(id, Sector::open(disk.clone(), &path, id)?);
                 }
                 None => ::log::warn!("{}: not a sector directory; ignored", path.display()),
             }
         }
         let mut store =
-            Store { root, sectors, policy, wal: None, spare: None, retiring: None, unsynced: IdSet::default() };
+            Store { disk, root, sectors, policy, wal: None, spare: None, retiring: None, unsynced: IdSet::default() };
         // Last-writer-wins makes the order of replay irrelevant.
         let mut wals = Vec::new();
         for name in wal::WAL_FILES {
-            let (wal, frames) = Wal::open(dir, name)?;
+            let (wal, frames) = Wal::open(&*store.disk, dir, name)?;
             if !frames.is_empty() {
                 ::log::info!("{}: {} records replayed", wal.path().display(), frames.len());
             }
@@ -285,8 +296,8 @@ impl Store {
             Some(s) => s.destroy(),
             None => {
                 let dir = self.sector_dir(sector);
-                if dir.is_dir() {
-                    fs::remove_dir_all(&dir)?;
+                if self.disk.is_dir(&dir) {
+                    self.disk.remove_dir_all(&dir)?;
                 }
                 Ok(())
             }
@@ -322,7 +333,7 @@ impl Store {
     /// The sector, opened (and created) on first use.
     fn sector_mut(&mut self, sector: u32) -> Result<&mut Sector> {
         if !self.sectors.contains_key(&sector) {
-            let opened = Sector::open(&self.sector_dir(sector), sector)?;
+            let opened = Sector::open(self.disk.clone(), &self.sector_dir(sector), sector)?;
             self.sectors.insert(sector, opened);
         }
         self.sectors.get_mut(&sector).ok_or(Error::NoSuchSector(sector))
@@ -351,11 +362,11 @@ impl Drop for Store {
 
 /// The sector id a directory under `sectors/` is named by (canonical
 /// decimal), if it is a sector directory.
-fn sector_id(path: &Path) -> Option<u32> {
-    if !path.is_dir() {
+fn sector_id(entry: &DirEntry) -> Option<u32> {
+    if !entry.is_dir {
         return None;
     }
-    let name = path.file_name()?.to_str()?;
+    let name = entry.name.to_str()?;
     let id: u32 = name.parse().ok()?;
     (id.to_string() == name).then_some(id)
 }
@@ -396,6 +407,7 @@ pub(crate) mod test_dir {
 mod tests {
     use super::test_dir::TestDir;
     use super::*;
+    use std::fs;
 
     fn v(ms: u64) -> Version {
         Version { ms, counter: 0, node: 2 }

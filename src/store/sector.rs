@@ -11,9 +11,10 @@
 //! A sector keeps exactly one file open: its active segment.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
+use super::disk::Disk;
 use super::index::{Entry, Index, IndexKey};
 use super::log::{self, SegmentWriter};
 use super::record::{self, Record};
@@ -31,6 +32,7 @@ const FIRST_GEN: u64 = 1;
 #[derive(Debug)]
 pub struct Sector {
     id: u32,
+    disk: Rc<dyn Disk>,
     dir: PathBuf,
     index: Index,
     writer: SegmentWriter,
@@ -48,23 +50,24 @@ impl Sector {
     /// Opens sector `id` stored in `dir`, creating the directory if needed,
     /// and replays its segments. Leftovers of an interrupted compaction
     /// (more than one segment) are compacted into one if possible.
-    pub fn open(dir: &Path, id: u32) -> Result<Sector> {
+    pub fn open(disk: Rc<dyn Disk>, dir: &Path, id: u32) -> Result<Sector> {
         let mut new_dirs = false;
-        if !dir.is_dir() {
-            fs::create_dir_all(dir)?;
+        if !disk.is_dir(dir) {
+            disk.create_dir_all(dir)?;
             new_dirs = true;
         }
-        let replayed = recovery::replay(dir, id)?;
+        let replayed = recovery::replay(&*disk, dir, id)?;
         report(dir, &replayed.stats);
         let writer = match replayed.generations.last() {
-            Some(&gen) => SegmentWriter::open_at(dir, id, gen, replayed.tail)?,
+            Some(&gen) => SegmentWriter::open_at(&*disk, dir, id, gen, replayed.tail)?,
             None => {
                 new_dirs = true;
-                SegmentWriter::create(dir, id, FIRST_GEN)?
+                SegmentWriter::create(&*disk, dir, id, FIRST_GEN)?
             }
         };
         let mut sector = Sector {
             id,
+            disk,
             dir: dir.to_path_buf(),
             index: replayed.index,
             writer,
@@ -210,9 +213,9 @@ impl Sector {
     pub fn sync(&mut self) -> Result<()> {
         self.writer.sync()?;
         if self.new_dirs {
-            log::sync_dir(&self.dir)?;
+            self.disk.sync_dir(&self.dir)?;
             if let Some(parent) = self.dir.parent() {
-                log::sync_dir(parent)?;
+                self.disk.sync_dir(parent)?;
             }
             self.new_dirs = false;
         }
@@ -243,12 +246,12 @@ impl Sector {
             len: self.writer.gen(),
             limit: u64::MAX - 1,
         })?;
-        let mut next = SegmentWriter::create(&self.dir, self.id, gen)?;
+        let mut next = SegmentWriter::create(&*self.disk, &self.dir, self.id, gen)?;
         let index = match self.copy_live(&mut next) {
             Ok(index) => index,
             Err(e) => {
                 drop(next);
-                let _ = fs::remove_file(log::segment_path(&self.dir, gen));
+                let _ = self.disk.remove_file(&log::segment_path(&self.dir, gen));
                 return Err(e);
             }
         };
@@ -273,26 +276,27 @@ impl Sector {
             index.insert(key.clone(), Entry::new(loc, e.version(), e.tombstone())?);
         }
         next.sync()?;
-        log::sync_dir(&self.dir)?;
+        self.disk.sync_dir(&self.dir)?;
         Ok(index)
     }
 
     /// Deletes every segment older than `gen`.
     fn remove_older(&self, gen: u64) -> Result<()> {
-        for old in log::list_generations(&self.dir)? {
+        for old in log::list_generations(&*self.disk, &self.dir)? {
             if old < gen {
-                fs::remove_file(log::segment_path(&self.dir, old))?;
+                self.disk.remove_file(&log::segment_path(&self.dir, old))?;
             }
         }
-        log::sync_dir(&self.dir)
+        self.disk.sync_dir(&self.dir)?;
+        Ok(())
     }
 
     /// Deletes the sector's files and directory (not fsynced; see
     /// `Store::drop_sector`).
     pub fn destroy(self) -> Result<()> {
-        let dir = self.dir;
-        drop(self.writer);
-        fs::remove_dir_all(&dir)?;
+        let Sector { disk, dir, writer, .. } = self;
+        drop(writer);
+        disk.remove_dir_all(&dir)?;
         Ok(())
     }
 
@@ -307,7 +311,7 @@ impl Sector {
         let rec = if e.loc().gen == self.writer.gen() {
             self.writer.read(e.loc())?
         } else {
-            log::read_loc(&self.dir, self.id, e.loc())?
+            log::read_loc(&*self.disk, &self.dir, self.id, e.loc())?
         };
         if rec.key != key || rec.version != e.version() || rec.value.is_none() != e.tombstone() {
             return Err(Error::Corrupt { sector: self.id, gen: e.loc().gen, offset: e.loc().pos });
@@ -335,7 +339,13 @@ fn report(dir: &Path, stats: &Stats) {
 mod tests {
     use super::*;
 
+    use crate::store::disk::OsDisk;
     use crate::store::test_dir::TestDir;
+    use std::fs;
+
+    fn os() -> Rc<dyn Disk> {
+        Rc::new(OsDisk)
+    }
 
     fn v(ms: u64) -> Version {
         Version { ms, counter: 0, node: 1 }
@@ -352,7 +362,7 @@ mod tests {
     #[test]
     fn last_writer_wins() -> Result<()> {
         let dir = TestDir::new("sector-lww");
-        let mut s = Sector::open(&dir.path().join("0"), 0)?;
+        let mut s = Sector::open(os(), &dir.path().join("0"), 0)?;
         assert!(s.apply(b"k", v(5), Some(b"five"))?);
         assert!(!s.apply(b"k", v(4), Some(b"four"))?, "older version ignored");
         assert!(!s.apply(b"k", v(5), Some(b"other"))?, "equal version ignored");
@@ -374,7 +384,7 @@ mod tests {
     #[test]
     fn ignored_writes_append_nothing() -> Result<()> {
         let dir = TestDir::new("sector-nowrite");
-        let mut s = Sector::open(&dir.path().join("1"), 1)?;
+        let mut s = Sector::open(os(), &dir.path().join("1"), 1)?;
         s.apply(b"k", v(5), Some(b"five"))?;
         let size = dir_size(&dir.path().join("1"));
         s.apply(b"k", v(5), Some(b"five"))?;
@@ -387,13 +397,13 @@ mod tests {
     fn reopen_keeps_values_and_tombstones() -> Result<()> {
         let dir = TestDir::new("sector-reopen");
         let path = dir.path().join("3");
-        let mut s = Sector::open(&path, 3)?;
+        let mut s = Sector::open(os(), &path, 3)?;
         s.apply(b"a", v(1), Some(b"alpha"))?;
         s.apply(b"b", v(2), Some(b"beta"))?;
         s.apply(b"b", v(3), None)?;
         s.sync()?;
         drop(s);
-        let s = Sector::open(&path, 3)?;
+        let s = Sector::open(os(), &path, 3)?;
         assert_eq!(value_of(&s, b"a"), Some(b"alpha".to_vec()));
         assert_eq!(s.get(b"b")?, Some(Item { version: v(3), value: None }));
         assert_eq!(s.get(b"c")?, None);
@@ -404,7 +414,7 @@ mod tests {
     #[test]
     fn scan_returns_tombstones_too() -> Result<()> {
         let dir = TestDir::new("sector-scan");
-        let mut s = Sector::open(&dir.path().join("0"), 0)?;
+        let mut s = Sector::open(os(), &dir.path().join("0"), 0)?;
         s.apply(b"x", v(1), Some(b"1"))?;
         s.apply(b"y", v(2), None)?;
         let got = s.scan()?;
@@ -422,7 +432,7 @@ mod tests {
     fn compaction_shrinks_and_keeps_live_values_and_tombstones() -> Result<()> {
         let dir = TestDir::new("sector-compact");
         let path = dir.path().join("9");
-        let mut s = Sector::open(&path, 9)?;
+        let mut s = Sector::open(os(), &path, 9)?;
         let big = vec![7u8; 4096];
         let mut ms = 1;
         // Overwrite ten keys until compaction triggers on its own.
@@ -443,10 +453,10 @@ mod tests {
         let after = dir_size(&path);
         assert!(after < peak / 10, "{after} vs {peak}");
         assert_eq!(s.dead_bytes(), 0);
-        assert_eq!(log::list_generations(&path)?.len(), 1);
+        assert_eq!(log::list_generations(&OsDisk, &path)?.len(), 1);
         drop(s);
 
-        let mut s = Sector::open(&path, 9)?;
+        let mut s = Sector::open(os(), &path, 9)?;
         for k in 0..10u8 {
             assert_eq!(value_of(&s, &[k]), Some(big.clone()));
         }
@@ -461,15 +471,15 @@ mod tests {
     fn leftover_segments_are_merged_at_open() -> Result<()> {
         let dir = TestDir::new("sector-leftover");
         let path = dir.path().join("2");
-        let mut s = Sector::open(&path, 2)?;
+        let mut s = Sector::open(os(), &path, 2)?;
         s.apply(b"a", v(1), Some(b"one"))?;
         s.sync()?;
         drop(s);
         // A crash after a compaction wrote its copy but before it deleted
         // the old segment leaves two generations with the same records.
         fs::copy(log::segment_path(&path, 1), log::segment_path(&path, 2))?;
-        let s = Sector::open(&path, 2)?;
-        assert_eq!(log::list_generations(&path)?, vec![3]);
+        let s = Sector::open(os(), &path, 2)?;
+        assert_eq!(log::list_generations(&OsDisk, &path)?, vec![3]);
         assert_eq!(value_of(&s, b"a"), Some(b"one".to_vec()));
         Ok(())
     }
@@ -477,7 +487,7 @@ mod tests {
     #[test]
     fn oversized_writes_are_refused() -> Result<()> {
         let dir = TestDir::new("sector-big");
-        let mut s = Sector::open(&dir.path().join("0"), 0)?;
+        let mut s = Sector::open(os(), &dir.path().join("0"), 0)?;
         let key = vec![1u8; crate::store::record::MAX_KEY + 1];
         assert!(matches!(s.apply(&key, v(1), None), Err(Error::TooLarge { .. })));
         assert_eq!(s.len(), 0);
