@@ -2,8 +2,8 @@
 //!
 //! Each write goes to its sector's log (page cache only) and is also
 //! appended to an in-memory WAL buffer. Once per loop turn
-//! [`Wal::commit`] writes the buffer to `wal.log` with one `write` and one
-//! `fdatasync`, so a turn's acknowledgements cost one fsync however many
+//! [`Wal::commit`] writes the buffer to the WAL file with one `pwrite` at
+//! its end and one `fdatasync`, so a turn's acknowledgements cost one fsync however many
 //! sectors they touch. At a checkpoint the store fsyncs the sectors written
 //! since the last one and empties the WAL (two files alternate, so
 //! retiring a full one never stalls the loop; see `Store`). After a crash the sector logs
@@ -38,14 +38,22 @@ pub struct Wal {
     unsynced: bool,
     /// Bytes on disk.
     len: u64,
+    /// The file was created by this open: its directory entry is not
+    /// durable until the directory is synced.
+    created: bool,
 }
 
 impl Wal {
-    /// Opens (or creates) `<dir>/wal.log` and returns it with the records
+    /// Opens (or creates) `<dir>/<name>` and returns it with the records
     /// it holds, in order, for replay. A torn or corrupt tail is cut.
     pub fn open(disk: &dyn Disk, dir: &Path, name: &str) -> Result<(Wal, Vec<(u32, Record)>)> {
         let path = dir.join(name);
-        let mut r = BufReader::new(SeqReader::new(disk.open(&path, OpenMode::Create)?));
+        let (file, created) = match disk.open(&path, OpenMode::Write) {
+            Ok(file) => (file, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (disk.open(&path, OpenMode::Create)?, true),
+            Err(e) => return Err(e.into()),
+        };
+        let mut r = BufReader::new(SeqReader::new(file));
         let (frames, good) = read_frames(&mut r)?;
         let file = r.into_inner().into_inner();
         let on_disk = file.len()?;
@@ -54,7 +62,7 @@ impl Wal {
             file.set_len(good)?;
             file.sync_data()?;
         }
-        Ok((Wal { file, path, buf: Vec::new(), unsynced: false, len: good }, frames))
+        Ok((Wal { file, path, buf: Vec::new(), unsynced: false, len: good, created }, frames))
     }
 
     /// Appends one write to the buffer (nothing reaches the disk yet).
@@ -117,6 +125,12 @@ impl Wal {
         self.file.sync_data()?;
         self.len = 0;
         Ok(())
+    }
+
+    /// Whether this open created the file (its directory must be synced
+    /// before a commit to it is durable).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// Where the log lives.
