@@ -9,10 +9,10 @@
 //! state, so nodes that re-register keep their sectors and no data moves.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -21,6 +21,7 @@ use nix::sys::signal::Signal;
 use crate::daemon::{self, Readiness};
 use crate::net::codec::{self, Body, Header, Limits, Message};
 use crate::net::{self, ConnId, Handler, Io, Reactor};
+use crate::store::disk::{self, Disk, OsDisk};
 use crate::table::{NodeState, Table};
 
 /// The state file inside the data directory.
@@ -75,6 +76,8 @@ pub struct Peer {
 /// The manager's state.
 pub struct Manager {
     cfg: Config,
+    /// Where the state file is kept.
+    disk: Rc<dyn Disk>,
     /// The table clients and coordinators route by.
     table: Table,
     /// The table the cluster is moving to, while gainers receive sectors.
@@ -105,13 +108,16 @@ impl Manager {
     /// Loads the state from `cfg.data_dir` or starts a new cluster; `now`
     /// is the monotonic time of the start.
     pub fn open(cfg: Config, now: Instant) -> Result<Manager, String> {
-        fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("{}: {e}", cfg.data_dir.display()))?;
+        Manager::open_on(Rc::new(OsDisk), cfg, now)
+    }
+
+    /// Like [`Manager::open`], with the state file on `disk`.
+    pub fn open_on(disk: Rc<dyn Disk>, cfg: Config, now: Instant) -> Result<Manager, String> {
+        disk.create_dir_all(&cfg.data_dir).map_err(|e| format!("{}: {e}", cfg.data_dir.display()))?;
         let path = cfg.data_dir.join(STATE_FILE);
-        let (table, pending, next_client) = match fs::read(&path) {
-            Ok(bytes) => load_state(&bytes).map_err(|e| format!("{}: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                (Table::new(cfg.sectors, cfg.rep, cfg.read_quorum, cfg.write_quorum), None, 1)
-            }
+        let (table, pending, next_client) = match disk::read_file(&*disk, &path) {
+            Ok(Some(bytes)) => load_state(&bytes).map_err(|e| format!("{}: {e}", path.display()))?,
+            Ok(None) => (Table::new(cfg.sectors, cfg.rep, cfg.read_quorum, cfg.write_quorum), None, 1),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         if table.rep != cfg.rep || table.sectors() != cfg.sectors {
@@ -131,6 +137,7 @@ impl Manager {
         let next_client = next_client.saturating_add(CLIENT_ID_BATCH);
         Ok(Manager {
             cfg,
+            disk,
             table,
             pending,
             waiting,
@@ -165,7 +172,9 @@ impl Manager {
     }
 
     fn save(&self) {
-        if let Err(e) = save_state(&self.cfg.data_dir, &self.table, self.pending.as_ref(), self.next_client) {
+        if let Err(e) =
+            save_state(&*self.disk, &self.cfg.data_dir, &self.table, self.pending.as_ref(), self.next_client)
+        {
             warn!("cannot save state: {e}");
         }
     }
@@ -406,15 +415,16 @@ pub fn error_reply(req: u64, reason: &str) -> Message {
 }
 
 /// Encodes the state as a TABLE message whose client field is the next client id.
-fn save_state(dir: &std::path::Path, table: &Table, pending: Option<&Table>, next_client: u64) -> std::io::Result<()> {
+fn save_state(
+    disk: &dyn Disk,
+    dir: &std::path::Path,
+    table: &Table,
+    pending: Option<&Table>,
+    next_client: u64,
+) -> std::io::Result<()> {
     let header = Header { client: next_client, node: 0, req: 0 };
     let body = Body::TableMsg { table: table.clone(), pending: pending.cloned(), contact: 0 };
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&codec::to_bytes(&Message { header, body }))?;
-    f.sync_all()?;
-    fs::rename(&tmp, dir.join(STATE_FILE))?;
-    fs::File::open(dir)?.sync_all()
+    disk::write_file_durably(disk, dir, STATE_FILE, &codec::to_bytes(&Message { header, body }))
 }
 
 type State = (Table, Option<Table>, u64);

@@ -262,6 +262,8 @@ pub struct Host<H: Handler> {
     pub inbox: VecDeque<Input>,
     /// Runs nothing before this time (a stall, as under SIGSTOP).
     pub stalled_until: Time,
+    /// Wake-ups scheduled and not yet run (one per time at most).
+    pub wakes: std::collections::BTreeSet<Time>,
 }
 
 impl<H: Handler> Host<H> {

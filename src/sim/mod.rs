@@ -39,8 +39,10 @@ use plan::{Fault, Plan};
 use crate::manager::{self, Manager};
 use crate::net::{ConnId, Handler, SplitMix};
 use crate::storage::{self, Node};
+use crate::store::disk::SimDisk;
 use crate::store::{FsyncPolicy, Store};
 use crate::table::NodeState;
+use std::rc::Rc;
 
 /// µs per ms.
 const MS: Time = 1000;
@@ -132,6 +134,8 @@ pub struct World {
     faults: usize,
     /// The world has been cut short (a role hit a bug).
     aborted: Vec<String>,
+    /// Each process's disk; a crash loses what it had not synced.
+    disks: BTreeMap<Proc, SimDisk>,
 }
 
 fn manager_addr() -> SocketAddr {
@@ -156,6 +160,7 @@ impl World {
             addr: manager_addr(),
             inbox: Default::default(),
             stalled_until: 0,
+            wakes: Default::default(),
         };
         World {
             plan,
@@ -171,6 +176,7 @@ impl World {
             crashed: Vec::new(),
             faults: 0,
             aborted: Vec::new(),
+            disks: BTreeMap::new(),
         }
     }
 
@@ -209,7 +215,8 @@ impl World {
         set_current(now, Proc::Manager);
         let io = HostIo::new(self.base, WALL_BASE_MS, now, 0, self.rng.next_u64());
         self.manager.io = io;
-        match Manager::open(self.manager_cfg(), self.manager.io_now()) {
+        let disk = Rc::new(self.disks.entry(Proc::Manager).or_default().clone());
+        match Manager::open_on(disk, self.manager_cfg(), self.manager.io_now()) {
             Ok(mut m) => {
                 m.start(&mut self.manager.io);
                 self.manager.role = Some(m);
@@ -224,8 +231,9 @@ impl World {
         let now = self.net.now;
         set_current(now, Proc::Node(id));
         let cfg = self.node_cfg(id);
-        let opened = Store::open(&cfg.data_dir, cfg.fsync)
-            .and_then(|s| Ok((s, Store::open(&cfg.data_dir.join("hints"), cfg.fsync)?)));
+        let disk = self.disks.entry(Proc::Node(id)).or_default().clone();
+        let opened = Store::open_on(Rc::new(disk.clone()), &cfg.data_dir, cfg.fsync)
+            .and_then(|s| Ok((s, Store::open_on(Rc::new(disk), &cfg.data_dir.join("hints"), cfg.fsync)?)));
         let (store, hints) = match opened {
             Ok(v) => v,
             Err(e) => {
@@ -237,7 +245,14 @@ impl World {
         let mut io = HostIo::new(self.base, WALL_BASE_MS, now, skew, self.rng.next_u64());
         let mut node = Node::new(cfg, store, hints, node_addr(id).to_string(), None);
         node.start(&mut io);
-        let host = Host { role: Some(node), io, addr: node_addr(id), inbox: Default::default(), stalled_until: 0 };
+        let host = Host {
+            role: Some(node),
+            io,
+            addr: node_addr(id),
+            inbox: Default::default(),
+            stalled_until: 0,
+            wakes: Default::default(),
+        };
         self.nodes.insert(id, host);
         self.net.listeners.insert(node_addr(id), Proc::Node(id));
         self.schedule_wake(Proc::Node(id));
@@ -245,27 +260,50 @@ impl World {
 
     fn schedule_wake(&mut self, p: Proc) {
         let now = self.net.now;
-        self.net.at(now, Event::Wake(p));
+        match p {
+            Proc::Manager => wake_at(&mut self.manager.wakes, &mut self.net, p, now),
+            Proc::Node(id) => {
+                if let Some(h) = self.nodes.get_mut(&id) {
+                    wake_at(&mut h.wakes, &mut self.net, p, now);
+                }
+            }
+            Proc::Client(_) => {}
+        }
+    }
+
+    /// A wake-up of `p` at the current time was taken off the queue.
+    fn woken(&mut self, p: Proc) {
+        let now = self.net.now;
+        match p {
+            Proc::Manager => self.manager.wakes.retain(|&t| t > now),
+            Proc::Node(id) => {
+                if let Some(h) = self.nodes.get_mut(&id) {
+                    h.wakes.retain(|&t| t > now);
+                }
+            }
+            Proc::Client(_) => {}
+        }
     }
 
     /// Crashes `p`: the role is gone without a goodbye, what its disk had
     /// not synced is lost, and every connection of it resets.
     fn crash(&mut self, p: Proc) {
         note(self.net.now, format!("crash {p}"));
+        // The power cut comes first: it kills the role's file handles, so
+        // dropping the role below writes nothing more to the disk.
+        let seed = self.rng.next_u64();
+        if let Some(d) = self.disks.get(&p) {
+            d.crash(seed);
+        }
         match p {
             Proc::Manager => {
-                if let Some(m) = self.manager.role.take() {
-                    std::mem::forget(m);
-                }
+                drop(self.manager.role.take());
                 self.manager.inbox.clear();
                 self.net.listeners.remove(&manager_addr());
             }
             Proc::Node(id) => {
                 if let Some(h) = self.nodes.get_mut(&id) {
-                    if let Some(n) = h.role.take() {
-                        // A crash runs no destructor: no final checkpoint.
-                        std::mem::forget(n);
-                    }
+                    drop(h.role.take());
                     h.inbox.clear();
                 }
                 self.net.listeners.remove(&node_addr(id));
@@ -503,9 +541,18 @@ impl World {
             let Some(ev) = self.net.pop() else { break };
             // A stalled process runs nothing: its wake-ups wait for the stall's end.
             if let Event::Wake(p) = ev {
+                self.woken(p);
                 let until = self.stalled_until(p);
                 if until > self.net.now {
-                    self.net.at(until, Event::Wake(p));
+                    match p {
+                        Proc::Manager => wake_at(&mut self.manager.wakes, &mut self.net, p, until),
+                        Proc::Node(id) => {
+                            if let Some(h) = self.nodes.get_mut(&id) {
+                                wake_at(&mut h.wakes, &mut self.net, p, until);
+                            }
+                        }
+                        Proc::Client(_) => {}
+                    }
                     continue;
                 }
             }
@@ -559,9 +606,19 @@ fn run_turn<H: Handler>(host: &mut Host<H>, me: Proc, net: &mut Net, base: Insta
     }
     if let Some(at) = host.io.timers.next_deadline() {
         let t = at.saturating_duration_since(base).as_micros() as Time;
-        net.at(t.max(net.now), Event::Wake(me));
+        wake_at(&mut host.wakes, net, me, t.max(net.now));
     }
     TurnEnd::Idle
+}
+
+/// Schedules a wake-up of `p` at `t` unless one at or before `t` is already
+/// scheduled (that turn schedules the next one itself).
+fn wake_at(wakes: &mut std::collections::BTreeSet<Time>, net: &mut Net, p: Proc, t: Time) {
+    if wakes.first().is_some_and(|&first| first <= t) {
+        return;
+    }
+    wakes.insert(t);
+    net.at(t, Event::Wake(p));
 }
 
 /// Hands a host's queued output to the network: with `early_only`, what may
@@ -599,8 +656,7 @@ pub fn run_seed(seed: u64, root: &std::path::Path) -> Report {
     let plan = Plan::draw(seed);
     let summary = plan.summary();
     let dir = root.join(format!("seed-{seed}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut w = World::new(plan, dir.clone());
+    let mut w = World::new(plan, dir);
     let failures = w.run();
     let report = Report {
         seed,
@@ -612,7 +668,6 @@ pub fn run_seed(seed: u64, root: &std::path::Path) -> Report {
         steps: w.net.steps,
     };
     drop(w);
-    let _ = std::fs::remove_dir_all(&dir);
     report
 }
 

@@ -5,13 +5,13 @@
 //! record's [`Loc`] is known without a `seek`; `sync` is `sync_data`.
 //! [`SegmentIter`] reads a segment front to back for replay, and
 //! [`read_at`] fetches one record by its `Loc` with a positioned read,
-//! checking its CRC again.
+//! checking its CRC again. Every file access goes through the store's
+//! [`Disk`].
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader};
-use std::os::unix::fs::FileExt;
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
+use super::disk::{Disk, DiskFile, OpenMode, SeqReader};
 use super::record::{self, Decoded, Record, HEADER_LEN, MAX_RECORD};
 use super::{Error, Result};
 use crate::hlc::Version;
@@ -52,22 +52,15 @@ pub fn parse_generation(name: &str) -> Option<u64> {
 }
 
 /// The generations of all segments in `dir`, oldest first.
-pub fn list_generations(dir: &Path) -> Result<Vec<u64>> {
+pub fn list_generations(disk: &dyn Disk, dir: &Path) -> Result<Vec<u64>> {
     let mut gens = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if let Some(gen) = entry.file_name().to_str().and_then(parse_generation) {
+    for entry in disk.read_dir(dir)? {
+        if let Some(gen) = entry.name.to_str().and_then(parse_generation) {
             gens.push(gen);
         }
     }
     gens.sort_unstable();
     Ok(gens)
-}
-
-/// Flushes a directory's entries (file creations, removals) to disk.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 /// Appended bytes held in memory before one positioned write.
@@ -82,7 +75,7 @@ pub const WRITE_BUFFER: usize = 4 * 1024;
 pub struct SegmentWriter {
     sector: u32,
     gen: u64,
-    file: File,
+    file: Box<dyn DiskFile>,
     /// The logical end: file bytes plus buffered bytes.
     pos: u64,
     /// Bytes already written to the file.
@@ -94,15 +87,14 @@ pub struct SegmentWriter {
 
 impl SegmentWriter {
     /// Creates (or empties) segment `gen` in `dir`.
-    pub fn create(dir: &Path, sector: u32, gen: u64) -> Result<SegmentWriter> {
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(true).open(segment_path(dir, gen))?;
+    pub fn create(disk: &dyn Disk, dir: &Path, sector: u32, gen: u64) -> Result<SegmentWriter> {
+        let file = disk.open(&segment_path(dir, gen), OpenMode::Truncate)?;
         Ok(SegmentWriter { sector, gen, file, pos: 0, flushed: 0, buf: Vec::new(), last_start: 0 })
     }
 
     /// Opens existing segment `gen` to append at `pos`, its recovered end.
-    pub fn open_at(dir: &Path, sector: u32, gen: u64, pos: u64) -> Result<SegmentWriter> {
-        let file = OpenOptions::new().read(true).write(true).open(segment_path(dir, gen))?;
+    pub fn open_at(disk: &dyn Disk, dir: &Path, sector: u32, gen: u64, pos: u64) -> Result<SegmentWriter> {
+        let file = disk.open(&segment_path(dir, gen), OpenMode::Write)?;
         Ok(SegmentWriter { sector, gen, file, pos, flushed: pos, buf: Vec::new(), last_start: 0 })
     }
 
@@ -169,7 +161,7 @@ impl SegmentWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.file.write_all_at(&self.buf, self.flushed) {
+        if let Err(e) = self.file.write_at(&self.buf, self.flushed) {
             // Drop a partial write so the file still ends at a record boundary.
             let _ = self.file.set_len(self.flushed);
             return Err(e.into());
@@ -189,7 +181,7 @@ impl SegmentWriter {
     /// Reads the record at `loc`, which must be in this writer's segment.
     pub fn read(&self, loc: Loc) -> Result<Record> {
         if loc.pos < self.flushed {
-            return read_at(&self.file, self.sector, loc);
+            return read_at(self.file.as_ref(), self.sector, loc);
         }
         let corrupt = Error::Corrupt { sector: self.sector, gen: loc.gen, offset: loc.pos };
         let from = usize::try_from(loc.pos - self.flushed).map_err(|_| corrupt)?;
@@ -210,7 +202,9 @@ impl SegmentWriter {
     pub fn contents(&self) -> Result<Vec<u8>> {
         let on_disk = usize::try_from(self.flushed).map_err(|_| too_large("segment", usize::MAX))?;
         let mut all = vec![0u8; on_disk];
-        self.file.read_exact_at(&mut all, 0)?;
+        if self.file.read_at(&mut all, 0)? < on_disk {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
         all.extend_from_slice(&self.buf);
         Ok(all)
     }
@@ -229,17 +223,15 @@ fn too_large(what: &'static str, len: usize) -> Error {
 }
 
 /// Reads and verifies the record at `loc` from `file` (a positioned read).
-pub fn read_at(file: &File, sector: u32, loc: Loc) -> Result<Record> {
+pub fn read_at(file: &dyn DiskFile, sector: u32, loc: Loc) -> Result<Record> {
     let corrupt = Error::Corrupt { sector, gen: loc.gen, offset: loc.pos };
     let len = loc.len as usize;
     if !(HEADER_LEN..=MAX_RECORD).contains(&len) {
         return Err(corrupt);
     }
     let mut buf = vec![0u8; len];
-    match file.read_exact_at(&mut buf, loc.pos) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(corrupt),
-        Err(e) => return Err(e.into()),
+    if file.read_at(&mut buf, loc.pos)? < len {
+        return Err(corrupt);
     }
     match record::decode(&buf) {
         Decoded::Record { record, len } if len == loc.len => Ok(record),
@@ -249,15 +241,18 @@ pub fn read_at(file: &File, sector: u32, loc: Loc) -> Result<Record> {
 
 /// Reads the record at `loc` from a segment that has no open writer; the
 /// file is opened only for this read.
-pub fn read_loc(dir: &Path, sector: u32, loc: Loc) -> Result<Record> {
-    let file = File::open(segment_path(dir, loc.gen))?;
-    read_at(&file, sector, loc)
+pub fn read_loc(disk: &dyn Disk, dir: &Path, sector: u32, loc: Loc) -> Result<Record> {
+    let file = disk.open(&segment_path(dir, loc.gen), OpenMode::Read)?;
+    read_at(file.as_ref(), sector, loc)
 }
+
+/// Bytes read per `pread` while a segment is replayed.
+pub const READ_BUFFER: usize = 64 * 1024;
 
 /// Reads a segment front to back, for replay.
 #[derive(Debug)]
 pub struct SegmentIter {
-    reader: BufReader<File>,
+    reader: BufReader<SeqReader>,
     sector: u32,
     gen: u64,
     pos: u64,
@@ -265,9 +260,9 @@ pub struct SegmentIter {
 
 impl SegmentIter {
     /// Opens segment `gen` in `dir` at its start.
-    pub fn open(dir: &Path, sector: u32, gen: u64) -> Result<SegmentIter> {
-        let file = File::open(segment_path(dir, gen))?;
-        Ok(SegmentIter { reader: BufReader::with_capacity(64 * 1024, file), sector, gen, pos: 0 })
+    pub fn open(disk: &dyn Disk, dir: &Path, sector: u32, gen: u64) -> Result<SegmentIter> {
+        let file = disk.open(&segment_path(dir, gen), OpenMode::Read)?;
+        Ok(SegmentIter { reader: BufReader::with_capacity(READ_BUFFER, SeqReader::new(file)), sector, gen, pos: 0 })
     }
 
     /// The offset just past the last record returned: the good length.
@@ -296,7 +291,9 @@ impl SegmentIter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::disk::OsDisk;
     use crate::store::test_dir::TestDir;
+    use std::fs;
 
     fn v(ms: u64) -> Version {
         Version { ms, counter: 0, node: 1 }
@@ -316,7 +313,7 @@ mod tests {
     #[test]
     fn locations_are_contiguous_and_readable() -> Result<()> {
         let dir = TestDir::new("log-loc");
-        let mut w = SegmentWriter::create(dir.path(), 0, 1)?;
+        let mut w = SegmentWriter::create(&OsDisk, dir.path(), 0, 1)?;
         let a = Record::put(b"a", b"first", v(1));
         let b = Record::tombstone(b"b", v(2));
         let la = w.append(&a)?;
@@ -326,20 +323,20 @@ mod tests {
         assert_eq!(w.pos(), lb.end());
         w.sync()?;
         assert_eq!(w.read(lb)?, b);
-        assert_eq!(read_loc(dir.path(), 0, la)?, a);
+        assert_eq!(read_loc(&OsDisk, dir.path(), 0, la)?, a);
         Ok(())
     }
 
     #[test]
     fn iterator_replays_in_order() -> Result<()> {
         let dir = TestDir::new("log-iter");
-        let mut w = SegmentWriter::create(dir.path(), 3, 7)?;
+        let mut w = SegmentWriter::create(&OsDisk, dir.path(), 3, 7)?;
         let recs: Vec<Record> =
             (0..50u64).map(|i| Record::put(format!("k{i}").as_bytes(), &vec![i as u8; i as usize], v(i))).collect();
         let locs: Vec<Loc> = recs.iter().map(|r| w.append(r).unwrap()).collect();
         assert_eq!(w.read(locs[49])?, recs[49], "a buffered record reads back");
         w.flush()?;
-        let mut it = SegmentIter::open(dir.path(), 3, 7)?;
+        let mut it = SegmentIter::open(&OsDisk, dir.path(), 3, 7)?;
         for (rec, loc) in recs.iter().zip(&locs) {
             assert_eq!(it.next_record()?, Some((*loc, rec.clone())));
         }
@@ -351,7 +348,7 @@ mod tests {
     #[test]
     fn read_at_rejects_a_wrong_location() -> Result<()> {
         let dir = TestDir::new("log-badloc");
-        let mut w = SegmentWriter::create(dir.path(), 5, 1)?;
+        let mut w = SegmentWriter::create(&OsDisk, dir.path(), 5, 1)?;
         let loc = w.append(&Record::put(b"key", b"value", v(1)))?;
         let shifted = Loc { pos: 1, len: loc.len - 1, ..loc };
         assert!(matches!(w.read(shifted), Err(Error::Corrupt { sector: 5, gen: 1, offset: 1 })));
@@ -365,7 +362,7 @@ mod tests {
     #[test]
     fn oversized_appends_write_nothing() -> Result<()> {
         let dir = TestDir::new("log-big");
-        let mut w = SegmentWriter::create(dir.path(), 0, 1)?;
+        let mut w = SegmentWriter::create(&OsDisk, dir.path(), 0, 1)?;
         let key = vec![0u8; record::MAX_KEY + 1];
         assert!(matches!(w.append_parts(&key, None, v(1)), Err(Error::TooLarge { what: "key", .. })));
         assert_eq!(w.pos(), 0);
@@ -377,10 +374,10 @@ mod tests {
     fn generations_are_listed_oldest_first() -> Result<()> {
         let dir = TestDir::new("log-list");
         for gen in [10, 2, 7] {
-            SegmentWriter::create(dir.path(), 0, gen)?;
+            SegmentWriter::create(&OsDisk, dir.path(), 0, gen)?;
         }
         fs::write(dir.path().join("notes.txt"), b"ignored")?;
-        assert_eq!(list_generations(dir.path())?, vec![2, 7, 10]);
+        assert_eq!(list_generations(&OsDisk, dir.path())?, vec![2, 7, 10]);
         Ok(())
     }
 }

@@ -8,12 +8,12 @@
 //! damage in an older, sealed segment cannot come from a crash, so it is
 //! `Error::Corrupt`. Records before the damage are never lost.
 
-use std::fs::OpenOptions;
 use std::path::Path;
 
+use super::disk::{Disk, OpenMode};
+use super::index::{Entry, Index, IndexKey};
 use super::log::{self, Loc, SegmentIter};
 use super::record::Record;
-use super::sector::{Entry, Index, IndexKey};
 use super::{Error, Result};
 
 /// What a replay found.
@@ -45,25 +45,25 @@ pub struct Replayed {
 }
 
 /// Replays every segment of the sector in `dir` (sector id `sector`).
-pub fn replay(dir: &Path, sector: u32) -> Result<Replayed> {
-    let mut out = Replayed { generations: log::list_generations(dir)?, ..Replayed::default() };
+pub fn replay(disk: &dyn Disk, dir: &Path, sector: u32) -> Result<Replayed> {
+    let mut out = Replayed { generations: log::list_generations(disk, dir)?, ..Replayed::default() };
     let newest = out.generations.last().copied();
     for gen in out.generations.clone() {
-        out.tail = replay_segment(dir, sector, gen, Some(gen) == newest, &mut out)?;
+        out.tail = replay_segment(disk, dir, sector, gen, Some(gen) == newest, &mut out)?;
         out.stats.segments = out.stats.segments.saturating_add(1);
     }
     Ok(out)
 }
 
 /// Replays one segment into `out`; returns its good length.
-fn replay_segment(dir: &Path, sector: u32, gen: u64, newest: bool, out: &mut Replayed) -> Result<u64> {
-    let mut it = SegmentIter::open(dir, sector, gen)?;
+fn replay_segment(disk: &dyn Disk, dir: &Path, sector: u32, gen: u64, newest: bool, out: &mut Replayed) -> Result<u64> {
+    let mut it = SegmentIter::open(disk, dir, sector, gen)?;
     loop {
         match it.next_record() {
             Ok(Some((loc, rec))) => insert(out, loc, rec),
             Ok(None) => return Ok(it.pos()),
             Err(Error::Corrupt { offset, .. }) if newest => {
-                let cut = cut_tail(dir, gen, offset)?;
+                let cut = cut_tail(disk, dir, gen, offset)?;
                 out.stats.bytes_cut = out.stats.bytes_cut.saturating_add(cut);
                 return Ok(offset);
             }
@@ -104,10 +104,10 @@ fn insert(out: &mut Replayed, loc: Loc, rec: Record) {
 
 /// Cuts segment `gen` down to `good` bytes and reports it; returns the
 /// number of bytes cut.
-fn cut_tail(dir: &Path, gen: u64, good: u64) -> Result<u64> {
+fn cut_tail(disk: &dyn Disk, dir: &Path, gen: u64, good: u64) -> Result<u64> {
     let path = log::segment_path(dir, gen);
-    let file = OpenOptions::new().write(true).open(&path)?;
-    let len = file.metadata()?.len();
+    let file = disk.open(&path, OpenMode::Write)?;
+    let len = file.len()?;
     let cut = len.saturating_sub(good);
     file.set_len(good)?;
     file.sync_data()?;
@@ -119,6 +119,7 @@ fn cut_tail(dir: &Path, gen: u64, good: u64) -> Result<u64> {
 mod tests {
     use super::*;
     use crate::hlc::Version;
+    use crate::store::disk::OsDisk;
     use crate::store::log::SegmentWriter;
     use crate::store::test_dir::TestDir;
     use std::fs;
@@ -134,7 +135,7 @@ mod tests {
 
     /// Writes `recs` as segment `gen`; returns their locations.
     fn write_segment(dir: &Path, gen: u64, recs: &[Record]) -> Vec<Loc> {
-        let mut w = SegmentWriter::create(dir, 0, gen).unwrap();
+        let mut w = SegmentWriter::create(&OsDisk, dir, 0, gen).unwrap();
         let locs = recs.iter().map(|r| w.append(r).unwrap()).collect();
         w.sync().unwrap();
         locs
@@ -150,7 +151,7 @@ mod tests {
     #[test]
     fn empty_directory_replays_to_nothing() -> Result<()> {
         let dir = TestDir::new("rec-empty");
-        let got = replay(dir.path(), 0)?;
+        let got = replay(&OsDisk, dir.path(), 0)?;
         assert!(got.index.is_empty());
         assert_eq!(got.stats, Stats::default());
         assert_eq!(got.tail, 0);
@@ -168,7 +169,7 @@ mod tests {
             let dir = TestDir::new("rec-torn");
             let path = log::segment_path(dir.path(), 1);
             fs::write(&path, &bytes[..cut as usize])?;
-            let got = replay(dir.path(), 0)?;
+            let got = replay(&OsDisk, dir.path(), 0)?;
             assert_holds(&got, &recs[..4]);
             assert_eq!(got.tail, last.pos, "cut at {cut}");
             assert_eq!(got.stats.bytes_cut, cut - last.pos);
@@ -186,7 +187,7 @@ mod tests {
         let good = locs.last().unwrap().end();
         for garbage in [vec![0u8; 4096], b"not a record at all, just noise".to_vec()] {
             fs::OpenOptions::new().append(true).open(&path)?.write_all(&garbage)?;
-            let got = replay(dir.path(), 0)?;
+            let got = replay(&OsDisk, dir.path(), 0)?;
             assert_holds(&got, &recs);
             assert_eq!(got.stats.bytes_cut, garbage.len() as u64);
             assert_eq!(fs::metadata(&path)?.len(), good);
@@ -204,7 +205,7 @@ mod tests {
         let victim = locs[1];
         bytes[victim.end() as usize - 1] ^= 0x40;
         fs::write(&path, &bytes)?;
-        match replay(dir.path(), 7) {
+        match replay(&OsDisk, dir.path(), 7) {
             Err(Error::Corrupt { sector: 7, gen: 1, offset }) => assert_eq!(offset, victim.pos),
             other => panic!("expected Corrupt, got {other:?}"),
         }
@@ -222,7 +223,7 @@ mod tests {
         let mut bytes = fs::read(&path)?;
         bytes[locs[2].pos as usize + 20] ^= 1;
         fs::write(&path, &bytes)?;
-        let got = replay(dir.path(), 0)?;
+        let got = replay(&OsDisk, dir.path(), 0)?;
         assert_holds(&got, &recs[..2]);
         assert_eq!(fs::metadata(&path)?.len(), locs[2].pos);
         Ok(())
@@ -235,7 +236,7 @@ mod tests {
         let new = Record::put(b"k", b"new", v(2));
         let gone = Record::tombstone(b"k", v(3));
         let locs = write_segment(dir.path(), 1, &[old, new, gone.clone()]);
-        let got = replay(dir.path(), 0)?;
+        let got = replay(&OsDisk, dir.path(), 0)?;
         let e = got.index[&b"k"[..]];
         assert!(e.tombstone());
         assert_eq!(e.version(), gone.version);
@@ -252,7 +253,7 @@ mod tests {
         let recs = records(3);
         write_segment(dir.path(), 1, &recs);
         let copies = write_segment(dir.path(), 2, &recs);
-        let got = replay(dir.path(), 0)?;
+        let got = replay(&OsDisk, dir.path(), 0)?;
         assert_eq!(got.generations, vec![1, 2]);
         for (r, loc) in recs.iter().zip(&copies) {
             assert_eq!(got.index[&r.key[..]].loc(), *loc);

@@ -11,10 +11,12 @@
 //! A sector keeps exactly one file open: its active segment.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use super::log::{self, Loc, SegmentWriter};
+use super::disk::Disk;
+use super::index::{Entry, Index, IndexKey};
+use super::log::{self, SegmentWriter};
 use super::record::{self, Record};
 use super::recovery::{self, Stats};
 use super::{Error, Item, Result};
@@ -26,139 +28,11 @@ pub const COMPACT_MIN_DEAD_BYTES: u64 = 1024 * 1024;
 /// The generation of a new sector's first segment.
 const FIRST_GEN: u64 = 1;
 
-/// The index entry of one key: its newest record. Packed into 24 bytes,
-/// since there is one per key in memory: the segment generation and offset
-/// as u32, the tombstone flag in the length's top bit, and the version with
-/// a 16-bit counter and node id (the clock keeps counters below 2^16 and
-/// node ids are at most 65535).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Entry {
-    ms: u64,
-    counter: u16,
-    node: u16,
-    gen: u32,
-    pos: u32,
-    len_and_flag: u32,
-}
-
-/// The tombstone bit of `Entry::len_and_flag`.
-const TOMBSTONE_BIT: u32 = 1 << 31;
-
-impl Entry {
-    /// The entry of a record at `loc`; an error if the segment is past
-    /// 4 GiB or the version does not fit the packed form.
-    pub fn new(loc: Loc, version: Version, tombstone: bool) -> Result<Entry> {
-        let too_large = |what, len| Error::TooLarge { what, len, limit: u64::from(u32::MAX >> 1) };
-        let gen = u32::try_from(loc.gen).map_err(|_| too_large("segment generation", loc.gen))?;
-        let pos = u32::try_from(loc.pos).map_err(|_| too_large("segment offset", loc.pos))?;
-        if loc.len & TOMBSTONE_BIT != 0 {
-            return Err(too_large("record", u64::from(loc.len)));
-        }
-        let counter =
-            u16::try_from(version.counter).map_err(|_| too_large("version counter", version.counter.into()))?;
-        let node = u16::try_from(version.node).map_err(|_| too_large("version node id", version.node.into()))?;
-        let flag = if tombstone { TOMBSTONE_BIT } else { 0 };
-        Ok(Entry { ms: version.ms, counter, node, gen, pos, len_and_flag: loc.len | flag })
-    }
-
-    /// Where the record is.
-    pub fn loc(&self) -> Loc {
-        Loc { gen: u64::from(self.gen), pos: u64::from(self.pos), len: self.len_and_flag & !TOMBSTONE_BIT }
-    }
-
-    /// The record's version.
-    pub fn version(&self) -> Version {
-        Version { ms: self.ms, counter: u32::from(self.counter), node: u32::from(self.node) }
-    }
-
-    /// The record is a tombstone (the key is deleted).
-    pub fn tombstone(&self) -> bool {
-        self.len_and_flag & TOMBSTONE_BIT != 0
-    }
-}
-
-/// Keys up to this many bytes are stored inside the index slot.
-pub const INLINE_KEY: usize = 14;
-
-/// A key as the index stores it, in 16 bytes: short keys in place (no
-/// allocation of their own), longer ones behind a thin pointer. Hashes and
-/// compares as its bytes.
-#[derive(Clone)]
-pub enum IndexKey {
-    /// A key of at most `INLINE_KEY` bytes.
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
-    /// A longer key.
-    #[allow(clippy::box_collection)] // a thin pointer keeps the slot at 16 bytes
-    Boxed(Box<Vec<u8>>),
-}
-
-impl IndexKey {
-    /// The index form of `key`.
-    pub fn new(key: &[u8]) -> IndexKey {
-        match key.len() {
-            n if n <= INLINE_KEY => {
-                let mut bytes = [0u8; INLINE_KEY];
-                bytes[..n].copy_from_slice(key);
-                IndexKey::Inline { len: n as u8, bytes }
-            }
-            _ => IndexKey::Boxed(Box::new(key.to_vec())),
-        }
-    }
-
-    /// The key's bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        match self {
-            IndexKey::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
-            IndexKey::Boxed(b) => b,
-        }
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for IndexKey {
-    fn borrow(&self) -> &[u8] {
-        self.as_slice()
-    }
-}
-
-impl std::hash::Hash for IndexKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_slice().hash(state)
-    }
-}
-
-impl PartialEq for IndexKey {
-    fn eq(&self, other: &IndexKey) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl Eq for IndexKey {}
-
-impl PartialOrd for IndexKey {
-    fn partial_cmp(&self, other: &IndexKey) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for IndexKey {
-    fn cmp(&self, other: &IndexKey) -> std::cmp::Ordering {
-        self.as_slice().cmp(other.as_slice())
-    }
-}
-
-impl std::fmt::Debug for IndexKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", String::from_utf8_lossy(self.as_slice()))
-    }
-}
-
-/// A sector's index: key → newest entry.
-pub type Index = HashMap<IndexKey, Entry>;
-
 /// One sector's index and active segment.
 #[derive(Debug)]
 pub struct Sector {
     id: u32,
+    disk: Rc<dyn Disk>,
     dir: PathBuf,
     index: Index,
     writer: SegmentWriter,
@@ -176,23 +50,24 @@ impl Sector {
     /// Opens sector `id` stored in `dir`, creating the directory if needed,
     /// and replays its segments. Leftovers of an interrupted compaction
     /// (more than one segment) are compacted into one if possible.
-    pub fn open(dir: &Path, id: u32) -> Result<Sector> {
+    pub fn open(disk: Rc<dyn Disk>, dir: &Path, id: u32) -> Result<Sector> {
         let mut new_dirs = false;
-        if !dir.is_dir() {
-            fs::create_dir_all(dir)?;
+        if !disk.is_dir(dir) {
+            disk.create_dir_all(dir)?;
             new_dirs = true;
         }
-        let replayed = recovery::replay(dir, id)?;
+        let replayed = recovery::replay(&*disk, dir, id)?;
         report(dir, &replayed.stats);
         let writer = match replayed.generations.last() {
-            Some(&gen) => SegmentWriter::open_at(dir, id, gen, replayed.tail)?,
+            Some(&gen) => SegmentWriter::open_at(&*disk, dir, id, gen, replayed.tail)?,
             None => {
                 new_dirs = true;
-                SegmentWriter::create(dir, id, FIRST_GEN)?
+                SegmentWriter::create(&*disk, dir, id, FIRST_GEN)?
             }
         };
         let mut sector = Sector {
             id,
+            disk,
             dir: dir.to_path_buf(),
             index: replayed.index,
             writer,
@@ -338,9 +213,9 @@ impl Sector {
     pub fn sync(&mut self) -> Result<()> {
         self.writer.sync()?;
         if self.new_dirs {
-            log::sync_dir(&self.dir)?;
+            self.disk.sync_dir(&self.dir)?;
             if let Some(parent) = self.dir.parent() {
-                log::sync_dir(parent)?;
+                self.disk.sync_dir(parent)?;
             }
             self.new_dirs = false;
         }
@@ -371,12 +246,12 @@ impl Sector {
             len: self.writer.gen(),
             limit: u64::MAX - 1,
         })?;
-        let mut next = SegmentWriter::create(&self.dir, self.id, gen)?;
+        let mut next = SegmentWriter::create(&*self.disk, &self.dir, self.id, gen)?;
         let index = match self.copy_live(&mut next) {
             Ok(index) => index,
             Err(e) => {
                 drop(next);
-                let _ = fs::remove_file(log::segment_path(&self.dir, gen));
+                let _ = self.disk.remove_file(&log::segment_path(&self.dir, gen));
                 return Err(e);
             }
         };
@@ -401,26 +276,27 @@ impl Sector {
             index.insert(key.clone(), Entry::new(loc, e.version(), e.tombstone())?);
         }
         next.sync()?;
-        log::sync_dir(&self.dir)?;
+        self.disk.sync_dir(&self.dir)?;
         Ok(index)
     }
 
     /// Deletes every segment older than `gen`.
     fn remove_older(&self, gen: u64) -> Result<()> {
-        for old in log::list_generations(&self.dir)? {
+        for old in log::list_generations(&*self.disk, &self.dir)? {
             if old < gen {
-                fs::remove_file(log::segment_path(&self.dir, old))?;
+                self.disk.remove_file(&log::segment_path(&self.dir, old))?;
             }
         }
-        log::sync_dir(&self.dir)
+        self.disk.sync_dir(&self.dir)?;
+        Ok(())
     }
 
     /// Deletes the sector's files and directory (not fsynced; see
     /// `Store::drop_sector`).
     pub fn destroy(self) -> Result<()> {
-        let dir = self.dir;
-        drop(self.writer);
-        fs::remove_dir_all(&dir)?;
+        let Sector { disk, dir, writer, .. } = self;
+        drop(writer);
+        disk.remove_dir_all(&dir)?;
         Ok(())
     }
 
@@ -435,7 +311,7 @@ impl Sector {
         let rec = if e.loc().gen == self.writer.gen() {
             self.writer.read(e.loc())?
         } else {
-            log::read_loc(&self.dir, self.id, e.loc())?
+            log::read_loc(&*self.disk, &self.dir, self.id, e.loc())?
         };
         if rec.key != key || rec.version != e.version() || rec.value.is_none() != e.tombstone() {
             return Err(Error::Corrupt { sector: self.id, gen: e.loc().gen, offset: e.loc().pos });
@@ -463,20 +339,13 @@ fn report(dir: &Path, stats: &Stats) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn index_slots_stay_small() {
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
-        assert_eq!(std::mem::size_of::<IndexKey>(), 16);
-        let short = IndexKey::new(b"key12345");
-        let long = IndexKey::new(&[7u8; 40]);
-        assert!(matches!(short, IndexKey::Inline { .. }) && matches!(long, IndexKey::Boxed(_)));
-        let mut index = Index::new();
-        index.insert(short, Entry::new(Loc { gen: 1, pos: 0, len: 40 }, v(1), false).unwrap());
-        assert!(index.contains_key(&b"key12345"[..]) && !index.contains_key(&b"key1234"[..]));
-        let big = Version { ms: 1, counter: 70_000, node: 1 };
-        assert!(Entry::new(Loc { gen: 1, pos: 0, len: 40 }, big, false).is_err());
-    }
+    use crate::store::disk::OsDisk;
     use crate::store::test_dir::TestDir;
+    use std::fs;
+
+    fn os() -> Rc<dyn Disk> {
+        Rc::new(OsDisk)
+    }
 
     fn v(ms: u64) -> Version {
         Version { ms, counter: 0, node: 1 }
@@ -493,7 +362,7 @@ mod tests {
     #[test]
     fn last_writer_wins() -> Result<()> {
         let dir = TestDir::new("sector-lww");
-        let mut s = Sector::open(&dir.path().join("0"), 0)?;
+        let mut s = Sector::open(os(), &dir.path().join("0"), 0)?;
         assert!(s.apply(b"k", v(5), Some(b"five"))?);
         assert!(!s.apply(b"k", v(4), Some(b"four"))?, "older version ignored");
         assert!(!s.apply(b"k", v(5), Some(b"other"))?, "equal version ignored");
@@ -515,7 +384,7 @@ mod tests {
     #[test]
     fn ignored_writes_append_nothing() -> Result<()> {
         let dir = TestDir::new("sector-nowrite");
-        let mut s = Sector::open(&dir.path().join("1"), 1)?;
+        let mut s = Sector::open(os(), &dir.path().join("1"), 1)?;
         s.apply(b"k", v(5), Some(b"five"))?;
         let size = dir_size(&dir.path().join("1"));
         s.apply(b"k", v(5), Some(b"five"))?;
@@ -528,13 +397,13 @@ mod tests {
     fn reopen_keeps_values_and_tombstones() -> Result<()> {
         let dir = TestDir::new("sector-reopen");
         let path = dir.path().join("3");
-        let mut s = Sector::open(&path, 3)?;
+        let mut s = Sector::open(os(), &path, 3)?;
         s.apply(b"a", v(1), Some(b"alpha"))?;
         s.apply(b"b", v(2), Some(b"beta"))?;
         s.apply(b"b", v(3), None)?;
         s.sync()?;
         drop(s);
-        let s = Sector::open(&path, 3)?;
+        let s = Sector::open(os(), &path, 3)?;
         assert_eq!(value_of(&s, b"a"), Some(b"alpha".to_vec()));
         assert_eq!(s.get(b"b")?, Some(Item { version: v(3), value: None }));
         assert_eq!(s.get(b"c")?, None);
@@ -545,7 +414,7 @@ mod tests {
     #[test]
     fn scan_returns_tombstones_too() -> Result<()> {
         let dir = TestDir::new("sector-scan");
-        let mut s = Sector::open(&dir.path().join("0"), 0)?;
+        let mut s = Sector::open(os(), &dir.path().join("0"), 0)?;
         s.apply(b"x", v(1), Some(b"1"))?;
         s.apply(b"y", v(2), None)?;
         let got = s.scan()?;
@@ -563,7 +432,7 @@ mod tests {
     fn compaction_shrinks_and_keeps_live_values_and_tombstones() -> Result<()> {
         let dir = TestDir::new("sector-compact");
         let path = dir.path().join("9");
-        let mut s = Sector::open(&path, 9)?;
+        let mut s = Sector::open(os(), &path, 9)?;
         let big = vec![7u8; 4096];
         let mut ms = 1;
         // Overwrite ten keys until compaction triggers on its own.
@@ -584,10 +453,10 @@ mod tests {
         let after = dir_size(&path);
         assert!(after < peak / 10, "{after} vs {peak}");
         assert_eq!(s.dead_bytes(), 0);
-        assert_eq!(log::list_generations(&path)?.len(), 1);
+        assert_eq!(log::list_generations(&OsDisk, &path)?.len(), 1);
         drop(s);
 
-        let mut s = Sector::open(&path, 9)?;
+        let mut s = Sector::open(os(), &path, 9)?;
         for k in 0..10u8 {
             assert_eq!(value_of(&s, &[k]), Some(big.clone()));
         }
@@ -602,15 +471,15 @@ mod tests {
     fn leftover_segments_are_merged_at_open() -> Result<()> {
         let dir = TestDir::new("sector-leftover");
         let path = dir.path().join("2");
-        let mut s = Sector::open(&path, 2)?;
+        let mut s = Sector::open(os(), &path, 2)?;
         s.apply(b"a", v(1), Some(b"one"))?;
         s.sync()?;
         drop(s);
         // A crash after a compaction wrote its copy but before it deleted
         // the old segment leaves two generations with the same records.
         fs::copy(log::segment_path(&path, 1), log::segment_path(&path, 2))?;
-        let s = Sector::open(&path, 2)?;
-        assert_eq!(log::list_generations(&path)?, vec![3]);
+        let s = Sector::open(os(), &path, 2)?;
+        assert_eq!(log::list_generations(&OsDisk, &path)?, vec![3]);
         assert_eq!(value_of(&s, b"a"), Some(b"one".to_vec()));
         Ok(())
     }
@@ -618,7 +487,7 @@ mod tests {
     #[test]
     fn oversized_writes_are_refused() -> Result<()> {
         let dir = TestDir::new("sector-big");
-        let mut s = Sector::open(&dir.path().join("0"), 0)?;
+        let mut s = Sector::open(os(), &dir.path().join("0"), 0)?;
         let key = vec![1u8; crate::store::record::MAX_KEY + 1];
         assert!(matches!(s.apply(&key, v(1), None), Err(Error::TooLarge { .. })));
         assert_eq!(s.len(), 0);

@@ -2,8 +2,8 @@
 //!
 //! Each write goes to its sector's log (page cache only) and is also
 //! appended to an in-memory WAL buffer. Once per loop turn
-//! [`Wal::commit`] writes the buffer to `wal.log` with one `write` and one
-//! `fdatasync`, so a turn's acknowledgements cost one fsync however many
+//! [`Wal::commit`] writes the buffer to the WAL file with one `pwrite` at
+//! its end and one `fdatasync`, so a turn's acknowledgements cost one fsync however many
 //! sectors they touch. At a checkpoint the store fsyncs the sectors written
 //! since the last one and empties the WAL (two files alternate, so
 //! retiring a full one never stalls the loop; see `Store`). After a crash the sector logs
@@ -14,12 +14,12 @@
 //! carries its own CRC (see [`super::record`]). A torn or corrupt tail is
 //! cut at the last whole frame.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::hlc::Version;
 
+use super::disk::{Disk, DiskFile, OpenMode, SeqReader};
 use super::record::{self, Decoded, Record};
 use super::Result;
 
@@ -30,7 +30,7 @@ pub const WAL_FILES: [&str; 2] = ["wal-0.log", "wal-1.log"];
 /// The write-ahead log of one store.
 #[derive(Debug)]
 pub struct Wal {
-    file: File,
+    file: Box<dyn DiskFile>,
     path: PathBuf,
     /// Frames appended since the last commit.
     buf: Vec<u8>,
@@ -38,22 +38,31 @@ pub struct Wal {
     unsynced: bool,
     /// Bytes on disk.
     len: u64,
+    /// The file was created by this open: its directory entry is not
+    /// durable until the directory is synced.
+    created: bool,
 }
 
 impl Wal {
-    /// Opens (or creates) `<dir>/wal.log` and returns it with the records
+    /// Opens (or creates) `<dir>/<name>` and returns it with the records
     /// it holds, in order, for replay. A torn or corrupt tail is cut.
-    pub fn open(dir: &Path, name: &str) -> Result<(Wal, Vec<(u32, Record)>)> {
+    pub fn open(disk: &dyn Disk, dir: &Path, name: &str) -> Result<(Wal, Vec<(u32, Record)>)> {
         let path = dir.join(name);
-        let file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
-        let (frames, good) = read_frames(&file)?;
-        let on_disk = file.metadata()?.len();
+        let (file, created) = match disk.open(&path, OpenMode::Write) {
+            Ok(file) => (file, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (disk.open(&path, OpenMode::Create)?, true),
+            Err(e) => return Err(e.into()),
+        };
+        let mut r = BufReader::new(SeqReader::new(file));
+        let (frames, good) = read_frames(&mut r)?;
+        let file = r.into_inner().into_inner();
+        let on_disk = file.len()?;
         if good < on_disk {
             ::log::warn!("{}: cut {} bytes of torn or corrupt tail at offset {good}", path.display(), on_disk - good);
             file.set_len(good)?;
             file.sync_data()?;
         }
-        Ok((Wal { file, path, buf: Vec::new(), unsynced: false, len: good }, frames))
+        Ok((Wal { file, path, buf: Vec::new(), unsynced: false, len: good, created }, frames))
     }
 
     /// Appends one write to the buffer (nothing reaches the disk yet).
@@ -87,7 +96,8 @@ impl Wal {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = (&self.file).write_all(&self.buf) {
+        // Frames are appended at `len`, which is always the file's end.
+        if let Err(e) = self.file.write_at(&self.buf, self.len) {
             // Cut a partial write so the file still ends at a frame boundary.
             let _ = self.file.set_len(self.len);
             return Err(e.into());
@@ -117,6 +127,12 @@ impl Wal {
         Ok(())
     }
 
+    /// Whether this open created the file (its directory must be synced
+    /// before a commit to it is durable).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
     /// Where the log lives.
     pub fn path(&self) -> &Path {
         &self.path
@@ -125,13 +141,12 @@ impl Wal {
 
 /// Reads whole frames from the start; returns them and the offset after
 /// the last good one.
-fn read_frames(file: &File) -> Result<(Vec<(u32, Record)>, u64)> {
-    let mut r = BufReader::new(file);
+fn read_frames(r: &mut impl Read) -> Result<(Vec<(u32, Record)>, u64)> {
     let mut frames = Vec::new();
     let mut good = 0u64;
     loop {
         let mut head = [0u8; 8];
-        match read_full(&mut r, &mut head)? {
+        match read_full(r, &mut head)? {
             0 => break,
             n if n < head.len() => break,
             _ => {}
@@ -141,7 +156,7 @@ fn read_frames(file: &File) -> Result<(Vec<(u32, Record)>, u64)> {
         if check != !sector {
             break;
         }
-        match record::read_record(&mut r)? {
+        match record::read_record(r)? {
             Decoded::Record { record, len } => {
                 frames.push((sector, record));
                 good += 8 + u64::from(len);
@@ -168,6 +183,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::disk::OsDisk;
     use super::super::test_dir::TestDir;
     use super::*;
 
@@ -178,7 +194,7 @@ mod tests {
     #[test]
     fn committed_frames_come_back_and_a_torn_tail_is_cut() -> Result<()> {
         let dir = TestDir::new("wal");
-        let (mut wal, frames) = Wal::open(dir.path(), WAL_FILES[0])?;
+        let (mut wal, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
         assert!(frames.is_empty());
         wal.append(3, b"a", Some(b"1"), v(1));
         wal.append(700, b"b", None, v(2));
@@ -193,25 +209,25 @@ mod tests {
         let bytes = std::fs::read(&path)?;
         for cut in full as usize..bytes.len() {
             std::fs::write(&path, &bytes[..cut])?;
-            let (wal, frames) = Wal::open(dir.path(), WAL_FILES[0])?;
+            let (wal, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
             assert_eq!(frames.len(), 2, "cut at {cut}");
             assert_eq!(frames[1].0, 700);
             assert_eq!(frames[1].1.value, None);
             assert_eq!(wal.len(), full);
         }
         std::fs::write(&path, &bytes)?;
-        let (mut wal, frames) = Wal::open(dir.path(), WAL_FILES[0])?;
+        let (mut wal, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
         assert_eq!(frames.len(), 3);
         wal.reset()?;
         assert!(wal.is_empty());
-        assert!(Wal::open(dir.path(), WAL_FILES[0])?.1.is_empty());
+        assert!(Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?.1.is_empty());
         Ok(())
     }
 
     #[test]
     fn a_damaged_sector_id_ends_the_log() -> Result<()> {
         let dir = TestDir::new("wal-bad");
-        let (mut wal, _) = Wal::open(dir.path(), WAL_FILES[0])?;
+        let (mut wal, _) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
         wal.append(1, b"a", Some(b"1"), v(1));
         wal.append(2, b"b", Some(b"2"), v(2));
         wal.commit()?;
@@ -221,7 +237,7 @@ mod tests {
         let second = bytes.len() / 2;
         bytes[second] ^= 0xff;
         std::fs::write(&path, &bytes)?;
-        let (_, frames) = Wal::open(dir.path(), WAL_FILES[0])?;
+        let (_, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
         assert!(frames.len() <= 1);
         Ok(())
     }
