@@ -10,6 +10,10 @@
 //! malformed or over the limits before its terminator or payload arrives;
 //! [`parse`] then builds a [`Message`] from exactly that slice. Neither can
 //! panic on any input. [`encode`] appends a message to an output buffer.
+//!
+//! Each verb's payload layout is written once, in `write_body`, against a
+//! sink that either counts bytes (for LENGTH in the header) or stores them;
+//! `parse_body`, next to it, reads the same fields back in the same order.
 
 use crate::hlc::Version;
 use crate::table::{Member, NodeState, Table};
@@ -261,9 +265,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         put_decimal(out, n);
     }
     out.push(b'\n');
-    let start = out.len();
-    encode_body(&msg.body, out);
-    debug_assert_eq!(out.len() - start, len, "payload_len agrees with encode_body");
+    write_body(&msg.body, out);
 }
 
 /// Appends `n` in decimal.
@@ -281,34 +283,12 @@ fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// The encoded size of an entry.
-fn entry_len(e: &Entry) -> usize {
-    4 + e.key.len() + Version::WIRE_LEN + 1 + e.value.as_ref().map_or(0, |v| 4 + v.len())
-}
-
-/// The encoded size of a table.
-fn table_len(t: &Table) -> usize {
-    8 + 4 * 3 + 4 + t.members.iter().map(|m| 4 + 4 + m.addr.len() + 1).sum::<usize>() + 4 + 4 * t.owners.len()
-}
-
-/// The payload size `encode_body` writes for `body`, so the header can be
-/// written first and the payload straight after it.
+/// The payload size [`write_body`] writes for `body` (it writes to a
+/// counter), so the header can be written first and the payload after it.
 fn payload_len(body: &Body) -> usize {
-    match body {
-        Body::Put { key, value } => 8 + key.len() + value.len(),
-        Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => 4 + key.len(),
-        Body::StatsReq | Body::Ok | Body::Hello | Body::GetTable | Body::Leave | Body::Unknown(_) => 0,
-        Body::Value { value, .. } => Version::WIRE_LEN + 4 + value.len(),
-        Body::NotFound { version } => 1 + version.map_or(0, |_| Version::WIRE_LEN),
-        Body::Error { reason } => 4 + reason.len(),
-        Body::StatsReply(_) => 4 + 8 + 4,
-        Body::Register { addr, .. } => 4 + 4 + addr.len(),
-        Body::Heartbeat { .. } | Body::Synced { .. } => 8,
-        Body::TableMsg { table, pending, .. } => 4 + table_len(table) + 1 + pending.as_ref().map_or(0, table_len),
-        Body::Store { entry, .. } => 4 + 1 + entry_len(entry),
-        Body::Pull { .. } => 4 + 8,
-        Body::Chunk { entries, .. } => 4 + 1 + 4 + entries.iter().map(entry_len).sum::<usize>(),
-    }
+    let mut n = Counter(0);
+    write_body(body, &mut n);
+    n.0
 }
 
 /// Encodes `msg` into a fresh buffer.
@@ -450,28 +430,69 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-    out.extend_from_slice(b);
+/// Where a payload is written: a [`Counter`] that only adds up its size
+/// or a `Vec<u8>` that stores the bytes. Each layout below is written
+/// once against this trait, so the size in the header and the bytes after
+/// it cannot disagree. The methods mirror [`Reader`]'s.
+trait Sink {
+    /// Raw bytes, no length prefix.
+    fn raw(&mut self, b: &[u8]);
+
+    fn u8(&mut self, v: u8) {
+        self.raw(&[v]);
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.raw(&v.to_be_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.raw(&v.to_be_bytes());
+    }
+
+    /// A byte string with its 4-byte length prefix.
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.raw(b);
+    }
+
+    fn flag(&mut self, v: bool) {
+        self.u8(u8::from(v));
+    }
+
+    /// The 16 bytes of [`Version::encode`].
+    fn version(&mut self, v: &Version) {
+        self.u64(v.ms);
+        self.u32(v.counter);
+        self.u32(v.node);
+    }
 }
 
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_be_bytes());
+/// A sink that counts bytes.
+struct Counter(usize);
+
+impl Sink for Counter {
+    fn raw(&mut self, b: &[u8]) {
+        self.0 += b.len();
+    }
 }
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_be_bytes());
+impl Sink for Vec<u8> {
+    fn raw(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
 }
 
-fn put_entry(out: &mut Vec<u8>, e: &Entry) {
-    put_bytes(out, &e.key);
-    e.version.encode(out);
-    match &e.value {
-        Some(v) => {
-            out.push(1);
-            put_bytes(out, v);
-        }
-        None => out.push(0),
+// ----- payload layouts: each writer next to its reader ------------------
+
+/// Entry: key bytes, version, flag, then the value bytes if the flag is 1
+/// (0 is a tombstone).
+fn write_entry<S: Sink>(s: &mut S, e: &Entry) {
+    s.bytes(&e.key);
+    s.version(&e.version);
+    s.flag(e.value.is_some());
+    if let Some(v) = &e.value {
+        s.bytes(v);
     }
 }
 
@@ -482,32 +503,29 @@ fn read_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
     Ok(Entry { key, version, value })
 }
 
-/// Layout: contact u32, then the table, then a flag and the pending table.
-fn put_table(out: &mut Vec<u8>, t: &Table) {
-    put_u64(out, t.epoch);
-    put_u32(out, t.rep);
-    put_u32(out, t.read_quorum);
-    put_u32(out, t.write_quorum);
-    put_u32(out, t.members.len() as u32);
+/// The smallest encoded entry (empty key, tombstone).
+const MIN_ENTRY: usize = 4 + Version::WIRE_LEN + 1;
+
+/// Table: epoch u64, rep, R, W u32, a counted list of members (id u32,
+/// address bytes, state u8), a counted list of sector owners (u32 each).
+fn write_table<S: Sink>(s: &mut S, t: &Table) {
+    s.u64(t.epoch);
+    s.u32(t.rep);
+    s.u32(t.read_quorum);
+    s.u32(t.write_quorum);
+    s.u32(t.members.len() as u32);
     for m in &t.members {
-        put_u32(out, m.id);
-        put_bytes(out, m.addr.as_bytes());
-        out.push(m.state.code());
+        s.u32(m.id);
+        s.bytes(m.addr.as_bytes());
+        s.u8(m.state.code());
     }
-    put_u32(out, t.owners.len() as u32);
+    s.u32(t.owners.len() as u32);
     for &o in &t.owners {
-        put_u32(out, o);
+        s.u32(o);
     }
 }
 
-fn read_table_msg(r: &mut Reader<'_>) -> Result<Body, DecodeError> {
-    let contact = r.u32()?;
-    let table = read_one_table(r)?;
-    let pending = if r.flag()? { Some(read_one_table(r)?) } else { None };
-    Ok(Body::TableMsg { table, pending, contact })
-}
-
-fn read_one_table(r: &mut Reader<'_>) -> Result<Table, DecodeError> {
+fn read_table(r: &mut Reader<'_>) -> Result<Table, DecodeError> {
     let epoch = r.u64()?;
     let (rep, read_quorum, write_quorum) = (r.u32()?, r.u32()?, r.u32()?);
     let n = r.count(9)?;
@@ -529,65 +547,64 @@ fn read_one_table(r: &mut Reader<'_>) -> Result<Table, DecodeError> {
     Ok(Table { epoch, rep, read_quorum, write_quorum, members, owners })
 }
 
-fn encode_body(body: &Body, out: &mut Vec<u8>) {
+/// Every verb's payload, in field order (`gtstore-protocol(5)` has the
+/// same list); [`parse_body`] below reads the same fields back.
+fn write_body<S: Sink>(body: &Body, s: &mut S) {
     match body {
         Body::Put { key, value } => {
-            put_bytes(out, key);
-            put_bytes(out, value);
+            s.bytes(key);
+            s.bytes(value);
         }
-        Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => put_bytes(out, key),
+        Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => s.bytes(key),
         Body::StatsReq | Body::Ok | Body::Hello | Body::GetTable | Body::Leave | Body::Unknown(_) => {}
         Body::Value { value, version } => {
-            version.encode(out);
-            put_bytes(out, value);
+            s.version(version);
+            s.bytes(value);
         }
-        Body::NotFound { version } => match version {
-            Some(v) => {
-                out.push(1);
-                v.encode(out);
+        Body::NotFound { version } => {
+            s.flag(version.is_some());
+            if let Some(v) = version {
+                s.version(v);
             }
-            None => out.push(0),
-        },
-        Body::Error { reason } => put_bytes(out, reason.as_bytes()),
-        Body::StatsReply(s) => {
-            put_u32(out, s.sectors);
-            put_u64(out, s.keys);
-            put_u32(out, s.missing);
+        }
+        Body::Error { reason } => s.bytes(reason.as_bytes()),
+        Body::StatsReply(st) => {
+            s.u32(st.sectors);
+            s.u64(st.keys);
+            s.u32(st.missing);
         }
         Body::Register { id, addr } => {
-            put_u32(out, *id);
-            put_bytes(out, addr.as_bytes());
+            s.u32(*id);
+            s.bytes(addr.as_bytes());
         }
-        Body::Heartbeat { epoch } | Body::Synced { epoch } => put_u64(out, *epoch),
+        Body::Heartbeat { epoch } | Body::Synced { epoch } => s.u64(*epoch),
         Body::TableMsg { table, pending, contact } => {
-            put_u32(out, *contact);
-            put_table(out, table);
-            match pending {
-                Some(p) => {
-                    out.push(1);
-                    put_table(out, p);
-                }
-                None => out.push(0),
+            s.u32(*contact);
+            write_table(s, table);
+            s.flag(pending.is_some());
+            if let Some(p) = pending {
+                write_table(s, p);
             }
         }
         Body::Store { entry, hint_for, repair } => {
-            put_u32(out, *hint_for);
-            out.push(u8::from(*repair));
-            put_entry(out, entry);
+            s.u32(*hint_for);
+            s.flag(*repair);
+            write_entry(s, entry);
         }
         Body::Pull { sector, digest } => {
-            put_u32(out, *sector);
-            put_u64(out, *digest);
+            s.u32(*sector);
+            s.u64(*digest);
         }
         Body::Chunk { sector, entries, last } => {
-            put_u32(out, *sector);
-            out.push(*last as u8);
-            put_u32(out, entries.len() as u32);
-            entries.iter().for_each(|e| put_entry(out, e));
+            s.u32(*sector);
+            s.flag(*last);
+            s.u32(entries.len() as u32);
+            entries.iter().for_each(|e| write_entry(s, e));
         }
     }
 }
 
+/// Reads the payload of `verb`; the twin of [`write_body`], arm for arm.
 fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
     Ok(match verb {
         "PUT" => Body::Put { key: r.bytes()?, value: r.bytes()? },
@@ -610,7 +627,12 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
         "REGISTER" => Body::Register { id: r.u32()?, addr: r.string()? },
         "HEARTBEAT" => Body::Heartbeat { epoch: r.u64()? },
         "SYNCED" => Body::Synced { epoch: r.u64()? },
-        "TABLE" => read_table_msg(r)?,
+        "TABLE" => {
+            let contact = r.u32()?;
+            let table = read_table(r)?;
+            let pending = if r.flag()? { Some(read_table(r)?) } else { None };
+            Body::TableMsg { table, pending, contact }
+        }
         "STORE" => {
             let hint_for = r.u32()?;
             let repair = r.flag()?;
@@ -620,7 +642,7 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
         "CHUNK" => {
             let sector = r.u32()?;
             let last = r.flag()?;
-            let n = r.count(4 + Version::WIRE_LEN + 1)?;
+            let n = r.count(MIN_ENTRY)?;
             let mut entries = Vec::with_capacity(n);
             for _ in 0..n {
                 entries.push(read_entry(r)?);
