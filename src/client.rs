@@ -185,7 +185,7 @@ impl Client {
     fn ask_node(&mut self, node: u32, body: Body) -> Result<Message> {
         match self.attempt(node, &body) {
             Attempt::Reply(m) => match m.body {
-                Body::Error { reason } => Err(Error::Refused(reason)),
+                Body::Error { reason, .. } => Err(Error::Refused(reason)),
                 _ => Ok(m),
             },
             Attempt::Retry(why) => Err(Error::Unavailable(why)),
@@ -205,8 +205,8 @@ impl Client {
             };
             match self.attempt(node, &body) {
                 Attempt::Reply(m) => match &m.body {
-                    Body::Error { reason } if is_retryable(reason) => last = format!("server{node}: {reason}"),
-                    Body::Error { reason } => return Err(Error::Refused(reason.clone())),
+                    Body::Error { reason, .. } if is_retryable(reason) => last = format!("server{node}: {reason}"),
+                    Body::Error { reason, .. } => return Err(Error::Refused(reason.clone())),
                     _ => return Ok(m),
                 },
                 Attempt::Retry(why) => {
@@ -283,7 +283,7 @@ fn hello(cfg: &Config, body: Body) -> std::result::Result<(Table, u64, u32), Str
     let reply = exchange(&conn, &msg, cfg.attempt_timeout.max(Duration::from_secs(1)))?;
     match reply.body {
         Body::TableMsg { table, contact, .. } => Ok((table, reply.header.client, contact)),
-        Body::Error { reason } => Err(reason),
+        Body::Error { reason, .. } => Err(reason),
         other => Err(format!("unexpected {} reply", other.verb())),
     }
 }

@@ -19,7 +19,7 @@ use log::{info, warn};
 use nix::sys::signal::Signal;
 
 use crate::daemon::{self, Readiness};
-use crate::net::codec::{self, Body, Header, Limits, Message};
+use crate::net::codec::{self, error_reply, Body, ErrorCode, Header, Limits, Message};
 use crate::net::{self, ConnId, Handler, Reactor};
 use crate::table::{NodeState, Table};
 
@@ -224,7 +224,7 @@ impl Manager {
 
     fn handle_register(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64, node: u32, addr: String) {
         if node == 0 || node > MAX_NODE_ID {
-            rx.send(id, &error_reply(req, &format!("node ids are 1 to {MAX_NODE_ID}")));
+            rx.send(id, &error_reply(req, ErrorCode::BadRequest, &format!("node ids are 1 to {MAX_NODE_ID}")));
             return;
         }
         if let Some(d) = rx.data_mut(id) {
@@ -247,7 +247,7 @@ impl Manager {
 
     fn handle_leave(&mut self, rx: &mut Reactor<Peer>, id: ConnId, req: u64) {
         let Some(node) = rx.data_mut(id).and_then(|d| d.node) else {
-            rx.send(id, &error_reply(req, "LEAVE before REGISTER"));
+            rx.send(id, &error_reply(req, ErrorCode::BadRequest, "LEAVE before REGISTER"));
             return;
         };
         self.waiting.remove(&node);
@@ -326,7 +326,8 @@ impl Handler for Manager {
             Body::Synced { epoch } => self.handle_synced(rx, id, epoch),
             Body::Ok => {}
             other => {
-                rx.send(id, &error_reply(req, &format!("{} is not a manager request", other.verb())));
+                let reason = format!("{} is not a manager request", other.verb());
+                rx.send(id, &error_reply(req, ErrorCode::BadRequest, &reason));
             }
         }
     }
@@ -366,11 +367,6 @@ pub fn reopen_log(file: &Option<PathBuf>) {
             Err(e) => warn!("cannot reopen {}: {e}", path.display()),
         }
     }
-}
-
-/// An ERROR reply to request `req`.
-pub fn error_reply(req: u64, reason: &str) -> Message {
-    Message { header: Header { req, ..Header::default() }, body: Body::Error { reason: reason.to_string() } }
 }
 
 /// Encodes the state as a TABLE message whose client field is the next client id.

@@ -69,6 +69,104 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+impl DecodeError {
+    /// The code of the ERROR reply sent before closing the connection.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::BodyTooLarge { .. } => ErrorCode::TooLarge,
+            _ => ErrorCode::Malformed,
+        }
+    }
+}
+
+/// What an ERROR reply reports, for programs: a stable upper-case word on
+/// the wire (Redis's `-ERR`, `-TRYAGAIN`, ...). Clients branch on the
+/// code, never on the reason, which is for people. `gtstore-protocol(5)`
+/// says what each code means and whether a client should retry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// `RETRY`: the request may succeed if sent again, here or to another
+    /// replica (quorum not reached, timed out waiting for replicas, the
+    /// coordinator it was forwarded to is unreachable).
+    Retry,
+    /// `EXPIRED`: the request's deadline passed before it could start.
+    Expired,
+    /// `LATE`: a replica write arrived too late to be applied (stale).
+    Late,
+    /// `FUTURE`: a version too far ahead of the receiver's clock.
+    Future,
+    /// `TOO_LARGE`: a key, value or message over the receiver's limit.
+    TooLarge,
+    /// `NO_TABLE`: the node has no partition table yet.
+    NoTable,
+    /// `CATCHING_UP`: the key's sector is still being received.
+    CatchingUp,
+    /// `NO_REPLICA`: no live replica holds this key.
+    NoReplica,
+    /// `AUTH`: the sender is not allowed to make this request.
+    Auth,
+    /// `STORAGE`: the node's disk failed.
+    Storage,
+    /// `MALFORMED`: the bytes are not a valid message (the connection closes).
+    Malformed,
+    /// `BAD_REQUEST`: a verb or argument not accepted by this daemon.
+    BadRequest,
+    /// A code word this build does not know (from a newer peer), as received.
+    Other(String),
+}
+
+impl ErrorCode {
+    /// Every code this build knows, for tests and documentation checks.
+    pub const KNOWN: [ErrorCode; 12] = [
+        ErrorCode::Retry,
+        ErrorCode::Expired,
+        ErrorCode::Late,
+        ErrorCode::Future,
+        ErrorCode::TooLarge,
+        ErrorCode::NoTable,
+        ErrorCode::CatchingUp,
+        ErrorCode::NoReplica,
+        ErrorCode::Auth,
+        ErrorCode::Storage,
+        ErrorCode::Malformed,
+        ErrorCode::BadRequest,
+    ];
+
+    /// The word on the wire.
+    pub fn word(&self) -> &str {
+        match self {
+            ErrorCode::Retry => "RETRY",
+            ErrorCode::Expired => "EXPIRED",
+            ErrorCode::Late => "LATE",
+            ErrorCode::Future => "FUTURE",
+            ErrorCode::TooLarge => "TOO_LARGE",
+            ErrorCode::NoTable => "NO_TABLE",
+            ErrorCode::CatchingUp => "CATCHING_UP",
+            ErrorCode::NoReplica => "NO_REPLICA",
+            ErrorCode::Auth => "AUTH",
+            ErrorCode::Storage => "STORAGE",
+            ErrorCode::Malformed => "MALFORMED",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::Other(w) => w,
+        }
+    }
+
+    /// The code for a wire word; a word this build does not know is
+    /// [`ErrorCode::Other`], not an error.
+    pub fn from_word(word: &str) -> ErrorCode {
+        ErrorCode::KNOWN.into_iter().find(|c| c.word() == word).unwrap_or_else(|| ErrorCode::Other(word.to_string()))
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+/// Longest code word a receiver accepts.
+const MAX_CODE_WORD: usize = 32;
+
 /// The header fields every message carries besides its verb.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Header {
@@ -124,8 +222,8 @@ pub enum Body {
     Value { value: Vec<u8>, version: Version },
     /// No live value; `version` is the tombstone's, if there is one.
     NotFound { version: Option<Version> },
-    /// An error with a reason.
-    Error { reason: String },
+    /// An error: a code for programs and a reason for people.
+    Error { code: ErrorCode, reason: String },
     /// Figures for status.
     StatsReply(Stats),
     // Manager requests.
@@ -171,6 +269,11 @@ pub struct Message {
 }
 
 impl Body {
+    /// An ERROR body with `code` and `reason`.
+    pub fn error(code: ErrorCode, reason: impl Into<String>) -> Body {
+        Body::Error { code, reason: reason.into() }
+    }
+
     /// The verb on the wire.
     pub fn verb(&self) -> &str {
         match self {
@@ -291,6 +394,11 @@ fn payload_len(body: &Body) -> usize {
     n.0
 }
 
+/// An ERROR reply to request `req`.
+pub fn error_reply(req: u64, code: ErrorCode, reason: &str) -> Message {
+    Message { header: Header { req, ..Header::default() }, body: Body::error(code, reason) }
+}
+
 /// Encodes `msg` into a fresh buffer.
 pub fn to_bytes(msg: &Message) -> Vec<u8> {
     let mut out = Vec::new();
@@ -392,6 +500,20 @@ impl<'a> Reader<'a> {
     fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
+    }
+
+    /// An error code word: 1 to [`MAX_CODE_WORD`] capitals, digits or
+    /// underscores. A known word allocates nothing; an unknown one becomes
+    /// [`ErrorCode::Other`].
+    fn code(&mut self) -> Result<ErrorCode, DecodeError> {
+        let n = self.u32()? as usize;
+        let w = self.take(n)?;
+        let is_word = (1..=MAX_CODE_WORD).contains(&w.len())
+            && w.iter().all(|&b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        match std::str::from_utf8(w) {
+            Ok(w) if is_word => Ok(ErrorCode::from_word(w)),
+            _ => Err(DecodeError::BadPayload("error code is not a word of capitals")),
+        }
     }
 
     fn string(&mut self) -> Result<String, DecodeError> {
@@ -567,7 +689,10 @@ fn write_body<S: Sink>(body: &Body, s: &mut S) {
                 s.version(v);
             }
         }
-        Body::Error { reason } => s.bytes(reason.as_bytes()),
+        Body::Error { code, reason } => {
+            s.bytes(code.word().as_bytes());
+            s.bytes(reason.as_bytes());
+        }
         Body::StatsReply(st) => {
             s.u32(st.sectors);
             s.u64(st.keys);
@@ -622,7 +747,7 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
             Body::Value { version, value: r.bytes()? }
         }
         "NOT_FOUND" => Body::NotFound { version: if r.flag()? { Some(r.version()?) } else { None } },
-        "ERROR" => Body::Error { reason: r.string()? },
+        "ERROR" => Body::Error { code: r.code()?, reason: r.string()? },
         "STATS_REPLY" => Body::StatsReply(Stats { sectors: r.u32()?, keys: r.u64()?, missing: r.u32()? }),
         "REGISTER" => Body::Register { id: r.u32()?, addr: r.string()? },
         "HEARTBEAT" => Body::Heartbeat { epoch: r.u64()? },
@@ -681,7 +806,8 @@ mod tests {
             Body::Value { value: vec![0, 1, 2], version: v },
             Body::NotFound { version: None },
             Body::NotFound { version: Some(v) },
-            Body::Error { reason: "no quorum".into() },
+            Body::Error { code: ErrorCode::Retry, reason: "no quorum".into() },
+            Body::Error { code: ErrorCode::Other("NEWER_CODE_2".into()), reason: String::new() },
             Body::StatsReply(Stats { sectors: 3, keys: 99, missing: 1 }),
             Body::Hello,
             Body::GetTable,
@@ -719,6 +845,42 @@ mod tests {
             body: Body::Put { key: b"a".to_vec(), value: b"bc".to_vec() },
         };
         assert_eq!(to_bytes(&m), b"PUT 1 0 11 5\n\x00\x00\x00\x01a\x00\x00\x00\x02bc");
+    }
+
+    #[test]
+    fn golden_error_wire_form() {
+        let m = Message {
+            header: Header { client: 0, node: 2, req: 9 },
+            body: Body::Error { code: ErrorCode::TooLarge, reason: "big".into() },
+        };
+        let wire = b"ERROR 0 2 20 9\n\x00\x00\x00\x09TOO_LARGE\x00\x00\x00\x03big";
+        assert_eq!(to_bytes(&m), wire);
+        assert_eq!(parse(wire), Ok(m));
+    }
+
+    #[test]
+    fn an_unknown_error_code_still_decodes() {
+        let wire = b"ERROR 0 0 18 4\n\x00\x00\x00\x07SLOW_UP\x00\x00\x00\x03try";
+        let want = Body::Error { code: ErrorCode::Other("SLOW_UP".into()), reason: "try".into() };
+        assert_eq!(check(wire, &Limits::default()), Ok(Some(wire.len())));
+        assert_eq!(decode(wire, &Limits::default()).map(|m| m.map(|(m, _)| m.body)), Ok(Some(want)));
+    }
+
+    #[test]
+    fn error_code_words_round_trip_and_garbage_is_malformed() {
+        for code in ErrorCode::KNOWN {
+            assert_eq!(ErrorCode::from_word(code.word()), code);
+            let m = msg(Body::Error { code: code.clone(), reason: format!("about {code}") });
+            assert_eq!(parse(&to_bytes(&m)), Ok(m));
+        }
+        for bad in [&b""[..], b"retry", b"NO TABLE", b"\xff", &[b'A'; MAX_CODE_WORD + 1]] {
+            let mut payload = (bad.len() as u32).to_be_bytes().to_vec();
+            payload.extend_from_slice(bad);
+            payload.extend_from_slice(&[0, 0, 0, 0]);
+            let mut wire = format!("ERROR 0 0 {} 1\n", payload.len()).into_bytes();
+            wire.extend_from_slice(&payload);
+            assert!(matches!(parse(&wire), Err(DecodeError::BadPayload(_))), "{bad:?}");
+        }
     }
 
     #[test]

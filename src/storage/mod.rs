@@ -35,8 +35,8 @@ use crate::cli::{Exit, EX_OSERR, EX_UNAVAILABLE};
 use crate::daemon::Readiness;
 use crate::hlc::Clock;
 use crate::idmap::IdMap;
-use crate::manager::{error_reply, reopen_log};
-use crate::net::codec::{Body, Header, Limits, Message};
+use crate::manager::reopen_log;
+use crate::net::codec::{error_reply, Body, ErrorCode, Header, Limits, Message};
 use crate::net::{self, ConnId, Handler, Reactor};
 use crate::store::{FsyncPolicy, Store};
 use crate::table::{NodeState, Table};
@@ -285,7 +285,7 @@ impl Node {
             Body::StatsReq => self.handle_stats(rx, conn, h),
             other => {
                 let reason = format!("{} is not a storage node request", other.verb());
-                rx.send(conn, &error_reply(h.req, &reason));
+                rx.send(conn, &error_reply(h.req, ErrorCode::BadRequest, &reason));
             }
         }
     }
@@ -341,7 +341,7 @@ impl Handler for Node {
         let link = rx.conn(conn).map(|c| c.data).unwrap_or_default();
         match (link, msg.body) {
             (Link::Manager, Body::TableMsg { table, pending, .. }) => self.on_tables(rx, table, pending),
-            (Link::Manager, Body::Error { reason }) => match self.ready.take() {
+            (Link::Manager, Body::Error { reason, .. }) => match self.ready.take() {
                 Some(r) => {
                     let msg = format!("manager refused registration: {reason}");
                     error!("{msg}");

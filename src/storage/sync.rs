@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 use super::{Link, Node, TIMER_CREATE, TIMER_HINTS, TIMER_PULL_RETRY};
-use crate::net::codec::{Body, Entry, Header, Message};
+use crate::net::codec::{Body, Entry, ErrorCode, Header, Message};
 use crate::net::{ConnId, Reactor};
 use crate::table::{hash_key, NodeState, Table};
 
@@ -363,7 +363,8 @@ impl Node {
             Err(_) if !self.store.has_sector(sector) => Vec::new(),
             Err(e) => {
                 error!("cannot read sector {sector} for node {puller}: {e}");
-                rx.send(conn, &Message { header, body: Body::Error { reason: format!("cannot read sector: {e}") } });
+                let body = Body::error(ErrorCode::Storage, format!("cannot read sector: {e}"));
+                rx.send(conn, &Message { header, body });
                 return;
             }
         };
