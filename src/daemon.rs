@@ -322,6 +322,17 @@ pub fn redirect_stderr_to(path: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Reopens the `--log` file, if there is one, after SIGHUP (log rotation);
+/// a failure is logged to the old file and the daemon goes on.
+pub fn reopen_log(file: &Option<PathBuf>) {
+    if let Some(path) = file {
+        match redirect_stderr_to(path) {
+            Ok(()) => log::info!("log reopened"),
+            Err(e) => log::warn!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+}
+
 /// Parses a `GTSTORE_LOG` value.
 fn parse_level(s: &str) -> Option<LevelFilter> {
     match s.trim().to_ascii_lowercase().as_str() {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use nix::sys::signal::Signal;
 
-use crate::daemon::{self, Readiness};
+use crate::daemon::{reopen_log, Readiness};
 use crate::net::codec::{self, error_reply, Body, ErrorCode, Header, Limits, Message};
 use crate::net::{self, ConnId, Handler, Reactor};
 use crate::table::{NodeState, Table};
@@ -355,16 +355,6 @@ impl Handler for Manager {
             if self.node_conns.get(&node) == Some(&id) {
                 self.node_conns.remove(&node);
             }
-        }
-    }
-}
-
-/// Reopens the log file after SIGHUP (log rotation).
-pub fn reopen_log(file: &Option<PathBuf>) {
-    if let Some(path) = file {
-        match daemon::redirect_stderr_to(path) {
-            Ok(()) => info!("log reopened"),
-            Err(e) => warn!("cannot reopen {}: {e}", path.display()),
         }
     }
 }

@@ -32,10 +32,9 @@ use log::{error, info, warn};
 use nix::sys::signal::Signal;
 
 use crate::cli::{Exit, EX_OSERR, EX_UNAVAILABLE};
-use crate::daemon::Readiness;
+use crate::daemon::{reopen_log, Readiness};
 use crate::hlc::Clock;
 use crate::idmap::IdMap;
-use crate::manager::reopen_log;
 use crate::net::codec::{error_reply, Body, ErrorCode, Header, Limits, Message};
 use crate::net::{self, ConnId, Handler, Reactor};
 use crate::store::{FsyncPolicy, Store};
