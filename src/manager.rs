@@ -51,7 +51,7 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
 }
 
-impl crate::cli::DaemonPaths for Config {
+impl crate::daemon::DaemonPaths for Config {
     fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
     }
