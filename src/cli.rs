@@ -1,5 +1,7 @@
 //! Command-line helpers shared by the binaries: exit statuses (sysexits),
-//! option parsing with clear usage errors, and address resolution.
+//! option parsing with clear usage errors, and address resolution. It
+//! depends on no other module of the crate; the daemons' shared `main` is
+//! in [`crate::daemon`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
@@ -71,63 +73,6 @@ pub fn opt_num<T: FromStr>(m: &getopts::Matches, name: &str) -> Result<Option<T>
 pub fn parse_args(opts: &getopts::Options, args: &[String]) -> Result<getopts::Matches, Exit> {
     let m = opts.parse(args).map_err(|e| Exit::usage(e.to_string()))?;
     Ok(m)
-}
-
-/// What a daemon binary tells [`daemon_main`] about itself.
-pub struct DaemonSpec {
-    /// The program name, for messages.
-    pub prog: &'static str,
-    /// The usage line and a one-line description, for `--help`.
-    pub usage: &'static str,
-    /// The pidfile's name inside the data directory (unless `--pidfile`).
-    pub pidfile: &'static str,
-}
-
-/// The paths every daemon configuration has.
-pub trait DaemonPaths {
-    /// The data directory (created if missing; it holds the pidfile).
-    fn data_dir(&self) -> &std::path::Path;
-    /// The `--log` file, if any.
-    fn log_file(&self) -> Option<&std::path::Path>;
-}
-
-/// The `main` both daemons share: parse the arguments, answer `--help` and
-/// `--version`, build the configuration, start logging, detach with
-/// `--daemon`, lock the pidfile, then run; any failure is a message and a
-/// sysexits status.
-pub fn daemon_main<C: DaemonPaths>(
-    spec: DaemonSpec,
-    opts: getopts::Options,
-    config: impl FnOnce(&getopts::Matches) -> Result<C, Exit>,
-    run: impl FnOnce(C, crate::daemon::Readiness) -> Result<(), Exit>,
-) {
-    let prog = spec.prog;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let m = parse_args(&opts, &args).unwrap_or_else(|e| die(prog, e));
-    if m.opt_present("help") {
-        print!("{}", opts.usage(spec.usage));
-        return;
-    }
-    if m.opt_present("version") {
-        println!("{prog} {}", env!("CARGO_PKG_VERSION"));
-        return;
-    }
-    if let Some(extra) = m.free.first() {
-        die(prog, Exit::usage(format!("unexpected argument '{extra}'")));
-    }
-    let cfg = config(&m).unwrap_or_else(|e| die(prog, e));
-    crate::daemon::init_logging(log::LevelFilter::Info);
-    let dir = cfg.data_dir().to_path_buf();
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        die(prog, Exit::new(EX_OSERR, format!("{}: {e}", dir.display())));
-    }
-    let pidfile = m.opt_str("pidfile").map(std::path::PathBuf::from).unwrap_or_else(|| dir.join(spec.pidfile));
-    let started = crate::daemon::start(m.opt_present("daemon"), cfg.log_file(), &pidfile, &dir);
-    let (ready, _pid) = started.unwrap_or_else(|e| die(prog, e));
-    if let Err(e) = run(cfg, ready) {
-        log::error!("{}", e.message);
-        die(prog, e);
-    }
 }
 
 /// An absolute form of a path from the command line (relative to the

@@ -3,10 +3,11 @@
 //! A [`Client`] says `HELLO` to the manager, which gives it a client id, the
 //! partition table and a round-robin contact node. Each request then goes
 //! straight to its key's coordinator (the first live node of the key's
-//! preference list) over a cached blocking connection. A refused connection,
-//! a per-attempt timeout or a quorum error makes the client refresh the
-//! table and try the next replica, until the total deadline passes; then
-//! the request fails with [`Error::Unavailable`].
+//! preference list) over a cached blocking connection. A refused connection
+//! or a per-attempt timeout makes the client refresh the table and try the
+//! next replica; an ERROR reply is handled as [`retry_policy`] says for its
+//! code. Retries go on until the total deadline passes; then the request
+//! fails with [`Error::Unavailable`].
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,7 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::hlc::Version;
-use crate::net::codec::{self, Body, Header, Limits, Message, Stats};
+use crate::net::codec::{self, Body, ErrorCode, Header, Limits, Message, Stats};
 use crate::table::{NodeState, Table};
 
 /// Client settings.
@@ -45,8 +46,14 @@ pub enum Error {
     NotFound { node: u32 },
     /// No node or manager answered within the deadline.
     Unavailable(String),
-    /// The request itself was refused (for example, a value over the limit).
-    Refused(String),
+    /// The request itself was refused (for example, a value over the limit),
+    /// or the reply made no sense for the request (code `MALFORMED`).
+    Refused {
+        /// The ERROR's code, which [`retry_policy`] says not to retry.
+        code: ErrorCode,
+        /// The ERROR's reason, for people.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Error {
@@ -54,7 +61,7 @@ impl std::fmt::Display for Error {
         match self {
             Error::NotFound { .. } => write!(f, "not found"),
             Error::Unavailable(why) => write!(f, "{why}"),
-            Error::Refused(why) => write!(f, "refused: {why}"),
+            Error::Refused { reason, .. } => write!(f, "refused: {reason}"),
         }
     }
 }
@@ -154,7 +161,7 @@ impl Client {
         match m.body {
             Body::Value { value, .. } => Ok((value, m.header.node)),
             Body::NotFound { .. } => Err(Error::NotFound { node: m.header.node }),
-            other => Err(Error::Refused(format!("unexpected {} reply", other.verb()))),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -165,7 +172,7 @@ impl Client {
             Body::Value { value, version } => Ok(Some(Local { value: Some(value), version })),
             Body::NotFound { version: Some(version) } => Ok(Some(Local { value: None, version })),
             Body::NotFound { version: None } => Ok(None),
-            other => Err(Error::Refused(format!("unexpected {} reply", other.verb()))),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -174,7 +181,7 @@ impl Client {
         let m = self.ask_node(node, Body::StatsReq)?;
         match m.body {
             Body::StatsReply(s) => Ok(s),
-            other => Err(Error::Refused(format!("unexpected {} reply", other.verb()))),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -185,7 +192,7 @@ impl Client {
     fn ask_node(&mut self, node: u32, body: Body) -> Result<Message> {
         match self.attempt(node, &body) {
             Attempt::Reply(m) => match m.body {
-                Body::Error { reason } => Err(Error::Refused(reason)),
+                Body::Error { code, reason } => Err(Error::Refused { code, reason }),
                 _ => Ok(m),
             },
             Attempt::Retry(why) => Err(Error::Unavailable(why)),
@@ -204,10 +211,17 @@ impl Client {
                 None => self.contact,
             };
             match self.attempt(node, &body) {
-                Attempt::Reply(m) => match &m.body {
-                    Body::Error { reason } if is_retryable(reason) => last = format!("server{node}: {reason}"),
-                    Body::Error { reason } => return Err(Error::Refused(reason.clone())),
-                    _ => return Ok(m),
+                Attempt::Reply(m) => match m.body {
+                    Body::Error { code, reason } => match retry_policy(&code) {
+                        Retry::Next { refresh_table } => {
+                            last = format!("server{node}: {reason}");
+                            if refresh_table {
+                                self.refresh_table();
+                            }
+                        }
+                        Retry::Fail => return Err(Error::Refused { code, reason }),
+                    },
+                    body => return Ok(Message { header: m.header, body }),
                 },
                 Attempt::Retry(why) => {
                     last = why;
@@ -266,19 +280,48 @@ pub fn candidates(t: &Table, key: &[u8]) -> Vec<u32> {
     }
 }
 
-/// True if an error reply means: try another replica.
-pub fn is_retryable(reason: &str) -> bool {
-    reason.contains("quorum")
-        || reason.contains("timed out")
-        || reason.contains("unreachable")
-        || reason.contains("no partition table")
-        || reason.contains("no live replica")
+/// What a client does after an ERROR reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Send the request to the next node of the key's preference list,
+    /// fetching the table from the manager first if `refresh_table`.
+    Next {
+        /// The error suggests the cached membership is out of date.
+        refresh_table: bool,
+    },
+    /// Give up: the request fails with [`Error::Refused`].
+    Fail,
+}
+
+/// The retry policy for an ERROR's code, as `gtstore-protocol(5)` gives it
+/// under "Error codes". Public so every driver of the protocol (the client
+/// library, a simulator) retries the same way. A code this build does not
+/// know fails: retrying what we cannot judge could repeat a bad request.
+pub fn retry_policy(code: &ErrorCode) -> Retry {
+    match code {
+        ErrorCode::Retry | ErrorCode::NoReplica => Retry::Next { refresh_table: true },
+        ErrorCode::NoTable | ErrorCode::CatchingUp | ErrorCode::Late | ErrorCode::Storage => {
+            Retry::Next { refresh_table: false }
+        }
+        ErrorCode::Expired
+        | ErrorCode::Future
+        | ErrorCode::TooLarge
+        | ErrorCode::Auth
+        | ErrorCode::Malformed
+        | ErrorCode::BadRequest
+        | ErrorCode::Other(_) => Retry::Fail,
+    }
+}
+
+/// A reply whose verb does not answer the request.
+fn unexpected(body: &Body) -> Error {
+    Error::Refused { code: ErrorCode::Malformed, reason: format!("unexpected {} reply", body.verb()) }
 }
 
 fn expect_ok(m: Message) -> Result<u32> {
     match m.body {
         Body::Ok => Ok(m.header.node),
-        other => Err(Error::Refused(format!("unexpected {} reply", other.verb()))),
+        other => Err(unexpected(&other)),
     }
 }
 
@@ -290,7 +333,7 @@ fn hello(cfg: &Config, body: Body) -> std::result::Result<(Table, u64, u32), Str
     let reply = exchange(&conn, &msg, cfg.attempt_timeout.max(Duration::from_secs(1)))?;
     match reply.body {
         Body::TableMsg { table, contact, .. } => Ok((table, reply.header.client, contact)),
-        Body::Error { reason } => Err(reason),
+        Body::Error { reason, .. } => Err(reason),
         other => Err(format!("unexpected {} reply", other.verb())),
     }
 }
@@ -327,5 +370,41 @@ pub fn exchange(mut conn: &TcpStream, msg: &Message, timeout: Duration) -> std::
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_follows_the_protocol_page() {
+        let refresh = Retry::Next { refresh_table: true };
+        let next = Retry::Next { refresh_table: false };
+        let want = [
+            (ErrorCode::Retry, refresh),
+            (ErrorCode::Expired, Retry::Fail),
+            (ErrorCode::Late, next),
+            (ErrorCode::Future, Retry::Fail),
+            (ErrorCode::TooLarge, Retry::Fail),
+            (ErrorCode::NoTable, next),
+            (ErrorCode::CatchingUp, next),
+            (ErrorCode::NoReplica, refresh),
+            (ErrorCode::Auth, Retry::Fail),
+            (ErrorCode::Storage, next),
+            (ErrorCode::Malformed, Retry::Fail),
+            (ErrorCode::BadRequest, Retry::Fail),
+        ];
+        assert_eq!(want.len(), ErrorCode::KNOWN.len(), "every known code has a row");
+        for (code, policy) in want {
+            assert_eq!(retry_policy(&code), policy, "{code}");
+        }
+        assert_eq!(retry_policy(&ErrorCode::from_word("SOMETHING_NEW")), Retry::Fail);
+    }
+
+    #[test]
+    fn a_refusal_shows_its_reason() {
+        let e = Error::Refused { code: ErrorCode::TooLarge, reason: "key or value over the limit".into() };
+        assert_eq!(e.to_string(), "refused: key or value over the limit");
     }
 }

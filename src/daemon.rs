@@ -14,6 +14,9 @@
 //!    bind, register, recover ... and finally [`Readiness::ready`], which lets the parent exit 0.
 //!    Any error on the way goes to [`Readiness::fail`] with a sysexits code, so the parent exits
 //!    with that code and the message on its stderr.
+//!
+//! [`main`] is that sequence for both daemons, given their options, configuration and role.
+//! This module uses [`crate::cli`] (exit statuses, argument parsing), never the other way.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -28,12 +31,7 @@ use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::stat::{umask, Mode};
 use nix::unistd::{dup2, fork, getpid, pipe2, setsid, ForkResult};
 
-/// sysexits EX_SOFTWARE: the daemon died before reporting readiness.
-const EX_SOFTWARE: i32 = 70;
-/// sysexits EX_OSERR: a system call failed.
-const EX_OSERR: i32 = 71;
-/// sysexits EX_TEMPFAIL: the data directory is locked by another live process.
-const EX_TEMPFAIL: i32 = 75;
+use crate::cli::{die, parse_args, Exit, EX_OSERR, EX_SOFTWARE, EX_TEMPFAIL};
 
 /// Environment variable holding the log level (`error`, `warn`, `info`, `debug`, `trace`).
 pub const LOG_ENV: &str = "GTSTORE_LOG";
@@ -322,6 +320,17 @@ pub fn redirect_stderr_to(path: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Reopens the `--log` file, if there is one, after SIGHUP (log rotation);
+/// a failure is logged to the old file and the daemon goes on.
+pub fn reopen_log(file: &Option<PathBuf>) {
+    if let Some(path) = file {
+        match redirect_stderr_to(path) {
+            Ok(()) => log::info!("log reopened"),
+            Err(e) => log::warn!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+}
+
 /// Parses a `GTSTORE_LOG` value.
 fn parse_level(s: &str) -> Option<LevelFilter> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -372,13 +381,7 @@ pub fn raise_fd_limit() -> Result<u64, DaemonError> {
 /// gives: detach (with `--daemon`), send stderr to the log file, lock the
 /// pidfile, raise the descriptor limit. `dir` names the data directory in
 /// the "in use" message. On failure the waiting parent gets the message.
-pub fn start(
-    detach: bool,
-    log: Option<&Path>,
-    pidfile: &Path,
-    dir: &Path,
-) -> Result<(Readiness, PidFile), crate::cli::Exit> {
-    use crate::cli::Exit;
+pub fn start(detach: bool, log: Option<&Path>, pidfile: &Path, dir: &Path) -> Result<(Readiness, PidFile), Exit> {
     let ready =
         if detach { daemonize().map_err(|e| Exit::new(e.exit_code(), e.to_string()))? } else { Readiness::none() };
     let redirect = match log {
@@ -409,6 +412,63 @@ pub fn start(
         log::warn!("cannot raise the descriptor limit: {e}");
     }
     Ok((ready, pid))
+}
+
+/// What a daemon binary tells [`main`] about itself.
+pub struct DaemonSpec {
+    /// The program name, for messages.
+    pub prog: &'static str,
+    /// The usage line and a one-line description, for `--help`.
+    pub usage: &'static str,
+    /// The pidfile's name inside the data directory (unless `--pidfile`).
+    pub pidfile: &'static str,
+}
+
+/// The paths every daemon configuration has.
+pub trait DaemonPaths {
+    /// The data directory (created if missing; it holds the pidfile).
+    fn data_dir(&self) -> &Path;
+    /// The `--log` file, if any.
+    fn log_file(&self) -> Option<&Path>;
+}
+
+/// The `main` both daemons share: parse the arguments, answer `--help` and
+/// `--version`, build the configuration, start logging, detach with
+/// `--daemon`, lock the pidfile, then run; any failure is a message and a
+/// sysexits status.
+pub fn main<C: DaemonPaths>(
+    spec: DaemonSpec,
+    opts: getopts::Options,
+    config: impl FnOnce(&getopts::Matches) -> Result<C, Exit>,
+    run: impl FnOnce(C, Readiness) -> Result<(), Exit>,
+) {
+    let prog = spec.prog;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let m = parse_args(&opts, &args).unwrap_or_else(|e| die(prog, e));
+    if m.opt_present("help") {
+        print!("{}", opts.usage(spec.usage));
+        return;
+    }
+    if m.opt_present("version") {
+        println!("{prog} {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    if let Some(extra) = m.free.first() {
+        die(prog, Exit::usage(format!("unexpected argument '{extra}'")));
+    }
+    let cfg = config(&m).unwrap_or_else(|e| die(prog, e));
+    init_logging(LevelFilter::Info);
+    let dir = cfg.data_dir().to_path_buf();
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        die(prog, Exit::new(EX_OSERR, format!("{}: {e}", dir.display())));
+    }
+    let pidfile = m.opt_str("pidfile").map(PathBuf::from).unwrap_or_else(|| dir.join(spec.pidfile));
+    let started = start(m.opt_present("daemon"), cfg.log_file(), &pidfile, &dir);
+    let (ready, _pid) = started.unwrap_or_else(|e| die(prog, e));
+    if let Err(e) = run(cfg, ready) {
+        log::error!("{}", e.message);
+        die(prog, e);
+    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@
 //! - [`manager`]: the manager daemon's state and handlers.
 //! - [`storage`]: the storage node daemon: coordinator, replica, mover.
 //! - [`client`]: the client library used by the CLI and the benchmark.
-//! - [`daemon`]: APUE daemon helpers: detaching, pidfile locks, log files.
-//! - [`cli`]: shared command-line helpers (addresses, exit codes, the daemons' `main`).
+//! - [`daemon`]: APUE daemon helpers (detaching, pidfile locks, log files) and the daemons' `main`.
+//! - [`cli`]: shared command-line helpers (addresses, exit codes, argument parsing).
 //! - [`bench`]: the load generator behind `gtstore-bench` and its charts.
 
 pub mod bench;

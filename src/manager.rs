@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use nix::sys::signal::Signal;
 
-use crate::daemon::{self, Readiness};
-use crate::net::codec::{self, Body, Header, Limits, Message};
+use crate::daemon::{reopen_log, Readiness};
+use crate::net::codec::{self, error_reply, Body, ErrorCode, Header, Limits, Message};
 use crate::net::{self, ConnId, Handler, Io, Reactor};
 use crate::store::disk::{self, Disk, OsDisk};
 use crate::table::{NodeState, Table};
@@ -56,7 +56,7 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
 }
 
-impl crate::cli::DaemonPaths for Config {
+impl crate::daemon::DaemonPaths for Config {
     fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
     }
@@ -262,7 +262,7 @@ impl Manager {
         addr: String,
     ) {
         if node == 0 || node > MAX_NODE_ID {
-            rx.send(id, &error_reply(req, &format!("node ids are 1 to {MAX_NODE_ID}")));
+            rx.send(id, &error_reply(req, ErrorCode::BadRequest, &format!("node ids are 1 to {MAX_NODE_ID}")));
             return;
         }
         if let Some(d) = rx.data_mut(id) {
@@ -285,7 +285,7 @@ impl Manager {
 
     fn handle_leave(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>, id: ConnId, req: u64) {
         let Some(node) = rx.data_mut(id).and_then(|d| d.node) else {
-            rx.send(id, &error_reply(req, "LEAVE before REGISTER"));
+            rx.send(id, &error_reply(req, ErrorCode::BadRequest, "LEAVE before REGISTER"));
             return;
         };
         self.waiting.remove(&node);
@@ -365,7 +365,8 @@ impl Handler for Manager {
             Body::Synced { epoch } => self.handle_synced(rx, id, epoch),
             Body::Ok => {}
             other => {
-                rx.send(id, &error_reply(req, &format!("{} is not a manager request", other.verb())));
+                let reason = format!("{} is not a manager request", other.verb());
+                rx.send(id, &error_reply(req, ErrorCode::BadRequest, &reason));
             }
         }
     }
@@ -397,21 +398,6 @@ impl Handler for Manager {
             }
         }
     }
-}
-
-/// Reopens the log file after SIGHUP (log rotation).
-pub fn reopen_log(file: &Option<PathBuf>) {
-    if let Some(path) = file {
-        match daemon::redirect_stderr_to(path) {
-            Ok(()) => info!("log reopened"),
-            Err(e) => warn!("cannot reopen {}: {e}", path.display()),
-        }
-    }
-}
-
-/// An ERROR reply to request `req`.
-pub fn error_reply(req: u64, reason: &str) -> Message {
-    Message { header: Header { req, ..Header::default() }, body: Body::Error { reason: reason.to_string() } }
 }
 
 /// Encodes the state as a TABLE message whose client field is the next client id.

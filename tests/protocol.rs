@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gtstore::client::{Client, Config};
-use gtstore::net::codec::{check, parse, to_bytes, Body, Header, Limits, Message};
+use gtstore::net::codec::{check, parse, to_bytes, Body, ErrorCode, Header, Limits, Message};
 
 /// Read and write timeout of every raw socket: a hang fails the test.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -131,15 +131,25 @@ fn idle_and_stalled_connections_do_not_delay_other_clients() {
     assert_ok_reply(&m, 7);
 }
 
-/// Opens a connection, sends `bytes`, and checks for an ERROR reply followed by EOF; then
-/// checks the node still serves the library client and still holds `before`.
-fn check_rejected(c: &Cluster, cl: &mut Client, bytes: &[u8], what: &str, before: &[(String, String)]) {
+/// Opens a connection, sends `bytes`, and checks for an ERROR reply with `want` followed by
+/// EOF; then checks the node still serves the library client and still holds `before`.
+fn check_rejected(
+    c: &Cluster,
+    cl: &mut Client,
+    bytes: &[u8],
+    want: ErrorCode,
+    what: &str,
+    before: &[(String, String)],
+) {
     let mut s = connect(&c.node_addr(1));
     s.write_all(bytes).unwrap();
     let mut buf = Vec::new();
     let m = read_msg(&mut s, &mut buf);
     match &m.body {
-        Body::Error { reason } => assert!(!reason.is_empty(), "{what}: ERROR with a reason"),
+        Body::Error { code, reason } => {
+            assert_eq!(code, &want, "{what}: the ERROR's code");
+            assert!(!reason.is_empty(), "{what}: ERROR with a reason");
+        }
         other => panic!("{what}: expected an ERROR reply, got {other:?}"),
     }
     assert!(buf.is_empty(), "{what}: only one reply, got extra {:?}", String::from_utf8_lossy(&buf));
@@ -168,9 +178,9 @@ fn malformed_requests_get_error_then_eof_and_node_keeps_serving() {
     bystander.write_all(&to_bytes(&get(1, "pre-0"))).unwrap();
     assert_value(&read_msg(&mut bystander, &mut bbuf), 1, "val-0");
 
-    check_rejected(&c, &mut cl, b"\x00\xff\xfe garbage \x01\x02\r\n\x7f", "garbage", &before);
-    check_rejected(&c, &mut cl, b"GET x 0 5 1\n", "non-numeric header", &before);
-    check_rejected(&c, &mut cl, b"PUT 0 0 999999999 1\n", "length over the limit", &before);
+    check_rejected(&c, &mut cl, b"\x00\xff\xfe garbage \x01\x02\r\n\x7f", ErrorCode::Malformed, "garbage", &before);
+    check_rejected(&c, &mut cl, b"GET x 0 5 1\n", ErrorCode::Malformed, "non-numeric header", &before);
+    check_rejected(&c, &mut cl, b"PUT 0 0 999999999 1\n", ErrorCode::TooLarge, "length over the limit", &before);
 
     bystander.write_all(&to_bytes(&get(2, "pre-19"))).unwrap();
     assert_value(&read_msg(&mut bystander, &mut bbuf), 2, "val-19");
@@ -248,7 +258,7 @@ fn unknown_verb_gets_error_and_connection_stays_usable() {
     let m = read_msg(&mut s, &mut buf);
     assert_eq!(m.header.req, 7, "the ERROR answers request 7: {m:?}");
     assert!(
-        matches!(&m.body, Body::Error { reason } if !reason.is_empty()),
+        matches!(&m.body, Body::Error { code: ErrorCode::BadRequest, reason } if !reason.is_empty()),
         "expected an ERROR reply to FROB, got {m:?}"
     );
 
@@ -264,6 +274,6 @@ fn unknown_verb_gets_error_and_connection_stays_usable() {
     s.write_all(&bytes).unwrap();
     let m = read_msg(&mut s, &mut buf);
     assert_eq!(m.header.req, 10);
-    assert!(matches!(m.body, Body::Error { .. }), "{m:?}");
+    assert!(matches!(m.body, Body::Error { code: ErrorCode::BadRequest, .. }), "{m:?}");
     assert_value(&read_msg(&mut s, &mut buf), 11, "ok");
 }

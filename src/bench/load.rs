@@ -432,7 +432,7 @@ impl Handler for Engine<'_> {
                 self.not_found += 1;
                 Ok(())
             }
-            Body::Error { reason } => Err(format!("server{}: {reason}", msg.header.node)),
+            Body::Error { reason, .. } => Err(format!("server{}: {reason}", msg.header.node)),
             other => Err(format!("unexpected {} reply", other.verb())),
         };
         self.complete(rx, msg.header.req, result);

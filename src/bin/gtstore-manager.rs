@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use gtstore::cli::{self, opt_num, DaemonSpec, Exit};
+use gtstore::cli::{self, opt_num, Exit};
+use gtstore::daemon::{self, DaemonSpec};
 use gtstore::manager::{self, Config};
 
 const PROG: &str = "gtstore-manager";
@@ -67,5 +68,5 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
 
 fn main() {
     let spec = DaemonSpec { prog: PROG, usage: "Usage: gtstore-manager [options]\n\nThe GTStore manager: membership, the partition table, failure detection.", pidfile: "gtstore-manager.pid" };
-    cli::daemon_main(spec, options(), config, manager::run);
+    daemon::main(spec, options(), config, manager::run);
 }

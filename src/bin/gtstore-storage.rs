@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use gtstore::cli::{self, opt_num, DaemonSpec, Exit};
+use gtstore::cli::{self, opt_num, Exit};
+use gtstore::daemon::{self, DaemonSpec};
 use gtstore::storage::{self, Config};
 use gtstore::store::FsyncPolicy;
 
@@ -70,5 +71,5 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
 
 fn main() {
     let spec = DaemonSpec { prog: PROG, usage: "Usage: gtstore-storage --id I [options]\n\nA GTStore storage node: sectors on disk, coordinator and replica.", pidfile: "gtstore-storage.pid" };
-    cli::daemon_main(spec, options(), config, storage::run);
+    daemon::main(spec, options(), config, storage::run);
 }

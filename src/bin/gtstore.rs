@@ -88,7 +88,7 @@ fn fail(e: client::Error, key: &[u8]) -> Exit {
             Exit::new(EX_NOT_FOUND, format!("{}: not found", String::from_utf8_lossy(key)))
         }
         client::Error::Unavailable(why) => Exit::new(EX_UNAVAILABLE, why),
-        client::Error::Refused(why) => Exit::new(EX_DATAERR, why),
+        client::Error::Refused { reason, .. } => Exit::new(EX_DATAERR, reason),
     }
 }
 

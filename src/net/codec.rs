@@ -10,6 +10,10 @@
 //! malformed or over the limits before its terminator or payload arrives;
 //! [`parse`] then builds a [`Message`] from exactly that slice. Neither can
 //! panic on any input. [`encode`] appends a message to an output buffer.
+//!
+//! Each verb's payload layout is written once, in `write_body`, against a
+//! sink that either counts bytes (for LENGTH in the header) or stores them;
+//! `parse_body`, next to it, reads the same fields back in the same order.
 
 use crate::hlc::Version;
 use crate::table::{Member, NodeState, Table};
@@ -64,6 +68,104 @@ impl std::fmt::Display for DecodeError {
 }
 
 impl std::error::Error for DecodeError {}
+
+impl DecodeError {
+    /// The code of the ERROR reply sent before closing the connection.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::BodyTooLarge { .. } => ErrorCode::TooLarge,
+            _ => ErrorCode::Malformed,
+        }
+    }
+}
+
+/// What an ERROR reply reports, for programs: a stable upper-case word on
+/// the wire (Redis's `-ERR`, `-TRYAGAIN`, ...). Clients branch on the
+/// code, never on the reason, which is for people. `gtstore-protocol(5)`
+/// says what each code means and whether a client should retry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// `RETRY`: the request may succeed if sent again, here or to another
+    /// replica (quorum not reached, timed out waiting for replicas, the
+    /// coordinator it was forwarded to is unreachable).
+    Retry,
+    /// `EXPIRED`: the request's deadline passed before it could start.
+    Expired,
+    /// `LATE`: a replica write arrived too late to be applied (stale).
+    Late,
+    /// `FUTURE`: a version too far ahead of the receiver's clock.
+    Future,
+    /// `TOO_LARGE`: a key, value or message over the receiver's limit.
+    TooLarge,
+    /// `NO_TABLE`: the node has no partition table yet.
+    NoTable,
+    /// `CATCHING_UP`: the key's sector is still being received.
+    CatchingUp,
+    /// `NO_REPLICA`: no live replica holds this key.
+    NoReplica,
+    /// `AUTH`: the sender is not allowed to make this request.
+    Auth,
+    /// `STORAGE`: the node's disk failed.
+    Storage,
+    /// `MALFORMED`: the bytes are not a valid message (the connection closes).
+    Malformed,
+    /// `BAD_REQUEST`: a verb or argument not accepted by this daemon.
+    BadRequest,
+    /// A code word this build does not know (from a newer peer), as received.
+    Other(String),
+}
+
+impl ErrorCode {
+    /// Every code this build knows, for tests and documentation checks.
+    pub const KNOWN: [ErrorCode; 12] = [
+        ErrorCode::Retry,
+        ErrorCode::Expired,
+        ErrorCode::Late,
+        ErrorCode::Future,
+        ErrorCode::TooLarge,
+        ErrorCode::NoTable,
+        ErrorCode::CatchingUp,
+        ErrorCode::NoReplica,
+        ErrorCode::Auth,
+        ErrorCode::Storage,
+        ErrorCode::Malformed,
+        ErrorCode::BadRequest,
+    ];
+
+    /// The word on the wire.
+    pub fn word(&self) -> &str {
+        match self {
+            ErrorCode::Retry => "RETRY",
+            ErrorCode::Expired => "EXPIRED",
+            ErrorCode::Late => "LATE",
+            ErrorCode::Future => "FUTURE",
+            ErrorCode::TooLarge => "TOO_LARGE",
+            ErrorCode::NoTable => "NO_TABLE",
+            ErrorCode::CatchingUp => "CATCHING_UP",
+            ErrorCode::NoReplica => "NO_REPLICA",
+            ErrorCode::Auth => "AUTH",
+            ErrorCode::Storage => "STORAGE",
+            ErrorCode::Malformed => "MALFORMED",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::Other(w) => w,
+        }
+    }
+
+    /// The code for a wire word; a word this build does not know is
+    /// [`ErrorCode::Other`], not an error.
+    pub fn from_word(word: &str) -> ErrorCode {
+        ErrorCode::KNOWN.into_iter().find(|c| c.word() == word).unwrap_or_else(|| ErrorCode::Other(word.to_string()))
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+/// Longest code word a receiver accepts.
+const MAX_CODE_WORD: usize = 32;
 
 /// The header fields every message carries besides its verb.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -120,8 +222,8 @@ pub enum Body {
     Value { value: Vec<u8>, version: Version },
     /// No live value; `version` is the tombstone's, if there is one.
     NotFound { version: Option<Version> },
-    /// An error with a reason.
-    Error { reason: String },
+    /// An error: a code for programs and a reason for people.
+    Error { code: ErrorCode, reason: String },
     /// Figures for status.
     StatsReply(Stats),
     // Manager requests.
@@ -167,6 +269,11 @@ pub struct Message {
 }
 
 impl Body {
+    /// An ERROR body with `code` and `reason`.
+    pub fn error(code: ErrorCode, reason: impl Into<String>) -> Body {
+        Body::Error { code, reason: reason.into() }
+    }
+
     /// The verb on the wire.
     pub fn verb(&self) -> &str {
         match self {
@@ -261,9 +368,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         put_decimal(out, n);
     }
     out.push(b'\n');
-    let start = out.len();
-    encode_body(&msg.body, out);
-    debug_assert_eq!(out.len() - start, len, "payload_len agrees with encode_body");
+    write_body(&msg.body, out);
 }
 
 /// Appends `n` in decimal.
@@ -281,34 +386,17 @@ fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// The encoded size of an entry.
-fn entry_len(e: &Entry) -> usize {
-    4 + e.key.len() + Version::WIRE_LEN + 1 + e.value.as_ref().map_or(0, |v| 4 + v.len())
-}
-
-/// The encoded size of a table.
-fn table_len(t: &Table) -> usize {
-    8 + 4 * 3 + 4 + t.members.iter().map(|m| 4 + 4 + m.addr.len() + 1).sum::<usize>() + 4 + 4 * t.owners.len()
-}
-
-/// The payload size `encode_body` writes for `body`, so the header can be
-/// written first and the payload straight after it.
+/// The payload size [`write_body`] writes for `body` (it writes to a
+/// counter), so the header can be written first and the payload after it.
 fn payload_len(body: &Body) -> usize {
-    match body {
-        Body::Put { key, value } => 8 + key.len() + value.len(),
-        Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => 4 + key.len(),
-        Body::StatsReq | Body::Ok | Body::Hello | Body::GetTable | Body::Leave | Body::Unknown(_) => 0,
-        Body::Value { value, .. } => Version::WIRE_LEN + 4 + value.len(),
-        Body::NotFound { version } => 1 + version.map_or(0, |_| Version::WIRE_LEN),
-        Body::Error { reason } => 4 + reason.len(),
-        Body::StatsReply(_) => 4 + 8 + 4,
-        Body::Register { addr, .. } => 4 + 4 + addr.len(),
-        Body::Heartbeat { .. } | Body::Synced { .. } => 8,
-        Body::TableMsg { table, pending, .. } => 4 + table_len(table) + 1 + pending.as_ref().map_or(0, table_len),
-        Body::Store { entry, .. } => 4 + 1 + entry_len(entry),
-        Body::Pull { .. } => 4 + 8,
-        Body::Chunk { entries, .. } => 4 + 1 + 4 + entries.iter().map(entry_len).sum::<usize>(),
-    }
+    let mut n = Counter(0);
+    write_body(body, &mut n);
+    n.0
+}
+
+/// An ERROR reply to request `req`.
+pub fn error_reply(req: u64, code: ErrorCode, reason: &str) -> Message {
+    Message { header: Header { req, ..Header::default() }, body: Body::error(code, reason) }
 }
 
 /// Encodes `msg` into a fresh buffer.
@@ -414,6 +502,20 @@ impl<'a> Reader<'a> {
         Ok(self.take(n)?.to_vec())
     }
 
+    /// An error code word: 1 to [`MAX_CODE_WORD`] capitals, digits or
+    /// underscores. A known word allocates nothing; an unknown one becomes
+    /// [`ErrorCode::Other`].
+    fn code(&mut self) -> Result<ErrorCode, DecodeError> {
+        let n = self.u32()? as usize;
+        let w = self.take(n)?;
+        let is_word = (1..=MAX_CODE_WORD).contains(&w.len())
+            && w.iter().all(|&b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        match std::str::from_utf8(w) {
+            Ok(w) if is_word => Ok(ErrorCode::from_word(w)),
+            _ => Err(DecodeError::BadPayload("error code is not a word of capitals")),
+        }
+    }
+
     fn string(&mut self) -> Result<String, DecodeError> {
         String::from_utf8(self.bytes()?).map_err(|_| DecodeError::BadPayload("text is not UTF-8"))
     }
@@ -450,28 +552,69 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-    out.extend_from_slice(b);
+/// Where a payload is written: a [`Counter`] that only adds up its size
+/// or a `Vec<u8>` that stores the bytes. Each layout below is written
+/// once against this trait, so the size in the header and the bytes after
+/// it cannot disagree. The methods mirror [`Reader`]'s.
+trait Sink {
+    /// Raw bytes, no length prefix.
+    fn raw(&mut self, b: &[u8]);
+
+    fn u8(&mut self, v: u8) {
+        self.raw(&[v]);
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.raw(&v.to_be_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.raw(&v.to_be_bytes());
+    }
+
+    /// A byte string with its 4-byte length prefix.
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.raw(b);
+    }
+
+    fn flag(&mut self, v: bool) {
+        self.u8(u8::from(v));
+    }
+
+    /// The 16 bytes of [`Version::encode`].
+    fn version(&mut self, v: &Version) {
+        self.u64(v.ms);
+        self.u32(v.counter);
+        self.u32(v.node);
+    }
 }
 
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_be_bytes());
+/// A sink that counts bytes.
+struct Counter(usize);
+
+impl Sink for Counter {
+    fn raw(&mut self, b: &[u8]) {
+        self.0 += b.len();
+    }
 }
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_be_bytes());
+impl Sink for Vec<u8> {
+    fn raw(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
 }
 
-fn put_entry(out: &mut Vec<u8>, e: &Entry) {
-    put_bytes(out, &e.key);
-    e.version.encode(out);
-    match &e.value {
-        Some(v) => {
-            out.push(1);
-            put_bytes(out, v);
-        }
-        None => out.push(0),
+// ----- payload layouts: each writer next to its reader ------------------
+
+/// Entry: key bytes, version, flag, then the value bytes if the flag is 1
+/// (0 is a tombstone).
+fn write_entry<S: Sink>(s: &mut S, e: &Entry) {
+    s.bytes(&e.key);
+    s.version(&e.version);
+    s.flag(e.value.is_some());
+    if let Some(v) = &e.value {
+        s.bytes(v);
     }
 }
 
@@ -482,32 +625,29 @@ fn read_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
     Ok(Entry { key, version, value })
 }
 
-/// Layout: contact u32, then the table, then a flag and the pending table.
-fn put_table(out: &mut Vec<u8>, t: &Table) {
-    put_u64(out, t.epoch);
-    put_u32(out, t.rep);
-    put_u32(out, t.read_quorum);
-    put_u32(out, t.write_quorum);
-    put_u32(out, t.members.len() as u32);
+/// The smallest encoded entry (empty key, tombstone).
+const MIN_ENTRY: usize = 4 + Version::WIRE_LEN + 1;
+
+/// Table: epoch u64, rep, R, W u32, a counted list of members (id u32,
+/// address bytes, state u8), a counted list of sector owners (u32 each).
+fn write_table<S: Sink>(s: &mut S, t: &Table) {
+    s.u64(t.epoch);
+    s.u32(t.rep);
+    s.u32(t.read_quorum);
+    s.u32(t.write_quorum);
+    s.u32(t.members.len() as u32);
     for m in &t.members {
-        put_u32(out, m.id);
-        put_bytes(out, m.addr.as_bytes());
-        out.push(m.state.code());
+        s.u32(m.id);
+        s.bytes(m.addr.as_bytes());
+        s.u8(m.state.code());
     }
-    put_u32(out, t.owners.len() as u32);
+    s.u32(t.owners.len() as u32);
     for &o in &t.owners {
-        put_u32(out, o);
+        s.u32(o);
     }
 }
 
-fn read_table_msg(r: &mut Reader<'_>) -> Result<Body, DecodeError> {
-    let contact = r.u32()?;
-    let table = read_one_table(r)?;
-    let pending = if r.flag()? { Some(read_one_table(r)?) } else { None };
-    Ok(Body::TableMsg { table, pending, contact })
-}
-
-fn read_one_table(r: &mut Reader<'_>) -> Result<Table, DecodeError> {
+fn read_table(r: &mut Reader<'_>) -> Result<Table, DecodeError> {
     let epoch = r.u64()?;
     let (rep, read_quorum, write_quorum) = (r.u32()?, r.u32()?, r.u32()?);
     let n = r.count(9)?;
@@ -529,65 +669,67 @@ fn read_one_table(r: &mut Reader<'_>) -> Result<Table, DecodeError> {
     Ok(Table { epoch, rep, read_quorum, write_quorum, members, owners })
 }
 
-fn encode_body(body: &Body, out: &mut Vec<u8>) {
+/// Every verb's payload, in field order (`gtstore-protocol(5)` has the
+/// same list); [`parse_body`] below reads the same fields back.
+fn write_body<S: Sink>(body: &Body, s: &mut S) {
     match body {
         Body::Put { key, value } => {
-            put_bytes(out, key);
-            put_bytes(out, value);
+            s.bytes(key);
+            s.bytes(value);
         }
-        Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => put_bytes(out, key),
+        Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => s.bytes(key),
         Body::StatsReq | Body::Ok | Body::Hello | Body::GetTable | Body::Leave | Body::Unknown(_) => {}
         Body::Value { value, version } => {
-            version.encode(out);
-            put_bytes(out, value);
+            s.version(version);
+            s.bytes(value);
         }
-        Body::NotFound { version } => match version {
-            Some(v) => {
-                out.push(1);
-                v.encode(out);
+        Body::NotFound { version } => {
+            s.flag(version.is_some());
+            if let Some(v) = version {
+                s.version(v);
             }
-            None => out.push(0),
-        },
-        Body::Error { reason } => put_bytes(out, reason.as_bytes()),
-        Body::StatsReply(s) => {
-            put_u32(out, s.sectors);
-            put_u64(out, s.keys);
-            put_u32(out, s.missing);
+        }
+        Body::Error { code, reason } => {
+            s.bytes(code.word().as_bytes());
+            s.bytes(reason.as_bytes());
+        }
+        Body::StatsReply(st) => {
+            s.u32(st.sectors);
+            s.u64(st.keys);
+            s.u32(st.missing);
         }
         Body::Register { id, addr } => {
-            put_u32(out, *id);
-            put_bytes(out, addr.as_bytes());
+            s.u32(*id);
+            s.bytes(addr.as_bytes());
         }
-        Body::Heartbeat { epoch } | Body::Synced { epoch } => put_u64(out, *epoch),
+        Body::Heartbeat { epoch } | Body::Synced { epoch } => s.u64(*epoch),
         Body::TableMsg { table, pending, contact } => {
-            put_u32(out, *contact);
-            put_table(out, table);
-            match pending {
-                Some(p) => {
-                    out.push(1);
-                    put_table(out, p);
-                }
-                None => out.push(0),
+            s.u32(*contact);
+            write_table(s, table);
+            s.flag(pending.is_some());
+            if let Some(p) = pending {
+                write_table(s, p);
             }
         }
         Body::Store { entry, hint_for, repair } => {
-            put_u32(out, *hint_for);
-            out.push(u8::from(*repair));
-            put_entry(out, entry);
+            s.u32(*hint_for);
+            s.flag(*repair);
+            write_entry(s, entry);
         }
         Body::Pull { sector, digest } => {
-            put_u32(out, *sector);
-            put_u64(out, *digest);
+            s.u32(*sector);
+            s.u64(*digest);
         }
         Body::Chunk { sector, entries, last } => {
-            put_u32(out, *sector);
-            out.push(*last as u8);
-            put_u32(out, entries.len() as u32);
-            entries.iter().for_each(|e| put_entry(out, e));
+            s.u32(*sector);
+            s.flag(*last);
+            s.u32(entries.len() as u32);
+            entries.iter().for_each(|e| write_entry(s, e));
         }
     }
 }
 
+/// Reads the payload of `verb`; the twin of [`write_body`], arm for arm.
 fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
     Ok(match verb {
         "PUT" => Body::Put { key: r.bytes()?, value: r.bytes()? },
@@ -605,12 +747,17 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
             Body::Value { version, value: r.bytes()? }
         }
         "NOT_FOUND" => Body::NotFound { version: if r.flag()? { Some(r.version()?) } else { None } },
-        "ERROR" => Body::Error { reason: r.string()? },
+        "ERROR" => Body::Error { code: r.code()?, reason: r.string()? },
         "STATS_REPLY" => Body::StatsReply(Stats { sectors: r.u32()?, keys: r.u64()?, missing: r.u32()? }),
         "REGISTER" => Body::Register { id: r.u32()?, addr: r.string()? },
         "HEARTBEAT" => Body::Heartbeat { epoch: r.u64()? },
         "SYNCED" => Body::Synced { epoch: r.u64()? },
-        "TABLE" => read_table_msg(r)?,
+        "TABLE" => {
+            let contact = r.u32()?;
+            let table = read_table(r)?;
+            let pending = if r.flag()? { Some(read_table(r)?) } else { None };
+            Body::TableMsg { table, pending, contact }
+        }
         "STORE" => {
             let hint_for = r.u32()?;
             let repair = r.flag()?;
@@ -620,7 +767,7 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
         "CHUNK" => {
             let sector = r.u32()?;
             let last = r.flag()?;
-            let n = r.count(4 + Version::WIRE_LEN + 1)?;
+            let n = r.count(MIN_ENTRY)?;
             let mut entries = Vec::with_capacity(n);
             for _ in 0..n {
                 entries.push(read_entry(r)?);
@@ -659,7 +806,8 @@ mod tests {
             Body::Value { value: vec![0, 1, 2], version: v },
             Body::NotFound { version: None },
             Body::NotFound { version: Some(v) },
-            Body::Error { reason: "no quorum".into() },
+            Body::Error { code: ErrorCode::Retry, reason: "no quorum".into() },
+            Body::Error { code: ErrorCode::Other("NEWER_CODE_2".into()), reason: String::new() },
             Body::StatsReply(Stats { sectors: 3, keys: 99, missing: 1 }),
             Body::Hello,
             Body::GetTable,
@@ -697,6 +845,42 @@ mod tests {
             body: Body::Put { key: b"a".to_vec(), value: b"bc".to_vec() },
         };
         assert_eq!(to_bytes(&m), b"PUT 1 0 11 5\n\x00\x00\x00\x01a\x00\x00\x00\x02bc");
+    }
+
+    #[test]
+    fn golden_error_wire_form() {
+        let m = Message {
+            header: Header { client: 0, node: 2, req: 9 },
+            body: Body::Error { code: ErrorCode::TooLarge, reason: "big".into() },
+        };
+        let wire = b"ERROR 0 2 20 9\n\x00\x00\x00\x09TOO_LARGE\x00\x00\x00\x03big";
+        assert_eq!(to_bytes(&m), wire);
+        assert_eq!(parse(wire), Ok(m));
+    }
+
+    #[test]
+    fn an_unknown_error_code_still_decodes() {
+        let wire = b"ERROR 0 0 18 4\n\x00\x00\x00\x07SLOW_UP\x00\x00\x00\x03try";
+        let want = Body::Error { code: ErrorCode::Other("SLOW_UP".into()), reason: "try".into() };
+        assert_eq!(check(wire, &Limits::default()), Ok(Some(wire.len())));
+        assert_eq!(decode(wire, &Limits::default()).map(|m| m.map(|(m, _)| m.body)), Ok(Some(want)));
+    }
+
+    #[test]
+    fn error_code_words_round_trip_and_garbage_is_malformed() {
+        for code in ErrorCode::KNOWN {
+            assert_eq!(ErrorCode::from_word(code.word()), code);
+            let m = msg(Body::Error { code: code.clone(), reason: format!("about {code}") });
+            assert_eq!(parse(&to_bytes(&m)), Ok(m));
+        }
+        for bad in [&b""[..], b"retry", b"NO TABLE", b"\xff", &[b'A'; MAX_CODE_WORD + 1]] {
+            let mut payload = (bad.len() as u32).to_be_bytes().to_vec();
+            payload.extend_from_slice(bad);
+            payload.extend_from_slice(&[0, 0, 0, 0]);
+            let mut wire = format!("ERROR 0 0 {} 1\n", payload.len()).into_bytes();
+            wire.extend_from_slice(&payload);
+            assert!(matches!(parse(&wire), Err(DecodeError::BadPayload(_))), "{bad:?}");
+        }
     }
 
     #[test]

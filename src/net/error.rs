@@ -1,6 +1,6 @@
 //! `net::Error`: what can go wrong on a connection or in the loop itself.
 
-use super::codec::DecodeError;
+use super::codec::{DecodeError, ErrorCode};
 
 /// A network-layer error.
 #[derive(Debug)]
@@ -30,6 +30,18 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl Error {
+    /// The code of the ERROR reply a protocol error gets before its
+    /// connection closes.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Decode(e) => e.code(),
+            Error::BufferLimit => ErrorCode::TooLarge,
+            _ => ErrorCode::Malformed,
+        }
+    }
+}
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Error {

@@ -451,7 +451,7 @@ impl<D, T> Reactor<D, T> {
     fn protocol_error(&mut self, id: ConnId, e: &Error) {
         let peer = self.conn(id).and_then(|c| c.peer);
         warn!("closing {peer:?}: {e}");
-        let reply = Message { header: Default::default(), body: super::codec::Body::Error { reason: e.to_string() } };
+        let reply = Message { header: Default::default(), body: super::codec::Body::error(e.code(), e.to_string()) };
         self.send_and_close(id, &reply);
     }
 

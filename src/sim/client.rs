@@ -6,7 +6,7 @@
 //! key's candidates in [`client::candidates`] order; an attempt that times
 //! out (the library's per-attempt timeout) or loses its connection
 //! refreshes the table and moves on; an error reply is retried or not as
-//! [`client::is_retryable`] says; past the library's total deadline the
+//! [`client::retry_policy`] says for its code; past the library's total deadline the
 //! operation fails. Every invocation and outcome goes into the history.
 
 use std::collections::BTreeMap;
@@ -173,7 +173,7 @@ impl SimClient {
         self.conns.remove(&node);
         let lost = self.running.as_ref().and_then(|r| r.attempt).is_some_and(|(n, _)| Some(n) == node);
         if lost {
-            self.attempt_failed(net, hist, format!("connection to server{} closed", node.unwrap_or(0)));
+            self.attempt_failed(net, hist, format!("connection to server{} closed", node.unwrap_or(0)), true);
         }
     }
 
@@ -203,10 +203,12 @@ impl SimClient {
             Body::Ok => Outcome::Acked,
             Body::Value { value, .. } => Outcome::Value(value),
             Body::NotFound { .. } => Outcome::NotFound,
-            Body::Error { reason } if client::is_retryable(&reason) => {
-                return self.attempt_failed(net, hist, format!("server{node}: {reason}"));
-            }
-            Body::Error { reason } => Outcome::Failed(format!("refused: {reason}")),
+            Body::Error { code, reason } => match client::retry_policy(&code) {
+                client::Retry::Next { refresh_table } => {
+                    return self.attempt_failed(net, hist, format!("server{node}: {code} {reason}"), refresh_table);
+                }
+                client::Retry::Fail => Outcome::Failed(format!("refused: {code} {reason}")),
+            },
             other => Outcome::Failed(format!("unexpected {} reply", other.verb())),
         };
         self.finish(net, hist, outcome, h.node);
@@ -220,15 +222,16 @@ impl SimClient {
         self.timer(net, pause, Token::Think);
     }
 
-    fn attempt_failed(&mut self, net: &mut Net, hist: &mut History, why: String) {
+    fn attempt_failed(&mut self, net: &mut Net, hist: &mut History, why: String, refresh_table: bool) {
         let Some(r) = self.running.as_mut() else { return };
         r.attempt = None;
         r.last_error = why;
         r.round += 1;
         let candidates = self.table.as_ref().map_or(1, |t| client::candidates(t, &r.key).len().max(1));
         let pause = if r.round.is_multiple_of(candidates) { ROUND_PAUSE } else { 0 };
-        // The library refreshes the table after a failed attempt.
-        self.send_to(net, None, Body::GetTable);
+        if refresh_table {
+            self.send_to(net, None, Body::GetTable);
+        }
         self.next_token += 1;
         let tok = self.next_token;
         self.tokens.insert(tok, Token::Retry(tok));
@@ -249,7 +252,7 @@ impl SimClient {
                     if let Some(c) = self.conns.remove(&Some(node)) {
                         net.close(self.me(), c.id, c.link);
                     }
-                    self.attempt_failed(net, hist, format!("server{node}: timed out"));
+                    self.attempt_failed(net, hist, format!("server{node}: timed out"), true);
                 }
             }
             None => {}
@@ -309,11 +312,11 @@ impl SimClient {
         let cands = self.table.as_ref().map(|t| client::candidates(t, &r.key)).unwrap_or_default();
         let Some(&node) = cands.get(r.round % cands.len().max(1)) else {
             let why = "no node holds this key".to_string();
-            return self.attempt_failed(net, hist, why);
+            return self.attempt_failed(net, hist, why, true);
         };
         let body = r.body.clone();
         let Some(req) = self.send_to(net, Some(node), body) else {
-            return self.attempt_failed(net, hist, format!("server{node} is not in the table"));
+            return self.attempt_failed(net, hist, format!("server{node} is not in the table"), true);
         };
         if let Some(r) = self.running.as_mut() {
             r.attempt = Some((node, req));

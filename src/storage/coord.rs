@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::{Node, NodeIo, OP_DEADLINE};
 use crate::hlc::Version;
-use crate::net::codec::{Body, Entry, Header, Message, Stats};
+use crate::net::codec::{Body, Entry, ErrorCode, Header, Message, Stats};
 use crate::net::ConnId;
 
 /// What an operation in flight is waiting for.
@@ -74,7 +74,7 @@ impl Node {
         let (max_key, max_value) = self.limits();
         if key.len() > max_key || value_len > max_value {
             let reason = format!("key or value over the limit ({max_key} / {max_value} bytes)");
-            return self.reply(rx, conn, h, Body::Error { reason });
+            return self.reply(rx, conn, h, Body::error(ErrorCode::TooLarge, reason));
         }
         let (sector, replicas) = match self.place(key) {
             Ok(Some(here)) => here,
@@ -82,10 +82,10 @@ impl Node {
                 let coord = self.replicas(self.table.as_ref().map_or(0, |t| t.sector_of(key)));
                 return match coord.first() {
                     Some(&c) => self.forward(rx, conn, h, c, msg.body),
-                    None => self.reply(rx, conn, h, Body::Error { reason: "no live replica for this key".into() }),
+                    None => self.reply(rx, conn, h, Body::error(ErrorCode::NoReplica, "no live replica for this key")),
                 };
             }
-            Err(reason) => return self.reply(rx, conn, h, Body::Error { reason }),
+            Err(reason) => return self.reply(rx, conn, h, Body::error(ErrorCode::NoTable, reason)),
         };
         match msg.body {
             Body::Put { key, value } => self.start_write(rx, conn, h, sector, replicas, key, Some(value)),
@@ -107,7 +107,8 @@ impl Node {
     fn forward(&mut self, rx: &mut impl NodeIo, conn: ConnId, h: Header, coord: u32, body: Body) {
         let op = self.new_op(rx.now(), OpKind::Forward, conn, h, 0, Vec::new(), 1, 1);
         if !self.ask_peer(rx, coord, op, body) {
-            self.finish_op(rx, op, Some(Body::Error { reason: format!("coordinator server{coord} unreachable") }));
+            let reason = format!("coordinator server{coord} unreachable");
+            self.finish_op(rx, op, Some(Body::error(ErrorCode::Retry, reason)));
         }
     }
 
@@ -161,7 +162,7 @@ impl Node {
         let version = self.clock.tick(rx.wall_ms());
         if let Err(e) = self.store.apply(sector, &key, version, value.as_deref()) {
             error!("write to sector {sector} failed: {e}");
-            return self.reply(rx, conn, h, Body::Error { reason: format!("storage error: {e}") });
+            return self.reply(rx, conn, h, Body::error(ErrorCode::Storage, format!("storage error: {e}")));
         }
         if replicas.len() == 1 && self.pending.is_none() && !self.relays.contains_key(&sector) {
             // The only replica: the reply waits for this turn's fsync, nothing else.
@@ -235,7 +236,7 @@ impl Node {
             let body = match self.store.get(sector, &key) {
                 Ok(Some(crate::store::Item { value: Some(value), version })) => Body::Value { value, version },
                 Ok(_) => Body::NotFound { version: None },
-                Err(e) => Body::Error { reason: format!("storage error: {e}") },
+                Err(e) => Body::error(ErrorCode::Storage, format!("storage error: {e}")),
             };
             return self.reply(rx, conn, h, body);
         }
@@ -311,7 +312,7 @@ impl Node {
         op.failed += 1;
         if !op.replied && op.asked - op.failed < op.need {
             let reason = format!("quorum not reached: {} of {} replicas answered", op.ok, op.need);
-            self.answer_client(rx, op_id, Body::Error { reason });
+            self.answer_client(rx, op_id, Body::error(ErrorCode::Retry, reason));
         }
         self.maybe_retire(rx, op_id);
     }
@@ -393,7 +394,7 @@ impl Node {
         };
         let reason = format!("timed out: {} of {} replicas answered", op.ok, op.need);
         self.inflight.retain(|_, (o, _)| *o != op_id);
-        self.finish_op(rx, op_id, Some(Body::Error { reason }));
+        self.finish_op(rx, op_id, Some(Body::error(ErrorCode::Retry, reason)));
     }
 
     // ----- replies from peers -------------------------------------------
@@ -447,13 +448,14 @@ impl Node {
         repair: bool,
     ) {
         let Some(table) = &self.table else {
-            return self.reply(rx, conn, h, Body::Error { reason: "no table yet".into() });
+            return self.reply(rx, conn, h, Body::error(ErrorCode::NoTable, "no table yet"));
         };
         let sector = table.sector_of(&entry.key);
         let age = rx.wall_ms().saturating_sub(entry.version.ms);
         if !repair && age > STALE_WRITE_MS {
             info!("refusing a replica write of sector {sector} made {age} ms ago");
-            return self.reply(rx, conn, h, Body::Error { reason: format!("replica write arrived {age} ms late") });
+            let reason = format!("replica write arrived {age} ms late");
+            return self.reply(rx, conn, h, Body::error(ErrorCode::Late, reason));
         }
         self.clock.observe(entry.version);
         let hinted = hint_for != 0 && hint_for != self.cfg.id;
@@ -472,7 +474,7 @@ impl Node {
             }
             Err(e) => {
                 error!("replica write to sector {sector} failed: {e}");
-                self.reply(rx, conn, h, Body::Error { reason: format!("storage error: {e}") });
+                self.reply(rx, conn, h, Body::error(ErrorCode::Storage, format!("storage error: {e}")));
             }
         }
     }
@@ -488,11 +490,12 @@ impl Node {
         quorum_read: bool,
     ) {
         let Some(table) = &self.table else {
-            return self.reply(rx, conn, h, Body::Error { reason: "no table yet".into() });
+            return self.reply(rx, conn, h, Body::error(ErrorCode::NoTable, "no table yet"));
         };
         let sector = table.sector_of(&key);
         if quorum_read && !self.is_synced(sector) {
-            return self.reply(rx, conn, h, Body::Error { reason: format!("sector {sector} is catching up") });
+            let reason = format!("sector {sector} is catching up");
+            return self.reply(rx, conn, h, Body::error(ErrorCode::CatchingUp, reason));
         }
         let body = match self.store.get(sector, &key) {
             Ok(Some(item)) => match item.value {
@@ -500,7 +503,7 @@ impl Node {
                 None => Body::NotFound { version: Some(item.version) },
             },
             Ok(None) => Body::NotFound { version: None },
-            Err(e) => Body::Error { reason: format!("storage error: {e}") },
+            Err(e) => Body::error(ErrorCode::Storage, format!("storage error: {e}")),
         };
         // A read acknowledges nothing: it goes before the turn's fsync (what
         // it may show is already written to the log, see before_early_flush).

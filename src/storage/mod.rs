@@ -32,11 +32,10 @@ use log::{error, info, warn};
 use nix::sys::signal::Signal;
 
 use crate::cli::{Exit, EX_OSERR, EX_UNAVAILABLE};
-use crate::daemon::Readiness;
+use crate::daemon::{reopen_log, Readiness};
 use crate::hlc::Clock;
 use crate::idmap::{IdMap, IdSet};
-use crate::manager::{error_reply, reopen_log};
-use crate::net::codec::{Body, Header, Limits, Message};
+use crate::net::codec::{error_reply, Body, ErrorCode, Header, Limits, Message};
 use crate::net::{self, ConnId, Handler, Io, Reactor};
 use crate::store::{FsyncPolicy, Store};
 use crate::table::{NodeState, Table};
@@ -104,7 +103,7 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
 }
 
-impl crate::cli::DaemonPaths for Config {
+impl crate::daemon::DaemonPaths for Config {
     fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
     }
@@ -369,7 +368,7 @@ impl Node {
             Body::StatsReq => self.handle_stats(rx, conn, h),
             other => {
                 let reason = format!("{} is not a storage node request", other.verb());
-                rx.send(conn, &error_reply(h.req, &reason));
+                rx.send(conn, &error_reply(h.req, ErrorCode::BadRequest, &reason));
             }
         }
     }
@@ -426,7 +425,7 @@ impl Handler for Node {
         let link = rx.data(conn).copied().unwrap_or_default();
         match (link, msg.body) {
             (Link::Manager, Body::TableMsg { table, pending, .. }) => self.on_tables(rx, table, pending),
-            (Link::Manager, Body::Error { reason }) => match self.ready.take() {
+            (Link::Manager, Body::Error { reason, .. }) => match self.ready.take() {
                 Some(r) => {
                     let msg = format!("manager refused registration: {reason}");
                     error!("{msg}");

@@ -21,7 +21,7 @@ use std::time::Duration;
 use log::{error, info, warn};
 
 use super::{Node, NodeIo, Timer};
-use crate::net::codec::{Body, Entry, Header, Message};
+use crate::net::codec::{Body, Entry, ErrorCode, Header, Message};
 use crate::net::ConnId;
 use crate::table::{hash_key, NodeState, Table};
 
@@ -363,7 +363,8 @@ impl Node {
             Err(_) if !self.store.has_sector(sector) => Vec::new(),
             Err(e) => {
                 error!("cannot read sector {sector} for node {puller}: {e}");
-                rx.send(conn, &Message { header, body: Body::Error { reason: format!("cannot read sector: {e}") } });
+                let body = Body::error(ErrorCode::Storage, format!("cannot read sector: {e}"));
+                rx.send(conn, &Message { header, body });
                 return;
             }
         };
