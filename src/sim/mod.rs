@@ -39,7 +39,7 @@ use plan::{Fault, Plan};
 use crate::manager::{self, Manager};
 use crate::net::{ConnId, Handler, SplitMix};
 use crate::storage::{self, Node};
-use crate::store::disk::SimDisk;
+use crate::store::disk::{Disk, SimDisk};
 use crate::store::{FsyncPolicy, Store};
 use crate::table::NodeState;
 use std::rc::Rc;
@@ -210,13 +210,29 @@ impl World {
         }
     }
 
+    /// The disk of `p`, with its data directory made as an operator makes
+    /// it before the first start (`mkdir -p`, long since on disk).
+    fn disk_of(&mut self, p: Proc, dir: &std::path::Path) -> SimDisk {
+        if let Some(d) = self.disks.get(&p) {
+            return d.clone();
+        }
+        let disk = SimDisk::new();
+        let _ = disk.create_dir_all(dir);
+        for a in dir.ancestors() {
+            let _ = disk.sync_dir(a);
+        }
+        self.disks.insert(p, disk.clone());
+        disk
+    }
+
     fn start_manager(&mut self) {
         let now = self.net.now;
         set_current(now, Proc::Manager);
         let io = HostIo::new(self.base, WALL_BASE_MS, now, 0, self.rng.next_u64());
         self.manager.io = io;
-        let disk = Rc::new(self.disks.entry(Proc::Manager).or_default().clone());
-        match Manager::open_on(disk, self.manager_cfg(), self.manager.io_now()) {
+        let cfg = self.manager_cfg();
+        let disk = Rc::new(self.disk_of(Proc::Manager, &cfg.data_dir));
+        match Manager::open_on(disk, cfg, self.manager.io_now()) {
             Ok(mut m) => {
                 m.start(&mut self.manager.io);
                 self.manager.role = Some(m);
@@ -231,7 +247,7 @@ impl World {
         let now = self.net.now;
         set_current(now, Proc::Node(id));
         let cfg = self.node_cfg(id);
-        let disk = self.disks.entry(Proc::Node(id)).or_default().clone();
+        let disk = self.disk_of(Proc::Node(id), &cfg.data_dir);
         let opened = Store::open_on(Rc::new(disk.clone()), &cfg.data_dir, cfg.fsync)
             .and_then(|s| Ok((s, Store::open_on(Rc::new(disk), &cfg.data_dir.join("hints"), cfg.fsync)?)));
         let (store, hints) = match opened {
