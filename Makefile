@@ -27,7 +27,7 @@ DESTDIR      ?=
 CARGO        ?= cargo
 
 BIN       = target/release
-BINS      = gtstore gtstore-manager gtstore-storage gtstore-bench
+BINS      = gtstore gtstore-manager gtstore-storage gtstore-bench gtstore-sim
 DAEMONS   = scripts/daemons.sh
 MANAGER   = 127.0.0.1:$(BASE_PORT)
 MAN_PAGES = $(wildcard man/*.1 man/*.5 man/*.8)
