@@ -16,9 +16,12 @@
 //! - [`client`]: the client library used by the CLI and the benchmark.
 //! - [`daemon`]: APUE daemon helpers (detaching, pidfile locks, log files) and the daemons' `main`.
 //! - [`cli`]: shared command-line helpers (addresses, exit codes, argument parsing).
+//! - [`sim`]: `gtstore-sim`, deterministic simulation of whole clusters and its checker.
+//! - [`bugs`]: planted bugs for the simulator's selftest (feature `planted-bugs`).
 //! - [`bench`]: the load generator behind `gtstore-bench` and its charts.
 
 pub mod bench;
+pub mod bugs;
 pub mod cli;
 pub mod client;
 pub mod daemon;

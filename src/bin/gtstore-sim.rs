@@ -6,7 +6,7 @@ use std::time::Instant;
 use gtstore::cli::{EX_OK, EX_SOFTWARE, EX_USAGE};
 use gtstore::sim;
 
-const USAGE: &str = "usage: gtstore-sim [--seeds N] [--first S] [--seed S] [--trace] [--quiet]";
+const USAGE: &str = "usage: gtstore-sim [--seeds N] [--first S] [--seed S] [--trace] [--quiet] [--selftest]";
 
 fn main() {
     std::process::exit(run());
@@ -19,6 +19,7 @@ fn run() -> i32 {
     opts.optopt("s", "seed", "run this one seed (a replay)", "S");
     opts.optflag("t", "trace", "print the whole trace of each failing seed");
     opts.optflag("q", "quiet", "print only failures and the summary line");
+    opts.optflag("", "selftest", "run the seeds once per planted bug (build with --features planted-bugs)");
     opts.optflag("h", "help", "print this help");
     opts.optflag("V", "version", "print the version");
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,6 +62,9 @@ fn run() -> i32 {
         },
         None => (first..first.saturating_add(count)).collect(),
     };
+    if m.opt_present("selftest") {
+        return selftest(&seeds);
+    }
     let (full_trace, quiet) = (m.opt_present("trace") || seeds.len() == 1, m.opt_present("quiet"));
     let root = std::env::temp_dir().join(format!("gtstore-sim-{}", std::process::id()));
     let started = Instant::now();
@@ -98,6 +102,43 @@ fn run() -> i32 {
         println!("replay: target/release/gtstore-sim --seed {s} --trace");
     }
     if failed.is_empty() {
+        EX_OK
+    } else {
+        EX_SOFTWARE
+    }
+}
+
+/// Runs `seeds` with each planted bug in turn until a seed fails.
+fn selftest(seeds: &[u64]) -> i32 {
+    if !cfg!(feature = "planted-bugs") {
+        eprintln!("gtstore-sim: --selftest needs a build with --features planted-bugs (make sim-selftest)");
+        return EX_USAGE;
+    }
+    let root = std::env::temp_dir().join(format!("gtstore-sim-{}", std::process::id()));
+    // Only a seed that passes without bugs can show that a bug is caught.
+    gtstore::bugs::plant(None);
+    let clean: Vec<u64> = seeds.iter().copied().filter(|&s| sim::run_seed(s, &root).failures.is_empty()).collect();
+    println!("{} of {} seeds pass without planted bugs", clean.len(), seeds.len());
+    let mut caught = 0;
+    for bug in gtstore::bugs::ALL {
+        gtstore::bugs::plant(Some(bug));
+        let found = clean.iter().find_map(|&s| {
+            let r = sim::run_seed(s, &root);
+            r.failures.first().map(|f| (s, f.clone()))
+        });
+        match found {
+            Some((seed, why)) => {
+                caught += 1;
+                println!("{bug:?}: caught by seed {seed}: {why}");
+            }
+            None => println!("{bug:?}: NOT caught in {} seeds", clean.len()),
+        }
+    }
+    gtstore::bugs::plant(None);
+    let _ = std::fs::remove_dir_all(&root);
+    let all = gtstore::bugs::ALL.len();
+    println!("selftest: {caught} of {all} planted bugs caught");
+    if caught == all {
         EX_OK
     } else {
         EX_SOFTWARE

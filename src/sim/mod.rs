@@ -697,7 +697,7 @@ impl World {
         for (i, (at, _)) in self.plan.faults.clone().into_iter().enumerate() {
             self.net.at(at, Event::Fault(i));
         }
-        let active_until = self.plan.heal_at + 5 * SEC;
+        let active_until = self.plan.clients_until;
         for i in 0..self.plan.clients {
             let seed = self.rng.next_u64();
             let mut c = SimClient::new(i, manager_addr(), self.plan.keys, self.plan.think, active_until, seed);

@@ -103,6 +103,9 @@ pub struct Plan {
     pub clients_start: Time,
     /// When every fault ends.
     pub heal_at: Time,
+    /// When clients start no new operation: some seeds stop them early,
+    /// so that faults after a key's last write are not hidden by later ones.
+    pub clients_until: Time,
     /// The fault kinds turned on.
     pub kinds: Vec<FaultKind>,
     /// The schedule, by time.
@@ -126,6 +129,10 @@ impl Plan {
         let clients_start = 2 * SEC;
         let window = 10 * SEC + r.below(20 * SEC);
         let heal_at = clients_start + window;
+        let clients_until = match r.below(3) {
+            0 => clients_start + window / 4 + r.below(window / 2),
+            _ => heal_at + 5 * SEC,
+        };
         let mut plan = Plan {
             seed,
             nodes,
@@ -140,6 +147,7 @@ impl Plan {
             skew_ms,
             clients_start,
             heal_at,
+            clients_until,
             kinds,
             faults: Vec::new(),
         };

@@ -7,6 +7,7 @@ use log::{error, info};
 use std::time::Instant;
 
 use super::{Node, NodeIo, OP_DEADLINE};
+use crate::bugs::{self, Bug};
 use crate::hlc::Version;
 use crate::net::codec::{Body, Entry, ErrorCode, Header, Message, Stats};
 use crate::net::ConnId;
@@ -172,6 +173,9 @@ impl Node {
         let op = self.new_op(rx.now(), OpKind::Write, conn, h, sector, key.clone(), need, replicas.len());
         let entry = Entry { key, version, value };
         self.count_answer(rx, op, self.cfg.id, Some(version), None);
+        if bugs::planted(Bug::DoubleCountedAck) {
+            self.count_answer(rx, op, self.cfg.id, Some(version), None);
+        }
         self.relay(rx, sector, &entry, &replicas);
         if let Some(o) = self.ops.get_mut(&op) {
             o.entry = Some(entry.clone());
@@ -287,7 +291,8 @@ impl Node {
         op.ok += 1;
         op.answers.push((node, version));
         if let Some(e) = entry {
-            if op.newest.as_ref().is_none_or(|n| e.version > n.version) {
+            let first_wins = bugs::planted(Bug::RepairOverwritesNewer) && op.newest.is_some();
+            if !first_wins && op.newest.as_ref().is_none_or(|n| e.version > n.version) {
                 op.newest = Some(e);
             }
         }
@@ -358,7 +363,11 @@ impl Node {
         }
     }
 
-    fn read_repair(&mut self, rx: &mut impl NodeIo, op: &Op, newest: Entry) {
+    fn read_repair(&mut self, rx: &mut impl NodeIo, op: &Op, mut newest: Entry) {
+        let overwrite = bugs::planted(Bug::RepairOverwritesNewer);
+        if overwrite {
+            newest.version = self.clock.tick(rx.wall_ms());
+        }
         for &(node, version) in &op.answers {
             if version.is_some_and(|v| v >= newest.version) {
                 continue;

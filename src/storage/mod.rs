@@ -31,6 +31,7 @@ use sync::{Batch, Pull};
 use log::{error, info, warn};
 use nix::sys::signal::Signal;
 
+use crate::bugs::{self, Bug};
 use crate::cli::{Exit, EX_OSERR, EX_UNAVAILABLE};
 use crate::daemon::{reopen_log, Readiness};
 use crate::hlc::Clock;
@@ -513,6 +514,10 @@ impl Handler for Node {
     }
 
     fn before_sleep<X: NodeIo>(&mut self, rx: &mut X) {
+        if bugs::planted(Bug::AckBeforeFsync) {
+            self.turn += 1;
+            return;
+        }
         let synced = self.store.sync_dirty().and_then(|_| self.hints.sync_dirty());
         if let Err(e) = synced {
             // Acknowledging a write that is not on disk would break the

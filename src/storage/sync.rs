@@ -15,6 +15,7 @@
 //! pushed to the holders first and the sector is dropped once all of them
 //! acknowledged.
 
+use crate::bugs::{self, Bug};
 use crate::idmap::IdSet;
 use std::time::Duration;
 
@@ -128,6 +129,12 @@ impl Node {
         let switched = self.pending.is_none() && old.is_some_and(|o| o.epoch != table.epoch);
         if first || switched {
             self.settle_unheld(rx);
+        }
+        if bugs::planted(Bug::DropBeforeSynced) && self.pending.is_some() {
+            let keep: IdSet<u32> = self.wanted().into_iter().collect();
+            for s in self.store.sector_ids().into_iter().filter(|s| !keep.contains(s)) {
+                let _ = self.store.drop_sector(s);
+            }
         }
         self.start_pulls(rx);
         self.after_progress(rx);
