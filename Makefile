@@ -3,6 +3,7 @@
 #   make start [NODES=1] [REP=1] [R=] [W=] [BASE_PORT=7000] [RUN_DIR=run] [FSYNC=batch]
 #   make stop | status | kill NODE=i | restart NODE=i | add NODE=i | kill-manager | restart-manager
 #   make [all] | lint | man-check | test | install [PREFIX=/usr/local] [DESTDIR=] | clean
+#   make sim [SEEDS=200] | sim-selftest [SEEDS=200]
 #
 # The manager listens on 127.0.0.1:BASE_PORT with its state in RUN_DIR/manager; storage node i
 # listens on 127.0.0.1:BASE_PORT+i with its data in RUN_DIR/node<i>. Every daemon is started with
@@ -146,6 +147,21 @@ BENCH_RUN_DIR = run-bench
 REDIS_PORT    = 7600
 SCALE_KEYS    = 1000000
 BENCH_ENV     = BIN="$(BIN)" BENCH_OPS=$(BENCH_OPS) BENCH_PORT=$(BENCH_PORT) BENCH_RUN_DIR="$(BENCH_RUN_DIR)"
+
+.PHONY: sim sim-selftest
+
+# Seeds `make sim` and `make sim-selftest` run (gtstore-sim(1)).
+SEEDS = 200
+
+# Deterministic simulation: SEEDS seeded cluster runs under faults, checked;
+# ends with `sim: N seeds, F failed` and a replay command per failing seed.
+sim: build
+	$(BIN)/gtstore-sim --seeds $(SEEDS) --quiet
+
+# The checker's teeth: a build with planted bugs must fail some seed for each.
+sim-selftest:
+	$(CARGO) build --release --quiet --features planted-bugs --target-dir target/planted --bin gtstore-sim
+	target/planted/release/gtstore-sim --selftest --seeds $(SEEDS)
 
 .PHONY: bench bench-redis bench-scale
 
