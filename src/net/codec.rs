@@ -116,7 +116,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code this build knows, for tests and documentation checks.
+    /// Every code this build knows, in the order `gtstore-protocol(5)` lists them.
     pub const KNOWN: [ErrorCode; 12] = [
         ErrorCode::Retry,
         ErrorCode::Expired,
@@ -880,6 +880,14 @@ mod tests {
             let mut wire = format!("ERROR 0 0 {} 1\n", payload.len()).into_bytes();
             wire.extend_from_slice(&payload);
             assert!(matches!(parse(&wire), Err(DecodeError::BadPayload(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_protocol_page_describes_every_error_code() {
+        let page = include_str!("../../man/gtstore-protocol.5");
+        for code in ErrorCode::KNOWN {
+            assert!(page.contains(&format!("\n.It Cm {code}\n")), "gtstore-protocol(5) does not describe {code}");
         }
     }
 
