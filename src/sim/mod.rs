@@ -305,6 +305,7 @@ impl World {
     /// not synced is lost, and every connection of it resets.
     fn crash(&mut self, p: Proc) {
         note(self.net.now, format!("crash {p}"));
+        set_current(self.net.now, p);
         // The power cut comes first: it kills the role's file handles, so
         // dropping the role below writes nothing more to the disk.
         let seed = self.rng.next_u64();
@@ -503,6 +504,12 @@ impl World {
                     self.start_manager();
                 }
             }
+            Fault::DiskFaults(id, writes, fsyncs) => {
+                let seed = self.rng.next_u64();
+                if let Some(d) = self.disks.get(&Proc::Node(id)) {
+                    d.set_faults(writes, fsyncs, seed);
+                }
+            }
             Fault::Heal => self.heal(),
         }
     }
@@ -523,6 +530,9 @@ impl World {
     /// come back.
     fn heal(&mut self) {
         self.net.heal();
+        for d in self.disks.values() {
+            d.set_faults(0, 0, 0);
+        }
         let now = self.net.now;
         for h in self.nodes.values_mut() {
             h.stalled_until = h.stalled_until.min(now);

@@ -41,6 +41,9 @@ pub enum Fault {
     CrashManager,
     /// The manager restarts on its state.
     RestartManager,
+    /// The node's disk fails writes and fsyncs (EIO, ENOSPC) at these
+    /// rates per million (0, 0: healthy again).
+    DiskFaults(u32, u32, u32),
     /// Every partition and stall ends; crashed processes restart.
     Heal,
 }
@@ -62,9 +65,11 @@ pub enum FaultKind {
     Manager,
     /// Clock skew.
     Skew,
+    /// Disk write and fsync errors.
+    Disk,
 }
 
-const KINDS: [FaultKind; 7] = [
+const KINDS: [FaultKind; 8] = [
     FaultKind::Crash,
     FaultKind::Stall,
     FaultKind::Partition,
@@ -72,6 +77,7 @@ const KINDS: [FaultKind; 7] = [
     FaultKind::Membership,
     FaultKind::Manager,
     FaultKind::Skew,
+    FaultKind::Disk,
 ];
 
 /// Everything a seed decides.
@@ -214,6 +220,12 @@ impl Plan {
                         faults.push((t, Fault::Leave(node)));
                     } else if next_id <= self.nodes + 3 {
                         faults.push((t, Fault::Join(next_id)));
+                        if r.below(3) == 0 {
+                            // The manager dies early in the join (issue #9's real-process hang).
+                            let early = t + 5 * MS + r.below(100 * MS);
+                            faults.push((early, Fault::CrashManager));
+                            faults.push((early + 200 * MS + r.below(SEC), Fault::RestartManager));
+                        }
                         members.push(next_id);
                         next_id += 1;
                     }
@@ -223,6 +235,11 @@ impl Plan {
                     faults.push((t + dur.min(3 * SEC), Fault::RestartManager));
                 }
                 FaultKind::Skew => {} // drawn per node above, for the whole run
+                FaultKind::Disk => {
+                    let (w, f) = (r.below(20_000) as u32, r.below(50_000) as u32);
+                    faults.push((t, Fault::DiskFaults(node, w, f)));
+                    faults.push((t + dur, Fault::DiskFaults(node, 0, 0)));
+                }
             }
         }
         faults.push((self.heal_at, Fault::Heal));
