@@ -9,6 +9,9 @@ use gtstore::sim;
 const USAGE: &str = "usage: gtstore-sim [--seeds N] [--first S] [--seed S] [--trace] [--quiet] [--selftest]";
 
 fn main() {
+    // A Unix filter: a closed pipe (`| head`) ends the program quietly.
+    // SAFETY: SIG_DFL installs no Rust code as a handler.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     std::process::exit(run());
 }
 
@@ -76,6 +79,9 @@ fn run() -> i32 {
         if r.failures.is_empty() {
             if !quiet {
                 println!("seed {seed}: ok ({}; {} faults, {} ops)", r.summary, r.faults, r.ops);
+            }
+            if m.opt_present("trace") {
+                r.trace.iter().for_each(|l| println!("    | {l}"));
             }
             continue;
         }
