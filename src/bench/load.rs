@@ -35,7 +35,7 @@ use crate::table::{NodeState, Table};
 /// The load generator's timers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timer {
-    /// Housekeeping (timeouts, progress), every [`TICK`].
+    /// Housekeeping (timeouts, progress), every `TICK`.
     Tick,
     /// The next open-loop operation is due.
     Rate,

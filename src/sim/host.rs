@@ -7,7 +7,7 @@
 //! generator. What the role sends is queued per connection exactly as the
 //! real loop queues it: early output may leave before the turn's fsync,
 //! the rest only after [`Handler::before_sleep`]. The world runs a turn
-//! with [`Host::turn`] and moves the output onto the network afterwards.
+//! with [`Host::turn_inputs`] and [`Host::turn_sleep`] and moves the output onto the network afterwards.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;

@@ -6,9 +6,10 @@ use log::{error, info};
 
 use std::time::Instant;
 
-use super::{Node, NodeIo, OP_DEADLINE};
+use super::{Awaited, Node, NodeIo, OP_DEADLINE};
 use crate::bugs::{self, Bug};
 use crate::hlc::Version;
+use crate::idmap::IdMap;
 use crate::net::codec::{Body, Entry, ErrorCode, Header, Message, Stats};
 use crate::net::ConnId;
 
@@ -49,6 +50,15 @@ pub(super) struct Op {
     deadline: Instant,
     /// The loop turn the op began in (see `Node::turn`).
     turn: u64,
+}
+
+/// Client operations this node coordinates or forwards.
+#[derive(Debug, Default)]
+pub(super) struct Coordinator {
+    /// Ops in flight, by op id.
+    pub(super) ops: IdMap<u64, Op>,
+    /// Loop turns completed; everything applied in an earlier turn is on disk.
+    pub(super) turn: u64,
 }
 
 /// A coordinator's write older than this (milliseconds) when it reaches a
@@ -143,9 +153,9 @@ impl Node {
             entry: None,
             tried: Vec::new(),
             deadline,
-            turn: self.turn,
+            turn: self.coord.turn,
         };
-        self.ops.insert(id, op);
+        self.coord.ops.insert(id, op);
         id
     }
 
@@ -165,7 +175,7 @@ impl Node {
             error!("write to sector {sector} failed: {e}");
             return self.reply(rx, conn, h, Body::error(ErrorCode::Storage, format!("storage error: {e}")));
         }
-        if replicas.len() == 1 && self.pending.is_none() && !self.relays.contains_key(&sector) {
+        if replicas.len() == 1 && self.pending.is_none() && !self.mover.relays.contains_key(&sector) {
             // The only replica: the reply waits for this turn's fsync, nothing else.
             return self.reply(rx, conn, h, Body::Ok);
         }
@@ -177,7 +187,7 @@ impl Node {
             self.count_answer(rx, op, self.cfg.id, Some(version), None);
         }
         self.relay(rx, sector, &entry, &replicas);
-        if let Some(o) = self.ops.get_mut(&op) {
+        if let Some(o) = self.coord.ops.get_mut(&op) {
             o.entry = Some(entry.clone());
             o.tried = replicas.clone();
         }
@@ -194,17 +204,17 @@ impl Node {
     /// live node in ring order outside the preference list takes it with a
     /// hint naming `down`; its acknowledgement counts towards W.
     fn hand_to_stand_in(&mut self, rx: &mut impl NodeIo, op_id: u64, down: u32) {
-        let stand_in = match (self.ops.get(&op_id), &self.table) {
+        let stand_in = match (self.coord.ops.get(&op_id), &self.table) {
             (Some(op), Some(t)) => t.ring_from(op.sector).into_iter().find(|n| {
                 !op.tried.contains(n) && t.member(*n).is_some_and(|m| m.state == crate::table::NodeState::Up)
             }),
             _ => None,
         };
-        let entry = self.ops.get(&op_id).and_then(|op| op.entry.clone());
+        let entry = self.coord.ops.get(&op_id).and_then(|op| op.entry.clone());
         let (Some(node), Some(entry)) = (stand_in, entry) else {
             return self.count_failure(rx, op_id);
         };
-        if let Some(op) = self.ops.get_mut(&op_id) {
+        if let Some(op) = self.coord.ops.get_mut(&op_id) {
             op.tried.push(node);
         }
         info!("node {down} unreachable: node {node} holds the write with a hint");
@@ -213,17 +223,13 @@ impl Node {
         }
     }
 
-    /// The connection to `node` closed: its answers will not come.
-    pub(super) fn ops_lost(&mut self, rx: &mut impl NodeIo, node: u32) {
-        let lost: Vec<u64> = self.inflight.iter().filter(|(_, (_, n))| *n == node).map(|(r, _)| *r).collect();
-        for req in lost {
-            let Some((op, _)) = self.inflight.remove(&req) else { continue };
-            let is_write = self.ops.get(&op).is_some_and(|o| o.entry.is_some());
-            if is_write {
-                self.hand_to_stand_in(rx, op, node);
-            } else {
-                self.count_failure(rx, op);
-            }
+    /// The connection to `node` closed: its answer for `op` will not come.
+    pub(super) fn op_peer_lost(&mut self, rx: &mut impl NodeIo, op: u64, node: u32) {
+        let is_write = self.coord.ops.get(&op).is_some_and(|o| o.entry.is_some());
+        if is_write {
+            self.hand_to_stand_in(rx, op, node);
+        } else {
+            self.count_failure(rx, op);
         }
     }
 
@@ -285,7 +291,7 @@ impl Node {
         version: Option<Version>,
         entry: Option<Entry>,
     ) {
-        let Some(op) = self.ops.get_mut(&op_id) else {
+        let Some(op) = self.coord.ops.get_mut(&op_id) else {
             return;
         };
         op.ok += 1;
@@ -311,7 +317,7 @@ impl Node {
 
     /// Records a replica that could not be asked or did not answer.
     fn count_failure(&mut self, rx: &mut impl NodeIo, op_id: u64) {
-        let Some(op) = self.ops.get_mut(&op_id) else {
+        let Some(op) = self.coord.ops.get_mut(&op_id) else {
             return;
         };
         op.failed += 1;
@@ -326,11 +332,11 @@ impl Node {
     /// wrote only what that turn's fsync made durable, so its answer need
     /// not wait for this turn's fsync.
     fn answer_client(&mut self, rx: &mut impl NodeIo, op_id: u64, body: Body) {
-        let Some(op) = self.ops.get_mut(&op_id) else {
+        let Some(op) = self.coord.ops.get_mut(&op_id) else {
             return;
         };
         op.replied = true;
-        let (client, header, durable) = (op.client, op.header, op.turn < self.turn);
+        let (client, header, durable) = (op.client, op.header, op.turn < self.coord.turn);
         let msg = Message { header: Header { node: self.cfg.id, ..header }, body };
         if durable {
             rx.send_early(client, &msg);
@@ -341,7 +347,7 @@ impl Node {
 
     /// Drops an op once every replica answered (after repairing stale ones).
     fn maybe_retire(&mut self, rx: &mut impl NodeIo, op_id: u64) {
-        let done = self.ops.get(&op_id).is_some_and(|op| op.ok + op.failed >= op.asked);
+        let done = self.coord.ops.get(&op_id).is_some_and(|op| op.ok + op.failed >= op.asked);
         if done {
             self.finish_op(rx, op_id, None);
         }
@@ -351,11 +357,11 @@ impl Node {
     /// repairs stale replicas of a read, and forgets it.
     fn finish_op(&mut self, rx: &mut impl NodeIo, op_id: u64, fallback: Option<Body>) {
         if let Some(body) = fallback {
-            if self.ops.get(&op_id).is_some_and(|op| !op.replied) {
+            if self.coord.ops.get(&op_id).is_some_and(|op| !op.replied) {
                 self.answer_client(rx, op_id, body);
             }
         }
-        let Some(op) = self.ops.remove(&op_id) else {
+        let Some(op) = self.coord.ops.remove(&op_id) else {
             return;
         };
         if let (OpKind::Read, Some(newest)) = (&op.kind, &op.newest) {
@@ -391,28 +397,26 @@ impl Node {
     /// timer per request).
     pub(super) fn sweep_ops(&mut self, rx: &mut impl NodeIo) {
         let now = rx.now();
-        let late: Vec<u64> = self.ops.iter().filter(|(_, op)| op.deadline <= now).map(|(id, _)| *id).collect();
+        let late: Vec<u64> = self.coord.ops.iter().filter(|(_, op)| op.deadline <= now).map(|(id, _)| *id).collect();
         for id in late {
             self.on_op_deadline(rx, id);
         }
     }
 
     fn on_op_deadline(&mut self, rx: &mut impl NodeIo, op_id: u64) {
-        let Some(op) = self.ops.get(&op_id) else {
+        let Some(op) = self.coord.ops.get(&op_id) else {
             return;
         };
         let reason = format!("timed out: {} of {} replicas answered", op.ok, op.need);
-        self.inflight.retain(|_, (o, _)| *o != op_id);
+        self.awaiting.retain(|_, a| !matches!(a, Awaited::Op { op, .. } if *op == op_id));
         self.finish_op(rx, op_id, Some(Body::error(ErrorCode::Retry, reason)));
     }
 
     // ----- replies from peers -------------------------------------------
 
-    pub(super) fn handle_peer_reply(&mut self, rx: &mut impl NodeIo, msg: Message) {
-        let Some((op_id, node)) = self.inflight.remove(&msg.header.req) else {
-            return;
-        };
-        let Some(op) = self.ops.get(&op_id) else {
+    /// A peer's reply to a request made for op `op_id`.
+    pub(super) fn handle_peer_reply(&mut self, rx: &mut impl NodeIo, op_id: u64, node: u32, msg: Message) {
+        let Some(op) = self.coord.ops.get(&op_id) else {
             return;
         };
         if let OpKind::Forward = op.kind {
@@ -420,7 +424,7 @@ impl Node {
             let coord = msg.header.node;
             // The coordinator answered after its own fsync: relay it at once.
             rx.send_early(client, &Message { header: Header { node: coord, ..header }, body: msg.body });
-            if let Some(op) = self.ops.get_mut(&op_id) {
+            if let Some(op) = self.coord.ops.get_mut(&op_id) {
                 op.replied = true;
             }
             return self.finish_op(rx, op_id, None);
@@ -469,7 +473,7 @@ impl Node {
         self.clock.observe(entry.version);
         let hinted = hint_for != 0 && hint_for != self.cfg.id;
         let applied = if hinted {
-            self.hints.apply(hint_for, &entry.key, entry.version, entry.value.as_deref())
+            self.handoff.hints.apply(hint_for, &entry.key, entry.version, entry.value.as_deref())
         } else {
             self.store.apply(sector, &entry.key, entry.version, entry.value.as_deref())
         };

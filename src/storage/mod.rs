@@ -11,22 +11,26 @@
 //! that turn's acknowledgements (requests to peers, replica reads and
 //! answers to requests begun in an earlier turn go out before it).
 //!
-//! The node's work is split over three files: this one (state, the
-//! manager link, peers, the event dispatch), `coord` (client requests,
-//! quorums, replica writes and reads) and `sync` (moves, catch-up, hints,
-//! orphans, leaving).
-
-use std::collections::{BTreeSet, VecDeque};
+//! Each concern is a part that owns its state, in its own file:
+//! `coord` (`Coordinator`: client requests, quorums, replica
+//! writes and reads), `sync` (`Mover`: moves, catch-up, leaving),
+//! `handoff` (`Handoff`: hints and orphaned sectors) and `links`
+//! (`Links`: the manager and peer connections, reconnect
+//! backoff). This file holds the node itself, the tables, and the event
+//! dispatch. Every request to a peer is recorded in one map,
+//! `Node::awaiting` (request id → `Awaited`), so routing a peer's reply
+//! and failing what a lost peer was asked are one `match` each. The node
+//! runs on any [`Io`]: the epoll `Reactor` or the simulator.
 
 mod coord;
+mod handoff;
+mod links;
 mod sync;
 
-use coord::Op;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use sync::{Batch, Pull};
 
 use log::{error, info, warn};
 use nix::sys::signal::Signal;
@@ -35,7 +39,7 @@ use crate::bugs::{self, Bug};
 use crate::cli::{Exit, EX_OSERR, EX_UNAVAILABLE};
 use crate::daemon::{reopen_log, Readiness};
 use crate::hlc::Clock;
-use crate::idmap::{IdMap, IdSet};
+use crate::idmap::IdMap;
 use crate::net::codec::{error_reply, Body, ErrorCode, Header, Limits, Message};
 use crate::net::{self, ConnId, Handler, Io, Reactor};
 use crate::store::{FsyncPolicy, Store};
@@ -114,19 +118,6 @@ impl crate::daemon::DaemonPaths for Config {
     }
 }
 
-/// The first wait before reconnecting to a peer whose connection failed.
-const PEER_BACKOFF_MIN: Duration = Duration::from_millis(50);
-/// The longest wait before reconnecting to a peer.
-const PEER_BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-/// A peer not to reconnect to before `until`.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    until: Instant,
-    /// The wait that set `until`; the next failure doubles it.
-    delay: Duration,
-}
-
 /// Who is on the other end of a connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
@@ -144,7 +135,9 @@ pub trait NodeIo: Io<Data = Link, Timer = Timer> {}
 
 impl<X: Io<Data = Link, Timer = Timer>> NodeIo for X {}
 
-/// The storage node's state.
+/// The storage node's state: the data it holds, the tables it routes by,
+/// and one part per concern, each owning its state. Replies from peers are
+/// routed by one map, `awaiting`.
 pub struct Node {
     cfg: Config,
     store: Store,
@@ -153,44 +146,43 @@ pub struct Node {
     table: Option<Table>,
     /// The table the cluster is moving to, if a move runs.
     pending: Option<Table>,
-    /// Sectors whose copy here is complete for the newest table.
-    synced: IdSet<u32>,
-    /// Complete but empty sectors whose files are still to be created.
-    to_create: BTreeSet<u32>,
-    /// Sectors being pulled, and those waiting their turn or a retry.
-    pulls: IdMap<u32, Pull>,
-    pull_queue: VecDeque<u32>,
-    pull_retry: Vec<u32>,
-    /// Pull request id → (sector, source node).
-    pull_reqs: IdMap<u64, (u32, u32)>,
-    /// Pullers of each sector served here: later writes are relayed to them.
-    relays: IdMap<u32, Vec<u32>>,
-    /// Sectors streamed to a puller since the last switch (safe to drop).
-    served: IdSet<u32>,
-    /// The epoch whose SYNCED was last sent.
-    reported_epoch: u64,
-    /// Writes held for unreachable nodes; the sector id is the target node.
-    hints: Store,
-    /// Groups of sends awaiting acknowledgement (orphans, hint delivery).
-    batches: IdMap<u64, Batch>,
-    /// Batch request id → (batch id, node).
-    batch_reqs: IdMap<u64, (u64, u32)>,
+    /// Client operations coordinated or forwarded here.
+    coord: coord::Coordinator,
+    /// Sector moves: what is synced, pulled, served and relayed.
+    mover: sync::Mover,
+    /// Hinted handoff and orphaned sectors.
+    handoff: handoff::Handoff,
+    /// Connections to the manager and the peers.
+    links: links::Links,
+    /// Peer request id → what awaits its reply.
+    awaiting: IdMap<u64, Awaited>,
     /// SIGTERM arrived: leaving the cluster.
     leaving: bool,
-    /// Loop turns completed; everything applied in an earlier turn is on disk.
-    turn: u64,
     /// Why the loop was stopped, if it was a failure.
     failed: Option<Exit>,
-    advertise: String,
-    manager: Option<ConnId>,
-    peers: IdMap<u32, ConnId>,
-    /// Peers whose connection failed, not to be retried yet.
-    backoff: IdMap<u32, Backoff>,
-    ops: IdMap<u64, Op>,
-    /// Peer request id → (op id, peer node).
-    inflight: IdMap<u64, (u64, u32)>,
     next_id: u64,
     ready: Option<Readiness>,
+}
+
+/// What a request sent to a peer is waiting for; the reply (or the loss of
+/// the peer) is routed by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaited {
+    /// A replica's answer for a coordinated or forwarded op.
+    Op { op: u64, node: u32 },
+    /// The CHUNKs of a sector pulled from `node`.
+    Pull { sector: u32, node: u32 },
+    /// An acknowledgement of one send of a hand-off batch.
+    Batch { batch: u64, node: u32 },
+}
+
+impl Awaited {
+    /// The peer the request went to.
+    fn node(self) -> u32 {
+        match self {
+            Awaited::Op { node, .. } | Awaited::Pull { node, .. } | Awaited::Batch { node, .. } => node,
+        }
+    }
 }
 
 impl Node {
@@ -200,29 +192,15 @@ impl Node {
         Node {
             clock: Clock::new(cfg.id),
             store,
-            hints,
             table: None,
             pending: None,
-            synced: IdSet::default(),
-            to_create: BTreeSet::new(),
-            pulls: IdMap::default(),
-            pull_queue: VecDeque::new(),
-            pull_retry: Vec::new(),
-            pull_reqs: IdMap::default(),
-            relays: IdMap::default(),
-            served: IdSet::default(),
-            reported_epoch: 0,
-            batches: IdMap::default(),
-            batch_reqs: IdMap::default(),
+            coord: coord::Coordinator::default(),
+            mover: sync::Mover::default(),
+            handoff: handoff::Handoff::new(hints),
+            links: links::Links::new(advertise),
+            awaiting: IdMap::default(),
             leaving: false,
-            turn: 0,
             failed: None,
-            advertise,
-            manager: None,
-            peers: IdMap::default(),
-            backoff: IdMap::default(),
-            ops: IdMap::default(),
-            inflight: IdMap::default(),
             next_id: 0,
             ready,
             cfg,
@@ -234,7 +212,7 @@ impl Node {
         self.connect_manager(rx);
         rx.add_timer(self.cfg.heartbeat, Timer::Heartbeat);
         rx.add_timer(START_LIMIT, Timer::StartLimit);
-        rx.add_timer(sync::HINT_PERIOD, Timer::Hints);
+        rx.add_timer(handoff::HINT_PERIOD, Timer::Hints);
         rx.add_timer(OP_SWEEP, Timer::OpSweep);
     }
 
@@ -250,7 +228,7 @@ impl Node {
 
     /// The node's hint store.
     pub fn hints(&self) -> &Store {
-        &self.hints
+        &self.handoff.hints
     }
 
     /// The table requests are routed by, and the pending one.
@@ -260,7 +238,7 @@ impl Node {
 
     /// True if this node's copy of `sector` is complete for the newest table.
     pub fn holds_synced(&self, sector: u32) -> bool {
-        self.synced.contains(&sector)
+        self.mover.synced.contains(&sector)
     }
 
     /// Why the node stopped, if it failed.
@@ -281,7 +259,7 @@ impl Node {
 
     fn connect_manager(&mut self, rx: &mut impl NodeIo) {
         match rx.connect(self.cfg.manager, Link::Manager) {
-            Ok(id) => self.manager = Some(id),
+            Ok(id) => self.links.manager = Some(id),
             Err(e) => {
                 warn!("cannot reach manager {}: {e}", self.cfg.manager);
                 rx.add_timer(Duration::from_millis(300), Timer::Manager);
@@ -292,9 +270,9 @@ impl Node {
     /// Registers on a new manager connection; a leaving node that lost
     /// its connection announces the leave again right after.
     fn register(&mut self, rx: &mut impl NodeIo) {
-        let Some(m) = self.manager else { return };
+        let Some(m) = self.links.manager else { return };
         let header = Header { node: self.cfg.id, req: self.next_id(), ..Header::default() };
-        rx.send(m, &Message { header, body: Body::Register { id: self.cfg.id, addr: self.advertise.clone() } });
+        rx.send(m, &Message { header, body: Body::Register { id: self.cfg.id, addr: self.links.advertise.clone() } });
         if self.leaving {
             let header = Header { node: self.cfg.id, req: self.next_id(), ..Header::default() };
             rx.send(m, &Message { header, body: Body::Leave });
@@ -306,12 +284,12 @@ impl Node {
     /// The persistent connection to peer `node`, opened if needed; `None`
     /// while a reconnect backoff to it runs.
     fn peer(&mut self, rx: &mut impl NodeIo, node: u32) -> Option<ConnId> {
-        if let Some(&id) = self.peers.get(&node) {
+        if let Some(&id) = self.links.peers.get(&node) {
             if rx.is_open(id) {
                 return Some(id);
             }
         }
-        if self.backoff.get(&node).is_some_and(|b| b.until > rx.now()) {
+        if self.links.backing_off(node, rx.now()) {
             return None;
         }
         let addr = self
@@ -323,7 +301,7 @@ impl Node {
             .ok()?;
         match rx.connect(addr, Link::Peer(node)) {
             Ok(id) => {
-                self.peers.insert(node, id);
+                self.links.peers.insert(node, id);
                 Some(id)
             }
             Err(e) => {
@@ -343,7 +321,7 @@ impl Node {
         if !rx.send_early(conn, &msg) {
             return false;
         }
-        self.inflight.insert(req, (op, node));
+        self.awaiting.insert(req, Awaited::Op { op, node });
         true
     }
 
@@ -374,23 +352,49 @@ impl Node {
         }
     }
 
-    /// A reply on one of our peer connections.
+    /// A reply on one of our peer connections, routed by what awaits it.
     fn handle_from_peer(&mut self, rx: &mut impl NodeIo, msg: Message) {
         let req = msg.header.req;
-        if self.is_pull_req(req) {
-            match msg.body {
+        match self.awaiting.get(&req).copied() {
+            Some(Awaited::Pull { .. }) => match msg.body {
                 Body::Chunk { entries, last, .. } => self.on_chunk(rx, req, entries, last),
                 _ => self.pull_ended(rx, req, false),
+            },
+            Some(Awaited::Batch { batch, .. }) => {
+                self.awaiting.remove(&req);
+                self.batch_step(batch, Some(matches!(msg.body, Body::Ok)));
             }
-        } else if self.is_batch_req(req) {
-            self.batch_ack(req, matches!(msg.body, Body::Ok));
-        } else {
-            self.handle_peer_reply(rx, msg);
+            Some(Awaited::Op { op, node }) => {
+                self.awaiting.remove(&req);
+                self.handle_peer_reply(rx, op, node, msg);
+            }
+            None => {}
+        }
+    }
+
+    /// The connection to peer `node` closed: nothing it was asked will be
+    /// answered. Each request is failed in the order it was sent.
+    fn peer_lost(&mut self, rx: &mut impl NodeIo, node: u32) {
+        let mut lost: Vec<(u64, Awaited)> =
+            self.awaiting.iter().filter(|(_, a)| a.node() == node).map(|(&r, &a)| (r, a)).collect();
+        lost.sort_unstable_by_key(|&(req, _)| req);
+        for (req, awaited) in lost {
+            match awaited {
+                Awaited::Op { op, .. } => {
+                    self.awaiting.remove(&req);
+                    self.op_peer_lost(rx, op, node);
+                }
+                Awaited::Pull { .. } => self.pull_ended(rx, req, false),
+                Awaited::Batch { batch, .. } => {
+                    self.awaiting.remove(&req);
+                    self.batch_step(batch, Some(false));
+                }
+            }
         }
     }
 
     fn heartbeat(&mut self, rx: &mut impl NodeIo) {
-        if let Some(m) = self.manager {
+        if let Some(m) = self.links.manager {
             let epoch = self.newest().map_or(0, |t| t.epoch);
             let header = Header { node: self.cfg.id, ..Header::default() };
             rx.send(m, &Message { header, body: Body::Heartbeat { epoch } });
@@ -445,7 +449,7 @@ impl Handler for Node {
     fn on_timer<X: NodeIo>(&mut self, rx: &mut X, timer: Timer) {
         match timer {
             Timer::Heartbeat => self.heartbeat(rx),
-            Timer::Manager if self.manager.is_none() => self.connect_manager(rx),
+            Timer::Manager if self.links.manager.is_none() => self.connect_manager(rx),
             Timer::Manager => {}
             Timer::StartLimit => self.give_up_starting(rx),
             Timer::PullRetry => self.on_pull_retry(rx),
@@ -473,32 +477,25 @@ impl Handler for Node {
     }
 
     fn on_connected<X: NodeIo>(&mut self, rx: &mut X, conn: ConnId) {
-        if Some(conn) == self.manager {
+        if Some(conn) == self.links.manager {
             self.register(rx);
         }
         if let Some(&Link::Peer(node)) = rx.data(conn) {
-            self.backoff.remove(&node);
+            self.links.connected(node);
         }
     }
 
     fn on_closed<X: NodeIo>(&mut self, rx: &mut X, conn: ConnId, link: Link) {
         match link {
             Link::Manager => {
-                if self.manager == Some(conn) {
-                    self.manager = None;
+                if self.links.manager == Some(conn) {
+                    self.links.manager = None;
                     rx.add_timer(Duration::from_millis(300), Timer::Manager);
                 }
             }
             Link::Peer(node) => {
-                if self.peers.get(&node) == Some(&conn) {
-                    self.peers.remove(&node);
-                }
-                // Reconnect with backoff: 50 ms, doubling to 2 s while it fails.
-                let delay = self.backoff.get(&node).map_or(PEER_BACKOFF_MIN, |b| (b.delay * 2).min(PEER_BACKOFF_MAX));
-                self.backoff.insert(node, Backoff { until: rx.now() + delay, delay });
-                self.ops_lost(rx, node);
-                self.pulls_lost(rx, node);
-                self.batches_lost(node);
+                self.links.failed(node, conn, rx.now());
+                self.peer_lost(rx, node);
             }
             Link::Inbound => {}
         }
@@ -515,10 +512,10 @@ impl Handler for Node {
 
     fn before_sleep<X: NodeIo>(&mut self, rx: &mut X) {
         if bugs::planted(Bug::AckBeforeFsync) {
-            self.turn += 1;
+            self.coord.turn += 1;
             return;
         }
-        let synced = self.store.sync_dirty().and_then(|_| self.hints.sync_dirty());
+        let synced = self.store.sync_dirty().and_then(|_| self.handoff.hints.sync_dirty());
         if let Err(e) = synced {
             // Acknowledging a write that is not on disk would break the
             // contract; stop before any reply of this turn is written.
@@ -526,7 +523,7 @@ impl Handler for Node {
             return;
         }
         // Everything applied up to now is durable.
-        self.turn += 1;
+        self.coord.turn += 1;
     }
 }
 

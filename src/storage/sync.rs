@@ -1,5 +1,6 @@
-//! Moving data: table changes, sector streaming, catch-up, hinted handoff,
-//! orphaned sectors and the graceful leave.
+//! Moving data: table changes, sector streaming, catch-up and the
+//! graceful leave ([`Mover`] owns the state; hints and orphans are in
+//! `handoff`).
 //!
 //! When a table arrives, the node works out which sectors it must hold
 //! under the newest table (the pending one while a move runs) and pulls
@@ -11,17 +12,18 @@
 //! has. A restarted node pulls the same way (digests skip sectors that are
 //! already equal), so it catches up before its reads count. After a switch,
 //! a sector the node no longer holds is dropped if the node streamed it to
-//! a puller; otherwise (the node was away while it moved) its records are
-//! pushed to the holders first and the sector is dropped once all of them
-//! acknowledged.
+//! a puller; otherwise (the node was away while it moved) it is handed to
+//! the holders first (see `handoff`).
 
 use crate::bugs::{self, Bug};
-use crate::idmap::IdSet;
+use crate::idmap::{IdMap, IdSet};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use log::{error, info, warn};
 
-use super::{Node, NodeIo, Timer};
+use super::handoff::BatchDone;
+use super::{Awaited, Node, NodeIo, Timer};
 use crate::net::codec::{Body, Entry, ErrorCode, Header, Message};
 use crate::net::ConnId;
 use crate::table::{hash_key, NodeState, Table};
@@ -32,12 +34,30 @@ const MAX_PULLS: usize = 64;
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Delay before a failed pull is tried again.
 pub(super) const PULL_RETRY: Duration = Duration::from_millis(300);
-/// How often hints are offered for delivery.
-pub(super) const HINT_PERIOD: Duration = Duration::from_millis(500);
 /// Loop time spent creating empty sectors per turn (see `create_some`).
 const CREATE_BUDGET: Duration = Duration::from_millis(5);
 /// The pause between two rounds of sector creation.
 const CREATE_PAUSE: Duration = Duration::from_millis(1);
+
+/// Sector moves: which copies are complete, what is being pulled from
+/// whom, what was served to pullers and what they must still be relayed.
+#[derive(Debug, Default)]
+pub(super) struct Mover {
+    /// Sectors whose copy here is complete for the newest table.
+    pub(super) synced: IdSet<u32>,
+    /// Complete but empty sectors whose files are still to be created.
+    pub(super) to_create: BTreeSet<u32>,
+    /// Sectors being pulled, and those waiting their turn or a retry.
+    pub(super) pulls: IdMap<u32, Pull>,
+    pub(super) pull_queue: VecDeque<u32>,
+    pub(super) pull_retry: Vec<u32>,
+    /// Pullers of each sector served here: later writes are relayed to them.
+    pub(super) relays: IdMap<u32, Vec<u32>>,
+    /// Sectors streamed to a puller since the last switch (safe to drop).
+    pub(super) served: IdSet<u32>,
+    /// The epoch whose SYNCED was last sent.
+    pub(super) reported_epoch: u64,
+}
 
 /// One sector being pulled.
 #[derive(Debug)]
@@ -46,23 +66,6 @@ pub(super) struct Pull {
     left: usize,
     /// Some source failed: pull the sector again.
     failed: bool,
-}
-
-/// What to do once every send of a batch is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum BatchDone {
-    /// An orphaned sector reached its holders: drop it here.
-    DropSector(u32),
-    /// Hints for a node were delivered: forget them.
-    DropHints(u32),
-}
-
-/// Sends waiting for acknowledgements before a [`BatchDone`] step.
-#[derive(Debug)]
-pub(super) struct Batch {
-    left: usize,
-    failed: bool,
-    done: BatchDone,
 }
 
 /// A digest of a sector's contents: XOR of a hash of each key and version.
@@ -94,12 +97,12 @@ impl Node {
 
     /// Sectors this node must hold and has not received yet.
     pub(super) fn missing_sectors(&self) -> usize {
-        self.wanted().iter().filter(|s| !self.synced.contains(s)).count()
+        self.wanted().iter().filter(|s| !self.mover.synced.contains(s)).count()
     }
 
     /// True if this node's copy of `sector` can answer reads.
     pub(super) fn is_synced(&self, sector: u32) -> bool {
-        self.synced.contains(&sector)
+        self.mover.synced.contains(&sector)
     }
 
     /// A new table (and pending table) from the manager.
@@ -148,13 +151,13 @@ impl Node {
         if let Some(t) = &self.table {
             keep.extend(t.sectors_held_by(self.cfg.id));
         }
-        let served = std::mem::take(&mut self.served);
-        self.relays.clear();
+        let served = std::mem::take(&mut self.mover.served);
+        self.mover.relays.clear();
         for s in self.store.sector_ids() {
-            if keep.contains(&s) || self.batches.values().any(|b| b.done == BatchDone::DropSector(s)) {
+            if keep.contains(&s) || self.handoff.busy(BatchDone::DropSector(s)) {
                 continue;
             }
-            self.synced.remove(&s);
+            self.mover.synced.remove(&s);
             if served.contains(&s) {
                 if let Err(e) = self.store.drop_sector(s) {
                     warn!("cannot drop sector {s}: {e}");
@@ -169,11 +172,14 @@ impl Node {
     fn start_pulls(&mut self, rx: &mut impl NodeIo) {
         let wanted = self.wanted();
         let wanted_set: IdSet<u32> = wanted.iter().copied().collect();
-        self.synced.retain(|s| wanted_set.contains(s));
-        self.to_create.retain(|s| wanted_set.contains(s));
+        self.mover.synced.retain(|s| wanted_set.contains(s));
+        self.mover.to_create.retain(|s| wanted_set.contains(s));
         for s in wanted {
-            if !self.synced.contains(&s) && !self.pulls.contains_key(&s) && !self.pull_queue.contains(&s) {
-                self.pull_queue.push_back(s);
+            if !self.mover.synced.contains(&s)
+                && !self.mover.pulls.contains_key(&s)
+                && !self.mover.pull_queue.contains(&s)
+            {
+                self.mover.pull_queue.push_back(s);
             }
         }
         self.pump_pulls(rx);
@@ -189,8 +195,8 @@ impl Node {
     }
 
     fn pump_pulls(&mut self, rx: &mut impl NodeIo) {
-        while self.pulls.len() < MAX_PULLS {
-            let Some(s) = self.pull_queue.pop_front() else { break };
+        while self.mover.pulls.len() < MAX_PULLS {
+            let Some(s) = self.mover.pull_queue.pop_front() else { break };
             let sources = self.sources(s);
             if sources.is_empty() {
                 self.mark_synced(rx, s);
@@ -209,7 +215,7 @@ impl Node {
                     body: Body::Pull { sector: s, digest },
                 };
                 if rx.send_early(conn, &msg) {
-                    self.pull_reqs.insert(req, (s, src));
+                    self.awaiting.insert(req, Awaited::Pull { sector: s, node: src });
                     pull.left += 1;
                 } else {
                     pull.failed = true;
@@ -218,23 +224,23 @@ impl Node {
             if pull.left == 0 {
                 self.retry_pull(rx, s);
             } else {
-                self.pulls.insert(s, pull);
+                self.mover.pulls.insert(s, pull);
             }
         }
     }
 
     fn retry_pull(&mut self, rx: &mut impl NodeIo, sector: u32) {
-        if self.pull_retry.is_empty() {
+        if self.mover.pull_retry.is_empty() {
             rx.add_timer(PULL_RETRY, Timer::PullRetry);
         }
-        self.pull_retry.push(sector);
+        self.mover.pull_retry.push(sector);
     }
 
     /// The retry timer: queue the failed sectors again.
     pub(super) fn on_pull_retry(&mut self, rx: &mut impl NodeIo) {
-        for s in std::mem::take(&mut self.pull_retry) {
-            if !self.pull_queue.contains(&s) {
-                self.pull_queue.push_back(s);
+        for s in std::mem::take(&mut self.mover.pull_retry) {
+            if !self.mover.pull_queue.contains(&s) {
+                self.mover.pull_queue.push_back(s);
             }
         }
         self.pump_pulls(rx);
@@ -243,7 +249,7 @@ impl Node {
 
     /// A CHUNK of a sector this node is pulling.
     pub(super) fn on_chunk(&mut self, rx: &mut impl NodeIo, req: u64, entries: Vec<Entry>, last: bool) {
-        let Some(&(sector, _)) = self.pull_reqs.get(&req) else { return };
+        let Some(&Awaited::Pull { sector, .. }) = self.awaiting.get(&req) else { return };
         for e in entries {
             self.clock.observe(e.version);
             if let Err(err) = self.store.apply(sector, &e.key, e.version, e.value.as_deref()) {
@@ -259,8 +265,8 @@ impl Node {
 
     /// One source's stream ended (`ok`) or broke.
     pub(super) fn pull_ended(&mut self, rx: &mut impl NodeIo, req: u64, ok: bool) {
-        let Some((sector, src)) = self.pull_reqs.remove(&req) else { return };
-        let Some(pull) = self.pulls.get_mut(&sector) else { return };
+        let Some(Awaited::Pull { sector, node: src }) = self.awaiting.remove(&req) else { return };
+        let Some(pull) = self.mover.pulls.get_mut(&sector) else { return };
         pull.left = pull.left.saturating_sub(1);
         pull.failed |= !ok;
         if !ok {
@@ -268,7 +274,7 @@ impl Node {
         }
         if pull.left == 0 {
             let failed = pull.failed;
-            self.pulls.remove(&sector);
+            self.mover.pulls.remove(&sector);
             if failed {
                 self.retry_pull(rx, sector);
             } else {
@@ -283,12 +289,12 @@ impl Node {
     /// segment are queued for [`Node::create_some`], so that its first
     /// write, on a client's path, seldom has to create them.
     fn mark_synced(&mut self, rx: &mut impl NodeIo, sector: u32) {
-        self.synced.insert(sector);
+        self.mover.synced.insert(sector);
         if !self.store.has_sector(sector) {
-            if self.to_create.is_empty() {
+            if self.mover.to_create.is_empty() {
                 rx.add_timer(Duration::ZERO, Timer::Create);
             }
-            self.to_create.insert(sector);
+            self.mover.to_create.insert(sector);
         }
     }
 
@@ -298,39 +304,26 @@ impl Node {
     pub(super) fn create_some(&mut self, rx: &mut impl NodeIo) {
         let started = rx.now();
         while rx.now().saturating_duration_since(started) < CREATE_BUDGET {
-            let Some(sector) = self.to_create.pop_first() else { break };
+            let Some(sector) = self.mover.to_create.pop_first() else { break };
             if let Err(e) = self.store.ensure_sector(sector) {
                 warn!("cannot create sector {sector}: {e}; its first write will try again");
             }
         }
-        if !self.to_create.is_empty() {
+        if !self.mover.to_create.is_empty() {
             rx.add_timer(CREATE_PAUSE, Timer::Create);
-        }
-    }
-
-    /// A pull request is a peer request the caller tracks.
-    pub(super) fn is_pull_req(&self, req: u64) -> bool {
-        self.pull_reqs.contains_key(&req)
-    }
-
-    /// Fails every pull in flight to `node` (its connection closed).
-    pub(super) fn pulls_lost(&mut self, rx: &mut impl NodeIo, node: u32) {
-        let lost: Vec<u64> = self.pull_reqs.iter().filter(|(_, (_, n))| *n == node).map(|(r, _)| *r).collect();
-        for req in lost {
-            self.pull_ended(rx, req, false);
         }
     }
 
     /// Reports SYNCED and readiness once every wanted sector is in.
     fn after_progress(&mut self, rx: &mut impl NodeIo) {
-        let all_in = self.wanted().iter().all(|s| self.synced.contains(s));
+        let all_in = self.wanted().iter().all(|s| self.mover.synced.contains(s));
         if !all_in {
             return;
         }
-        if let (Some(p), Some(m)) = (&self.pending, self.manager) {
-            if self.is_up_in(p) && self.reported_epoch != p.epoch {
-                self.reported_epoch = p.epoch;
-                info!("all {} sectors in for epoch {}", self.synced.len(), p.epoch);
+        if let (Some(p), Some(m)) = (&self.pending, self.links.manager) {
+            if self.is_up_in(p) && self.mover.reported_epoch != p.epoch {
+                self.mover.reported_epoch = p.epoch;
+                info!("all {} sectors in for epoch {}", self.mover.synced.len(), p.epoch);
                 let msg = Message {
                     header: Header { node: self.cfg.id, ..Header::default() },
                     body: Body::Synced { epoch: p.epoch },
@@ -341,7 +334,7 @@ impl Node {
         let serving = self.table.as_ref().is_some_and(|t| self.is_up_in(t));
         if serving {
             if let Some(r) = self.ready.take() {
-                info!("joined the cluster with {} sectors; serving", self.synced.len());
+                info!("joined the cluster with {} sectors; serving", self.mover.synced.len());
                 r.ready();
             }
         }
@@ -353,9 +346,9 @@ impl Node {
     /// and relays the sector's later writes to it until the move ends.
     pub(super) fn handle_pull(&mut self, rx: &mut impl NodeIo, conn: ConnId, h: Header, sector: u32, their: u64) {
         let puller = h.node;
-        self.served.insert(sector);
+        self.mover.served.insert(sector);
         if puller != 0 {
-            let r = self.relays.entry(sector).or_default();
+            let r = self.mover.relays.entry(sector).or_default();
             if !r.contains(&puller) {
                 r.push(puller);
             }
@@ -396,7 +389,7 @@ impl Node {
     /// registered here and holders under the pending table. Fire and forget;
     /// `skip` already have it.
     pub(super) fn relay(&mut self, rx: &mut impl NodeIo, sector: u32, entry: &Entry, skip: &[u32]) {
-        let mut targets: Vec<u32> = self.relays.get(&sector).cloned().unwrap_or_default();
+        let mut targets: Vec<u32> = self.mover.relays.get(&sector).cloned().unwrap_or_default();
         if let Some(p) = &self.pending {
             targets.extend(p.preference(sector));
         }
@@ -416,127 +409,6 @@ impl Node {
         }
     }
 
-    // ----- orphans and hints --------------------------------------------
-
-    /// Sends the records of a sector this node no longer holds to its
-    /// current holders and drops it once every holder acknowledged.
-    fn push_orphan(&mut self, rx: &mut impl NodeIo, s: u32) {
-        let entries = match self.store.scan(s) {
-            Ok(items) => items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect(),
-            Err(e) => {
-                warn!("cannot read orphaned sector {s}: {e}");
-                return;
-            }
-        };
-        info!("sector {s} moved away without this node; handing its records to the holders");
-        self.send_batch(rx, entries, BatchDone::DropSector(s));
-    }
-
-    /// Delivers hints whose target is back (or gone for good) to the
-    /// current holders of each key.
-    pub(super) fn deliver_hints(&mut self, rx: &mut impl NodeIo) {
-        rx.add_timer(HINT_PERIOD, Timer::Hints);
-        let Some(t) = self.table.clone() else { return };
-        for target in self.hints.sector_ids() {
-            let back = t.member(target).is_none_or(|m| m.state == NodeState::Up);
-            let busy = self.batches.values().any(|b| b.done == BatchDone::DropHints(target));
-            if !back || busy {
-                continue;
-            }
-            let entries: Vec<Entry> = match self.hints.scan(target) {
-                Ok(items) => {
-                    items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect()
-                }
-                Err(e) => {
-                    warn!("cannot read hints for node {target}: {e}");
-                    continue;
-                }
-            };
-            info!("delivering {} hinted write(s) for node {target}", entries.len());
-            self.send_batch(rx, entries, BatchDone::DropHints(target));
-        }
-    }
-
-    /// Sends each entry to the live holders of its key (applying it here
-    /// if this node is one) and runs `done` once all are acknowledged.
-    fn send_batch(&mut self, rx: &mut impl NodeIo, entries: Vec<Entry>, done: BatchDone) {
-        let Some(t) = self.table.clone() else { return };
-        let id = self.next_id();
-        let mut batch = Batch { left: 0, failed: false, done };
-        for e in entries {
-            let s = t.sector_of(&e.key);
-            for node in self.replicas(s) {
-                if node == self.cfg.id {
-                    if self.store.apply(s, &e.key, e.version, e.value.as_deref()).is_err() {
-                        batch.failed = true;
-                    }
-                    continue;
-                }
-                let Some(conn) = self.peer(rx, node) else {
-                    batch.failed = true;
-                    continue;
-                };
-                let req = self.next_id();
-                let msg = Message {
-                    header: Header { node: self.cfg.id, req, client: 0 },
-                    body: Body::Store { entry: e.clone(), hint_for: 0, repair: true },
-                };
-                if rx.send_early(conn, &msg) {
-                    self.batch_reqs.insert(req, (id, node));
-                    batch.left += 1;
-                } else {
-                    batch.failed = true;
-                }
-            }
-        }
-        self.batches.insert(id, batch);
-        self.batch_step(id, None);
-    }
-
-    /// True if `req` belongs to a batch.
-    pub(super) fn is_batch_req(&self, req: u64) -> bool {
-        self.batch_reqs.contains_key(&req)
-    }
-
-    /// One acknowledgement (or failure) of a batch send.
-    pub(super) fn batch_ack(&mut self, req: u64, ok: bool) {
-        if let Some((id, _)) = self.batch_reqs.remove(&req) {
-            self.batch_step(id, Some(ok));
-        }
-    }
-
-    /// Fails every batch send in flight to `node`.
-    pub(super) fn batches_lost(&mut self, node: u32) {
-        let lost: Vec<u64> = self.batch_reqs.iter().filter(|(_, (_, n))| *n == node).map(|(r, _)| *r).collect();
-        for req in lost {
-            self.batch_ack(req, false);
-        }
-    }
-
-    fn batch_step(&mut self, id: u64, ack: Option<bool>) {
-        let Some(b) = self.batches.get_mut(&id) else { return };
-        if let Some(ok) = ack {
-            b.left = b.left.saturating_sub(1);
-            b.failed |= !ok;
-        }
-        if b.left > 0 {
-            return;
-        }
-        let (failed, done) = (b.failed, b.done);
-        self.batches.remove(&id);
-        if failed {
-            warn!("{done:?} not done: a holder did not acknowledge; will try again later");
-            return;
-        }
-        let dropped = match done {
-            BatchDone::DropSector(s) => self.store.drop_sector(s),
-            BatchDone::DropHints(n) => self.hints.drop_sector(n),
-        };
-        if let Err(e) = dropped {
-            warn!("{done:?}: {e}");
-        }
-    }
-
     // ----- leaving ----------------------------------------------------
 
     /// SIGTERM or SIGINT: announce the leave; the node keeps serving as a
@@ -546,7 +418,7 @@ impl Node {
             return;
         }
         self.leaving = true;
-        let Some(m) = self.manager.filter(|_| self.table.is_some()) else {
+        let Some(m) = self.links.manager.filter(|_| self.table.is_some()) else {
             info!("not registered; exiting");
             rx.stop();
             return;

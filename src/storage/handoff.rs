@@ -1,0 +1,154 @@
+//! Hand-off: writes held for unreachable nodes (hints) and the batches of
+//! sends that deliver hints and orphaned sectors to their holders.
+
+use log::{info, warn};
+
+use super::{Awaited, Node, NodeIo, Timer};
+use crate::idmap::IdMap;
+use crate::net::codec::{Body, Entry, Header, Message};
+use crate::store::Store;
+use crate::table::NodeState;
+
+/// How often hints are offered for delivery.
+pub(super) const HINT_PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What to do once every send of a batch is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BatchDone {
+    /// An orphaned sector reached its holders: drop it here.
+    DropSector(u32),
+    /// Hints for a node were delivered: forget them.
+    DropHints(u32),
+}
+
+/// Sends waiting for acknowledgements before a [`BatchDone`] step.
+#[derive(Debug)]
+pub(super) struct Batch {
+    left: usize,
+    failed: bool,
+    done: BatchDone,
+}
+
+/// Hinted handoff and orphan hand-over.
+#[derive(Debug)]
+pub(super) struct Handoff {
+    /// Writes held for unreachable nodes; the sector id is the target node.
+    pub(super) hints: Store,
+    /// Groups of sends awaiting acknowledgement (orphans, hint delivery).
+    pub(super) batches: IdMap<u64, Batch>,
+}
+
+impl Handoff {
+    /// Hand-off over the hint store `hints`.
+    pub(super) fn new(hints: Store) -> Handoff {
+        Handoff { hints, batches: IdMap::default() }
+    }
+
+    /// True while a batch that ends in `done` is in flight.
+    pub(super) fn busy(&self, done: BatchDone) -> bool {
+        self.batches.values().any(|b| b.done == done)
+    }
+}
+
+impl Node {
+    /// Sends the records of a sector this node no longer holds to its
+    /// current holders and drops it once every holder acknowledged.
+    pub(super) fn push_orphan(&mut self, rx: &mut impl NodeIo, s: u32) {
+        let entries = match self.store.scan(s) {
+            Ok(items) => items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect(),
+            Err(e) => {
+                warn!("cannot read orphaned sector {s}: {e}");
+                return;
+            }
+        };
+        info!("sector {s} moved away without this node; handing its records to the holders");
+        self.send_batch(rx, entries, BatchDone::DropSector(s));
+    }
+
+    /// Delivers hints whose target is back (or gone for good) to the
+    /// current holders of each key.
+    pub(super) fn deliver_hints(&mut self, rx: &mut impl NodeIo) {
+        rx.add_timer(HINT_PERIOD, Timer::Hints);
+        let Some(t) = self.table.clone() else { return };
+        for target in self.handoff.hints.sector_ids() {
+            let back = t.member(target).is_none_or(|m| m.state == NodeState::Up);
+            let busy = self.handoff.busy(BatchDone::DropHints(target));
+            if !back || busy {
+                continue;
+            }
+            let entries: Vec<Entry> = match self.handoff.hints.scan(target) {
+                Ok(items) => {
+                    items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect()
+                }
+                Err(e) => {
+                    warn!("cannot read hints for node {target}: {e}");
+                    continue;
+                }
+            };
+            info!("delivering {} hinted write(s) for node {target}", entries.len());
+            self.send_batch(rx, entries, BatchDone::DropHints(target));
+        }
+    }
+
+    /// Sends each entry to the live holders of its key (applying it here
+    /// if this node is one) and runs `done` once all are acknowledged.
+    fn send_batch(&mut self, rx: &mut impl NodeIo, entries: Vec<Entry>, done: BatchDone) {
+        let Some(t) = self.table.clone() else { return };
+        let id = self.next_id();
+        let mut batch = Batch { left: 0, failed: false, done };
+        for e in entries {
+            let s = t.sector_of(&e.key);
+            for node in self.replicas(s) {
+                if node == self.cfg.id {
+                    if self.store.apply(s, &e.key, e.version, e.value.as_deref()).is_err() {
+                        batch.failed = true;
+                    }
+                    continue;
+                }
+                let Some(conn) = self.peer(rx, node) else {
+                    batch.failed = true;
+                    continue;
+                };
+                let req = self.next_id();
+                let msg = Message {
+                    header: Header { node: self.cfg.id, req, client: 0 },
+                    body: Body::Store { entry: e.clone(), hint_for: 0, repair: true },
+                };
+                if rx.send_early(conn, &msg) {
+                    self.awaiting.insert(req, Awaited::Batch { batch: id, node });
+                    batch.left += 1;
+                } else {
+                    batch.failed = true;
+                }
+            }
+        }
+        self.handoff.batches.insert(id, batch);
+        self.batch_step(id, None);
+    }
+
+    /// One send of batch `id` was acknowledged (`Some(true)`), refused or
+    /// lost (`Some(false)`); `None` only checks whether the batch is done.
+    pub(super) fn batch_step(&mut self, id: u64, ack: Option<bool>) {
+        let Some(b) = self.handoff.batches.get_mut(&id) else { return };
+        if let Some(ok) = ack {
+            b.left = b.left.saturating_sub(1);
+            b.failed |= !ok;
+        }
+        if b.left > 0 {
+            return;
+        }
+        let (failed, done) = (b.failed, b.done);
+        self.handoff.batches.remove(&id);
+        if failed {
+            warn!("{done:?} not done: a holder did not acknowledge; will try again later");
+            return;
+        }
+        let dropped = match done {
+            BatchDone::DropSector(s) => self.store.drop_sector(s),
+            BatchDone::DropHints(n) => self.handoff.hints.drop_sector(n),
+        };
+        if let Err(e) = dropped {
+            warn!("{done:?}: {e}");
+        }
+    }
+}
