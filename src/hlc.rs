@@ -66,6 +66,7 @@ impl Clock {
     /// A fresh version newer than every version made or observed so far;
     /// `now` is the wall clock in milliseconds (passed in by the role's driver).
     pub fn tick(&mut self, now: u64) -> Version {
+        let before = self.last;
         self.last = if now > self.last.ms {
             Version { ms: now, counter: 0, node: self.node }
         } else if self.last.counter >= MAX_COUNTER {
@@ -73,6 +74,7 @@ impl Clock {
         } else {
             Version { ms: self.last.ms, counter: self.last.counter + 1, node: self.node }
         };
+        crate::invariant::check(self.last > before, || format!("clock went from {before} to {}", self.last));
         self.last
     }
 

@@ -10,6 +10,7 @@
 //!   compaction, and the write-ahead log behind group commit.
 //! - [`table`]: the partition table, key hashing and preference lists.
 //! - [`hlc`]: versions and the hybrid logical clock that makes them.
+//! - [`invariant`]: invariants asserted inside the roles, recorded in simulation.
 //! - [`idmap`]: hash maps keyed by the daemons' own integer ids.
 //! - [`manager`]: the manager daemon's state and handlers.
 //! - [`storage`]: the storage node daemon: coordinator, replica, mover.
@@ -27,6 +28,7 @@ pub mod client;
 pub mod daemon;
 pub mod hlc;
 pub mod idmap;
+pub mod invariant;
 pub mod manager;
 pub mod net;
 pub mod sim;

@@ -235,6 +235,23 @@ impl Manager {
 
     /// Saves the tables and pushes them to every registered node.
     fn publish(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>) {
+        let table_epoch = self.table.epoch;
+        crate::invariant::check(self.pending.as_ref().is_none_or(|p| p.epoch > table_epoch), || {
+            format!("pending epoch {:?} not after the table's {table_epoch}", self.pending.as_ref().map(|p| p.epoch))
+        });
+        crate::invariant::check(
+            self.waiting.iter().all(|n| self.pending.as_ref().is_some_and(|p| p.member(*n).is_some())),
+            || format!("waiting for {:?}, who are not members of the pending table", self.waiting),
+        );
+        for t in std::iter::once(&self.table).chain(self.pending.as_ref()) {
+            for s in 0..t.sectors() {
+                let pref = t.preference(s);
+                let distinct = pref.iter().collect::<BTreeSet<_>>().len() == pref.len();
+                crate::invariant::check(distinct, || {
+                    format!("epoch {}: sector {s} lists a node twice: {pref:?}", t.epoch)
+                });
+            }
+        }
         self.save();
         let msg = self.table_msg(Header::default(), 0);
         let conns: Vec<ConnId> = self.node_conns.values().copied().collect();

@@ -419,6 +419,9 @@ impl World {
             },
             Proc::Client(_) => TurnEnd::Idle,
         };
+        for broken in crate::invariant::take() {
+            self.aborted.push(format!("invariant broken in {p} at {}: {broken}", checker::ms(now)));
+        }
         match ended {
             TurnEnd::Idle => {}
             TurnEnd::Stopped => {
@@ -679,6 +682,8 @@ impl<H: Handler> Host<H> {
 pub fn run_seed(seed: u64, root: &std::path::Path) -> Report {
     install_logger();
     TRACE.with(|t| t.borrow_mut().clear());
+    crate::invariant::enable(true);
+    crate::invariant::take();
     let plan = Plan::draw(seed);
     let summary = plan.summary();
     let dir = root.join(format!("seed-{seed}"));

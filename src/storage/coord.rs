@@ -171,10 +171,19 @@ impl Node {
         value: Option<Vec<u8>>,
     ) {
         let version = self.clock.tick(rx.wall_ms());
-        if let Err(e) = self.store.apply(sector, &key, version, value.as_deref()) {
-            error!("write to sector {sector} failed: {e}");
-            return self.reply(rx, conn, h, Body::error(ErrorCode::Storage, format!("storage error: {e}")));
-        }
+        let fresh = match self.store.apply(sector, &key, version, value.as_deref()) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                error!("write to sector {sector} failed: {e}");
+                return self.reply(rx, conn, h, Body::error(ErrorCode::Storage, format!("storage error: {e}")));
+            }
+        };
+        // A coordinator's new version must win here (issue #10: a version
+        // older than the local copy is acknowledged and then lost).
+        crate::invariant::check(fresh, || {
+            let here = self.store.version_of(sector, &key).map_or("none".into(), |v| v.to_string());
+            format!("a coordinator's fresh write {version} in sector {sector} is older than the copy here ({here})")
+        });
         if replicas.len() == 1 && self.pending.is_none() && !self.mover.relays.contains_key(&sector) {
             // The only replica: the reply waits for this turn's fsync, nothing else.
             return self.reply(rx, conn, h, Body::Ok);
@@ -335,6 +344,7 @@ impl Node {
         let Some(op) = self.coord.ops.get_mut(&op_id) else {
             return;
         };
+        crate::invariant::check(!op.replied, || format!("op {op_id} answered twice"));
         op.replied = true;
         let (client, header, durable) = (op.client, op.header, op.turn < self.coord.turn);
         let msg = Message { header: Header { node: self.cfg.id, ..header }, body };
