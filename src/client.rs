@@ -18,6 +18,9 @@ use crate::hlc::Version;
 use crate::net::codec::{self, Body, ErrorCode, Header, Limits, Message, Stats};
 use crate::table::{NodeState, Table};
 
+/// The pause after every candidate of a key was tried once.
+pub const ROUND_PAUSE: Duration = Duration::from_millis(50);
+
 /// Client settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -230,7 +233,7 @@ impl Client {
             }
             round += 1;
             if round.is_multiple_of(candidates.len().max(1)) {
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(ROUND_PAUSE);
             }
         }
         Err(Error::Unavailable(format!("no replica answered within {:?}: {last}", self.cfg.deadline)))

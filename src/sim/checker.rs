@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use super::client::OP_DEADLINE;
+use super::client::op_deadline;
 use super::history::{History, Kind, Op, Outcome};
 use super::host::Time;
 
@@ -35,7 +35,7 @@ pub enum Copy {
 fn effect_end(op: &Op) -> Time {
     match (&op.outcome, op.end) {
         (Outcome::Acked, Some(end)) => end,
-        _ => op.invoke + OP_DEADLINE,
+        _ => op.invoke + op_deadline(),
     }
 }
 
@@ -141,7 +141,7 @@ mod tests {
         put(&mut h, 0, "v1", 0, 300_000, false);
         put(&mut h, 1, "v2", 1_000_000, 1_100_000, true);
         assert!(check_copy(&h, b"k", &Copy::Value(b"v1".to_vec()), "read").is_none(), "within its deadline");
-        put(&mut h, 1, "v3", OP_DEADLINE + 1, OP_DEADLINE + 100_000, true);
+        put(&mut h, 1, "v3", op_deadline() + 1, op_deadline() + 100_000, true);
         assert!(check_copy(&h, b"k", &Copy::Value(b"v1".to_vec()), "read").is_some(), "past its deadline");
     }
 

@@ -22,12 +22,20 @@ use crate::table::Table;
 
 /// µs per ms.
 const MS: Time = 1000;
-/// The library's per-attempt timeout.
-pub const ATTEMPT_TIMEOUT: Time = 300 * MS;
-/// The library's total deadline for one operation.
-pub const OP_DEADLINE: Time = 5000 * MS;
-/// The pause after trying every candidate once.
-const ROUND_PAUSE: Time = 50 * MS;
+/// The library's per-attempt timeout (`client::Config::default()`).
+pub fn attempt_timeout() -> Time {
+    client::Config::default().attempt_timeout.as_micros() as Time
+}
+
+/// The library's total deadline for one operation (`client::Config::default()`).
+pub fn op_deadline() -> Time {
+    client::Config::default().deadline.as_micros() as Time
+}
+
+/// The library's pause after trying every candidate once.
+fn round_pause() -> Time {
+    client::ROUND_PAUSE.as_micros() as Time
+}
 
 /// A client connection.
 #[derive(Debug)]
@@ -228,7 +236,7 @@ impl SimClient {
         r.last_error = why;
         r.round += 1;
         let candidates = self.table.as_ref().map_or(1, |t| client::candidates(t, &r.key).len().max(1));
-        let pause = if r.round.is_multiple_of(candidates) { ROUND_PAUSE } else { 0 };
+        let pause = if r.round.is_multiple_of(candidates) { round_pause() } else { 0 };
         if refresh_table {
             self.send_to(net, None, Body::GetTable);
         }
@@ -295,7 +303,7 @@ impl SimClient {
             hist: id,
             key,
             body,
-            deadline: net.now + OP_DEADLINE,
+            deadline: net.now + op_deadline(),
             round: 0,
             attempt: None,
             last_error: String::new(),
@@ -321,6 +329,6 @@ impl SimClient {
         if let Some(r) = self.running.as_mut() {
             r.attempt = Some((node, req));
         }
-        self.timer(net, ATTEMPT_TIMEOUT, Token::Attempt(req));
+        self.timer(net, attempt_timeout(), Token::Attempt(req));
     }
 }

@@ -769,7 +769,7 @@ impl World {
         c.start(&mut self.net);
         self.clients.push(c);
         let first = self.history.ops.len();
-        self.run_until(from + (self.plan.keys + 2) * client::OP_DEADLINE);
+        self.run_until(from + (self.plan.keys + 2) * client::op_deadline());
         // Read repair runs after the reads; give it time.
         let t = self.net.now + 3 * SEC;
         self.run_until(t);
