@@ -67,6 +67,8 @@ impl Op {
 pub struct History {
     /// The operations; an index is an operation id.
     pub ops: Vec<Op>,
+    /// Writes acknowledged since the world last looked (their ids).
+    pub just_acked: Vec<usize>,
 }
 
 impl History {
@@ -78,6 +80,9 @@ impl History {
 
     /// Records how operation `id` ended.
     pub fn complete(&mut self, id: usize, outcome: Outcome, node: u32, now: Time) {
+        if outcome == Outcome::Acked {
+            self.just_acked.push(id);
+        }
         if let Some(op) = self.ops.get_mut(id) {
             debug_assert_eq!(op.outcome, Outcome::Pending, "an operation ends once");
             op.outcome = outcome;

@@ -354,6 +354,9 @@ impl World {
                     Input::Closed(id) => c.on_closed(net, hist, id),
                     Input::Accept { .. } | Input::Signal(_) => {}
                 }
+                for op in std::mem::take(&mut self.history.just_acked) {
+                    self.check_ack(op);
+                }
             }
         }
     }
@@ -734,6 +737,44 @@ impl World {
         failures.extend(checker::check_reads(&self.history));
         failures.extend(self.check_replicas());
         failures
+    }
+
+    /// An acknowledged PUT is held by at least W replicas when its client
+    /// hears the acknowledgement (SPEC §4: W acknowledgements, so that no
+    /// acknowledged write is lost while fewer than W replicas are). A copy
+    /// is the put's version or a newer one of the key, in a node's store or
+    /// its hints; a crashed node is given the benefit of the doubt. A put
+    /// whose value no running node holds any more (overwritten everywhere)
+    /// cannot be judged.
+    fn check_ack(&mut self, id: usize) {
+        let Some(op) = self.history.ops.get(id) else { return };
+        let (Some(value), Some(m)) = (op.value.clone(), self.manager.role.as_ref()) else { return };
+        let (key, w) = (op.key.clone(), m.table().write_quorum as usize);
+        let sector = m.table().sector_of(&key);
+        let copies = |node: &Node| -> Vec<(crate::hlc::Version, bool)> {
+            let mut v = Vec::new();
+            if let Ok(Some(item)) = node.store().get(sector, &key) {
+                v.push((item.version, item.value.as_deref() == Some(&value[..])));
+            }
+            for target in node.hints().sector_ids() {
+                if let Ok(Some(item)) = node.hints().get(target, &key) {
+                    v.push((item.version, item.value.as_deref() == Some(&value[..])));
+                }
+            }
+            v
+        };
+        let running: Vec<(u32, Vec<(crate::hlc::Version, bool)>)> =
+            self.nodes.iter().filter_map(|(id, h)| Some((*id, copies(h.role.as_ref()?)))).collect();
+        let Some(version) = running.iter().flat_map(|(_, c)| c).find(|(_, ours)| *ours).map(|(v, _)| *v) else {
+            return;
+        };
+        let held = running.iter().filter(|(_, c)| c.iter().any(|(v, _)| *v >= version)).count();
+        let crashed = self.crashed.len();
+        if held + crashed < w {
+            let what = checker::describe(op);
+            self.aborted
+                .push(format!("{what}: acknowledged with {held} copies on running nodes ({crashed} crashed), W={w}"));
+        }
     }
 
     /// (d) Every join and leave finished: no move pending, every running
