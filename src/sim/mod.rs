@@ -253,7 +253,11 @@ impl World {
         let (store, hints) = match opened {
             Ok(v) => v,
             Err(e) => {
-                self.aborted.push(format!("node {id} cannot open its store: {e}"));
+                // The daemon would exit at start; it is tried again at healing.
+                note(now, format!("node{id} cannot open its store: {e}; it stays down"));
+                if !self.crashed.contains(&id) {
+                    self.crashed.push(id);
+                }
                 return;
             }
         };
@@ -521,7 +525,7 @@ impl World {
     }
 
     fn restart(&mut self, id: u32) {
-        if self.nodes.get(&id).is_some_and(|h| !h.is_up()) && self.crashed.contains(&id) {
+        if self.nodes.get(&id).is_none_or(|h| !h.is_up()) && self.crashed.contains(&id) {
             self.crashed.retain(|&c| c != id);
             if self.leavers.contains(&id) {
                 // An operator does not restart a node that was leaving.
