@@ -17,16 +17,12 @@ const SEEDS: [u64; 40] = [
     37, 38, 39, 41, 42, 43, 44, 45, 46,
 ];
 
-fn scratch() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("gtstore-sim-test-{}", std::process::id()))
-}
-
 #[test]
 fn the_fixed_seeds_pass_the_checker() {
     let mut failed = Vec::new();
     let (mut faults, mut ops) = (0, 0);
     for seed in SEEDS {
-        let r = sim::run_seed(seed, &scratch());
+        let r = sim::run_seed(seed);
         faults += r.faults;
         ops += r.ops;
         if !r.failures.is_empty() {
@@ -41,15 +37,15 @@ fn the_fixed_seeds_pass_the_checker() {
 #[test]
 fn the_same_seed_gives_the_same_trace_byte_for_byte() {
     for seed in [5, 11, 27] {
-        let a = sim::run_seed(seed, &scratch());
-        let b = sim::run_seed(seed, &scratch());
+        let a = sim::run_seed(seed);
+        let b = sim::run_seed(seed);
         assert!(a.trace.len() > 50, "seed {seed} has a trace");
         assert_eq!(a.trace, b.trace, "seed {seed}: traces differ");
         assert_eq!((a.ops, a.faults, a.steps), (b.ops, b.faults, b.steps));
         assert_eq!(a.failures, b.failures);
     }
-    let other = sim::run_seed(4, &scratch());
-    assert_ne!(other.trace, sim::run_seed(5, &scratch()).trace, "different seeds differ");
+    let other = sim::run_seed(4);
+    assert_ne!(other.trace, sim::run_seed(5).trace, "different seeds differ");
 }
 
 #[test]
@@ -62,6 +58,16 @@ fn the_binary_prints_the_summary_line_and_replays_one_seed() {
     let text = String::from_utf8_lossy(&one.stdout);
     assert!(text.contains("seed 2: ok"), "{text}");
     assert!(text.contains("sim: 1 seeds, 0 failed"), "{text}");
+    // Two processes replay a seed identically (no pid, path or clock of the
+    // host reaches the trace); the timing line aside.
+    let replay = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_gtstore-sim")).args(["--seed", "11", "--trace"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().filter(|l| !l.contains(" seeds in ")).map(|l| format!("{l}\n")).collect::<String>()
+    };
+    let first = replay();
+    assert!(first.lines().count() > 50, "{first}");
+    assert_eq!(first, replay(), "two processes replay seed 11 differently");
     let bad = Command::new(env!("CARGO_BIN_EXE_gtstore-sim")).args(["--seeds", "many"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(64), "bad usage exits 64");
 }

@@ -69,11 +69,10 @@ fn run() -> i32 {
         return selftest(&seeds);
     }
     let (full_trace, quiet) = (m.opt_present("trace") || seeds.len() == 1, m.opt_present("quiet"));
-    let root = std::env::temp_dir().join(format!("gtstore-sim-{}", std::process::id()));
     let started = Instant::now();
     let (mut failed, mut faults, mut ops) = (Vec::new(), 0usize, 0usize);
     for &seed in &seeds {
-        let r = sim::run_seed(seed, &root);
+        let r = sim::run_seed(seed);
         faults += r.faults;
         ops += r.ops;
         if r.failures.is_empty() {
@@ -96,7 +95,6 @@ fn run() -> i32 {
         }
         failed.push(seed);
     }
-    let _ = std::fs::remove_dir_all(&root);
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     println!(
         "{} seeds in {secs:.1} s ({:.0} seeds/min), {faults} faults, {ops} client operations",
@@ -120,16 +118,15 @@ fn selftest(seeds: &[u64]) -> i32 {
         eprintln!("gtstore-sim: --selftest needs a build with --features planted-bugs (make sim-selftest)");
         return EX_USAGE;
     }
-    let root = std::env::temp_dir().join(format!("gtstore-sim-{}", std::process::id()));
     // Only a seed that passes without bugs can show that a bug is caught.
     gtstore::bugs::plant(None);
-    let clean: Vec<u64> = seeds.iter().copied().filter(|&s| sim::run_seed(s, &root).failures.is_empty()).collect();
+    let clean: Vec<u64> = seeds.iter().copied().filter(|&s| sim::run_seed(s).failures.is_empty()).collect();
     println!("{} of {} seeds pass without planted bugs", clean.len(), seeds.len());
     let mut caught = 0;
     for bug in gtstore::bugs::ALL {
         gtstore::bugs::plant(Some(bug));
         let found = clean.iter().find_map(|&s| {
-            let r = sim::run_seed(s, &root);
+            let r = sim::run_seed(s);
             r.failures.first().map(|f| (s, f.clone()))
         });
         match found {
@@ -141,7 +138,6 @@ fn selftest(seeds: &[u64]) -> i32 {
         }
     }
     gtstore::bugs::plant(None);
-    let _ = std::fs::remove_dir_all(&root);
     let all = gtstore::bugs::ALL.len();
     println!("selftest: {caught} of {all} planted bugs caught");
     if caught == all {

@@ -279,12 +279,16 @@ impl World {
     }
 
     fn schedule_wake(&mut self, p: Proc) {
-        let now = self.net.now;
+        self.schedule_wake_at(p, self.net.now);
+    }
+
+    /// Schedules a turn of `p` at `t` (once per time; see [`wake_at`]).
+    fn schedule_wake_at(&mut self, p: Proc, t: Time) {
         match p {
-            Proc::Manager => wake_at(&mut self.manager.wakes, &mut self.net, p, now),
+            Proc::Manager => wake_at(&mut self.manager.wakes, &mut self.net, p, t),
             Proc::Node(id) => {
                 if let Some(h) = self.nodes.get_mut(&id) {
-                    wake_at(&mut h.wakes, &mut self.net, p, now);
+                    wake_at(&mut h.wakes, &mut self.net, p, t);
                 }
             }
             Proc::Client(_) => {}
@@ -580,15 +584,7 @@ impl World {
                 self.woken(p);
                 let until = self.stalled_until(p);
                 if until > self.net.now {
-                    match p {
-                        Proc::Manager => wake_at(&mut self.manager.wakes, &mut self.net, p, until),
-                        Proc::Node(id) => {
-                            if let Some(h) = self.nodes.get_mut(&id) {
-                                wake_at(&mut h.wakes, &mut self.net, p, until);
-                            }
-                        }
-                        Proc::Client(_) => {}
-                    }
+                    self.schedule_wake_at(p, until);
                     continue;
                 }
             }
@@ -685,15 +681,17 @@ impl<H: Handler> Host<H> {
 }
 
 /// Runs one seed: builds the cluster the seed draws, runs clients and
-/// faults, heals, and checks. `root` is a scratch directory for the disks.
-pub fn run_seed(seed: u64, root: &std::path::Path) -> Report {
+/// faults, heals, and checks. Every disk is a `SimDisk` under the virtual
+/// directory `/sim/seed-<seed>`: nothing touches the real file system, and
+/// no path of the host (a pid, a temp dir) reaches the trace.
+pub fn run_seed(seed: u64) -> Report {
     install_logger();
     TRACE.with(|t| t.borrow_mut().clear());
     crate::invariant::enable(true);
     crate::invariant::take();
     let plan = Plan::draw(seed);
     let summary = plan.summary();
-    let dir = root.join(format!("seed-{seed}"));
+    let dir = PathBuf::from("/sim").join(format!("seed-{seed}"));
     let mut w = World::new(plan, dir);
     let failures = w.run();
     let report = Report {
