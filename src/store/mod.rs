@@ -621,8 +621,14 @@ mod tests {
         Ok(())
     }
 
-    /// Every entry of every sector: what a store holds.
-    fn contents(store: &Store) -> Result<std::collections::BTreeMap<(u32, Vec<u8>), Item>> {
+    /// Every entry of every sector, by sector and key.
+    type Contents = std::collections::BTreeMap<(u32, Vec<u8>), Item>;
+
+    /// Writes in the order applied, by sector and key.
+    type Writes = Vec<((u32, Vec<u8>), Item)>;
+
+    /// What a store holds.
+    fn contents(store: &Store) -> Result<Contents> {
         let mut all = std::collections::BTreeMap::new();
         for id in store.sector_ids() {
             for (key, item) in store.scan(id)? {
@@ -637,15 +643,7 @@ mod tests {
     /// written out to the files, large enough to leave the sector buffers).
     /// Returns the store's contents before the unsynced turn, the unsynced
     /// writes, and the contents after the crash and reopen.
-    #[allow(clippy::type_complexity)]
-    fn crash_once(
-        seed: u64,
-        reach_files: bool,
-    ) -> Result<(
-        std::collections::BTreeMap<(u32, Vec<u8>), Item>,
-        Vec<((u32, Vec<u8>), Item)>,
-        std::collections::BTreeMap<(u32, Vec<u8>), Item>,
-    )> {
+    fn crash_once(seed: u64, reach_files: bool) -> Result<(Contents, Writes, Contents)> {
         use disk::SimDisk;
         let disk = SimDisk::new();
         let dir = Path::new("/node/data");
