@@ -20,6 +20,13 @@ pub fn enable(on: bool) {
     ON.with(|o| o.set(on));
 }
 
+/// True when checks are recorded: guards an invariant whose test itself
+/// costs work (a scan), so the daemons never pay for it.
+#[inline]
+pub fn enabled() -> bool {
+    ON.with(Cell::get)
+}
+
 /// Records `what` if `ok` is false and checks are on.
 #[inline]
 pub fn check(ok: bool, what: impl FnOnce() -> String) {

@@ -20,7 +20,7 @@ fn run() -> i32 {
     opts.optopt("n", "seeds", "how many seeds to run (default 200)", "N");
     opts.optopt("f", "first", "the first seed of the range (default 1)", "S");
     opts.optopt("s", "seed", "run this one seed (a replay)", "S");
-    opts.optflag("t", "trace", "print the whole trace of each failing seed");
+    opts.optflag("t", "trace", "print the whole trace of each seed (failing seeds: instead of an excerpt)");
     opts.optflag("q", "quiet", "print only failures and the summary line");
     opts.optflag("", "selftest", "run the seeds once per planted bug (build with --features planted-bugs)");
     opts.optflag("h", "help", "print this help");

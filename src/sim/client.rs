@@ -65,7 +65,7 @@ struct Running {
 enum Token {
     Think,
     Attempt(u64),
-    Retry(u64),
+    Retry,
 }
 
 /// One simulated client.
@@ -176,12 +176,12 @@ impl SimClient {
     }
 
     /// A connection closed or was refused.
-    pub fn on_closed(&mut self, net: &mut Net, hist: &mut History, conn: ConnId) {
+    pub fn on_closed(&mut self, net: &mut Net, conn: ConnId) {
         let Some(node) = self.conns.iter().find(|(_, c)| c.id == conn).map(|(n, _)| *n) else { return };
         self.conns.remove(&node);
         let lost = self.running.as_ref().and_then(|r| r.attempt).is_some_and(|(n, _)| Some(n) == node);
         if lost {
-            self.attempt_failed(net, hist, format!("connection to server{} closed", node.unwrap_or(0)), true);
+            self.attempt_failed(net, format!("connection to server{} closed", node.unwrap_or(0)), true);
         }
     }
 
@@ -213,7 +213,7 @@ impl SimClient {
             Body::NotFound { .. } => Outcome::NotFound,
             Body::Error { code, reason } => match client::retry_policy(&code) {
                 client::Retry::Next { refresh_table } => {
-                    return self.attempt_failed(net, hist, format!("server{node}: {code} {reason}"), refresh_table);
+                    return self.attempt_failed(net, format!("server{node}: {code} {reason}"), refresh_table);
                 }
                 client::Retry::Fail => Outcome::Failed(format!("refused: {code} {reason}")),
             },
@@ -230,7 +230,7 @@ impl SimClient {
         self.timer(net, pause, Token::Think);
     }
 
-    fn attempt_failed(&mut self, net: &mut Net, hist: &mut History, why: String, refresh_table: bool) {
+    fn attempt_failed(&mut self, net: &mut Net, why: String, refresh_table: bool) {
         let Some(r) = self.running.as_mut() else { return };
         r.attempt = None;
         r.last_error = why;
@@ -240,18 +240,14 @@ impl SimClient {
         if refresh_table {
             self.send_to(net, None, Body::GetTable);
         }
-        self.next_token += 1;
-        let tok = self.next_token;
-        self.tokens.insert(tok, Token::Retry(tok));
-        let _ = hist;
-        net.at(net.now + pause, Event::ClientTimer { client: self.ix, token: tok });
+        self.timer(net, pause, Token::Retry);
     }
 
     /// A client timer fired.
     pub fn on_timer(&mut self, net: &mut Net, hist: &mut History, token: u64) {
         match self.tokens.remove(&token) {
             Some(Token::Think) => self.next_op(net, hist),
-            Some(Token::Retry(_)) => self.attempt(net, hist),
+            Some(Token::Retry) => self.attempt(net, hist),
             Some(Token::Attempt(req)) => {
                 let timed_out = self.running.as_ref().and_then(|r| r.attempt).is_some_and(|(_, q)| q == req);
                 if timed_out {
@@ -260,7 +256,7 @@ impl SimClient {
                     if let Some(c) = self.conns.remove(&Some(node)) {
                         net.close(self.me(), c.id, c.link);
                     }
-                    self.attempt_failed(net, hist, format!("server{node}: timed out"), true);
+                    self.attempt_failed(net, format!("server{node}: timed out"), true);
                 }
             }
             None => {}
@@ -320,11 +316,11 @@ impl SimClient {
         let cands = self.table.as_ref().map(|t| client::candidates(t, &r.key)).unwrap_or_default();
         let Some(&node) = cands.get(r.round % cands.len().max(1)) else {
             let why = "no node holds this key".to_string();
-            return self.attempt_failed(net, hist, why, true);
+            return self.attempt_failed(net, why, true);
         };
         let body = r.body.clone();
         let Some(req) = self.send_to(net, Some(node), body) else {
-            return self.attempt_failed(net, hist, format!("server{node} is not in the table"), true);
+            return self.attempt_failed(net, format!("server{node} is not in the table"), true);
         };
         if let Some(r) = self.running.as_mut() {
             r.attempt = Some((node, req));

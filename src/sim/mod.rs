@@ -359,7 +359,7 @@ impl World {
                 match input {
                     Input::Connected(id) => c.on_connected(net, id),
                     Input::Msg(id, msg) => c.on_message(net, hist, id, msg),
-                    Input::Closed(id) => c.on_closed(net, hist, id),
+                    Input::Closed(id) => c.on_closed(net, id),
                     Input::Accept { .. } | Input::Signal(_) => {}
                 }
                 for op in std::mem::take(&mut self.history.just_acked) {
@@ -453,9 +453,7 @@ impl World {
     fn exit(&mut self, p: Proc) {
         if let Proc::Node(id) = p {
             if let Some(h) = self.nodes.get_mut(&id) {
-                if let Some(n) = h.role.take() {
-                    drop(n);
-                }
+                drop(h.role.take());
                 h.inbox.clear();
             }
             self.net.listeners.remove(&node_addr(id));
@@ -720,9 +718,7 @@ impl World {
         let active_until = self.plan.clients_until;
         for i in 0..self.plan.clients {
             let seed = self.rng.next_u64();
-            let mut c = SimClient::new(i, manager_addr(), self.plan.keys, self.plan.think, active_until, seed);
-            c.active_until = active_until;
-            self.clients.push(c);
+            self.clients.push(SimClient::new(i, manager_addr(), self.plan.keys, self.plan.think, active_until, seed));
         }
         self.run_until(self.plan.clients_start);
         for c in &mut self.clients {
