@@ -297,6 +297,11 @@ impl<H: Handler> Host<H> {
                 }
                 Input::Msg(id, msg) => {
                     if io.conn_mut(id).is_some_and(|c| c.state == ConnState::Open) {
+                        if log::log_enabled!(log::Level::Debug) {
+                            let mut body = format!("{:?}", msg.body);
+                            body.truncate(160);
+                            log::debug!("<- req {} node {} on {id:?}: {body}", msg.header.req, msg.header.node);
+                        }
                         role.on_message(io, id, msg);
                     }
                 }

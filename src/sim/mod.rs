@@ -65,7 +65,7 @@ struct TraceLogger;
 
 impl log::Log for TraceLogger {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::Level::Info
+        m.level() <= log::max_level()
     }
 
     fn log(&self, r: &log::Record<'_>) {
@@ -84,7 +84,9 @@ static LOGGER: TraceLogger = TraceLogger;
 /// Routes the roles' log lines into the trace (once per process).
 pub fn install_logger() {
     if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
+        // GTSTORE_SIM_DEBUG=1 adds the roles' debug lines and every message received.
+        let debug = std::env::var_os("GTSTORE_SIM_DEBUG").is_some_and(|v| v == "1");
+        log::set_max_level(if debug { log::LevelFilter::Debug } else { log::LevelFilter::Info });
     }
 }
 
@@ -770,8 +772,18 @@ impl World {
         let crashed = self.crashed.len();
         if held + crashed < w {
             let what = checker::describe(op);
-            self.aborted
-                .push(format!("{what}: acknowledged with {held} copies on running nodes ({crashed} crashed), W={w}"));
+            let holders: Vec<String> = running
+                .iter()
+                .filter(|(_, c)| !c.is_empty())
+                .map(|(id, c)| {
+                    format!("node{id} {}", c.iter().map(|(v, _)| v.to_string()).collect::<Vec<_>>().join("/"))
+                })
+                .collect();
+            self.aborted.push(format!(
+                "{what}: acknowledged with {held} copies on running nodes ({crashed} crashed), W={w}; \
+                 version {version}, copies: {}",
+                holders.join(", ")
+            ));
         }
     }
 

@@ -170,6 +170,15 @@ impl Node {
         key: Vec<u8>,
         value: Option<Vec<u8>>,
     ) {
+        // The whole preference list is asked: a member marked down is
+        // replaced by a stand-in with a hint, so W copies always means W
+        // (sloppy quorum, SPEC §4), never W cut down to the live replicas.
+        let preference = self.table.as_ref().map_or_else(Vec::new, |t| t.preference(sector));
+        let need = self.write_quorum().max(1);
+        if preference.len() < need {
+            let reason = format!("quorum not reached: {} of {need} replicas are members", preference.len());
+            return self.reply(rx, conn, h, Body::error(ErrorCode::Retry, reason));
+        }
         let version = self.clock.tick(rx.wall_ms());
         let fresh = match self.store.apply(sector, &key, version, value.as_deref()) {
             Ok(fresh) => fresh,
@@ -184,12 +193,11 @@ impl Node {
             let here = self.store.version_of(sector, &key).map_or("none".into(), |v| v.to_string());
             format!("a coordinator's fresh write {version} in sector {sector} is older than the copy here ({here})")
         });
-        if replicas.len() == 1 && self.pending.is_none() && !self.mover.relays.contains_key(&sector) {
+        if preference.len() == 1 && self.pending.is_none() && !self.mover.relays.contains_key(&sector) {
             // The only replica: the reply waits for this turn's fsync, nothing else.
             return self.reply(rx, conn, h, Body::Ok);
         }
-        let need = self.write_quorum().min(replicas.len()).max(1);
-        let op = self.new_op(rx.now(), OpKind::Write, conn, h, sector, key.clone(), need, replicas.len());
+        let op = self.new_op(rx.now(), OpKind::Write, conn, h, sector, key.clone(), need, preference.len());
         let entry = Entry { key, version, value };
         self.count_answer(rx, op, self.cfg.id, Some(version), None);
         if bugs::planted(Bug::DoubleCountedAck) {
@@ -198,12 +206,12 @@ impl Node {
         self.relay(rx, sector, &entry, &replicas);
         if let Some(o) = self.coord.ops.get_mut(&op) {
             o.entry = Some(entry.clone());
-            o.tried = replicas.clone();
+            o.tried = preference.clone();
         }
         let me = self.cfg.id;
-        for node in replicas.into_iter().filter(|&n| n != me) {
+        for node in preference.into_iter().filter(|&n| n != me) {
             let body = Body::Store { entry: entry.clone(), hint_for: 0, repair: false };
-            if !self.ask_peer(rx, node, op, body) {
+            if !replicas.contains(&node) || !self.ask_peer(rx, node, op, body) {
                 self.hand_to_stand_in(rx, op, node);
             }
         }
@@ -251,7 +259,8 @@ impl Node {
         replicas: Vec<u32>,
         key: Vec<u8>,
     ) {
-        if replicas.len() == 1 && self.is_synced(sector) {
+        let need = self.read_quorum().max(1);
+        if need == 1 && replicas == [self.cfg.id] && self.is_synced(sector) {
             let body = match self.store.get(sector, &key) {
                 Ok(Some(crate::store::Item { value: Some(value), version })) => Body::Value { value, version },
                 Ok(_) => Body::NotFound { version: None },
@@ -259,7 +268,12 @@ impl Node {
             };
             return self.reply(rx, conn, h, body);
         }
-        let need = self.read_quorum().min(replicas.len()).max(1);
+        // R answers from the preference list, however many of it are up:
+        // fewer could all miss a write acknowledged by W (R + W > N).
+        if replicas.len() < need {
+            let reason = format!("quorum not reached: {} of {need} replicas are up", replicas.len());
+            return self.reply(rx, conn, h, Body::error(ErrorCode::Retry, reason));
+        }
         let op = self.new_op(rx.now(), OpKind::Read, conn, h, sector, key.clone(), need, replicas.len());
         match self.store.get(sector, &key) {
             // A copy still catching up does not count towards R.
@@ -449,7 +463,8 @@ impl Node {
                 let entry = version.map(|v| Entry { key: op.key.clone(), version: v, value: None });
                 self.count_answer(rx, op_id, node, version, entry);
             }
-            _ => self.count_failure(rx, op_id),
+            // A refused write goes to a stand-in, as an unreachable replica's.
+            _ => self.op_peer_lost(rx, op_id, node),
         }
     }
 

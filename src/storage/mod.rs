@@ -174,13 +174,18 @@ enum Awaited {
     Pull { sector: u32, node: u32 },
     /// An acknowledgement of one send of a hand-off batch.
     Batch { batch: u64, node: u32 },
+    /// An acknowledgement of a write of `sector` relayed to a new holder.
+    Relay { sector: u32, node: u32 },
 }
 
 impl Awaited {
     /// The peer the request went to.
     fn node(self) -> u32 {
         match self {
-            Awaited::Op { node, .. } | Awaited::Pull { node, .. } | Awaited::Batch { node, .. } => node,
+            Awaited::Op { node, .. }
+            | Awaited::Pull { node, .. }
+            | Awaited::Batch { node, .. }
+            | Awaited::Relay { node, .. } => node,
         }
     }
 }
@@ -368,6 +373,10 @@ impl Node {
                 self.awaiting.remove(&req);
                 self.handle_peer_reply(rx, op, node, msg);
             }
+            Some(Awaited::Relay { sector, .. }) => {
+                self.awaiting.remove(&req);
+                self.relay_done(rx, sector, matches!(msg.body, Body::Ok));
+            }
             None => {}
         }
     }
@@ -388,6 +397,10 @@ impl Node {
                 Awaited::Batch { batch, .. } => {
                     self.awaiting.remove(&req);
                     self.batch_step(batch, Some(false));
+                }
+                Awaited::Relay { sector, .. } => {
+                    self.awaiting.remove(&req);
+                    self.relay_done(rx, sector, false);
                 }
             }
         }

@@ -53,8 +53,16 @@ pub(super) struct Mover {
     pub(super) pull_retry: Vec<u32>,
     /// Pullers of each sector served here: later writes are relayed to them.
     pub(super) relays: IdMap<u32, Vec<u32>>,
-    /// Sectors streamed to a puller since the last switch (safe to drop).
+    /// Sectors streamed to a puller since the last switch (safe to drop
+    /// once every write relayed to the pullers is acknowledged).
     pub(super) served: IdSet<u32>,
+    /// Relayed writes of each sector not acknowledged yet.
+    pub(super) relaying: IdMap<u32, usize>,
+    /// Sectors with a relayed write that was refused or lost: handed over
+    /// whole (`push_orphan`) instead of dropped.
+    pub(super) relay_failed: IdSet<u32>,
+    /// Unheld sectors to drop once their relays are acknowledged.
+    pub(super) drop_when_relayed: IdSet<u32>,
     /// The epoch whose SYNCED was last sent.
     pub(super) reported_epoch: u64,
 }
@@ -158,13 +166,52 @@ impl Node {
                 continue;
             }
             self.mover.synced.remove(&s);
-            if served.contains(&s) {
-                if let Err(e) = self.store.drop_sector(s) {
-                    warn!("cannot drop sector {s}: {e}");
-                }
-            } else {
+            if !served.contains(&s) || self.mover.relay_failed.contains(&s) {
+                self.mover.relay_failed.remove(&s);
                 self.push_orphan(rx, s);
+            } else if self.mover.relaying.get(&s).is_some_and(|&n| n > 0) {
+                // A copy acknowledged here may be only in flight to its new
+                // holder: keep it until the relay is acknowledged.
+                self.mover.drop_when_relayed.insert(s);
+            } else {
+                self.drop_served(s);
             }
+        }
+    }
+
+    fn drop_served(&mut self, s: u32) {
+        if let Err(e) = self.store.drop_sector(s) {
+            warn!("cannot drop sector {s}: {e}");
+        }
+    }
+
+    /// True if this node holds `sector` under its current or pending table.
+    pub(super) fn holds(&self, sector: u32) -> bool {
+        let held_in = |t: &Table| self.is_up_in(t) && t.preference(sector).contains(&self.cfg.id);
+        self.table.as_ref().is_some_and(held_in) || self.pending.as_ref().is_some_and(held_in)
+    }
+
+    /// A relayed write of `sector` was acknowledged (`ok`) or refused or
+    /// lost; a sector waiting for its relays is dropped or handed over.
+    pub(super) fn relay_done(&mut self, rx: &mut impl NodeIo, sector: u32, ok: bool) {
+        let left = self.mover.relaying.get_mut(&sector).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if !ok {
+            self.mover.relay_failed.insert(sector);
+        }
+        if left.unwrap_or(0) > 0 {
+            return;
+        }
+        self.mover.relaying.remove(&sector);
+        if !self.mover.drop_when_relayed.remove(&sector) || self.holds(sector) {
+            return;
+        }
+        if self.mover.relay_failed.remove(&sector) {
+            self.push_orphan(rx, sector);
+        } else {
+            self.drop_served(sector);
         }
     }
 
@@ -386,8 +433,10 @@ impl Node {
     }
 
     /// Copies a write of `sector` to the nodes moving in: pullers that
-    /// registered here and holders under the pending table. Fire and forget;
-    /// `skip` already have it.
+    /// registered here and holders under the pending table; `skip` already
+    /// have it. Each copy is a request: until all are acknowledged the
+    /// sector is not dropped here, and a lost one makes the sector be
+    /// handed over whole (see `settle_unheld`).
     pub(super) fn relay(&mut self, rx: &mut impl NodeIo, sector: u32, entry: &Entry, skip: &[u32]) {
         let mut targets: Vec<u32> = self.mover.relays.get(&sector).cloned().unwrap_or_default();
         if let Some(p) = &self.pending {
@@ -399,12 +448,20 @@ impl Node {
             if node == self.cfg.id || skip.contains(&node) {
                 continue;
             }
-            if let Some(conn) = self.peer(rx, node) {
-                let msg = Message {
-                    header: Header { node: self.cfg.id, ..Header::default() },
-                    body: Body::Store { entry: entry.clone(), hint_for: 0, repair: true },
-                };
-                rx.send_early(conn, &msg);
+            let Some(conn) = self.peer(rx, node) else {
+                self.mover.relay_failed.insert(sector);
+                continue;
+            };
+            let req = self.next_id();
+            let msg = Message {
+                header: Header { node: self.cfg.id, req, client: 0 },
+                body: Body::Store { entry: entry.clone(), hint_for: 0, repair: true },
+            };
+            if rx.send_early(conn, &msg) {
+                self.awaiting.insert(req, Awaited::Relay { sector, node });
+                *self.mover.relaying.entry(sector).or_default() += 1;
+            } else {
+                self.mover.relay_failed.insert(sector);
             }
         }
     }
