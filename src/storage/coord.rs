@@ -98,6 +98,9 @@ impl Node {
             }
             Err(reason) => return self.reply(rx, conn, h, Body::error(ErrorCode::NoTable, reason)),
         };
+        if self.leaving && !matches!(msg.body, Body::Get { .. }) {
+            return self.reply(rx, conn, h, Body::error(ErrorCode::Retry, "node is leaving the cluster"));
+        }
         match msg.body {
             Body::Put { key, value } => self.start_write(rx, conn, h, sector, replicas, key, Some(value)),
             Body::Del { key } => self.start_write(rx, conn, h, sector, replicas, key, None),
@@ -489,6 +492,11 @@ impl Node {
             return self.reply(rx, conn, h, Body::error(ErrorCode::NoTable, "no table yet"));
         };
         let sector = table.sector_of(&entry.key);
+        if self.leaving && !repair {
+            // A copy here would leave with this node: the coordinator must
+            // count another (a stand-in) towards W.
+            return self.reply(rx, conn, h, Body::error(ErrorCode::Retry, "node is leaving the cluster"));
+        }
         let age = rx.wall_ms().saturating_sub(entry.version.ms);
         if !repair && age > STALE_WRITE_MS {
             info!("refusing a replica write of sector {sector} made {age} ms ago");

@@ -73,21 +73,23 @@ impl Node {
         for target in self.handoff.hints.sector_ids() {
             let back = t.member(target).is_none_or(|m| m.state == NodeState::Up);
             let busy = self.handoff.busy(BatchDone::DropHints(target));
-            if !back || busy {
-                continue;
+            if back && !busy {
+                self.send_hints(rx, target);
             }
-            let entries: Vec<Entry> = match self.handoff.hints.scan(target) {
-                Ok(items) => {
-                    items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect()
-                }
-                Err(e) => {
-                    warn!("cannot read hints for node {target}: {e}");
-                    continue;
-                }
-            };
-            info!("delivering {} hinted write(s) for node {target}", entries.len());
-            self.send_batch(rx, entries, BatchDone::DropHints(target));
         }
+    }
+
+    /// Sends the hints held for `target` to the live holders of each key.
+    pub(super) fn send_hints(&mut self, rx: &mut impl NodeIo, target: u32) {
+        let entries: Vec<Entry> = match self.handoff.hints.scan(target) {
+            Ok(items) => items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect(),
+            Err(e) => {
+                warn!("cannot read hints for node {target}: {e}");
+                return;
+            }
+        };
+        info!("delivering {} hinted write(s) for node {target}", entries.len());
+        self.send_batch(rx, entries, BatchDone::DropHints(target));
     }
 
     /// Sends each entry to the live holders of its key (applying it here
@@ -123,12 +125,12 @@ impl Node {
             }
         }
         self.handoff.batches.insert(id, batch);
-        self.batch_step(id, None);
+        self.batch_step(rx, id, None);
     }
 
     /// One send of batch `id` was acknowledged (`Some(true)`), refused or
     /// lost (`Some(false)`); `None` only checks whether the batch is done.
-    pub(super) fn batch_step(&mut self, id: u64, ack: Option<bool>) {
+    pub(super) fn batch_step(&mut self, rx: &mut impl NodeIo, id: u64, ack: Option<bool>) {
         let Some(b) = self.handoff.batches.get_mut(&id) else { return };
         if let Some(ok) = ack {
             b.left = b.left.saturating_sub(1);
@@ -150,5 +152,6 @@ impl Node {
         if let Err(e) = dropped {
             warn!("{done:?}: {e}");
         }
+        self.exit_if_handed_over(rx);
     }
 }

@@ -64,6 +64,8 @@ pub enum Timer {
     OpSweep,
     /// Create a few queued empty sectors.
     Create,
+    /// Retry a leaver's hand-over of sectors and hints.
+    HandOver,
 }
 
 /// How long a leaving node waits for its sectors to be taken over.
@@ -158,6 +160,8 @@ pub struct Node {
     awaiting: IdMap<u64, Awaited>,
     /// SIGTERM arrived: leaving the cluster.
     leaving: bool,
+    /// No table lists this node any more: it hands over what it holds, then exits.
+    left: bool,
     /// Why the loop was stopped, if it was a failure.
     failed: Option<Exit>,
     next_id: u64,
@@ -205,6 +209,7 @@ impl Node {
             links: links::Links::new(advertise),
             awaiting: IdMap::default(),
             leaving: false,
+            left: false,
             failed: None,
             next_id: 0,
             ready,
@@ -367,7 +372,7 @@ impl Node {
             },
             Some(Awaited::Batch { batch, .. }) => {
                 self.awaiting.remove(&req);
-                self.batch_step(batch, Some(matches!(msg.body, Body::Ok)));
+                self.batch_step(rx, batch, Some(matches!(msg.body, Body::Ok)));
             }
             Some(Awaited::Op { op, node }) => {
                 self.awaiting.remove(&req);
@@ -396,7 +401,7 @@ impl Node {
                 Awaited::Pull { .. } => self.pull_ended(rx, req, false),
                 Awaited::Batch { batch, .. } => {
                     self.awaiting.remove(&req);
-                    self.batch_step(batch, Some(false));
+                    self.batch_step(rx, batch, Some(false));
                 }
                 Awaited::Relay { sector, .. } => {
                     self.awaiting.remove(&req);
@@ -411,6 +416,7 @@ impl Node {
             let epoch = self.newest().map_or(0, |t| t.epoch);
             let header = Header { node: self.cfg.id, ..Header::default() };
             rx.send(m, &Message { header, body: Body::Heartbeat { epoch } });
+            self.repeat_synced(rx);
         }
         rx.add_timer(self.cfg.heartbeat, Timer::Heartbeat);
     }
@@ -468,6 +474,7 @@ impl Handler for Node {
             Timer::PullRetry => self.on_pull_retry(rx),
             Timer::Hints => self.deliver_hints(rx),
             Timer::Create => self.create_some(rx),
+            Timer::HandOver => self.hand_over(rx),
             Timer::LeaveLimit => {
                 warn!("leave not finished within {LEAVE_LIMIT:?}; exiting with the data on disk");
                 rx.stop();

@@ -133,8 +133,11 @@ impl Node {
             );
         }
         if self.leaving && table.member(self.cfg.id).is_none() {
-            info!("left the cluster; exiting");
-            rx.stop();
+            if !self.left {
+                self.left = true;
+                info!("left the cluster; handing over what only this node may hold");
+                self.hand_over(rx);
+            }
             return;
         }
         let switched = self.pending.is_none() && old.is_some_and(|o| o.epoch != table.epoch);
@@ -147,6 +150,7 @@ impl Node {
                 let _ = self.store.drop_sector(s);
             }
         }
+        self.repeat_synced(rx);
         self.start_pulls(rx);
         self.after_progress(rx);
     }
@@ -213,6 +217,7 @@ impl Node {
         } else {
             self.drop_served(sector);
         }
+        self.exit_if_handed_over(rx);
     }
 
     /// Queues a pull of every wanted sector that is not synced yet.
@@ -362,6 +367,22 @@ impl Node {
     }
 
     /// Reports SYNCED and readiness once every wanted sector is in.
+    /// Sends SYNCED again for a pending table already reported: the first
+    /// one may have been lost with the manager or its connection, and the
+    /// move waits for it. Called on every table message and heartbeat.
+    pub(super) fn repeat_synced(&mut self, rx: &mut impl NodeIo) {
+        let all_in = self.wanted().iter().all(|s| self.mover.synced.contains(s));
+        if let (Some(p), Some(m), true) = (&self.pending, self.links.manager, all_in) {
+            if self.is_up_in(p) && self.mover.reported_epoch == p.epoch {
+                let msg = Message {
+                    header: Header { node: self.cfg.id, ..Header::default() },
+                    body: Body::Synced { epoch: p.epoch },
+                };
+                rx.send(m, &msg);
+            }
+        }
+    }
+
     fn after_progress(&mut self, rx: &mut impl NodeIo) {
         let all_in = self.wanted().iter().all(|s| self.mover.synced.contains(s));
         if !all_in {
@@ -475,14 +496,52 @@ impl Node {
             return;
         }
         self.leaving = true;
-        let Some(m) = self.links.manager.filter(|_| self.table.is_some()) else {
+        if self.table.is_none() {
             info!("not registered; exiting");
             rx.stop();
+            return;
+        }
+        rx.add_timer(super::LEAVE_LIMIT, Timer::LeaveLimit);
+        let Some(m) = self.links.manager else {
+            // `register` announces the leave once the manager is back.
+            info!("leaving once the manager is reachable");
             return;
         };
         info!("leaving: handing sectors over");
         let msg = Message { header: Header { node: self.cfg.id, req: self.next_id(), client: 0 }, body: Body::Leave };
         rx.send(m, &msg);
-        rx.add_timer(super::LEAVE_LIMIT, Timer::LeaveLimit);
+    }
+
+    /// The last step of a leave, once no table lists this node: sectors
+    /// nobody pulled and every hint go to the holders, relays in flight
+    /// are awaited, and the node exits when nothing is left here. Run
+    /// again after each acknowledgement, and on a timer while a hand-over
+    /// failed.
+    pub(super) fn hand_over(&mut self, rx: &mut impl NodeIo) {
+        self.settle_unheld(rx);
+        for target in self.handoff.hints.sector_ids() {
+            if !self.handoff.busy(BatchDone::DropHints(target)) {
+                self.send_hints(rx, target);
+            }
+        }
+        self.exit_if_handed_over(rx);
+        if self.left && !self.handed_over() {
+            rx.add_timer(PULL_RETRY, Timer::HandOver);
+        }
+    }
+
+    fn handed_over(&self) -> bool {
+        self.store.sector_ids().is_empty()
+            && self.handoff.hints.sector_ids().is_empty()
+            && self.handoff.batches.is_empty()
+            && self.mover.relaying.is_empty()
+    }
+
+    /// Exits once a leave has handed everything over.
+    pub(super) fn exit_if_handed_over(&mut self, rx: &mut impl NodeIo) {
+        if self.left && self.handed_over() {
+            info!("left the cluster; exiting");
+            rx.stop();
+        }
     }
 }
