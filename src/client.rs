@@ -249,8 +249,11 @@ impl Client {
             return Attempt::Retry(format!("server{node} is not in the table"));
         };
         self.next_req += 1;
-        let msg = Message { header: Header { client: self.id, node: 0, req: self.next_req }, body: body.clone() };
         let timeout = self.cfg.attempt_timeout;
+        // The attempt is given up after `timeout`; no node may start it after that.
+        let deadline = wall_ms_after(timeout);
+        let header = Header { client: self.id, req: self.next_req, deadline, ..Header::default() };
+        let msg = Message { header, body: body.clone() };
         let conn = match self.conns.remove(&node) {
             Some(c) => c,
             None => match TcpStream::connect_timeout(&addr, timeout) {
@@ -303,11 +306,10 @@ pub enum Retry {
 pub fn retry_policy(code: &ErrorCode) -> Retry {
     match code {
         ErrorCode::Retry | ErrorCode::NoReplica => Retry::Next { refresh_table: true },
-        ErrorCode::NoTable | ErrorCode::CatchingUp | ErrorCode::Late | ErrorCode::Storage => {
+        ErrorCode::NoTable | ErrorCode::CatchingUp | ErrorCode::Late | ErrorCode::Storage | ErrorCode::Expired => {
             Retry::Next { refresh_table: false }
         }
-        ErrorCode::Expired
-        | ErrorCode::Future
+        ErrorCode::Future
         | ErrorCode::TooLarge
         | ErrorCode::Auth
         | ErrorCode::Malformed
@@ -376,6 +378,13 @@ pub fn exchange(mut conn: &TcpStream, msg: &Message, timeout: Duration) -> std::
     }
 }
 
+/// This host's wall clock `after` from now, in milliseconds since the Unix
+/// epoch: a request's deadline.
+pub fn wall_ms_after(after: Duration) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (now + after).as_millis() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,7 +395,7 @@ mod tests {
         let next = Retry::Next { refresh_table: false };
         let want = [
             (ErrorCode::Retry, refresh),
-            (ErrorCode::Expired, Retry::Fail),
+            (ErrorCode::Expired, next),
             (ErrorCode::Late, next),
             (ErrorCode::Future, Retry::Fail),
             (ErrorCode::TooLarge, Retry::Fail),

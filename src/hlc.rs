@@ -46,6 +46,13 @@ impl std::fmt::Display for Version {
     }
 }
 
+/// The most two hosts' wall clocks may disagree, in milliseconds: what
+/// last-writer-wins assumes of the cluster's clock synchronisation (NTP
+/// keeps hosts within a few). Deadlines keep this margin (a coordinator
+/// does not make a version this close to its request's deadline), and a
+/// version further ahead of the receiver's clock is refused as FUTURE.
+pub const MAX_SKEW_MS: u64 = 100;
+
 /// The largest counter a clock makes: past it the clock moves to the next
 /// millisecond instead.
 pub const MAX_COUNTER: u32 = u16::MAX as u32;

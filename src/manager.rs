@@ -269,7 +269,7 @@ impl Manager {
             self.save();
         }
         let contact = self.contact();
-        rx.send(id, &self.table_msg(Header { client, node: 0, req }, contact));
+        rx.send(id, &self.table_msg(Header { client, req, ..Header::default() }, contact));
     }
 
     fn handle_register(
@@ -427,7 +427,7 @@ fn save_state(
     pending: Option<&Table>,
     next_client: u64,
 ) -> std::io::Result<()> {
-    let header = Header { client: next_client, node: 0, req: 0 };
+    let header = Header { client: next_client, ..Header::default() };
     let body = Body::TableMsg { table: table.clone(), pending: pending.cloned(), contact: 0 };
     disk::write_file_durably(disk, dir, STATE_FILE, &codec::to_bytes(&Message { header, body }))
 }

@@ -247,6 +247,11 @@ struct Engine<'a> {
 }
 
 impl Engine<'_> {
+    /// The deadline of a request sent now: when the timeout gives it up.
+    fn wall_deadline(&self, rx: &impl BenchIo) -> u64 {
+        rx.wall_ms() + self.w.timeout.as_millis() as u64
+    }
+
     fn error(&mut self, why: impl FnOnce() -> String) {
         self.errors += 1;
         self.done += 1;
@@ -309,7 +314,9 @@ impl Engine<'_> {
         };
         self.next_req += 1;
         let body = if read { Body::Get { key } } else { Body::Put { key, value: self.value.clone() } };
-        let msg = Message { header: Header { client: self.client_id, node: 0, req: self.next_req }, body };
+        let deadline = self.wall_deadline(rx);
+        let header = Header { client: self.client_id, req: self.next_req, deadline, ..Header::default() };
+        let msg = Message { header, body };
         if !rx.send(conn, &msg) {
             self.sims[c].conns[node] = None;
             self.error(|| "connection closed before the request could be sent".into());

@@ -177,6 +177,10 @@ pub struct Header {
     pub node: u32,
     /// Matches a reply to its request on one connection.
     pub req: u64,
+    /// When the sender stops waiting for the reply: wall-clock milliseconds
+    /// since the Unix epoch by the sender's clock; 0 for none (the optional
+    /// sixth header field). A node never starts a request past it.
+    pub deadline: u64,
 }
 
 /// One entry of a sector stream or a read result.
@@ -353,7 +357,7 @@ fn parse_payload(h: HeaderFields<'_>, payload: &[u8]) -> Result<Message, DecodeE
     let mut r = Reader { buf: payload, pos: 0 };
     let body = parse_body(h.verb, &mut r)?;
     r.finish()?;
-    let header = Header { client: h.client, node: h.node, req: h.req };
+    let header = Header { client: h.client, node: h.node, req: h.req, deadline: h.deadline };
     Ok(Message { header, body })
 }
 
@@ -366,6 +370,10 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     for n in [h.client, u64::from(h.node), len as u64, h.req] {
         out.push(b' ');
         put_decimal(out, n);
+    }
+    if h.deadline != 0 {
+        out.push(b' ');
+        put_decimal(out, h.deadline);
     }
     out.push(b'\n');
     write_body(&msg.body, out);
@@ -413,10 +421,11 @@ struct HeaderFields<'a> {
     node: u32,
     len: u64,
     req: u64,
+    deadline: u64,
 }
 
 fn header_fields(line: &[u8]) -> Result<HeaderFields<'_>, DecodeError> {
-    let mut parts: [&[u8]; 5] = [&[]; 5];
+    let mut parts: [&[u8]; 6] = [&[]; 6];
     let mut count = 0;
     for part in line.split(|&b| b == b' ') {
         if let Some(slot) = parts.get_mut(count) {
@@ -424,10 +433,11 @@ fn header_fields(line: &[u8]) -> Result<HeaderFields<'_>, DecodeError> {
         }
         count += 1;
     }
-    if count != parts.len() {
+    // Five fields, or six with a deadline.
+    if count != 5 && count != 6 {
         return Err(DecodeError::FieldCount(count));
     }
-    let [verb, client, node, len, req] = parts;
+    let [verb, client, node, len, req, deadline] = parts;
     let verb = std::str::from_utf8(verb).ok().filter(|v| is_verb(v)).ok_or(DecodeError::BadVerb)?;
     Ok(HeaderFields {
         verb,
@@ -435,6 +445,7 @@ fn header_fields(line: &[u8]) -> Result<HeaderFields<'_>, DecodeError> {
         node: u32::try_from(decimal(node, "NODE_ID")?).map_err(|_| DecodeError::BadNumber("NODE_ID"))?,
         len: decimal(len, "LENGTH")?,
         req: decimal(req, "REQ_ID")?,
+        deadline: if count == 6 { decimal(deadline, "DEADLINE")? } else { 0 },
     })
 }
 
@@ -786,7 +797,7 @@ mod tests {
     use super::*;
 
     fn msg(body: Body) -> Message {
-        Message { header: Header { client: 7, node: 3, req: 42 }, body }
+        Message { header: Header { client: 7, node: 3, req: 42, deadline: 0 }, body }
     }
 
     fn every_variant() -> Vec<Message> {
@@ -841,16 +852,18 @@ mod tests {
     #[test]
     fn golden_put_wire_form() {
         let m = Message {
-            header: Header { client: 1, node: 0, req: 5 },
+            header: Header { client: 1, node: 0, req: 5, deadline: 1_796_083_200_300 },
             body: Body::Put { key: b"a".to_vec(), value: b"bc".to_vec() },
         };
-        assert_eq!(to_bytes(&m), b"PUT 1 0 11 5\n\x00\x00\x00\x01a\x00\x00\x00\x02bc");
+        let wire = b"PUT 1 0 11 5 1796083200300\n\x00\x00\x00\x01a\x00\x00\x00\x02bc";
+        assert_eq!(to_bytes(&m), wire);
+        assert_eq!(parse(wire), Ok(m));
     }
 
     #[test]
     fn golden_error_wire_form() {
         let m = Message {
-            header: Header { client: 0, node: 2, req: 9 },
+            header: Header { client: 0, node: 2, req: 9, deadline: 0 },
             body: Body::Error { code: ErrorCode::TooLarge, reason: "big".into() },
         };
         let wire = b"ERROR 0 2 20 9\n\x00\x00\x00\x09TOO_LARGE\x00\x00\x00\x03big";
@@ -924,7 +937,8 @@ mod tests {
             (b"GET x 0 0 1\n", DecodeError::BadNumber("CLIENT_ID")),
             (b"GET 1 0 -5 1\n", DecodeError::BadNumber("LENGTH")),
             (b"GET 1 0 5\n", DecodeError::FieldCount(4)),
-            (b"GET 1 0 5 1 9\n", DecodeError::FieldCount(6)),
+            (b"GET 1 0 5 1 9 9\n", DecodeError::FieldCount(7)),
+            (b"GET 1 0 5 1 99999999999999999999999\n", DecodeError::BadNumber("DEADLINE")),
             (b"get 1 0 5 1\n", DecodeError::BadVerb),
             (b" 1 0 5 1\n", DecodeError::BadVerb),
             (b"GET 1 0 101 1\n", DecodeError::BodyTooLarge { len: 101, limit: 100 }),

@@ -148,7 +148,10 @@ impl SimClient {
             Some(n) => self.table.as_ref()?.member(n)?.addr.parse().ok()?,
         };
         self.next_req += 1;
-        let msg = Message { header: Header { client: self.client_id, node: 0, req: self.next_req }, body };
+        // The client's clock is true time; it waits an attempt's timeout.
+        let deadline = super::WALL_BASE_MS + (net.now + attempt_timeout()) / MS;
+        let header = Header { client: self.client_id, req: self.next_req, deadline, ..Header::default() };
+        let msg = Message { header, body };
         if !self.conns.contains_key(&node) {
             self.next_conn += 1;
             let id = ConnId::new(self.next_conn, 1);

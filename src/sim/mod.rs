@@ -49,7 +49,7 @@ const MS: Time = 1000;
 /// µs per second.
 const SEC: Time = 1_000_000;
 /// The wall clock at simulated time 0 (2026-12-01).
-const WALL_BASE_MS: u64 = 1_796_083_200_000;
+pub(crate) const WALL_BASE_MS: u64 = 1_796_083_200_000;
 /// How long after healing the cluster must have settled (liveness bound).
 pub const SETTLE: Time = 40 * SEC;
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::{Awaited, Node, NodeIo, OP_DEADLINE};
 use crate::bugs::{self, Bug};
-use crate::hlc::Version;
+use crate::hlc::{Version, MAX_SKEW_MS};
 use crate::idmap::IdMap;
 use crate::net::codec::{Body, Entry, ErrorCode, Header, Message, Stats};
 use crate::net::ConnId;
@@ -65,6 +65,13 @@ pub(super) struct Coordinator {
 /// replica is refused: twice the coordinator's own deadline.
 const STALE_WRITE_MS: u64 = 2 * OP_DEADLINE.as_millis() as u64;
 
+impl Coordinator {
+    /// The deadline of op `op`'s client request (0: none).
+    pub(super) fn deadline_of(&self, op: u64) -> u64 {
+        self.ops.get(&op).map_or(0, |o| o.header.deadline)
+    }
+}
+
 impl Node {
     // ----- client requests ----------------------------------------------
 
@@ -82,6 +89,13 @@ impl Node {
             Body::Get { key } | Body::Del { key } => (key, 0),
             _ => return,
         };
+        if h.deadline != 0 && rx.wall_ms() >= h.deadline {
+            // The client gave up on this attempt (this node was stalled, or
+            // the request was slow to arrive): starting it now could apply a
+            // write after the client went on to newer ones.
+            let reason = format!("deadline passed {} ms ago", rx.wall_ms() - h.deadline);
+            return self.reply(rx, conn, h, Body::error(ErrorCode::Expired, reason));
+        }
         let (max_key, max_value) = self.limits();
         if key.len() > max_key || value_len > max_value {
             let reason = format!("key or value over the limit ({max_key} / {max_value} bytes)");
@@ -183,6 +197,13 @@ impl Node {
             return self.reply(rx, conn, h, Body::error(ErrorCode::Retry, reason));
         }
         let version = self.clock.tick(rx.wall_ms());
+        if h.deadline != 0 && version.ms + MAX_SKEW_MS >= h.deadline {
+            // A write begun after the client gives up may get a version from
+            // a clock up to MAX_SKEW_MS behind this one: this version must
+            // be older than any such write's, so it is not made this late.
+            let reason = format!("version {version} too close to the deadline {}", h.deadline);
+            return self.reply(rx, conn, h, Body::error(ErrorCode::Expired, reason));
+        }
         let fresh = match self.store.apply(sector, &key, version, value.as_deref()) {
             Ok(fresh) => fresh,
             Err(e) => {

@@ -113,7 +113,7 @@ impl Node {
                 };
                 let req = self.next_id();
                 let msg = Message {
-                    header: Header { node: self.cfg.id, req, client: 0 },
+                    header: Header { node: self.cfg.id, req, ..Header::default() },
                     body: Body::Store { entry: e.clone(), hint_for: 0, repair: true },
                 };
                 if rx.send_early(conn, &msg) {

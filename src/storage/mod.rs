@@ -327,7 +327,9 @@ impl Node {
             return false;
         };
         let req = self.next_id();
-        let msg = Message { header: Header { node: self.cfg.id, req, client: 0 }, body };
+        // A forwarded request keeps its client's deadline.
+        let deadline = self.coord.deadline_of(op);
+        let msg = Message { header: Header { node: self.cfg.id, req, deadline, ..Header::default() }, body };
         if !rx.send_early(conn, &msg) {
             return false;
         }

@@ -263,7 +263,7 @@ impl Node {
                 };
                 let req = self.next_id();
                 let msg = Message {
-                    header: Header { node: self.cfg.id, req, client: 0 },
+                    header: Header { node: self.cfg.id, req, ..Header::default() },
                     body: Body::Pull { sector: s, digest },
                 };
                 if rx.send_early(conn, &msg) {
@@ -475,7 +475,7 @@ impl Node {
             };
             let req = self.next_id();
             let msg = Message {
-                header: Header { node: self.cfg.id, req, client: 0 },
+                header: Header { node: self.cfg.id, req, ..Header::default() },
                 body: Body::Store { entry: entry.clone(), hint_for: 0, repair: true },
             };
             if rx.send_early(conn, &msg) {
@@ -508,7 +508,10 @@ impl Node {
             return;
         };
         info!("leaving: handing sectors over");
-        let msg = Message { header: Header { node: self.cfg.id, req: self.next_id(), client: 0 }, body: Body::Leave };
+        let msg = Message {
+            header: Header { node: self.cfg.id, req: self.next_id(), ..Header::default() },
+            body: Body::Leave,
+        };
         rx.send(m, &msg);
     }
 
