@@ -60,7 +60,7 @@ fn expect_closed(s: &mut TcpStream, what: &str) {
 }
 
 fn msg(req: u64, body: Body) -> Message {
-    Message { header: Header { client: 0, node: 0, req }, body }
+    Message { header: Header { req, ..Header::default() }, body }
 }
 
 fn put(req: u64, key: &str, value: &str) -> Message {
