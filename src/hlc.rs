@@ -77,7 +77,7 @@ impl Clock {
         self.last = if now > self.last.ms {
             Version { ms: now, counter: 0, node: self.node }
         } else if self.last.counter >= MAX_COUNTER {
-            Version { ms: self.last.ms + 1, counter: 0, node: self.node }
+            Version { ms: self.last.ms.saturating_add(1), counter: 0, node: self.node }
         } else {
             Version { ms: self.last.ms, counter: self.last.counter + 1, node: self.node }
         };
@@ -131,6 +131,13 @@ mod tests {
             assert!(v > prev && v.counter <= MAX_COUNTER, "{v}");
             prev = v;
         }
+    }
+
+    #[test]
+    fn a_clock_at_the_end_of_time_does_not_wrap_to_zero() {
+        let mut c = Clock::new(1);
+        c.observe(Version { ms: u64::MAX, counter: MAX_COUNTER, node: 2 });
+        assert_eq!(c.tick(wall_ms()).ms, u64::MAX);
     }
 
     #[test]

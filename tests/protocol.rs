@@ -277,3 +277,68 @@ fn unknown_verb_gets_error_and_connection_stays_usable() {
     assert!(matches!(m.body, Body::Error { code: ErrorCode::BadRequest, .. }), "{m:?}");
     assert_value(&read_msg(&mut s, &mut buf), 11, "ok");
 }
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Issue #10 item 1: a request whose deadline has passed (its client gave up, as when the node was
+/// stopped while the request waited in its socket) is not started: EXPIRED, and nothing changes.
+#[test]
+fn a_request_past_its_deadline_is_expired_and_changes_nothing() {
+    let c = Cluster::start(22050, 1, 1);
+    let mut s = connect(&c.node_addr(1));
+    let mut buf = Vec::new();
+    s.write_all(&to_bytes(&put(1, "dl-key", "before"))).unwrap();
+    assert_ok_reply(&read_msg(&mut s, &mut buf), 1);
+
+    for (req, deadline) in [(2, wall_ms() - 1_000), (3, wall_ms() + 50)] {
+        let mut late = put(req, "dl-key", "given-up");
+        late.header.deadline = deadline;
+        s.write_all(&to_bytes(&late)).unwrap();
+        let m = read_msg(&mut s, &mut buf);
+        assert_eq!(m.header.req, req);
+        assert!(matches!(m.body, Body::Error { code: ErrorCode::Expired, .. }), "deadline {deadline}: {m:?}");
+    }
+    // A deadline far enough ahead is served.
+    let mut timely = put(4, "dl-key", "timely");
+    timely.header.deadline = wall_ms() + 5_000;
+    s.write_all(&to_bytes(&timely)).unwrap();
+    assert_ok_reply(&read_msg(&mut s, &mut buf), 4);
+    let out = c.cli(&["--get", "dl-key"]);
+    assert_ok(&out);
+    assert!(stdout(&out).starts_with("dl-key, timely, "), "{}", stdout(&out));
+}
+
+/// Issue #10 item 4: a replica write versioned ten years ahead is refused with FUTURE; before,
+/// it won over every later write for good.
+#[test]
+fn a_replica_write_from_the_future_is_refused() {
+    use gtstore::hlc::Version;
+    use gtstore::net::codec::Entry;
+    let c = Cluster::start(22060, 1, 1);
+    assert_ok(&c.cli(&["--put", "fut-key", "--val", "now"]));
+    let mut s = connect(&c.node_addr(1));
+    let mut buf = Vec::new();
+    let ten_years = 10 * 365 * 24 * 3600 * 1000;
+    let entry = Entry {
+        key: b"fut-key".to_vec(),
+        version: Version { ms: wall_ms() + ten_years, counter: 0, node: 9 },
+        value: Some(b"from-the-future".to_vec()),
+    };
+    for (req, repair) in [(1, false), (2, true)] {
+        let forged = Message {
+            header: Header { node: 9, req, ..Header::default() },
+            body: Body::Store { entry: entry.clone(), hint_for: 0, repair },
+        };
+        s.write_all(&to_bytes(&forged)).unwrap();
+        let m = read_msg(&mut s, &mut buf);
+        assert!(matches!(m.body, Body::Error { code: ErrorCode::Future, .. }), "repair {repair}: {m:?}");
+    }
+    let out = c.cli(&["--get", "fut-key"]);
+    assert_ok(&out);
+    assert!(stdout(&out).starts_with("fut-key, now, "), "{}", stdout(&out));
+    assert_ok(&c.cli(&["--put", "fut-key", "--val", "later"]));
+    let out = c.cli(&["--get", "fut-key"]);
+    assert!(stdout(&out).starts_with("fut-key, later, "), "a later write wins: {}", stdout(&out));
+}

@@ -196,6 +196,12 @@ impl Node {
             let reason = format!("quorum not reached: {} of {need} replicas are members", preference.len());
             return self.reply(rx, conn, h, Body::error(ErrorCode::Retry, reason));
         }
+        // The new version must be newer than the copy here, whatever this
+        // node's clock says (a faster clock made it, or it came by a path
+        // that did not move the clock).
+        if let Some(here) = self.store.version_of(sector, &key) {
+            self.clock.observe(here);
+        }
         let version = self.clock.tick(rx.wall_ms());
         if h.deadline != 0 && version.ms + MAX_SKEW_MS >= h.deadline {
             // A write begun after the client gives up may get a version from
@@ -517,6 +523,14 @@ impl Node {
             // A copy here would leave with this node: the coordinator must
             // count another (a stand-in) towards W.
             return self.reply(rx, conn, h, Body::error(ErrorCode::Retry, "node is leaving the cluster"));
+        }
+        let ahead = entry.version.ms.saturating_sub(rx.wall_ms());
+        if ahead > MAX_SKEW_MS {
+            // A version from the future would win over every later write
+            // and drag every clock forward.
+            info!("refusing a write of sector {sector} versioned {ahead} ms ahead of this clock");
+            let reason = format!("version {} is {ahead} ms ahead of this node's clock", entry.version);
+            return self.reply(rx, conn, h, Body::error(ErrorCode::Future, reason));
         }
         let age = rx.wall_ms().saturating_sub(entry.version.ms);
         if !repair && age > STALE_WRITE_MS {

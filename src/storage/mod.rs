@@ -198,8 +198,17 @@ impl Node {
     /// A node over its opened stores, advertising `advertise` to the
     /// manager; `ready` is told once the node serves (None: nobody waits).
     pub fn new(cfg: Config, store: Store, hints: Store, advertise: String, ready: Option<Readiness>) -> Node {
+        // A restarted node's clock starts after every version it stores, so
+        // its next write wins over its own earlier ones even if the wall
+        // clock stepped back while it was down.
+        let mut clock = Clock::new(cfg.id);
+        for s in [&store, &hints] {
+            for sector in s.sector_ids() {
+                s.keys_with_versions(sector).into_iter().for_each(|(_, v)| clock.observe(v));
+            }
+        }
         Node {
-            clock: Clock::new(cfg.id),
+            clock,
             store,
             table: None,
             pending: None,
