@@ -138,6 +138,8 @@ pub struct World {
     aborted: Vec<String>,
     /// Each process's disk; a crash loses what it had not synced.
     disks: BTreeMap<Proc, SimDisk>,
+    /// Acknowledged puts and the version found for each at the ack.
+    acked: Vec<(usize, crate::hlc::Version)>,
 }
 
 fn manager_addr() -> SocketAddr {
@@ -178,6 +180,7 @@ impl World {
             crashed: Vec::new(),
             faults: 0,
             aborted: Vec::new(),
+            acked: Vec::new(),
             disks: BTreeMap::new(),
         }
     }
@@ -733,6 +736,7 @@ impl World {
             return failures;
         }
         failures.extend(self.check_membership());
+        failures.extend(self.check_still_held());
         failures.extend(self.final_reads(settle_at));
         failures.extend(checker::check_reads(&self.history));
         failures.extend(self.check_replicas());
@@ -769,6 +773,7 @@ impl World {
             return;
         };
         let held = running.iter().filter(|(_, c)| c.iter().any(|(v, _)| *v >= version)).count();
+        self.acked.push((id, version));
         let crashed = self.crashed.len();
         if held + crashed < w {
             let what = checker::describe(op);
@@ -785,6 +790,34 @@ impl World {
                 holders.join(", ")
             ));
         }
+    }
+
+    /// After healing (before the final reads, whose repairs could hide a
+    /// loss), every acknowledged put is still held by W running nodes: its
+    /// version or a newer one, in a store or in hints. Moves, hand-overs
+    /// and hint deliveries only add copies before they drop one.
+    fn check_still_held(&self) -> Vec<String> {
+        let Some(m) = self.manager.role.as_ref() else { return Vec::new() };
+        let (t, w) = (m.table(), m.table().write_quorum as usize);
+        let mut bad = Vec::new();
+        for &(id, version) in &self.acked {
+            let Some(op) = self.history.ops.get(id) else { continue };
+            let sector = t.sector_of(&op.key);
+            let holds = |node: &Node| {
+                let newer = |item: Option<crate::store::Item>| item.is_some_and(|i| i.version >= version);
+                newer(node.store().get(sector, &op.key).ok().flatten())
+                    || node.hints().sector_ids().into_iter().any(|h| newer(node.hints().get(h, &op.key).ok().flatten()))
+            };
+            let held = self.nodes.values().filter_map(|h| h.role.as_ref()).filter(|n| holds(n)).count();
+            if held < w {
+                bad.push(format!(
+                    "{}: version {version} (or newer) held by {held} running nodes after healing, W={w}",
+                    checker::describe(op)
+                ));
+            }
+        }
+        bad.truncate(5);
+        bad
     }
 
     /// (d) Every join and leave finished: no move pending, every running

@@ -27,6 +27,9 @@ pub(super) struct Batch {
     left: usize,
     failed: bool,
     done: BatchDone,
+    /// The digest of the sector (or hint set) sent: what arrives during
+    /// the delivery changes it, and then nothing is dropped.
+    sent: u64,
 }
 
 /// Hinted handoff and orphan hand-over.
@@ -36,12 +39,15 @@ pub(super) struct Handoff {
     pub(super) hints: Store,
     /// Groups of sends awaiting acknowledgement (orphans, hint delivery).
     pub(super) batches: IdMap<u64, Batch>,
+    /// Orphaned sectors whose hand-over did not finish: tried again with
+    /// the hints.
+    pub(super) orphan_retry: crate::idmap::IdSet<u32>,
 }
 
 impl Handoff {
     /// Hand-off over the hint store `hints`.
     pub(super) fn new(hints: Store) -> Handoff {
-        Handoff { hints, batches: IdMap::default() }
+        Handoff { hints, batches: IdMap::default(), orphan_retry: Default::default() }
     }
 
     /// True while a batch that ends in `done` is in flight.
@@ -77,6 +83,11 @@ impl Node {
                 self.send_hints(rx, target);
             }
         }
+        for s in std::mem::take(&mut self.handoff.orphan_retry) {
+            if self.store.has_sector(s) && !self.holds(s) && !self.handoff.busy(BatchDone::DropSector(s)) {
+                self.push_orphan(rx, s);
+            }
+        }
     }
 
     /// Sends the hints held for `target` to the live holders of each key.
@@ -92,12 +103,21 @@ impl Node {
         self.send_batch(rx, entries, BatchDone::DropHints(target));
     }
 
+    /// The digest of what `done` would drop.
+    fn digest_of(&self, done: BatchDone) -> u64 {
+        match done {
+            BatchDone::DropSector(s) => super::sync::digest(&self.store.keys_with_versions(s)),
+            BatchDone::DropHints(n) => super::sync::digest(&self.handoff.hints.keys_with_versions(n)),
+        }
+    }
+
     /// Sends each entry to the live holders of its key (applying it here
     /// if this node is one) and runs `done` once all are acknowledged.
     fn send_batch(&mut self, rx: &mut impl NodeIo, entries: Vec<Entry>, done: BatchDone) {
         let Some(t) = self.table.clone() else { return };
         let id = self.next_id();
-        let mut batch = Batch { left: 0, failed: false, done };
+        let sent = self.digest_of(done);
+        let mut batch = Batch { left: 0, failed: false, done, sent };
         for e in entries {
             let s = t.sector_of(&e.key);
             for node in self.replicas(s) {
@@ -139,10 +159,20 @@ impl Node {
         if b.left > 0 {
             return;
         }
-        let (failed, done) = (b.failed, b.done);
+        let (failed, done, sent) = (b.failed, b.done, b.sent);
         self.handoff.batches.remove(&id);
-        if failed {
-            warn!("{done:?} not done: a holder did not acknowledge; will try again later");
+        let changed = self.digest_of(done) != sent;
+        if failed || changed {
+            if failed {
+                warn!("{done:?} not done: a holder did not acknowledge; will try again later");
+            } else {
+                // Writes came in during the delivery and may have counted
+                // towards W: drop nothing; the next round sends them too.
+                info!("{done:?} not done: new writes arrived during the delivery; will deliver again");
+            }
+            if let BatchDone::DropSector(s) = done {
+                self.handoff.orphan_retry.insert(s);
+            }
             return;
         }
         let dropped = match done {
