@@ -727,4 +727,46 @@ mod tests {
         assert!(store.sync_dirty()?, "the next turn syncs again");
         Ok(())
     }
+
+    #[test]
+    fn a_failed_segment_flush_keeps_the_sector_readable() -> Result<()> {
+        // Issue #10 item 7: after a failed flush every later location was
+        // off and the sector unreadable until a restart.
+        let disk = disk::SimDisk::new();
+        let dir = Path::new("/data");
+        disk.create_dir_all(dir)?;
+        disk.sync_dir(Path::new("/"))?;
+        let mut store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Batch)?;
+        let big = vec![b'x'; 1000];
+        let mut written = Vec::new();
+        // Four records of 1037 bytes fill the 4 KiB segment buffer.
+        for i in 0..4u64 {
+            assert!(store.apply(1, &i.to_be_bytes(), v(i + 1), Some(&big))?);
+            written.push(i);
+        }
+        // The buffer is full: the next append writes it out, and that fails.
+        disk.fail_next_write();
+        assert!(matches!(store.apply(1, b"lost", v(100), Some(&big)), Err(Error::Io(_))));
+        assert_eq!(store.get(1, b"lost")?, None, "a failed write is not visible");
+        for i in 4..20u64 {
+            assert!(store.apply(1, &i.to_be_bytes(), v(i + 1), Some(&big))?);
+            written.push(i);
+        }
+        assert!(store.sync_dirty()?);
+        let check = |store: &Store| -> Result<()> {
+            for i in &written {
+                assert_eq!(value(store, 1, &i.to_be_bytes()), Some(big.clone()), "key {i}");
+            }
+            assert_eq!(store.get(1, b"lost")?, None);
+            Ok(())
+        };
+        check(&store)?;
+        store.checkpoint()?;
+        check(&store)?;
+        disk.crash(3);
+        drop(store);
+        let store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Batch)?;
+        check(&store)?;
+        Ok(())
+    }
 }

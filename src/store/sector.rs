@@ -97,8 +97,10 @@ impl Sector {
         if self.index.get(key).is_some_and(|e| version <= e.version()) {
             return Ok(false);
         }
+        // The entry is checked before anything is appended, so a write that
+        // cannot be indexed leaves no record behind.
+        let entry = Entry::new(self.writer.next_loc(key, value)?, version, value.is_none())?;
         let loc = self.writer.append_parts(key, value, version)?;
-        let entry = Entry::new(loc, version, value.is_none())?;
         // An overwrite updates the entry in place: no new key allocation.
         match self.index.get_mut(key) {
             Some(old) => {
