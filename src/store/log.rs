@@ -145,6 +145,21 @@ impl SegmentWriter {
         Ok(Loc { gen: self.gen, pos: self.pos, len })
     }
 
+    /// Takes back the record just appended at `loc` (it is still
+    /// buffered); false, changing nothing, if `loc` is not the last record.
+    pub fn unappend(&mut self, loc: Loc) -> bool {
+        let Some(from) = loc.pos.checked_sub(self.flushed).and_then(|f| usize::try_from(f).ok()) else {
+            return false;
+        };
+        if loc.gen != self.gen || loc.end() != self.pos || from.saturating_add(loc.len as usize) != self.buf.len() {
+            return false;
+        }
+        self.buf.truncate(from);
+        self.pos = loc.pos;
+        self.last_start = self.buf.len();
+        true
+    }
+
     /// The encoded bytes of the record most recently appended, if it is
     /// still buffered (it always is right after `append_parts`, since the
     /// buffer is flushed before it fills past `WRITE_BUFFER`).

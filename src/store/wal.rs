@@ -27,6 +27,15 @@ use super::Result;
 /// the other, full, is retired by syncing its sectors a few at a time.
 pub const WAL_FILES: [&str; 2] = ["wal-0.log", "wal-1.log"];
 
+/// The end of a WAL at one moment (see [`Wal::mark`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    /// Bytes in the file.
+    len: u64,
+    /// Bytes buffered.
+    buffered: usize,
+}
+
 /// The write-ahead log of one store.
 #[derive(Debug)]
 pub struct Wal {
@@ -77,6 +86,29 @@ impl Wal {
         self.buf.extend_from_slice(&sector.to_be_bytes());
         self.buf.extend_from_slice(&(!sector).to_be_bytes());
         self.buf.extend_from_slice(record);
+    }
+
+    /// Where the log ends now, to [`Wal::discard`] what is appended after.
+    pub fn mark(&self) -> Mark {
+        Mark { len: self.len, buffered: self.buf.len() }
+    }
+
+    /// Takes back every frame appended after `mark` whose commit failed:
+    /// from the buffer, or, if the failed commit had written them, from
+    /// the file (the cut is synced by the next commit).
+    pub fn discard(&mut self, mark: Mark) -> Result<()> {
+        if self.len == mark.len {
+            self.buf.truncate(mark.buffered);
+            return Ok(());
+        }
+        // The frames buffered before the mark went out with the failed
+        // write; they stay, waiting for a sync.
+        let keep = mark.len.saturating_add(mark.buffered as u64);
+        self.buf.clear();
+        self.file.set_len(keep)?;
+        self.len = keep;
+        self.unsynced = true;
+        Ok(())
     }
 
     /// Writes the buffered frames and syncs them; false if there were none.
