@@ -813,4 +813,23 @@ mod tests {
         }
         Ok(())
     }
+
+    #[test]
+    fn a_store_with_damage_in_the_middle_of_its_wal_refuses_to_open() -> Result<()> {
+        let dir = TestDir::new("store-wal-middle");
+        let mut store = Store::open(dir.path(), FsyncPolicy::Batch)?;
+        for i in 0..3u64 {
+            store.apply(5, &i.to_be_bytes(), v(i + 1), Some(b"acknowledged"))?;
+            assert!(store.sync_dirty()?);
+        }
+        std::mem::forget(store); // a crash: the WAL is all there is
+        let wal = dir.path().join(wal::WAL_FILES[0]);
+        let mut bytes = fs::read(&wal)?;
+        bytes[20] ^= 0x01; // inside the first frame's record
+        fs::write(&wal, &bytes)?;
+        let err = Store::open(dir.path(), FsyncPolicy::Batch).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(&format!("{}: damaged frame at offset 0", wal.display())), "{err}");
+        assert_eq!(fs::read(&wal)?, bytes, "the evidence is kept");
+        Ok(())
+    }
 }
