@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::SocketAddr;
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -171,12 +173,30 @@ impl Manager {
         rx.add_timer(self.cfg.heartbeat, Timer::Heartbeats);
     }
 
-    fn save(&self) {
-        if let Err(e) =
-            save_state(&*self.disk, &self.cfg.data_dir, &self.table, self.pending.as_ref(), self.next_client)
-        {
-            warn!("cannot save state: {e}");
+    /// Makes the tables and the client-id watermark durable.
+    fn save(&self) -> std::io::Result<()> {
+        save_state(&*self.disk, &self.cfg.data_dir, &self.table, self.pending.as_ref(), self.next_client)
+    }
+
+    /// Saves the state, or ends the process (as a storage node does on a
+    /// failed fsync) before anything that depends on it is sent: a table or
+    /// client id handed out unsaved could be handed out again, older or
+    /// different, after a restart. Keeping the old table and retrying would
+    /// need every caller to undo its change; a restart reloads the last
+    /// saved state, which is all any node has seen. Returns false if it aborted.
+    fn save_or_abort(&self, rx: &mut impl Io<Data = Peer, Timer = Timer>) -> bool {
+        match self.save() {
+            Ok(()) => true,
+            Err(e) => {
+                rx.abort(crate::cli::EX_OSERR, &format!("cannot save the cluster state: {e}"));
+                false
+            }
         }
+    }
+
+    /// An epoch newer than every table's, current or pending.
+    fn next_epoch(&self) -> u64 {
+        self.table.epoch.max(self.newest().epoch) + 1
     }
 
     fn table_msg(&self, header: Header, contact: u32) -> Message {
@@ -201,11 +221,17 @@ impl Manager {
 
     /// Applies a membership change to the newest table. If some node gains
     /// sectors, the result becomes the pending table until every gainer
-    /// reports SYNCED; otherwise it becomes current at once.
-    fn change(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>, what: &str, apply: impl FnOnce(&mut Table)) {
+    /// reports SYNCED; otherwise it becomes current at once. Returns false
+    /// if the process aborted (see [`Manager::publish`]).
+    fn change(
+        &mut self,
+        rx: &mut impl Io<Data = Peer, Timer = Timer>,
+        what: &str,
+        apply: impl FnOnce(&mut Table),
+    ) -> bool {
         let mut next = self.newest().clone();
         apply(&mut next);
-        next.epoch = self.newest().epoch + 1;
+        next.epoch = self.next_epoch();
         let gainers = self.table.gainers(&next);
         info!("{what}: epoch {}, {} node(s) to receive sectors", next.epoch, gainers.len());
         if gainers.is_empty() {
@@ -217,7 +243,7 @@ impl Manager {
             self.waiting = gainers.into_iter().collect();
             self.pending_since = rx.now();
         }
-        self.publish(rx);
+        self.publish(rx)
     }
 
     /// Makes the pending table current once every gainer has synced.
@@ -226,15 +252,16 @@ impl Manager {
             return;
         }
         if let Some(mut next) = self.pending.take() {
-            next.epoch += 1;
+            next.epoch = next.epoch.max(self.table.epoch) + 1;
             info!("move done: epoch {} is current", next.epoch);
             self.table = next;
             self.publish(rx);
         }
     }
 
-    /// Saves the tables and pushes them to every registered node.
-    fn publish(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>) {
+    /// Saves the tables and pushes them to every registered node; if they
+    /// cannot be saved, aborts without pushing them and returns false.
+    fn publish(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>) -> bool {
         let table_epoch = self.table.epoch;
         crate::invariant::check(self.pending.as_ref().is_none_or(|p| p.epoch > table_epoch), || {
             format!("pending epoch {:?} not after the table's {table_epoch}", self.pending.as_ref().map(|p| p.epoch))
@@ -254,19 +281,22 @@ impl Manager {
                 });
             }
         }
-        self.save();
+        if !self.save_or_abort(rx) {
+            return false;
+        }
         let msg = self.table_msg(Header::default(), 0);
         let conns: Vec<ConnId> = self.node_conns.values().copied().collect();
         for id in conns {
             rx.send(id, &msg);
         }
+        true
     }
 
     fn handle_hello(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>, id: ConnId, req: u64) {
         let client = self.next_client;
         self.next_client += 1;
-        if client.is_multiple_of(CLIENT_ID_BATCH) {
-            self.save();
+        if client.is_multiple_of(CLIENT_ID_BATCH) && !self.save_or_abort(rx) {
+            return;
         }
         let contact = self.contact();
         rx.send(id, &self.table_msg(Header { client, req, ..Header::default() }, contact));
@@ -308,8 +338,9 @@ impl Manager {
             return;
         };
         self.waiting.remove(&node);
-        self.change(rx, &format!("node {node} leaves"), |t| t.assign_leave(node));
-        self.maybe_switch(rx);
+        if self.change(rx, &format!("node {node} leaves"), |t| t.assign_leave(node)) {
+            self.maybe_switch(rx);
+        }
     }
 
     fn handle_synced(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>, id: ConnId, epoch: u64) {
@@ -347,11 +378,17 @@ impl Manager {
             if let Some(conn) = self.node_conns.remove(&node) {
                 rx.close(conn);
             }
-            // Routing and pulls skip it at once; its sectors move in the new table.
-            if let Some(m) = self.table.members.iter_mut().find(|m| m.id == node) {
+            // Routing and pulls skip it at once, so the current table marks
+            // it down too, under an epoch of its own (nodes tell tables apart
+            // by epoch); its sectors move in the new pending table.
+            let epoch = self.next_epoch();
+            if let Some(m) = self.table.members.iter_mut().find(|m| m.id == node && m.state == NodeState::Up) {
                 m.state = NodeState::Down;
+                self.table.epoch = epoch;
             }
-            self.change(rx, &format!("node {node} is down"), |t| t.mark_down(node));
+            if !self.change(rx, &format!("node {node} is down"), |t| t.mark_down(node)) {
+                return;
+            }
             self.maybe_switch(rx);
         }
         if self.pending.is_some() && now.saturating_duration_since(self.pending_since) > MOVE_NUDGE {
@@ -404,7 +441,11 @@ impl Handler for Manager {
             Signal::SIGHUP => reopen_log(&self.cfg.log_file),
             _ => {
                 info!("{sig}: saving state and exiting");
-                self.save();
+                // Every table sent was saved when it was published; this
+                // save only adds the client-id watermark.
+                if let Err(e) = self.save() {
+                    warn!("cannot save state: {e}");
+                }
                 rx.stop();
             }
         }
@@ -476,4 +517,152 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), crate::cli::Exit> {
     info!("listening on {bound}");
     ready.ready();
     net::run(&mut rx, &mut mgr).map_err(|e| Exit::new(EX_OSERR, format!("event loop: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::host::{ConnState, HostIo};
+    use crate::store::disk::SimDisk;
+
+    type TestIo = HostIo<Peer, Timer>;
+
+    fn cfg() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            data_dir: PathBuf::from("/manager"),
+            rep: 2,
+            read_quorum: 1,
+            write_quorum: 2,
+            sectors: 8,
+            heartbeat: Duration::from_millis(200),
+            dead_after: Duration::from_secs(1),
+            log_file: None,
+        }
+    }
+
+    /// A manager on a simulated disk and driver, with the nodes' connections
+    /// and every table it published or holds, by epoch.
+    struct World {
+        mgr: Manager,
+        io: TestIo,
+        disk: SimDisk,
+        conns: BTreeMap<u32, ConnId>,
+        seen: BTreeMap<u64, Table>,
+    }
+
+    impl World {
+        fn new() -> World {
+            let disk = SimDisk::new();
+            let _ = disk.create_dir_all(Path::new("/manager"));
+            let _ = disk.sync_dir(Path::new("/"));
+            let mut io = TestIo::new(Instant::now(), 0, 0, 0, 1);
+            let mut mgr = Manager::open_on(Rc::new(disk.clone()), cfg(), io.now()).unwrap();
+            mgr.start(&mut io);
+            World { mgr, io, disk, conns: BTreeMap::new(), seen: BTreeMap::new() }
+        }
+
+        fn from(&mut self, node: u32, body: Body) {
+            let conn = self.conns[&node];
+            self.mgr.on_message(&mut self.io, conn, Message { header: Header::default(), body });
+            self.collect();
+        }
+
+        fn register(&mut self, node: u32) {
+            let conn = self.io.insert(Peer::default(), 0, ConnState::Open);
+            self.conns.insert(node, conn);
+            self.from(node, Body::Register { id: node, addr: format!("127.0.0.1:{}", 7000 + node) });
+            self.settle();
+        }
+
+        /// Every node reports SYNCED until no move is pending.
+        fn settle(&mut self) {
+            for _ in 0..10 {
+                let Some(epoch) = self.mgr.pending().map(|p| p.epoch) else { return };
+                for node in self.conns.keys().copied().collect::<Vec<_>>() {
+                    self.from(node, Body::Synced { epoch });
+                }
+            }
+            panic!("the move never ends");
+        }
+
+        /// Takes the published tables (and the manager's own): one epoch
+        /// must always mean one table.
+        fn collect(&mut self) {
+            let mut tables = vec![self.mgr.table().clone()];
+            tables.extend(self.mgr.pending().cloned());
+            for conn in self.conns.values() {
+                for m in self.io.take_output(*conn, false) {
+                    if let Body::TableMsg { table, pending, .. } = m.body {
+                        tables.push(table);
+                        tables.extend(pending);
+                    }
+                }
+            }
+            for t in tables {
+                let first = self.seen.entry(t.epoch).or_insert_with(|| t.clone());
+                assert_eq!(*first, t, "two different tables with epoch {}", t.epoch);
+            }
+        }
+
+        /// The newest epoch published to a node.
+        fn published(&self) -> u64 {
+            self.seen.keys().copied().max().unwrap_or(0)
+        }
+    }
+
+    #[test]
+    fn a_table_that_cannot_be_saved_is_not_published() {
+        // Issue #10 item 7: the manager warned and pushed the table anyway,
+        // so after a crash it came back with an older epoch than the nodes.
+        let mut w = World::new();
+        w.register(1);
+        let before = w.published();
+        w.disk.fail_next_fsync();
+        let conn = w.io.insert(Peer::default(), 0, ConnState::Open);
+        w.conns.insert(2, conn);
+        w.mgr.on_message(
+            &mut w.io,
+            conn,
+            Message { header: Header::default(), body: Body::Register { id: 2, addr: "127.0.0.1:7002".into() } },
+        );
+        for conn in w.conns.values() {
+            let sent = w.io.take_output(*conn, false);
+            assert!(
+                !sent.iter().any(|m| matches!(&m.body, Body::TableMsg { table, pending, .. }
+                    if table.epoch > before || pending.as_ref().is_some_and(|p| p.epoch > before))),
+                "a table newer than epoch {before} went out unsaved"
+            );
+        }
+        assert!(w.io.aborted.is_some(), "the manager stops");
+        // A restart finds an epoch at least as new as any a node has seen.
+        w.disk.crash(1);
+        let again = Manager::open_on(Rc::new(w.disk.clone()), cfg(), w.io.now()).unwrap();
+        assert!(again.newest().epoch >= before);
+    }
+
+    #[test]
+    fn marking_a_node_down_is_a_new_epoch() {
+        // Issue #10 item 7: the current table was changed in place, so two
+        // tables with the same epoch differed.
+        let mut w = World::new();
+        for node in 1..=3 {
+            w.register(node);
+        }
+        let before = w.mgr.table().epoch;
+        w.io.now = 2_000_000;
+        for node in [1, 2] {
+            let epoch = w.published();
+            w.from(node, Body::Heartbeat { epoch });
+        }
+        w.mgr.on_timer(&mut w.io, Timer::Heartbeats);
+        w.collect(); // panics if an epoch was reused
+        let current = w.mgr.table();
+        assert!(current.epoch > before);
+        assert_eq!(current.member(3).map(|m| m.state), Some(NodeState::Down), "routing skips node 3 at once");
+        assert!(w.mgr.pending().is_none_or(|p| p.epoch > current.epoch));
+        w.settle();
+        assert!(w.mgr.table().member(3).is_some_and(|m| m.state == NodeState::Down));
+        assert!(w.mgr.table().preference(0).iter().all(|&n| n != 3));
+    }
 }

@@ -2,11 +2,13 @@
 //!
 //! Everything under `store` returns [`Result`]. I/O failures are passed
 //! through; bytes on disk that do not decode as a record are `Corrupt` with
-//! their exact place; writes past the size caps are `TooLarge` and never
+//! their exact place (a damaged write-ahead log frame followed by good ones
+//! is `CorruptWal`); writes past the size caps are `TooLarge` and never
 //! reach the disk.
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 
 /// An error from the storage layer.
 #[derive(Debug)]
@@ -21,6 +23,15 @@ pub enum Error {
         /// The generation of the damaged segment file.
         gen: u64,
         /// Byte offset of the first bad record in that file.
+        offset: u64,
+    },
+    /// A write-ahead log frame is damaged and good frames follow it: not a
+    /// torn tail but damage to acknowledged writes, so the store refuses
+    /// to open rather than cut them off.
+    CorruptWal {
+        /// The WAL file.
+        path: PathBuf,
+        /// Byte offset of the damaged frame.
         offset: u64,
     },
     /// A key, value or file is larger than the store accepts.
@@ -46,6 +57,12 @@ impl fmt::Display for Error {
             Error::Corrupt { sector, gen, offset } => {
                 write!(f, "corrupt record in sector {sector}, segment {gen}, at offset {offset}")
             }
+            Error::CorruptWal { path, offset } => write!(
+                f,
+                "{}: damaged frame at offset {offset} before good frames; refusing to cut acknowledged \
+                 writes (keep the file for inspection; moving it aside starts the node without them)",
+                path.display()
+            ),
             Error::TooLarge { what, len, limit } => {
                 write!(f, "{what} of {len} bytes exceeds the limit of {limit} bytes")
             }

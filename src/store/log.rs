@@ -114,30 +114,50 @@ impl SegmentWriter {
     }
 
     /// Appends a record given by its parts (`value` `None` = tombstone).
+    ///
+    /// On an error nothing changed: no position was handed out, and the
+    /// records buffered before stay buffered (and readable) for the next
+    /// flush, so every location given out matches the file.
     pub fn append_parts(&mut self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<Loc> {
-        record::check_lengths(key.len(), value.map_or(0, <[u8]>::len))?;
-        let start = self.buf.len();
-        record::encode_parts(key, value, version, &mut self.buf);
-        let written = self.buf.len() - start;
-        let len = u32::try_from(written).map_err(|_| too_large("record", written))?;
-        let end = match self.pos.checked_add(u64::from(len)) {
-            Some(end) => end,
-            None => {
-                self.buf.truncate(start);
-                return Err(too_large("segment", written));
-            }
-        };
-        let loc = Loc { gen: self.gen, pos: self.pos, len };
-        self.pos = end;
-        // Flush what came before this record, keeping it buffered for
+        let loc = self.next_loc(key, value)?;
+        // Write out what came before this record first: if that fails, the
+        // new record was never added. The new one stays buffered for
         // `last_record`.
-        if start >= WRITE_BUFFER {
-            let rec = self.buf.split_off(start);
+        if self.buf.len() >= WRITE_BUFFER {
             self.flushed_write()?;
-            self.buf = rec;
         }
-        self.last_start = self.buf.len() - written;
+        self.last_start = self.buf.len();
+        record::encode_parts(key, value, version, &mut self.buf);
+        debug_assert_eq!(self.buf.len() - self.last_start, loc.len as usize);
+        self.pos = loc.end();
         Ok(loc)
+    }
+
+    /// Where a record with this key and value would be appended, without
+    /// appending it; an error if it may not be stored.
+    pub fn next_loc(&self, key: &[u8], value: Option<&[u8]>) -> Result<Loc> {
+        record::check_lengths(key.len(), value.map_or(0, <[u8]>::len))?;
+        let encoded = record::encoded_len(key.len(), value);
+        let len = u32::try_from(encoded).map_err(|_| too_large("record", encoded))?;
+        if self.pos.checked_add(u64::from(len)).is_none() {
+            return Err(too_large("segment", encoded));
+        }
+        Ok(Loc { gen: self.gen, pos: self.pos, len })
+    }
+
+    /// Takes back the record just appended at `loc` (it is still
+    /// buffered); false, changing nothing, if `loc` is not the last record.
+    pub fn unappend(&mut self, loc: Loc) -> bool {
+        let Some(from) = loc.pos.checked_sub(self.flushed).and_then(|f| usize::try_from(f).ok()) else {
+            return false;
+        };
+        if loc.gen != self.gen || loc.end() != self.pos || from.saturating_add(loc.len as usize) != self.buf.len() {
+            return false;
+        }
+        self.buf.truncate(from);
+        self.pos = loc.pos;
+        self.last_start = self.buf.len();
+        true
     }
 
     /// The encoded bytes of the record most recently appended, if it is
@@ -378,6 +398,50 @@ mod tests {
         }
         fs::write(dir.path().join("notes.txt"), b"ignored")?;
         assert_eq!(list_generations(&OsDisk, dir.path())?, vec![2, 7, 10]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_flush_hands_out_no_wrong_location() -> Result<()> {
+        // Issue #10 item 7: the append whose flush failed had already moved
+        // the write position, so every later record was indexed at the
+        // wrong offset and could not be read back.
+        use crate::store::disk::SimDisk;
+        let disk = SimDisk::new();
+        let dir = Path::new("/sector");
+        disk.create_dir_all(dir)?;
+        let mut w = SegmentWriter::create(&disk, dir, 4, 1)?;
+        let value = vec![b'v'; 900];
+        let mut kept = Vec::new();
+        let mut i = 0u64;
+        while w.pos() < WRITE_BUFFER as u64 {
+            let rec = Record::put(format!("k{i}").as_bytes(), &value, v(i));
+            kept.push((w.append(&rec)?, rec));
+            i += 1;
+        }
+        // The next append flushes the buffer first: make that write fail.
+        let before = w.pos();
+        disk.fail_next_write();
+        let lost = Record::put(b"lost", &value, v(1000));
+        assert!(matches!(w.append(&lost), Err(Error::Io(_))));
+        assert_eq!(w.pos(), before, "a failed append hands out no position");
+        for j in 0..20u64 {
+            let rec = Record::put(format!("after{j}").as_bytes(), &value, v(2000 + j));
+            kept.push((w.append(&rec)?, rec));
+        }
+        for (loc, rec) in &kept {
+            assert_eq!(&w.read(*loc)?, rec, "buffered or written, each record reads back at its location");
+        }
+        w.sync()?;
+        for (loc, rec) in &kept {
+            assert_eq!(&w.read(*loc)?, rec);
+        }
+        // A replay finds exactly the same records at the same places.
+        let mut it = SegmentIter::open(&disk, dir, 4, 1)?;
+        for (loc, rec) in &kept {
+            assert_eq!(it.next_record()?, Some((*loc, rec.clone())));
+        }
+        assert_eq!(it.next_record()?, None);
         Ok(())
     }
 }

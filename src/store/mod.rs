@@ -236,17 +236,27 @@ impl Store {
     /// durability follows the policy: `Always` commits the WAL before
     /// returning, `Batch` leaves it to [`Store::sync_dirty`].
     pub fn apply(&mut self, sector: u32, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<bool> {
-        if !self.sector_mut(sector)?.apply(key, version, value)? {
+        let Some(undo) = self.sector_mut(sector)?.apply_undoable(key, version, value)? else {
             return Ok(false);
-        }
+        };
         self.unsynced.insert(sector);
-        if let (Some(wal), Some(s)) = (self.wal.as_mut(), self.sectors.get(&sector)) {
+        if let (Some(wal), Some(s)) = (self.wal.as_mut(), self.sectors.get_mut(&sector)) {
+            let mark = wal.mark();
             match s.last_record() {
                 [] => wal.append(sector, key, value, version),
                 encoded => wal.append_encoded(sector, encoded),
             }
             if self.policy == FsyncPolicy::Always {
-                wal.commit()?;
+                if let Err(e) = wal.commit() {
+                    // Not durable, so not visible: the write is taken back
+                    // from the WAL and from the sector before the error is
+                    // returned, and a later commit does not make it durable.
+                    if let Err(cut) = wal.discard(mark) {
+                        ::log::warn!("{}: a failed frame may come back at restart: {cut}", wal.path().display());
+                    }
+                    s.undo(key, undo)?;
+                    return Err(e);
+                }
             }
         }
         self.compact_if_needed(sector);
@@ -725,6 +735,101 @@ mod tests {
         disk.fail_next_fsync();
         assert!(matches!(store.sync_dirty(), Err(Error::Io(_))));
         assert!(store.sync_dirty()?, "the next turn syncs again");
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_segment_flush_keeps_the_sector_readable() -> Result<()> {
+        // Issue #10 item 7: after a failed flush every later location was
+        // off and the sector unreadable until a restart.
+        let disk = disk::SimDisk::new();
+        let dir = Path::new("/data");
+        disk.create_dir_all(dir)?;
+        disk.sync_dir(Path::new("/"))?;
+        let mut store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Batch)?;
+        let big = vec![b'x'; 1000];
+        let mut written = Vec::new();
+        // Four records of 1037 bytes fill the 4 KiB segment buffer.
+        for i in 0..4u64 {
+            assert!(store.apply(1, &i.to_be_bytes(), v(i + 1), Some(&big))?);
+            written.push(i);
+        }
+        // The buffer is full: the next append writes it out, and that fails.
+        disk.fail_next_write();
+        assert!(matches!(store.apply(1, b"lost", v(100), Some(&big)), Err(Error::Io(_))));
+        assert_eq!(store.get(1, b"lost")?, None, "a failed write is not visible");
+        for i in 4..20u64 {
+            assert!(store.apply(1, &i.to_be_bytes(), v(i + 1), Some(&big))?);
+            written.push(i);
+        }
+        assert!(store.sync_dirty()?);
+        let check = |store: &Store| -> Result<()> {
+            for i in &written {
+                assert_eq!(value(store, 1, &i.to_be_bytes()), Some(big.clone()), "key {i}");
+            }
+            assert_eq!(store.get(1, b"lost")?, None);
+            Ok(())
+        };
+        check(&store)?;
+        store.checkpoint()?;
+        check(&store)?;
+        disk.crash(3);
+        drop(store);
+        let store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Batch)?;
+        check(&store)?;
+        Ok(())
+    }
+
+    #[test]
+    fn with_fsync_always_a_failed_commit_is_not_visible() -> Result<()> {
+        // Issue #10 item 7: the index was updated before the WAL commit, so
+        // a write whose commit failed was read back, then lost at restart.
+        for fail_write in [false, true] {
+            let disk = disk::SimDisk::new();
+            let dir = Path::new("/data");
+            disk.create_dir_all(dir)?;
+            disk.sync_dir(Path::new("/"))?;
+            let mut store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Always)?;
+            assert!(store.apply(1, b"k", v(1), Some(b"old"))?);
+            match fail_write {
+                true => disk.fail_next_write(),
+                false => disk.fail_next_fsync(),
+            }
+            assert!(matches!(store.apply(1, b"k", v(2), Some(b"new")), Err(Error::Io(_))));
+            assert!(matches!(store.apply(1, b"fresh", v(3), Some(b"x")), Ok(true)), "the next write goes through");
+            let check = |store: &Store| -> Result<()> {
+                assert_eq!(store.get(1, b"k")?, Some(Item { version: v(1), value: Some(b"old".to_vec()) }));
+                assert_eq!(value(store, 1, b"fresh"), Some(b"x".to_vec()));
+                Ok(())
+            };
+            check(&store)?;
+            // A later write, then a power cut: the failed one stays lost.
+            assert!(store.apply(1, b"again", v(4), Some(b"y"))?);
+            disk.crash(7);
+            drop(store);
+            let store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Always)?;
+            check(&store)?;
+            assert_eq!(value(&store, 1, b"again"), Some(b"y".to_vec()));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_store_with_damage_in_the_middle_of_its_wal_refuses_to_open() -> Result<()> {
+        let dir = TestDir::new("store-wal-middle");
+        let mut store = Store::open(dir.path(), FsyncPolicy::Batch)?;
+        for i in 0..3u64 {
+            store.apply(5, &i.to_be_bytes(), v(i + 1), Some(b"acknowledged"))?;
+            assert!(store.sync_dirty()?);
+        }
+        std::mem::forget(store); // a crash: the WAL is all there is
+        let wal = dir.path().join(wal::WAL_FILES[0]);
+        let mut bytes = fs::read(&wal)?;
+        bytes[20] ^= 0x01; // inside the first frame's record
+        fs::write(&wal, &bytes)?;
+        let err = Store::open(dir.path(), FsyncPolicy::Batch).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(&format!("{}: damaged frame at offset 0", wal.display())), "{err}");
+        assert_eq!(fs::read(&wal)?, bytes, "the evidence is kept");
         Ok(())
     }
 }

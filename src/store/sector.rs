@@ -16,7 +16,7 @@ use std::rc::Rc;
 
 use super::disk::Disk;
 use super::index::{Entry, Index, IndexKey};
-use super::log::{self, SegmentWriter};
+use super::log::{self, Loc, SegmentWriter};
 use super::record::{self, Record};
 use super::recovery::{self, Stats};
 use super::{Error, Item, Result};
@@ -27,6 +27,17 @@ pub const COMPACT_MIN_DEAD_BYTES: u64 = 1024 * 1024;
 
 /// The generation of a new sector's first segment.
 const FIRST_GEN: u64 = 1;
+
+/// What taking back the last applied write restores: the key's entry
+/// before it, the byte counts and where its record was appended.
+#[derive(Clone, Copy, Debug)]
+pub struct Undo {
+    prev: Option<Entry>,
+    loc: Loc,
+    live_bytes: u64,
+    dead_bytes: u64,
+    dirty: bool,
+}
 
 /// One sector's index and active segment.
 #[derive(Debug)]
@@ -94,11 +105,21 @@ impl Sector {
     /// (`value` `None` = tombstone). Returns whether it was applied; an
     /// older or equal version writes nothing.
     pub fn apply(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<bool> {
-        if self.index.get(key).is_some_and(|e| version <= e.version()) {
-            return Ok(false);
+        Ok(self.apply_undoable(key, version, value)?.is_some())
+    }
+
+    /// [`Sector::apply`], returning what [`Sector::undo`] needs to take the
+    /// write back (`None`: not applied).
+    pub fn apply_undoable(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<Option<Undo>> {
+        let prev = self.index.get(key).copied();
+        if prev.is_some_and(|e| version <= e.version()) {
+            return Ok(None);
         }
+        let (live_bytes, dead_bytes, dirty) = (self.live_bytes, self.dead_bytes, self.dirty);
+        // The entry is checked before anything is appended, so a write that
+        // cannot be indexed leaves no record behind.
+        let entry = Entry::new(self.writer.next_loc(key, value)?, version, value.is_none())?;
         let loc = self.writer.append_parts(key, value, version)?;
-        let entry = Entry::new(loc, version, value.is_none())?;
         // An overwrite updates the entry in place: no new key allocation.
         match self.index.get_mut(key) {
             Some(old) => {
@@ -113,7 +134,30 @@ impl Sector {
         }
         self.live_bytes = self.live_bytes.saturating_add(u64::from(loc.len));
         self.dirty = true;
-        Ok(true)
+        Ok(Some(Undo { prev, loc, live_bytes, dead_bytes, dirty }))
+    }
+
+    /// Takes back the write to `key` that [`Sector::apply_undoable`] just
+    /// applied (nothing may be appended in between): its record leaves the
+    /// segment buffer and the key's entry is what it was.
+    pub fn undo(&mut self, key: &[u8], undo: Undo) -> Result<()> {
+        if !self.writer.unappend(undo.loc) {
+            return Err(Error::Corrupt { sector: self.id, gen: undo.loc.gen, offset: undo.loc.pos });
+        }
+        match undo.prev {
+            Some(prev) => {
+                if let Some(e) = self.index.get_mut(key) {
+                    *e = prev;
+                }
+            }
+            None => {
+                self.index.remove(key);
+            }
+        }
+        self.live_bytes = undo.live_bytes;
+        self.dead_bytes = undo.dead_bytes;
+        self.dirty = undo.dirty;
+        Ok(())
     }
 
     /// The bytes of the record most recently appended (for the WAL to copy

@@ -11,8 +11,11 @@
 //! (last-writer-wins makes that idempotent).
 //!
 //! A frame is `sector u32 | !sector u32 | record` (big-endian); the record
-//! carries its own CRC (see [`super::record`]). A torn or corrupt tail is
-//! cut at the last whole frame.
+//! carries its own CRC (see [`super::record`]). A torn or corrupt tail (a
+//! bad frame with no good frame after it) is cut at the last whole frame
+//! and reported; a bad frame with good frames after it cannot be a torn
+//! tail, so the log is not cut there and opening fails with
+//! `Error::CorruptWal` naming the file and offset.
 
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -21,11 +24,20 @@ use crate::hlc::Version;
 
 use super::disk::{Disk, DiskFile, OpenMode, SeqReader};
 use super::record::{self, Decoded, Record};
-use super::Result;
+use super::{Error, Result};
 
 /// The two WAL files inside the store directory: one takes writes while
 /// the other, full, is retired by syncing its sectors a few at a time.
 pub const WAL_FILES: [&str; 2] = ["wal-0.log", "wal-1.log"];
+
+/// The end of a WAL at one moment (see [`Wal::mark`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    /// Bytes in the file.
+    len: u64,
+    /// Bytes buffered.
+    buffered: usize,
+}
 
 /// The write-ahead log of one store.
 #[derive(Debug)]
@@ -45,7 +57,8 @@ pub struct Wal {
 
 impl Wal {
     /// Opens (or creates) `<dir>/<name>` and returns it with the records
-    /// it holds, in order, for replay. A torn or corrupt tail is cut.
+    /// it holds, in order, for replay. A torn or corrupt tail is cut; damage
+    /// with good frames after it is `Error::CorruptWal`, the file untouched.
     pub fn open(disk: &dyn Disk, dir: &Path, name: &str) -> Result<(Wal, Vec<(u32, Record)>)> {
         let path = dir.join(name);
         let (file, created) = match disk.open(&path, OpenMode::Write) {
@@ -58,6 +71,20 @@ impl Wal {
         let file = r.into_inner().into_inner();
         let on_disk = file.len()?;
         if good < on_disk {
+            // A crash tears only the last batch, and nothing is written
+            // after a torn frame; a good frame after the damage means the
+            // damage hit frames that were synced and acknowledged.
+            let mut rest = vec![
+                0u8;
+                usize::try_from(on_disk - good)
+                    .map_err(|_| Error::CorruptWal { path: path.clone(), offset: good })?
+            ];
+            let n = file.read_at(&mut rest, good)?;
+            rest.truncate(n);
+            if let Some(at) = good_frame_after_start(&rest) {
+                ::log::error!("{}: damaged frame at offset {good}, good frame at {}", path.display(), good + at as u64);
+                return Err(Error::CorruptWal { path, offset: good });
+            }
             ::log::warn!("{}: cut {} bytes of torn or corrupt tail at offset {good}", path.display(), on_disk - good);
             file.set_len(good)?;
             file.sync_data()?;
@@ -77,6 +104,29 @@ impl Wal {
         self.buf.extend_from_slice(&sector.to_be_bytes());
         self.buf.extend_from_slice(&(!sector).to_be_bytes());
         self.buf.extend_from_slice(record);
+    }
+
+    /// Where the log ends now, to [`Wal::discard`] what is appended after.
+    pub fn mark(&self) -> Mark {
+        Mark { len: self.len, buffered: self.buf.len() }
+    }
+
+    /// Takes back every frame appended after `mark` whose commit failed:
+    /// from the buffer, or, if the failed commit had written them, from
+    /// the file (the cut is synced by the next commit).
+    pub fn discard(&mut self, mark: Mark) -> Result<()> {
+        if self.len == mark.len {
+            self.buf.truncate(mark.buffered);
+            return Ok(());
+        }
+        // The frames buffered before the mark went out with the failed
+        // write; they stay, waiting for a sync.
+        let keep = mark.len.saturating_add(mark.buffered as u64);
+        self.buf.clear();
+        self.file.set_len(keep)?;
+        self.len = keep;
+        self.unsynced = true;
+        Ok(())
     }
 
     /// Writes the buffered frames and syncs them; false if there were none.
@@ -167,6 +217,17 @@ fn read_frames(r: &mut impl Read) -> Result<(Vec<(u32, Record)>, u64)> {
     Ok((frames, good))
 }
 
+/// The first offset after the start of `bytes` where a whole, good frame
+/// begins (its sector id checks and its record's CRC matches), if any.
+fn good_frame_after_start(bytes: &[u8]) -> Option<usize> {
+    (1..bytes.len()).find(|&at| {
+        let Some(head) = bytes.get(at..at.saturating_add(8)) else { return false };
+        let sector = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let check = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        check == !sector && matches!(record::decode(bytes.get(at + 8..).unwrap_or_default()), Decoded::Record { .. })
+    })
+}
+
 /// Reads until `buf` is full or the input ends; returns the bytes read.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
     let mut n = 0;
@@ -224,21 +285,68 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn a_damaged_sector_id_ends_the_log() -> Result<()> {
-        let dir = TestDir::new("wal-bad");
-        let (mut wal, _) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
-        wal.append(1, b"a", Some(b"1"), v(1));
-        wal.append(2, b"b", Some(b"2"), v(2));
-        wal.commit()?;
+    /// Writes frames for keys `a`, `b`, `c` (one commit each); returns the
+    /// file's bytes and where each frame starts.
+    fn three_frames(dir: &Path) -> Result<(Vec<u8>, [u64; 3])> {
+        let (mut wal, _) = Wal::open(&OsDisk, dir, WAL_FILES[0])?;
+        let mut starts = [0u64; 3];
+        for (i, key) in [b"a", b"b", b"c"].iter().enumerate() {
+            starts[i] = wal.len();
+            wal.append(i as u32 + 1, *key, Some(b"value"), v(i as u64 + 1));
+            wal.commit()?;
+        }
         drop(wal);
+        Ok((std::fs::read(dir.join(WAL_FILES[0]))?, starts))
+    }
+
+    #[test]
+    fn damage_before_good_frames_refuses_to_open() -> Result<()> {
+        // Issue #10 item 7: a bad frame in the middle cut off every later,
+        // acknowledged frame. Damage to the sector id, the lengths, the
+        // version or the value of the first or second frame: open refuses,
+        // naming the file and the offset, and leaves the file as it was.
+        let dir = TestDir::new("wal-middle");
+        let (bytes, starts) = three_frames(dir.path())?;
         let path = dir.path().join(WAL_FILES[0]);
-        let mut bytes = std::fs::read(&path)?;
-        let second = bytes.len() / 2;
-        bytes[second] ^= 0xff;
-        std::fs::write(&path, &bytes)?;
-        let (_, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
-        assert!(frames.len() <= 1);
+        for (frame, start) in starts.iter().take(2).enumerate() {
+            let end = starts[frame + 1];
+            for at in [*start, start + 3, start + 8, start + 13, start + 20, end - 1] {
+                let mut bad = bytes.clone();
+                bad[at as usize] ^= 0x10;
+                std::fs::write(&path, &bad)?;
+                match Wal::open(&OsDisk, dir.path(), WAL_FILES[0]) {
+                    Err(Error::CorruptWal { path: p, offset }) => {
+                        assert_eq!((p.as_path(), offset), (path.as_path(), *start), "flip at {at}");
+                    }
+                    other => panic!("flip at {at}: expected CorruptWal, got {:?}", other.map(|(_, f)| f.len())),
+                }
+                assert_eq!(std::fs::read(&path)?, bad, "nothing is cut");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn damage_in_the_last_frame_is_cut() -> Result<()> {
+        let dir = TestDir::new("wal-last");
+        let (bytes, starts) = three_frames(dir.path())?;
+        let path = dir.path().join(WAL_FILES[0]);
+        for at in [starts[2], starts[2] + 9, bytes.len() as u64 - 1] {
+            let mut bad = bytes.clone();
+            bad[at as usize] ^= 0x01;
+            std::fs::write(&path, &bad)?;
+            let (wal, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
+            assert_eq!(frames.len(), 2, "flip at {at}");
+            assert_eq!(wal.len(), starts[2]);
+            assert_eq!(std::fs::metadata(&path)?.len(), starts[2]);
+        }
+        // Zeros after the last frame (a file extended, its data not yet
+        // written) are a torn tail too.
+        let mut zeros = bytes.clone();
+        zeros.extend_from_slice(&[0u8; 700]);
+        std::fs::write(&path, &zeros)?;
+        let (wal, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
+        assert_eq!((frames.len(), wal.len()), (3, bytes.len() as u64));
         Ok(())
     }
 }
