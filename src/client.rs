@@ -98,8 +98,8 @@ pub struct Client {
 enum Attempt {
     /// A reply to hand back.
     Reply(Message),
-    /// Try another node.
-    Retry(String),
+    /// Try another node; `sent` if the request may have reached it.
+    Retry { why: String, sent: bool },
 }
 
 impl Client {
@@ -198,7 +198,7 @@ impl Client {
                 Body::Error { code, reason } => Err(Error::Refused { code, reason }),
                 _ => Ok(m),
             },
-            Attempt::Retry(why) => Err(Error::Unavailable(why)),
+            Attempt::Retry { why, .. } => Err(Error::Unavailable(why)),
         }
     }
 
@@ -207,16 +207,26 @@ impl Client {
         let started = Instant::now();
         let mut last = String::from("no live node holds this key");
         let mut round = 0usize;
+        let is_write = matches!(body, Body::Put { .. } | Body::Del { .. });
+        // The end of the latest failed write attempt that may still apply.
+        let mut unsettled: Option<Instant> = None;
         while started.elapsed() < self.cfg.deadline {
             let candidates = self.candidates(key);
             let node = match candidates.get(round % candidates.len().max(1)) {
                 Some(&n) => n,
                 None => self.contact,
             };
+            let attempt_end = Instant::now() + self.cfg.attempt_timeout;
+            let mut maybe_applied = |sent: bool| {
+                if is_write && sent {
+                    unsettled = Some(attempt_end);
+                }
+            };
             match self.attempt(node, &body) {
                 Attempt::Reply(m) => match m.body {
                     Body::Error { code, reason } => match retry_policy(&code) {
                         Retry::Next { refresh_table } => {
+                            maybe_applied(!leaves_nothing(&code));
                             last = format!("server{node}: {reason}");
                             if refresh_table {
                                 self.refresh_table();
@@ -224,9 +234,13 @@ impl Client {
                         }
                         Retry::Fail => return Err(Error::Refused { code, reason }),
                     },
-                    body => return Ok(Message { header: m.header, body }),
+                    body => {
+                        settle(unsettled);
+                        return Ok(Message { header: m.header, body });
+                    }
                 },
-                Attempt::Retry(why) => {
+                Attempt::Retry { why, sent } => {
+                    maybe_applied(sent);
                     last = why;
                     self.refresh_table();
                 }
@@ -246,7 +260,7 @@ impl Client {
 
     fn attempt(&mut self, node: u32, body: &Body) -> Attempt {
         let Some(addr) = self.table.member(node).and_then(|m| m.addr.parse::<SocketAddr>().ok()) else {
-            return Attempt::Retry(format!("server{node} is not in the table"));
+            return Attempt::Retry { why: format!("server{node} is not in the table"), sent: false };
         };
         self.next_req += 1;
         let timeout = self.cfg.attempt_timeout;
@@ -258,7 +272,7 @@ impl Client {
             Some(c) => c,
             None => match TcpStream::connect_timeout(&addr, timeout) {
                 Ok(c) => c,
-                Err(e) => return Attempt::Retry(format!("server{node} at {addr}: {e}")),
+                Err(e) => return Attempt::Retry { why: format!("server{node} at {addr}: {e}"), sent: false },
             },
         };
         let _ = conn.set_nodelay(true);
@@ -267,7 +281,7 @@ impl Client {
                 self.conns.insert(node, conn);
                 Attempt::Reply(reply)
             }
-            Err(e) => Attempt::Retry(format!("server{node} at {addr}: {e}")),
+            Err(e) => Attempt::Retry { why: format!("server{node} at {addr}: {e}"), sent: true },
         }
     }
 }
@@ -315,6 +329,25 @@ pub fn retry_policy(code: &ErrorCode) -> Retry {
         | ErrorCode::Malformed
         | ErrorCode::BadRequest
         | ErrorCode::Other(_) => Retry::Fail,
+    }
+}
+
+/// True if an ERROR with `code` says the node did nothing (so the attempt
+/// cannot take effect later): the others may leave a partial write, with a
+/// version made before the attempt's deadline.
+pub fn leaves_nothing(code: &ErrorCode) -> bool {
+    !matches!(code, ErrorCode::Retry | ErrorCode::Storage | ErrorCode::Other(_))
+}
+
+/// Waits out the deadline of an earlier failed attempt of a write before
+/// its success is reported. That attempt may still take effect, with a
+/// version made before its deadline (less the skew margin): a write begun
+/// after the success is reported is then sure to get a newer version,
+/// whichever node's clock makes it. Only writes retried after an attempt
+/// of unknown outcome wait, at most one attempt timeout.
+fn settle(unsettled: Option<Instant>) {
+    if let Some(until) = unsettled {
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
     }
 }
 

@@ -11,7 +11,7 @@ const SEEDS: std::ops::RangeInclusive<u64> = 1..=46;
 
 /// Seeds that once failed, each on a defect of issue #10, and pass since
 /// its fix. A change that breaks one brings that defect back.
-const REGRESSIONS: [(u64, &str); 10] = [
+const REGRESSIONS: [(u64, &str); 11] = [
     (
         219,
         "a put acknowledged with fewer than W copies: W was cut to the replicas marked up, and no stand-in \
@@ -26,6 +26,8 @@ const REGRESSIONS: [(u64, &str); 10] = [
     (552, "a coordinator's fresh version was older than its local copy of the key (made by a faster clock)"),
     (4414, "a delivered hint batch dropped the target's whole hint set, with a hint stored during the delivery"),
     (2961, "a delivered hint batch dropped a hint that had counted towards W (joins only)"),
+    (3121, "a put retried after its coordinator crashed was reported done while the crashed attempt's copy \
+             (a faster clock's version) could still land over a later acknowledged write"),
 ];
 
 fn failures_of(seeds: impl IntoIterator<Item = u64>) -> (Vec<String>, usize, usize) {

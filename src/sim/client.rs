@@ -57,6 +57,12 @@ struct Running {
     round: usize,
     /// The node and request id of the attempt in flight.
     attempt: Option<(u32, u64)>,
+    /// When the attempt in flight was sent.
+    sent_at: Time,
+    /// The deadline of the latest failed attempt that may still apply (as
+    /// the library's `settle`), and an answer held until it passes.
+    unsettled: Time,
+    held: Option<(Outcome, u32)>,
     last_error: String,
 }
 
@@ -66,6 +72,8 @@ enum Token {
     Think,
     Attempt(u64),
     Retry,
+    /// An earlier attempt's deadline passed: report the held answer.
+    Settled,
 }
 
 /// One simulated client.
@@ -184,6 +192,7 @@ impl SimClient {
         self.conns.remove(&node);
         let lost = self.running.as_ref().and_then(|r| r.attempt).is_some_and(|(n, _)| Some(n) == node);
         if lost {
+            self.may_have_applied();
             self.attempt_failed(net, format!("connection to server{} closed", node.unwrap_or(0)), true);
         }
     }
@@ -216,6 +225,9 @@ impl SimClient {
             Body::NotFound { .. } => Outcome::NotFound,
             Body::Error { code, reason } => match client::retry_policy(&code) {
                 client::Retry::Next { refresh_table } => {
+                    if !client::leaves_nothing(&code) {
+                        self.may_have_applied();
+                    }
                     return self.attempt_failed(net, format!("server{node}: {code} {reason}"), refresh_table);
                 }
                 client::Retry::Fail => Outcome::Failed(format!("refused: {code} {reason}")),
@@ -225,7 +237,26 @@ impl SimClient {
         self.finish(net, hist, outcome, h.node);
     }
 
+    /// The attempt in flight failed after it was sent: a write may still
+    /// take effect until its deadline.
+    fn may_have_applied(&mut self) {
+        if let Some(r) = self.running.as_mut() {
+            if matches!(r.body, Body::Put { .. } | Body::Del { .. }) {
+                r.unsettled = r.unsettled.max(r.sent_at + attempt_timeout());
+            }
+        }
+    }
+
     fn finish(&mut self, net: &mut Net, hist: &mut History, outcome: Outcome, node: u32) {
+        let wait = self.running.as_ref().map_or(0, |r| r.unsettled.saturating_sub(net.now));
+        if wait > 0 && outcome == Outcome::Acked {
+            // As the library: the answer waits for an earlier attempt's deadline.
+            if let Some(r) = self.running.as_mut() {
+                r.attempt = None;
+                r.held = Some((outcome, node));
+            }
+            return self.timer(net, wait, Token::Settled);
+        }
         if let Some(r) = self.running.take() {
             hist.complete(r.hist, outcome, node, net.now);
         }
@@ -251,6 +282,14 @@ impl SimClient {
         match self.tokens.remove(&token) {
             Some(Token::Think) => self.next_op(net, hist),
             Some(Token::Retry) => self.attempt(net, hist),
+            Some(Token::Settled) => {
+                if let Some((outcome, node)) = self.running.as_mut().and_then(|r| r.held.take()) {
+                    if let Some(r) = self.running.as_mut() {
+                        r.unsettled = 0;
+                    }
+                    self.finish(net, hist, outcome, node);
+                }
+            }
             Some(Token::Attempt(req)) => {
                 let timed_out = self.running.as_ref().and_then(|r| r.attempt).is_some_and(|(_, q)| q == req);
                 if timed_out {
@@ -305,6 +344,9 @@ impl SimClient {
             deadline: net.now + op_deadline(),
             round: 0,
             attempt: None,
+            sent_at: net.now,
+            unsettled: 0,
+            held: None,
             last_error: String::new(),
         });
         self.attempt(net, hist);
@@ -327,6 +369,7 @@ impl SimClient {
         };
         if let Some(r) = self.running.as_mut() {
             r.attempt = Some((node, req));
+            r.sent_at = net.now;
         }
         self.timer(net, attempt_timeout(), Token::Attempt(req));
     }

@@ -769,7 +769,10 @@ impl World {
         };
         let running: Vec<(u32, Vec<(crate::hlc::Version, bool)>)> =
             self.nodes.iter().filter_map(|(id, h)| Some((*id, copies(h.role.as_ref()?)))).collect();
-        let Some(version) = running.iter().flat_map(|(_, c)| c).find(|(_, ours)| *ours).map(|(v, _)| *v) else {
+        // A retried put may have been coordinated twice, under two versions
+        // of the same value; the acknowledgement came from one of them, and
+        // the put is durable once W nodes hold the older one or newer.
+        let Some(version) = running.iter().flat_map(|(_, c)| c).filter(|(_, ours)| *ours).map(|(v, _)| *v).min() else {
             return;
         };
         let held = running.iter().filter(|(_, c)| c.iter().any(|(v, _)| *v >= version)).count();
