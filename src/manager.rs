@@ -391,11 +391,48 @@ impl Manager {
             }
             self.maybe_switch(rx);
         }
+        self.check_leavers(rx, now);
         if self.pending.is_some() && now.saturating_duration_since(self.pending_since) > MOVE_NUDGE {
             warn!("move to epoch {} still waits for {:?}; publishing it again", self.newest().epoch, self.waiting);
             self.pending_since = now;
             self.publish(rx);
         }
+    }
+}
+
+impl Manager {
+    /// A leaver (up in the current table, gone from the pending one) that
+    /// falls silent mid-leave is marked down in the current table, under a
+    /// new epoch (and the pending table under a newer one): the gainers then
+    /// pull its sectors from the other holders instead of waiting for it.
+    fn check_leavers(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>, now: std::time::Instant) {
+        let Some(pending) = &self.pending else { return };
+        let silent: Vec<u32> = self
+            .table
+            .members
+            .iter()
+            .filter(|m| m.state == NodeState::Up && pending.member(m.id).is_none())
+            .filter(|m| self.last_heard.get(&m.id).is_none_or(|t| now.duration_since(*t) > self.cfg.dead_after))
+            .map(|m| m.id)
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        for &node in &silent {
+            warn!("leaving node {node} silent for over {:?}: declared down", self.cfg.dead_after);
+            if let Some(conn) = self.node_conns.remove(&node) {
+                rx.close(conn);
+            }
+            if let Some(m) = self.table.members.iter_mut().find(|m| m.id == node) {
+                m.state = NodeState::Down;
+            }
+        }
+        self.table.epoch = self.next_epoch();
+        let epoch = self.next_epoch();
+        if let Some(p) = self.pending.as_mut() {
+            p.epoch = epoch;
+        }
+        self.publish(rx);
     }
 }
 

@@ -11,7 +11,7 @@ const SEEDS: std::ops::RangeInclusive<u64> = 1..=46;
 
 /// Seeds that once failed, each on a defect of issue #10, and pass since
 /// its fix. A change that breaks one brings that defect back.
-const REGRESSIONS: [(u64, &str); 11] = [
+const REGRESSIONS: [(u64, &str); 13] = [
     (
         219,
         "a put acknowledged with fewer than W copies: W was cut to the replicas marked up, and no stand-in \
@@ -21,13 +21,18 @@ const REGRESSIONS: [(u64, &str); 11] = [
     (24, "a copy acknowledged by an old holder and then dropped while its relay to the new holder was in flight"),
     (341, "a leaving node acknowledged a replica write, then left with the only other copy"),
     (294, "a join never finished: its SYNCED was sent once and lost with the manager, which restarted early in it"),
+    (4674, "a leave never finished: the leaver crashed mid-leave and was never declared down"),
+    (2855, "a move never finished: a leaver that fell silent held its sectors' pulls for ever"),
     (348, "a stalled coordinator started a write after its client gave up, over a newer acknowledged write"),
     (97, "a stalled coordinator's replay of a write its client gave up on won over a later acknowledged write"),
     (552, "a coordinator's fresh version was older than its local copy of the key (made by a faster clock)"),
     (4414, "a delivered hint batch dropped the target's whole hint set, with a hint stored during the delivery"),
     (2961, "a delivered hint batch dropped a hint that had counted towards W (joins only)"),
-    (3121, "a put retried after its coordinator crashed was reported done while the crashed attempt's copy \
-             (a faster clock's version) could still land over a later acknowledged write"),
+    (
+        3121,
+        "a put retried after its coordinator crashed was reported done while the crashed attempt's copy \
+             (a faster clock's version) could still land over a later acknowledged write",
+    ),
 ];
 
 fn failures_of(seeds: impl IntoIterator<Item = u64>) -> (Vec<String>, usize, usize) {
