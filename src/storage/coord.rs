@@ -6,7 +6,7 @@ use log::{error, info};
 
 use std::time::Instant;
 
-use super::{Awaited, Node, NodeIo, OP_DEADLINE};
+use super::{Node, NodeIo, OP_DEADLINE};
 use crate::bugs::{self, Bug};
 use crate::hlc::{Version, MAX_SKEW_MS};
 use crate::idmap::IdMap;
@@ -46,6 +46,8 @@ pub(super) struct Op {
     entry: Option<Entry>,
     /// Nodes asked so far (the preference list, then stand-ins).
     tried: Vec<u32>,
+    /// The request ids sent to peers for this op (to forget at its end).
+    pub(super) reqs: Vec<u64>,
     /// When the op gives up waiting (swept every `OP_SWEEP`).
     deadline: Instant,
     /// The loop turn the op began in (see `Node::turn`).
@@ -103,6 +105,14 @@ impl Node {
         }
         let (sector, replicas) = match self.place(key) {
             Ok(Some(here)) => here,
+            Ok(None) if h.node != 0 => {
+                // Forwarded here by a node whose table says this node
+                // coordinates the key, while this node's table says not: one
+                // hop at most, or two tables that disagree bounce it for ever.
+                let epoch = self.table.as_ref().map_or(0, |t| t.epoch);
+                let reason = format!("not a replica of this key under table epoch {epoch}");
+                return self.reply(rx, conn, h, Body::error(ErrorCode::Retry, reason));
+            }
             Ok(None) => {
                 let coord = self.replicas(self.table.as_ref().map_or(0, |t| t.sector_of(key)));
                 return match coord.first() {
@@ -169,6 +179,7 @@ impl Node {
             answers: Vec::new(),
             entry: None,
             tried: Vec::new(),
+            reqs: Vec::new(),
             deadline,
             turn: self.coord.turn,
         };
@@ -462,7 +473,9 @@ impl Node {
             return;
         };
         let reason = format!("timed out: {} of {} replicas answered", op.ok, op.need);
-        self.awaiting.retain(|_, a| !matches!(a, Awaited::Op { op, .. } if *op == op_id));
+        for req in op.reqs.clone() {
+            self.awaiting.remove(&req);
+        }
         self.finish_op(rx, op_id, Some(Body::error(ErrorCode::Retry, reason)));
     }
 

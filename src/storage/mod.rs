@@ -343,6 +343,9 @@ impl Node {
             return false;
         }
         self.awaiting.insert(req, Awaited::Op { op, node });
+        if let Some(o) = self.coord.ops.get_mut(&op) {
+            o.reqs.push(req);
+        }
         true
     }
 
