@@ -268,7 +268,7 @@ fn writer(c: &Cluster, tag: &str, keys: &[String], stop: &AtomicBool, tally: &Ta
     let mut fresh = 0usize;
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let k = if (seq % 2 == 0 || fresh == 0) && fresh < keys.len() {
+        let k = if (seq.is_multiple_of(2) || fresh == 0) && fresh < keys.len() {
             fresh += 1;
             fresh - 1
         } else {
@@ -616,7 +616,8 @@ fn item5_writes_during_a_graceful_leave_and_a_join_all_survive() {
 
 /// Keys with `victim` as coordinator and keys with `victim` as another replica: put, then (with
 /// `victim` killed or stopped by `outage`) deleted; after `victim` is back and the cluster has
-/// settled, every key must read NOT_FOUND (exit 1) and no copy may hold the value.
+/// settled, every key must read NOT_FOUND (exit 1) and no copy may hold the value; the same
+/// after a fourth node joins and sectors move.
 fn deleted_keys_stay_deleted(base_port: u16, victim: u16, outage: &str) {
     let started = Instant::now();
     let c = Cluster::start(base_port, 3, 3);
@@ -682,14 +683,33 @@ fn deleted_keys_stay_deleted(base_port: u16, victim: u16, outage: &str) {
             bad.push(format!("{k} a second time: read {read:?}, copies {copies:?}"));
         }
     }
-    println!("test took {:?}", started.elapsed());
     assert_none(&format!("deleted keys back after server{victim}'s {outage}"), &bad, keys.len());
+
+    // A move must not bring them back either: node 4 joins and takes sectors (and their
+    // tombstones) from the three.
+    c.add_node(4);
+    wait_settled(&c, &[1, 2, 3, 4], Duration::from_secs(20), "after node 4 joined");
+    let t = table(&c);
+    for k in &keys {
+        let read = cli_get(&c, k);
+        let copies: Vec<(u32, Copy)> = preference(&t, k).into_iter().map(|n| (n, cli_inspect(&c, n, k))).collect();
+        if read != Got::NotFound || copies.iter().any(|(_, cp)| !matches!(cp, Copy::Deleted | Copy::Missing)) {
+            bad.push(format!("{k} after node 4 joined: read {read:?}, copies {copies:?}"));
+        }
+    }
+    println!("test took {:?}", started.elapsed());
+    assert_none(
+        &format!("deleted keys back after node 4 joined ({outage} of server{victim} before)"),
+        &bad,
+        keys.len(),
+    );
 }
 
 /// Issue #10 item 10 (tombstones; a restarted stale replica must not resurrect a deleted key,
 /// riak_kv#847): 3 nodes, REP=3; put six keys (three coordinated by server2, three not), kill -9
 /// server2, delete them (acknowledged), `make restart NODE=2`; after settling each key reads
-/// NOT_FOUND (`gtstore: KEY: not found`, exit 1) and no replica holds its value.
+/// NOT_FOUND (`gtstore: KEY: not found`, exit 1) and no replica holds its value, also after
+/// `make add NODE=4` moves sectors.
 #[test]
 fn item10_deleted_keys_stay_deleted_when_a_killed_replica_restarts() {
     deleted_keys_stay_deleted(28050, 2, "kill");
@@ -705,11 +725,13 @@ fn item10_deleted_keys_stay_deleted_when_a_stopped_replica_resumes() {
 // ----- item 3: hints --------------------------------------------------------------------------
 
 /// Writers put keys whose preference list includes node 3 while it is dead (their copies go to
-/// stand-ins with hints), go on while it restarts and receives its hints, and for 3 s after;
+/// stand-ins with hints; `gtstore-bench` adds 20,000 puts of other keys, so there are many hints
+/// to deliver), go on while it restarts and receives its hints, and for 3 s after;
 /// once settled, every holder's copy (node 3's too) and every quorum read give the last
 /// acknowledged value.
 fn hinted_writes_reach_their_node(base_port: u16, extra: &[(&str, &str)]) {
-    const WRITERS: usize = 4;
+    const WRITERS: usize = 8;
+    const BACKLOG: usize = 20_000;
     let started = Instant::now();
     let c = Cluster::start_with(base_port, 3, 2, extra);
     let t = table(&c);
@@ -727,7 +749,19 @@ fn hinted_writes_reach_their_node(base_port: u16, extra: &[(&str, &str)]) {
             })
             .collect();
         let guard = StopOnDrop(&stop);
-        thread::sleep(Duration::from_secs(4));
+        // A backlog of hints for node 3 besides the writers' own (gtstore-bench's keys, not
+        // checked), so delivering them takes a while.
+        let t0 = Instant::now();
+        let ops = BACKLOG.to_string();
+        let out = run_bin(
+            "gtstore-bench",
+            &["--manager", &c.manager_addr(), "--ops", &ops, "--read-ratio", "0", "--keys", "1000000"]
+                .into_iter()
+                .chain(["--clients", "16", "--pipeline", "4", "--quiet"])
+                .collect::<Vec<_>>(),
+        );
+        println!("backlog while node 3 is dead, in {:?}: {}", t0.elapsed(), stdout(&out).trim_end());
+        thread::sleep(Duration::from_secs(4).saturating_sub(t0.elapsed()));
         let before = tally.puts.load(Ordering::Relaxed);
         let t0 = Instant::now();
         c.restart_node(3);
