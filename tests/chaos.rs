@@ -1,6 +1,9 @@
 //! Chaos: four clients write and read their own keys while storage nodes are killed with
 //! `make kill` and restarted with `make restart` every few seconds (one down at a time), and one
 //! node is frozen with SIGSTOP for 3 s. Every acknowledged write must survive (SPEC §4, §5).
+//! A second test has four clients overwrite five shared keys while their coordinators are
+//! frozen (SIGSTOP 1.5–3 s) or killed, and runs the simulator's history checker
+//! (`gtstore::sim::checker`) over the real processes' history (issue #10).
 //!
 //! The schedule is drawn from a seeded xorshift generator (seed printed; set
 //! `GTSTORE_CHAOS_SEED` to replay one). Bounded to about two minutes.
@@ -15,7 +18,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gtstore::client::{Client, Config, Error};
+use gtstore::client::{Client, Config, Error, Local};
+use gtstore::sim::checker::{check_copy, check_reads, describe, ms, Copy as SimCopy};
+use gtstore::sim::history::{History, Kind, Outcome};
+use gtstore::sim::host::Time;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -292,4 +298,244 @@ fn chaos_kill_restart_and_freeze_nodes_under_load_loses_no_acked_write() {
     if let Some(text) = healed {
         panic!("status never showed every node up and under-replicated 0; last:\n{text}");
     }
+}
+
+// ----- shared keys, stalled and killed coordinators, the simulator's checker ----------------------
+
+const HOT_NODES: u16 = 5;
+const HOT_CLIENTS: usize = 4;
+const HOT_KEYS: usize = 5;
+/// Fault rounds: each stalls (SIGSTOP for 1.5–3 s) or kills -9 and restarts the coordinator of
+/// one of the shared keys, then waits for the cluster to heal.
+const HOT_ROUNDS: usize = 8;
+/// One round in `HOT_KILL_ONE_IN` kills instead of stalling.
+const HOT_KILL_ONE_IN: u64 = 3;
+
+fn hot_key(k: usize) -> String {
+    format!("hot-k{k}")
+}
+
+/// The history of real operations, timed in µs since `base` (the simulator's `Time`).
+struct Recorder {
+    base: Instant,
+    history: Mutex<History>,
+}
+
+impl Recorder {
+    fn now(&self) -> Time {
+        self.base.elapsed().as_micros() as Time
+    }
+
+    fn invoke(&self, client: usize, kind: Kind, key: &str, value: Option<&str>) -> usize {
+        let now = self.now();
+        let value = value.map(|v| v.as_bytes().to_vec());
+        self.history.lock().unwrap().invoke(client, kind, key.as_bytes().to_vec(), value, now)
+    }
+
+    fn complete(&self, id: usize, outcome: Outcome, node: u32) {
+        let now = self.now();
+        self.history.lock().unwrap().complete(id, outcome, node, now);
+    }
+}
+
+/// One client on the shared keys until `stop`: 70 % puts of unique values, 20 % gets, 10 %
+/// deletes, every one recorded (invocation, completion, outcome).
+fn run_hot_client(c: &Cluster, t: usize, stop: &AtomicBool, rec: &Recorder, tally: &Tally) {
+    let mut cl = client(c);
+    let mut rng = XorShift(0x5eed_0000_0000_0001 + t as u64 * 0x9e37_79b9);
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = hot_key(rng.below(HOT_KEYS as u64) as usize);
+        let dice = rng.below(10);
+        tally.ops.fetch_add(1, Ordering::Relaxed);
+        if dice < 7 {
+            let val = format!("c{t}-s{seq}");
+            seq += 1;
+            let id = rec.invoke(t, Kind::Put, &key, Some(&val));
+            match cl.put(key.as_bytes(), val.as_bytes()) {
+                Ok(n) => rec.complete(id, Outcome::Acked, n),
+                Err(e) => {
+                    tally.failures.fetch_add(1, Ordering::Relaxed);
+                    tally.note(format!("put {key}={val}: {e}"));
+                    rec.complete(id, Outcome::Failed(e.to_string()), 0);
+                }
+            }
+        } else if dice < 9 {
+            let id = rec.invoke(t, Kind::Get, &key, None);
+            match cl.get(key.as_bytes()) {
+                Ok((v, n)) => rec.complete(id, Outcome::Value(v), n),
+                Err(Error::NotFound { node }) => rec.complete(id, Outcome::NotFound, node),
+                Err(e) => {
+                    tally.failures.fetch_add(1, Ordering::Relaxed);
+                    tally.note(format!("get {key}: {e}"));
+                    rec.complete(id, Outcome::Failed(e.to_string()), 0);
+                }
+            }
+        } else {
+            let id = rec.invoke(t, Kind::Del, &key, None);
+            match cl.delete(key.as_bytes()) {
+                Ok(n) => rec.complete(id, Outcome::Acked, n),
+                Err(e) => {
+                    tally.failures.fetch_add(1, Ordering::Relaxed);
+                    tally.note(format!("del {key}: {e}"));
+                    rec.complete(id, Outcome::Failed(e.to_string()), 0);
+                }
+            }
+        }
+    }
+}
+
+/// Issue #10 (acceptance: "writers overwrite the same few keys quickly while coordinators are
+/// stopped and killed, and the simulator's history checker is run over the real processes'
+/// history too"): 5 nodes, REP=3; four clients put, get and delete five shared keys as fast as
+/// they can while, round after round, one key's coordinator is frozen with SIGSTOP for 1.5–3 s
+/// or killed -9 and restarted; in the last round the clients stop while the coordinator is
+/// frozen, before SIGCONT. Every operation is recorded (invoke and completion time, outcome,
+/// value). After healing, `gtstore::sim::checker` judges the history: reads saw only values
+/// written before they ended (`check_reads`), and each key's final quorum read and every
+/// holder's copy come from a write no acknowledged write followed (`check_copy`, rules (a) and
+/// (b)). It must find nothing.
+#[test]
+fn chaos_shared_keys_with_stalled_and_killed_coordinators_pass_the_history_checker() {
+    let started = Instant::now();
+    let seed =
+        std::env::var("GTSTORE_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x00c0_ffee_1234_5678_u64);
+    println!("chaos seed {seed} (GTSTORE_CHAOS_SEED to replay)");
+    let mut rng = XorShift(seed.max(1));
+
+    let c = Cluster::start(26010, HOT_NODES, REP);
+    let all: Vec<u16> = (1..=HOT_NODES).collect();
+    let healed = |c: &Cluster, timeout: Duration| {
+        c.wait_status(timeout, |s| {
+            s.nodes.len() == all.len()
+                && s.nodes.iter().all(|n| n.state == "up" && n.keys.is_some())
+                && s.under_replicated == 0
+        })
+    };
+    let rec = Recorder { base: Instant::now(), history: Mutex::new(History::default()) };
+    let stop = AtomicBool::new(false);
+    let tally = Tally::default();
+    let mut faults = Vec::new();
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..HOT_CLIENTS)
+            .map(|t| {
+                let (c, stop, rec, tally) = (&c, &stop, &rec, &tally);
+                s.spawn(move || run_hot_client(c, t, stop, rec, tally))
+            })
+            .collect();
+        let guard = StopOnDrop(&stop);
+        thread::sleep(Duration::from_secs(1));
+        for round in 0..HOT_ROUNDS {
+            let key = hot_key(rng.below(HOT_KEYS as u64) as usize);
+            let t = client(&c).table().clone();
+            let node = gtstore::client::candidates(&t, key.as_bytes())[0] as u16;
+            let at = rec.now();
+            if rng.below(HOT_KILL_ONE_IN) == 0 {
+                c.kill_node(node);
+                thread::sleep(DOWN_FOR);
+                c.restart_node(node);
+                faults.push(format!("{} round {round}: kill -9 server{node} ({key}'s coordinator), restart", ms(at)));
+            } else {
+                let pause = Duration::from_millis(1500 + rng.below(1501));
+                let pid = c.node_pid(node).expect("the coordinator is running");
+                kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
+                thread::sleep(pause);
+                kill(Pid::from_raw(pid), Signal::SIGCONT).expect("SIGCONT");
+                faults.push(format!(
+                    "{} round {round}: SIGSTOP server{node} ({key}'s coordinator) for {pause:?}",
+                    ms(at)
+                ));
+            }
+            println!("[{:>5.1?}] {}", started.elapsed(), faults.last().unwrap());
+            if let Err(last) = healed(&c, Duration::from_secs(20)) {
+                panic!("round {round}: the cluster did not heal within 20 s; last status:\n{last:?}");
+            }
+        }
+        // The last round: a coordinator frozen while the clients overwrite its key, and the
+        // clients done before it resumes, so whatever the resumed node does with the requests
+        // it was sent is what the final reads see.
+        let key = hot_key(rng.below(HOT_KEYS as u64) as usize);
+        let t = client(&c).table().clone();
+        let node = gtstore::client::candidates(&t, key.as_bytes())[0] as u16;
+        let pause = Duration::from_millis(1500 + rng.below(1501));
+        let pid = c.node_pid(node).expect("the coordinator is running");
+        let at = rec.now();
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
+        thread::sleep(pause);
+        drop(guard);
+        for h in handles {
+            h.join().expect("client thread");
+        }
+        kill(Pid::from_raw(pid), Signal::SIGCONT).expect("SIGCONT");
+        faults.push(format!(
+            "{} last round: SIGSTOP server{node} ({key}'s coordinator) for {pause:?}, clients stopped at {}, SIGCONT",
+            ms(at),
+            ms(rec.now())
+        ));
+        println!("[{:>5.1?}] {}", started.elapsed(), faults.last().unwrap());
+    });
+    if let Err(last) = healed(&c, Duration::from_secs(20)) {
+        panic!("the cluster did not heal after the chaos; last status:\n{last:?}");
+    }
+
+    let history = rec.history.into_inner().unwrap();
+    let mut bad = check_reads(&history);
+    let mut cl = client(&c);
+    for k in 0..HOT_KEYS {
+        let key = hot_key(k);
+        let copy = match cl.get(key.as_bytes()) {
+            Ok((v, _)) => SimCopy::Value(v),
+            Err(Error::NotFound { .. }) => SimCopy::Absent,
+            Err(e) => {
+                bad.push(format!("final read of {key} failed after healing: {e}"));
+                continue;
+            }
+        };
+        println!("final quorum read of {key}: {copy:?}");
+        bad.extend(check_copy(&history, key.as_bytes(), &copy, &format!("{key}: final quorum read")));
+    }
+    // Read repair runs after the reads; then every holder's own copy.
+    thread::sleep(Duration::from_secs(3));
+    let t = client(&c).table().clone();
+    for k in 0..HOT_KEYS {
+        let key = hot_key(k);
+        for n in t.preference(t.sector_of(key.as_bytes())) {
+            let copy = match cl.inspect(n, key.as_bytes()) {
+                Ok(Some(Local { value: Some(v), .. })) => SimCopy::Value(v),
+                Ok(_) => SimCopy::Absent,
+                Err(e) => {
+                    bad.push(format!("inspect {key} on server{n}: {e}"));
+                    continue;
+                }
+            };
+            bad.extend(check_copy(&history, key.as_bytes(), &copy, &format!("{key}: server{n}'s copy")));
+        }
+    }
+
+    let ops = history.ops.len();
+    let acked = history.ops.iter().filter(|o| o.acked()).count();
+    let failed = history.ops.iter().filter(|o| matches!(o.outcome, Outcome::Failed(_))).count();
+    println!("{ops} operations ({acked} writes acknowledged, {failed} failed); faults:\n  {}", faults.join("\n  "));
+    let samples = tally.samples.lock().unwrap().clone();
+    if !samples.is_empty() {
+        println!("first failures:\n  {}", samples.join("\n  "));
+    }
+    println!("checker: {} violation(s); total time {:?}", bad.len(), started.elapsed());
+    if !bad.is_empty() {
+        // The operations on the keys named, for the report.
+        let keys: Vec<String> =
+            (0..HOT_KEYS).map(hot_key).filter(|k| bad.iter().any(|b| b.contains(k.as_str()))).collect();
+        for k in keys.iter().take(1) {
+            let ops: Vec<String> =
+                history.ops.iter().filter(|o| o.key == k.as_bytes() && o.is_write()).map(describe).collect();
+            let start = ops.len().saturating_sub(15);
+            println!("last writes of {k}:\n  {}", ops[start..].join("\n  "));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the history checker found {} violation(s):\n{}",
+        bad.len(),
+        bad[..bad.len().min(10)].join("\n")
+    );
 }
