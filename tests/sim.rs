@@ -11,7 +11,7 @@ const SEEDS: std::ops::RangeInclusive<u64> = 1..=46;
 
 /// Seeds that once failed, each on a defect of issue #10, and pass since
 /// its fix. A change that breaks one brings that defect back.
-const REGRESSIONS: [(u64, &str); 13] = [
+const REGRESSIONS: [(u64, &str); 14] = [
     (
         219,
         "a put acknowledged with fewer than W copies: W was cut to the replicas marked up, and no stand-in \
@@ -23,6 +23,8 @@ const REGRESSIONS: [(u64, &str); 13] = [
     (294, "a join never finished: its SYNCED was sent once and lost with the manager, which restarted early in it"),
     (4674, "a leave never finished: the leaver crashed mid-leave and was never declared down"),
     (2855, "a move never finished: a leaver that fell silent held its sectors' pulls for ever"),
+    (1610, "a node declared down while cut off kept its synced copies, came back without pulling, and an \
+             acknowledged write then had one copy"),
     (348, "a stalled coordinator started a write after its client gave up, over a newer acknowledged write"),
     (97, "a stalled coordinator's replay of a write its client gave up on won over a later acknowledged write"),
     (552, "a coordinator's fresh version was older than its local copy of the key (made by a faster clock)"),

@@ -32,7 +32,7 @@ pub enum Copy {
 
 /// The latest time `op` may take effect: its acknowledgement, or for a
 /// write its client gave up on, its deadline.
-fn effect_end(op: &Op) -> Time {
+pub(crate) fn effect_end(op: &Op) -> Time {
     match (&op.outcome, op.end) {
         (Outcome::Acked, Some(end)) => end,
         _ => op.invoke + op_deadline(),

@@ -399,6 +399,10 @@ impl World {
                 if let Some(c) = self.clients.get_mut(client) {
                     c.on_timer(net, hist, token);
                 }
+                // A held answer is reported on a timer (see SimClient::finish).
+                for op in std::mem::take(&mut self.history.just_acked) {
+                    self.check_ack(op);
+                }
             }
         }
     }
@@ -755,27 +759,40 @@ impl World {
         let (Some(value), Some(m)) = (op.value.clone(), self.manager.role.as_ref()) else { return };
         let (key, w) = (op.key.clone(), m.table().write_quorum as usize);
         let sector = m.table().sector_of(&key);
-        let copies = |node: &Node| -> Vec<(crate::hlc::Version, bool)> {
-            let mut v = Vec::new();
-            if let Ok(Some(item)) = node.store().get(sector, &key) {
-                v.push((item.version, item.value.as_deref() == Some(&value[..])));
-            }
-            for target in node.hints().sector_ids() {
-                if let Ok(Some(item)) = node.hints().get(target, &key) {
-                    v.push((item.version, item.value.as_deref() == Some(&value[..])));
-                }
-            }
-            v
+        // A put that may legitimately win over this one: any not over
+        // before this one was invoked (rule (a)).
+        let invoked = op.invoke;
+        let may_supersede = |v: &[u8]| {
+            self.history.ops.iter().any(|o| {
+                o.kind == history::Kind::Put && o.value.as_deref() == Some(v) && checker::effect_end(o) >= invoked
+            })
         };
-        let running: Vec<(u32, Vec<(crate::hlc::Version, bool)>)> =
+        // Each copy: its version, whether it is this put's value, and
+        // whether it is a put that may supersede this one.
+        let copies = |node: &Node| -> Vec<(crate::hlc::Version, bool, bool)> {
+            let mut items: Vec<crate::store::Item> = Vec::new();
+            items.extend(node.store().get(sector, &key).ok().flatten());
+            for target in node.hints().sector_ids() {
+                items.extend(node.hints().get(target, &key).ok().flatten());
+            }
+            items
+                .into_iter()
+                .map(|i| {
+                    let ours = i.value.as_deref() == Some(&value[..]);
+                    (i.version, ours, !ours && i.value.as_deref().is_some_and(may_supersede))
+                })
+                .collect()
+        };
+        let running: Vec<(u32, Vec<(crate::hlc::Version, bool, bool)>)> =
             self.nodes.iter().filter_map(|(id, h)| Some((*id, copies(h.role.as_ref()?)))).collect();
         // A retried put may have been coordinated twice, under two versions
         // of the same value; the acknowledgement came from one of them, and
-        // the put is durable once W nodes hold the older one or newer.
-        let Some(version) = running.iter().flat_map(|(_, c)| c).filter(|(_, ours)| *ours).map(|(v, _)| *v).min() else {
+        // the put is durable once W nodes hold the older one or newer, or a
+        // put allowed to win over it (a copy of ours it overwrote counted).
+        let Some(version) = running.iter().flat_map(|(_, c)| c).filter(|c| c.1).map(|c| c.0).min() else {
             return;
         };
-        let held = running.iter().filter(|(_, c)| c.iter().any(|(v, _)| *v >= version)).count();
+        let held = running.iter().filter(|(_, c)| c.iter().any(|&(v, _, later)| v >= version || later)).count();
         self.acked.push((id, version));
         let crashed = self.crashed.len();
         if held + crashed < w {
@@ -784,7 +801,7 @@ impl World {
                 .iter()
                 .filter(|(_, c)| !c.is_empty())
                 .map(|(id, c)| {
-                    format!("node{id} {}", c.iter().map(|(v, _)| v.to_string()).collect::<Vec<_>>().join("/"))
+                    format!("node{id} {}", c.iter().map(|(v, ..)| v.to_string()).collect::<Vec<_>>().join("/"))
                 })
                 .collect();
             self.aborted.push(format!(

@@ -221,6 +221,7 @@ impl Node {
             let reason = format!("version {version} too close to the deadline {}", h.deadline);
             return self.reply(rx, conn, h, Body::error(ErrorCode::Expired, reason));
         }
+        log::debug!("coordinating a write of sector {sector} at {version}; preference {preference:?}");
         let fresh = match self.store.apply(sector, &key, version, value.as_deref()) {
             Ok(fresh) => fresh,
             Err(e) => {

@@ -175,6 +175,7 @@ impl Node {
             }
             return;
         }
+        log::debug!("{done:?}: delivered; dropping");
         let dropped = match done {
             BatchDone::DropSector(s) => self.store.drop_sector(s),
             BatchDone::DropHints(n) => self.handoff.hints.drop_sector(n),

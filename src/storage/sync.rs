@@ -140,6 +140,17 @@ impl Node {
             }
             return;
         }
+        if !self.is_up_in(&table) && !self.mover.synced.is_empty() {
+            // Declared down (stalled or cut off, maybe without knowing it):
+            // writes went elsewhere meanwhile, so no copy here is complete
+            // any more; each is pulled again (digests skip equal ones).
+            info!(
+                "this node is not up in table epoch {}: its {} copies must catch up",
+                table.epoch,
+                self.mover.synced.len()
+            );
+            self.mover.synced.clear();
+        }
         let switched = self.pending.is_none() && old.is_some_and(|o| o.epoch != table.epoch);
         if first || switched {
             self.settle_unheld(rx);
@@ -184,6 +195,7 @@ impl Node {
     }
 
     fn drop_served(&mut self, s: u32) {
+        log::debug!("sector {s} was streamed to its new holders: dropping it");
         if let Err(e) = self.store.drop_sector(s) {
             warn!("cannot drop sector {s}: {e}");
         }
