@@ -23,8 +23,11 @@ const REGRESSIONS: [(u64, &str); 14] = [
     (294, "a join never finished: its SYNCED was sent once and lost with the manager, which restarted early in it"),
     (4674, "a leave never finished: the leaver crashed mid-leave and was never declared down"),
     (2855, "a move never finished: a leaver that fell silent held its sectors' pulls for ever"),
-    (1610, "a node declared down while cut off kept its synced copies, came back without pulling, and an \
-             acknowledged write then had one copy"),
+    (
+        1610,
+        "a node declared down while cut off kept its synced copies, came back without pulling, and an \
+             acknowledged write then had one copy",
+    ),
     (348, "a stalled coordinator started a write after its client gave up, over a newer acknowledged write"),
     (97, "a stalled coordinator's replay of a write its client gave up on won over a later acknowledged write"),
     (552, "a coordinator's fresh version was older than its local copy of the key (made by a faster clock)"),

@@ -142,6 +142,10 @@ pub struct World {
     acked: Vec<(usize, crate::hlc::Version)>,
 }
 
+/// One copy of a key as the W-copies rule sees it: its version, whether it
+/// is the put's own value, whether it is a put allowed to win over it.
+type Held = (crate::hlc::Version, bool, bool);
+
 fn manager_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7000))
 }
@@ -769,7 +773,7 @@ impl World {
         };
         // Each copy: its version, whether it is this put's value, and
         // whether it is a put that may supersede this one.
-        let copies = |node: &Node| -> Vec<(crate::hlc::Version, bool, bool)> {
+        let copies = |node: &Node| -> Vec<Held> {
             let mut items: Vec<crate::store::Item> = Vec::new();
             items.extend(node.store().get(sector, &key).ok().flatten());
             for target in node.hints().sector_ids() {
@@ -783,7 +787,7 @@ impl World {
                 })
                 .collect()
         };
-        let running: Vec<(u32, Vec<(crate::hlc::Version, bool, bool)>)> =
+        let running: Vec<(u32, Vec<Held>)> =
             self.nodes.iter().filter_map(|(id, h)| Some((*id, copies(h.role.as_ref()?)))).collect();
         // A retried put may have been coordinated twice, under two versions
         // of the same value; the acknowledgement came from one of them, and
