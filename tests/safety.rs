@@ -812,3 +812,62 @@ fn item3_hints_written_during_delivery_reach_the_restarted_node() {
 fn item3_hints_with_default_failure_detection_reach_the_restarted_node() {
     hinted_writes_reach_their_node(28080, &[]);
 }
+
+// ----- item 5: a stalled source ---------------------------------------------------------------
+
+/// Issue #10 item 5 (pulls have no progress timeout: a stalled source holds a sector for ever):
+/// 3 nodes, REP=2, 3,000 keys. Node 2 is stopped (SIGSTOP: its connections stay open, it just
+/// never answers) and node 4 joins at once, so some of its pulls go to node 2 and hang. Node 2
+/// is declared down a second later; the join must still finish (node 4 up with sectors, nothing
+/// under-replicated) while node 2 stays stopped, and every key reads back.
+#[test]
+fn item5_a_join_finishes_while_one_of_its_sources_is_stopped() {
+    const KEYS: usize = 3_000;
+    let c = Cluster::start(28090, 3, 2);
+    let mut cl = client(&c);
+    for i in 0..KEYS {
+        let (k, v) = (format!("src{i}"), format!("src{i}-v"));
+        cl.put(k.as_bytes(), v.as_bytes()).unwrap_or_else(|e| panic!("put {k}: {e}"));
+    }
+    let frozen = Frozen::new(&c, 2);
+    let add = thread::scope(|s| {
+        let c = &c;
+        let adding = s.spawn(move || {
+            let mut cmd = std::process::Command::new("make");
+            cmd.arg("-s")
+                .arg("-C")
+                .arg(repo_root())
+                .arg("add")
+                .arg("NODE=4")
+                .arg(format!("BASE_PORT={}", c.base_port))
+                .arg(format!("RUN_DIR={}", c.run_dir.display()))
+                .arg(format!("BIN={}", bin_dir().display()))
+                .arg("NOBUILD=1");
+            run_timeout(cmd, None, Duration::from_secs(60))
+        });
+        let res = c.wait_status(Duration::from_secs(40), |s| {
+            s.node(4).is_some_and(|m| m.state == "up" && m.sectors > 0 && m.keys.is_some()) && s.under_replicated == 0
+        });
+        if let Err(last) = res {
+            panic!(
+                "the join of node 4 did not finish within 40 s while node 2 was stopped; last status:\n{}",
+                last.map(|s| s.text).unwrap_or_else(|| "(no status)".into())
+            );
+        }
+        adding.join()
+    });
+    match add {
+        Ok(out) => assert_ok(&out),
+        Err(_) => panic!("make add NODE=4 did not return within 60 s"),
+    }
+    let mut bad = Vec::new();
+    for i in 0..KEYS {
+        let key = format!("src{i}");
+        match cl.get(key.as_bytes()) {
+            Ok((v, _)) if v == format!("src{i}-v").as_bytes() => {}
+            other => bad.push(format!("{key}: {other:?}")),
+        }
+    }
+    frozen.release();
+    assert_none("keys lost or unreadable after the join", &bad, KEYS);
+}

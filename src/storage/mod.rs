@@ -495,6 +495,7 @@ impl Handler for Node {
             }
             Timer::OpSweep => {
                 self.sweep_ops(rx);
+                self.sweep_pulls(rx);
                 rx.add_timer(OP_SWEEP, Timer::OpSweep);
             }
         }

@@ -18,7 +18,7 @@
 use crate::bugs::{self, Bug};
 use crate::idmap::{IdMap, IdSet};
 use std::collections::{BTreeSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
@@ -34,6 +34,8 @@ const MAX_PULLS: usize = 64;
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Delay before a failed pull is tried again.
 pub(super) const PULL_RETRY: Duration = Duration::from_millis(300);
+/// A pull whose sources sent nothing for this long is given up and retried.
+const PULL_STALL: Duration = Duration::from_secs(5);
 /// Loop time spent creating empty sectors per turn (see `create_some`).
 const CREATE_BUDGET: Duration = Duration::from_millis(5);
 /// The pause between two rounds of sector creation.
@@ -74,6 +76,8 @@ pub(super) struct Pull {
     left: usize,
     /// Some source failed: pull the sector again.
     failed: bool,
+    /// When a source last sent a CHUNK (or the pull began).
+    progress: Instant,
 }
 
 /// A digest of a sector's contents: XOR of a hash of each key and version.
@@ -267,7 +271,7 @@ impl Node {
                 continue;
             }
             let digest = digest(&self.store.keys_with_versions(s));
-            let mut pull = Pull { left: 0, failed: false };
+            let mut pull = Pull { left: 0, failed: false, progress: rx.now() };
             for src in sources {
                 let Some(conn) = self.peer(rx, src) else {
                     pull.failed = true;
@@ -314,6 +318,9 @@ impl Node {
     /// A CHUNK of a sector this node is pulling.
     pub(super) fn on_chunk(&mut self, rx: &mut impl NodeIo, req: u64, entries: Vec<Entry>, last: bool) {
         let Some(&Awaited::Pull { sector, .. }) = self.awaiting.get(&req) else { return };
+        if let Some(p) = self.mover.pulls.get_mut(&sector) {
+            p.progress = rx.now();
+        }
         for e in entries {
             self.clock.observe(e.version);
             if let Err(err) = self.store.apply(sector, &e.key, e.version, e.value.as_deref()) {
@@ -324,6 +331,37 @@ impl Node {
         }
         if last {
             self.pull_ended(rx, req, true);
+        }
+    }
+
+    /// Fails the streams of pulls that made no progress for `PULL_STALL`
+    /// (a source stopped, or cut off without a reset): the sector is pulled
+    /// again from the holders the table then names, instead of waiting for
+    /// ever. Run with the op sweep.
+    pub(super) fn sweep_pulls(&mut self, rx: &mut impl NodeIo) {
+        let now = rx.now();
+        let stalled: IdSet<u32> = self
+            .mover
+            .pulls
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.progress) > PULL_STALL)
+            .map(|(&s, _)| s)
+            .collect();
+        if stalled.is_empty() {
+            return;
+        }
+        let mut reqs: Vec<u64> = self
+            .awaiting
+            .iter()
+            .filter(|(_, a)| matches!(a, Awaited::Pull { sector, .. } if stalled.contains(sector)))
+            .map(|(&r, _)| r)
+            .collect();
+        reqs.sort_unstable();
+        for req in reqs {
+            if let Some(&Awaited::Pull { sector, node }) = self.awaiting.get(&req) {
+                warn!("pull of sector {sector} from node {node}: nothing for {PULL_STALL:?}; giving up on it");
+            }
+            self.pull_ended(rx, req, false);
         }
     }
 
