@@ -67,6 +67,8 @@ pub(super) struct Mover {
     pub(super) drop_when_relayed: IdSet<u32>,
     /// The epoch whose SYNCED was last sent.
     pub(super) reported_epoch: u64,
+    /// The current table marked this node down.
+    pub(super) was_down: bool,
 }
 
 /// One sector being pulled.
@@ -144,17 +146,16 @@ impl Node {
             }
             return;
         }
-        if !self.is_up_in(&table) && !self.mover.synced.is_empty() {
+        let down = table.member(self.cfg.id).is_some_and(|m| m.state == NodeState::Down);
+        if down && !self.mover.was_down && !self.mover.synced.is_empty() {
             // Declared down (stalled or cut off, maybe without knowing it):
             // writes went elsewhere meanwhile, so no copy here is complete
-            // any more; each is pulled again (digests skip equal ones).
-            info!(
-                "this node is not up in table epoch {}: its {} copies must catch up",
-                table.epoch,
-                self.mover.synced.len()
-            );
+            // any more; each is pulled again (digests skip equal ones). Once
+            // per time down: what is pulled after this is complete.
+            info!("declared down in table epoch {}: {} copies must catch up", table.epoch, self.mover.synced.len());
             self.mover.synced.clear();
         }
+        self.mover.was_down = down;
         let switched = self.pending.is_none() && old.is_some_and(|o| o.epoch != table.epoch);
         if first || switched {
             self.settle_unheld(rx);
@@ -253,13 +254,24 @@ impl Node {
         self.pump_pulls(rx);
     }
 
-    /// The live holders of `sector` under the current table, this node aside.
+    /// Where to pull `sector` from: its holders under the current table,
+    /// this node aside, that are up there or back (up in the pending
+    /// table); if none is, all of its holders (the data is on them: a
+    /// holder marked down may be leaving, or back soon; a pull from a dead
+    /// one fails and is tried again). Empty only for a sector nobody held.
     fn sources(&self, sector: u32) -> Vec<u32> {
         let Some(t) = &self.table else { return Vec::new() };
-        t.preference(sector)
-            .into_iter()
-            .filter(|&n| n != self.cfg.id && t.member(n).is_some_and(|m| m.state == NodeState::Up))
-            .collect()
+        let up = |n: u32| {
+            let up_in = |t: &Table| t.member(n).is_some_and(|m| m.state == NodeState::Up);
+            up_in(t) || self.pending.as_ref().is_some_and(up_in)
+        };
+        let holders: Vec<u32> = t.preference(sector).into_iter().filter(|&n| n != self.cfg.id).collect();
+        let live: Vec<u32> = holders.iter().copied().filter(|&n| up(n)).collect();
+        if live.is_empty() {
+            holders
+        } else {
+            live
+        }
     }
 
     fn pump_pulls(&mut self, rx: &mut impl NodeIo) {
