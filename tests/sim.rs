@@ -11,7 +11,7 @@ const SEEDS: std::ops::RangeInclusive<u64> = 1..=46;
 
 /// Seeds that once failed, each on a defect of issue #10, and pass since
 /// its fix. A change that breaks one brings that defect back.
-const REGRESSIONS: [(u64, &str); 14] = [
+const REGRESSIONS: [(u64, &str); 15] = [
     (
         219,
         "a put acknowledged with fewer than W copies: W was cut to the replicas marked up, and no stand-in \
@@ -27,6 +27,11 @@ const REGRESSIONS: [(u64, &str); 14] = [
         1610,
         "a node declared down while cut off kept its synced copies, came back without pulling, and an \
              acknowledged write then had one copy",
+    ),
+    (
+        1430,
+        "a gainer took a sector as complete with nothing in it: its holders were marked down in the current \
+         table, though they were back (up in the pending one)",
     ),
     (348, "a stalled coordinator started a write after its client gave up, over a newer acknowledged write"),
     (97, "a stalled coordinator's replay of a write its client gave up on won over a later acknowledged write"),

@@ -256,22 +256,15 @@ impl Node {
 
     /// Where to pull `sector` from: its holders under the current table,
     /// this node aside, that are up there or back (up in the pending
-    /// table); if none is, all of its holders (the data is on them: a
-    /// holder marked down may be leaving, or back soon; a pull from a dead
-    /// one fails and is tried again). Empty only for a sector nobody held.
+    /// table). Empty if none is: a sector nobody held, or whose holders are
+    /// all gone (a leaver hands its sectors over itself, see `hand_over`).
     fn sources(&self, sector: u32) -> Vec<u32> {
         let Some(t) = &self.table else { return Vec::new() };
         let up = |n: u32| {
             let up_in = |t: &Table| t.member(n).is_some_and(|m| m.state == NodeState::Up);
             up_in(t) || self.pending.as_ref().is_some_and(up_in)
         };
-        let holders: Vec<u32> = t.preference(sector).into_iter().filter(|&n| n != self.cfg.id).collect();
-        let live: Vec<u32> = holders.iter().copied().filter(|&n| up(n)).collect();
-        if live.is_empty() {
-            holders
-        } else {
-            live
-        }
+        t.preference(sector).into_iter().filter(|&n| n != self.cfg.id && up(n)).collect()
     }
 
     fn pump_pulls(&mut self, rx: &mut impl NodeIo) {
