@@ -149,6 +149,21 @@ fn cli_inspect(c: &Cluster, node: u32, key: &str) -> Copy {
     }
 }
 
+/// `make add NODE=<node>` for cluster `c`, to run on a thread (it returns once the node serves).
+fn make_add(c: &Cluster, node: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new("make");
+    cmd.arg("-s")
+        .arg("-C")
+        .arg(repo_root())
+        .arg("add")
+        .arg(format!("NODE={node}"))
+        .arg(format!("BASE_PORT={}", c.base_port))
+        .arg(format!("RUN_DIR={}", c.run_dir.display()))
+        .arg(format!("BIN={}", bin_dir().display()))
+        .arg("NOBUILD=1");
+    cmd
+}
+
 /// Sends `sig` to storage node `i`, by the pid in its pidfile.
 fn signal_node(c: &Cluster, i: u16, sig: Signal) -> i32 {
     let pid = c.node_pid(i).unwrap_or_else(|| panic!("node {i} is not running"));
@@ -489,19 +504,7 @@ fn item2_join_finishes_when_the_manager_is_killed_and_restarted_early_in_it() {
         let add = thread::scope(|s| {
             let c = &c;
             let n = &n;
-            let adding = s.spawn(move || {
-                let mut cmd = std::process::Command::new("make");
-                cmd.arg("-s")
-                    .arg("-C")
-                    .arg(repo_root())
-                    .arg("add")
-                    .arg(format!("NODE={n}"))
-                    .arg(format!("BASE_PORT={}", c.base_port))
-                    .arg(format!("RUN_DIR={}", c.run_dir.display()))
-                    .arg(format!("BIN={}", bin_dir().display()))
-                    .arg("NOBUILD=1");
-                run_timeout(cmd, None, Duration::from_secs(60))
-            });
+            let adding = s.spawn(move || run_timeout(make_add(c, n), None, Duration::from_secs(60)));
             let t0 = Instant::now();
             thread::sleep(Duration::from_millis(delay_ms));
             let pid = c.manager_pid().expect("the manager is running");
@@ -832,19 +835,7 @@ fn item5_a_join_finishes_while_one_of_its_sources_is_stopped() {
     let frozen = Frozen::new(&c, 2);
     let add = thread::scope(|s| {
         let c = &c;
-        let adding = s.spawn(move || {
-            let mut cmd = std::process::Command::new("make");
-            cmd.arg("-s")
-                .arg("-C")
-                .arg(repo_root())
-                .arg("add")
-                .arg("NODE=4")
-                .arg(format!("BASE_PORT={}", c.base_port))
-                .arg(format!("RUN_DIR={}", c.run_dir.display()))
-                .arg(format!("BIN={}", bin_dir().display()))
-                .arg("NOBUILD=1");
-            run_timeout(cmd, None, Duration::from_secs(60))
-        });
+        let adding = s.spawn(move || run_timeout(make_add(c, "4"), None, Duration::from_secs(60)));
         let res = c.wait_status(Duration::from_secs(40), |s| {
             s.node(4).is_some_and(|m| m.state == "up" && m.sectors > 0 && m.keys.is_some()) && s.under_replicated == 0
         });
