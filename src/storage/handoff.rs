@@ -19,6 +19,9 @@ pub(super) enum BatchDone {
     DropSector(u32),
     /// Hints for a node were delivered: forget them.
     DropHints(u32),
+    /// A leaving node's sector reached its holders: nothing is dropped
+    /// (the data stays on disk, as a last copy if the whole cluster stops).
+    HandOver(u32),
 }
 
 /// Sends waiting for acknowledgements before a [`BatchDone`] step.
@@ -30,6 +33,9 @@ pub(super) struct Batch {
     /// The digest of the sector (or hint set) sent: what arrives during
     /// the delivery changes it, and then nothing is dropped.
     sent: u64,
+    /// Some entry had no holder to go to (no live member holds its key):
+    /// nothing is dropped.
+    unrouted: bool,
 }
 
 /// Hinted handoff and orphan hand-over.
@@ -42,12 +48,22 @@ pub(super) struct Handoff {
     /// Orphaned sectors whose hand-over did not finish: tried again with
     /// the hints.
     pub(super) orphan_retry: crate::idmap::IdSet<u32>,
+    /// A leaver's sectors and hint sets handed over (or with nobody to
+    /// take them): done with.
+    pub(super) handed: crate::idmap::IdSet<u32>,
+    pub(super) hints_handed: crate::idmap::IdSet<u32>,
 }
 
 impl Handoff {
     /// Hand-off over the hint store `hints`.
     pub(super) fn new(hints: Store) -> Handoff {
-        Handoff { hints, batches: IdMap::default(), orphan_retry: Default::default() }
+        Handoff {
+            hints,
+            batches: IdMap::default(),
+            orphan_retry: Default::default(),
+            handed: Default::default(),
+            hints_handed: Default::default(),
+        }
     }
 
     /// True while a batch that ends in `done` is in flight.
@@ -60,15 +76,25 @@ impl Node {
     /// Sends the records of a sector this node no longer holds to its
     /// current holders and drops it once every holder acknowledged.
     pub(super) fn push_orphan(&mut self, rx: &mut impl NodeIo, s: u32) {
+        info!("sector {s} moved away without this node; handing its records to the holders");
+        self.push_sector(rx, s, BatchDone::DropSector(s));
+    }
+
+    /// A leaver sends sector `s` to its holders, and keeps it.
+    pub(super) fn push_hand_over(&mut self, rx: &mut impl NodeIo, s: u32) {
+        info!("leaving: handing sector {s} to its holders");
+        self.push_sector(rx, s, BatchDone::HandOver(s));
+    }
+
+    fn push_sector(&mut self, rx: &mut impl NodeIo, s: u32, done: BatchDone) {
         let entries = match self.store.scan(s) {
             Ok(items) => items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect(),
             Err(e) => {
-                warn!("cannot read orphaned sector {s}: {e}");
+                warn!("cannot read sector {s} to hand it over: {e}");
                 return;
             }
         };
-        info!("sector {s} moved away without this node; handing its records to the holders");
-        self.send_batch(rx, entries, BatchDone::DropSector(s));
+        self.send_batch(rx, entries, done);
     }
 
     /// Delivers hints whose target is back (or gone for good) to the
@@ -106,7 +132,7 @@ impl Node {
     /// The digest of what `done` would drop.
     fn digest_of(&self, done: BatchDone) -> u64 {
         match done {
-            BatchDone::DropSector(s) => super::sync::digest(&self.store.keys_with_versions(s)),
+            BatchDone::DropSector(s) | BatchDone::HandOver(s) => super::sync::digest(&self.store.keys_with_versions(s)),
             BatchDone::DropHints(n) => super::sync::digest(&self.handoff.hints.keys_with_versions(n)),
         }
     }
@@ -117,10 +143,12 @@ impl Node {
         let Some(t) = self.table.clone() else { return };
         let id = self.next_id();
         let sent = self.digest_of(done);
-        let mut batch = Batch { left: 0, failed: false, done, sent };
+        let mut batch = Batch { left: 0, failed: false, done, sent, unrouted: false };
         for e in entries {
             let s = t.sector_of(&e.key);
-            for node in self.replicas(s) {
+            let holders = self.replicas(s);
+            batch.unrouted |= holders.is_empty();
+            for node in holders {
                 if node == self.cfg.id {
                     if self.store.apply(s, &e.key, e.version, e.value.as_deref()).is_err() {
                         batch.failed = true;
@@ -159,7 +187,7 @@ impl Node {
         if b.left > 0 {
             return;
         }
-        let (failed, done, sent) = (b.failed, b.done, b.sent);
+        let (failed, done, sent, unrouted) = (b.failed, b.done, b.sent, b.unrouted);
         self.handoff.batches.remove(&id);
         let changed = self.digest_of(done) != sent;
         if failed || changed {
@@ -175,8 +203,21 @@ impl Node {
             }
             return;
         }
-        log::debug!("{done:?}: delivered; dropping");
+        if unrouted {
+            // No member holds some of these keys (the whole cluster is
+            // leaving): this may be the last copy, so it stays.
+            info!("{done:?}: no live holder for some records; keeping them here");
+        }
         let dropped = match done {
+            BatchDone::HandOver(s) => {
+                self.handoff.handed.insert(s);
+                Ok(())
+            }
+            BatchDone::DropHints(n) if unrouted => {
+                self.handoff.hints_handed.insert(n);
+                Ok(())
+            }
+            _ if unrouted => Ok(()),
             BatchDone::DropSector(s) => self.store.drop_sector(s),
             BatchDone::DropHints(n) => self.handoff.hints.drop_sector(n),
         };

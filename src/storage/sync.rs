@@ -571,14 +571,20 @@ impl Node {
     }
 
     /// The last step of a leave, once no table lists this node: sectors
-    /// nobody pulled and every hint go to the holders, relays in flight
-    /// are awaited, and the node exits when nothing is left here. Run
+    /// the new holders did not pull, and every hint, go to their holders;
+    /// relays in flight are awaited; then the node exits. Its data stays on
+    /// disk (it may be the last copy, when the whole cluster stops). Run
     /// again after each acknowledgement, and on a timer while a hand-over
     /// failed.
     pub(super) fn hand_over(&mut self, rx: &mut impl NodeIo) {
-        self.settle_unheld(rx);
+        for s in self.store.sector_ids() {
+            if !self.needs_hand_over(s) || self.handoff.busy(BatchDone::HandOver(s)) {
+                continue;
+            }
+            self.push_hand_over(rx, s);
+        }
         for target in self.handoff.hints.sector_ids() {
-            if !self.handoff.busy(BatchDone::DropHints(target)) {
+            if !self.handoff.hints_handed.contains(&target) && !self.handoff.busy(BatchDone::DropHints(target)) {
                 self.send_hints(rx, target);
             }
         }
@@ -588,9 +594,16 @@ impl Node {
         }
     }
 
+    /// A leaver's sector that its new holders did not pull whole (or that
+    /// lost a relayed write) and that it has not handed over yet.
+    fn needs_hand_over(&self, s: u32) -> bool {
+        let pulled = self.mover.served.contains(&s) && !self.mover.relay_failed.contains(&s);
+        !pulled && !self.handoff.handed.contains(&s)
+    }
+
     fn handed_over(&self) -> bool {
-        self.store.sector_ids().is_empty()
-            && self.handoff.hints.sector_ids().is_empty()
+        self.store.sector_ids().into_iter().all(|s| !self.needs_hand_over(s))
+            && self.handoff.hints.sector_ids().into_iter().all(|t| self.handoff.hints_handed.contains(&t))
             && self.handoff.batches.is_empty()
             && self.mover.relaying.is_empty()
     }
