@@ -81,8 +81,12 @@ start: build
 stop:
 	@$(DAEMONS) stop "$(RUN_DIR)"
 
+# status asks the manager, then, if it is down, the nodes that have a data directory in RUN_DIR
+# (node i on BASE_PORT+i); with the manager down it prints a node's table and says so, exit 0.
 status:
-	@$(BIN)/gtstore --manager $(MANAGER) status
+	@addrs="$(MANAGER)"; for d in "$(RUN_DIR)"/node*; do i=$${d##*/node}; \
+		case "$$i" in ''|*[!0-9]*) continue;; esac; addrs="$$addrs,127.0.0.1:$$(($(BASE_PORT) + i))"; done; \
+	$(BIN)/gtstore --manager "$$addrs" status
 
 need-node:
 	@case "$(NODE)" in ''|*[!0-9]*) \

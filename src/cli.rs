@@ -53,6 +53,23 @@ pub fn manager_addr(flag: Option<String>) -> String {
         .unwrap_or_else(|| DEFAULT_MANAGER.to_string())
 }
 
+/// Splits a `--manager` value, `ADDR[,ADDR...]`: the manager, then storage
+/// nodes a client asks for the table when the manager does not answer.
+/// Every address must resolve; a single address is checked as before.
+pub fn bootstrap_list(list: &str) -> Result<(String, Vec<String>), Exit> {
+    let mut addrs = Vec::new();
+    for addr in list.split(',') {
+        let addr = addr.trim();
+        if addr.is_empty() {
+            return Err(Exit::usage(format!("{list}: an empty address in the list")));
+        }
+        resolve(addr)?;
+        addrs.push(addr.to_string());
+    }
+    let manager = addrs.remove(0);
+    Ok((manager, addrs))
+}
+
 /// Resolves `HOST:PORT` to its first socket address.
 pub fn resolve(addr: &str) -> Result<SocketAddr, Exit> {
     addr.to_socket_addrs()
@@ -96,5 +113,18 @@ mod tests {
         assert!(resolve("127.0.0.1:7000").is_ok());
         assert!(resolve("localhost:7000").is_ok());
         assert_eq!(resolve("nonsense").unwrap_err().code, EX_USAGE);
+    }
+
+    #[test]
+    fn bootstrap_list_is_the_manager_then_nodes() {
+        assert_eq!(bootstrap_list("127.0.0.1:7000").unwrap(), ("127.0.0.1:7000".to_string(), vec![]));
+        let (m, nodes) = bootstrap_list("127.0.0.1:7000, 127.0.0.1:7001,localhost:7002").unwrap();
+        assert_eq!(m, "127.0.0.1:7000");
+        assert_eq!(nodes, vec!["127.0.0.1:7001".to_string(), "localhost:7002".to_string()]);
+        let e = bootstrap_list("nonsense").unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (EX_USAGE, "nonsense: not a valid HOST:PORT address"));
+        assert_eq!(bootstrap_list("127.0.0.1:7000,,127.0.0.1:7001").unwrap_err().code, EX_USAGE);
+        assert_eq!(bootstrap_list("127.0.0.1:7000,bad").unwrap_err().code, EX_USAGE);
+        assert_eq!(bootstrap_list("").unwrap_err().code, EX_USAGE);
     }
 }

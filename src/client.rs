@@ -1,7 +1,12 @@
 //! The client library: `connect`, `put`, `get`, `delete`, `finalize`.
 //!
 //! A [`Client`] says `HELLO` to the manager, which gives it a client id, the
-//! partition table and a round-robin contact node. Each request then goes
+//! partition table and a round-robin contact node. If the manager does not
+//! answer, the client says `HELLO` to the storage nodes of
+//! [`Config::nodes`] in turn: any node answers with its cached table (and no
+//! client id; the client then picks its own, see [`local_client_id`]). The
+//! table is fetched again the same way, the nodes of the cached table asked
+//! as well, so a client keeps working while the manager is down. Each request then goes
 //! straight to its key's coordinator (the first live node of the key's
 //! preference list) over a cached blocking connection. A refused connection
 //! or a per-attempt timeout makes the client refresh the table and try the
@@ -26,6 +31,9 @@ pub const ROUND_PAUSE: Duration = Duration::from_millis(50);
 pub struct Config {
     /// The manager, `HOST:PORT`.
     pub manager: String,
+    /// Storage nodes, `HOST:PORT`, asked in turn for the table when the
+    /// manager does not answer (after the nodes of the cached table, if any).
+    pub nodes: Vec<String>,
     /// How long one attempt may take.
     pub attempt_timeout: Duration,
     /// How long a request may take over all its retries.
@@ -36,6 +44,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             manager: crate::cli::DEFAULT_MANAGER.to_string(),
+            nodes: Vec::new(),
             attempt_timeout: Duration::from_millis(300),
             deadline: Duration::from_secs(5),
         }
@@ -92,6 +101,26 @@ pub struct Client {
     contact: u32,
     conns: HashMap<u32, TcpStream>,
     next_req: u64,
+    /// Where the cached table came from: 0 the manager, else a node's id.
+    table_from: u32,
+    /// Why the manager did not answer the latest table request, if it did not.
+    manager_down: Option<String>,
+    /// Which node to ask first for the table when the manager is down; moves
+    /// on past a node that did not answer, so a stalled one is not asked
+    /// first every time.
+    rotate: usize,
+}
+
+/// A table and where it came from.
+struct Fetched {
+    table: Table,
+    /// The client id in the reply (0 from a node).
+    client: u64,
+    contact: u32,
+    /// 0 if the manager answered, else the answering node's id.
+    from: u32,
+    /// Why the manager did not answer, when a node did.
+    manager_down: Option<String>,
 }
 
 /// How one attempt ended.
@@ -103,20 +132,39 @@ enum Attempt {
 }
 
 impl Client {
-    /// Says hello to the manager and fetches the table.
+    /// Says hello to the manager (or, if it does not answer, to the nodes
+    /// of [`Config::nodes`] in turn) and fetches the table, retrying every
+    /// 100 ms until the deadline.
     pub fn connect(cfg: Config) -> Result<Client> {
         let started = Instant::now();
         let mut last = String::new();
+        let mut rotate = 0;
         while started.elapsed() < cfg.deadline {
-            match hello(&cfg, Body::Hello) {
-                Ok((table, id, contact)) => {
-                    return Ok(Client { cfg, table, id, contact, conns: HashMap::new(), next_req: 0 });
+            match fetch(&cfg, Body::Hello, &cfg.nodes, 0, &mut rotate) {
+                Ok(f) => {
+                    let id = if f.client == 0 { local_client_id() } else { f.client };
+                    return Ok(Client {
+                        cfg,
+                        table: f.table,
+                        id,
+                        contact: f.contact,
+                        conns: HashMap::new(),
+                        next_req: 0,
+                        table_from: f.from,
+                        manager_down: f.manager_down,
+                        rotate,
+                    });
                 }
                 Err(e) => last = e,
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Err(Error::Unavailable(format!("cannot reach the manager at {}: {last}", cfg.manager)))
+        let why = if cfg.nodes.is_empty() {
+            format!("cannot reach the manager at {}: {last}", cfg.manager)
+        } else {
+            format!("cannot reach the manager at {} or any of {} node(s): {last}", cfg.manager, cfg.nodes.len())
+        };
+        Err(Error::Unavailable(why))
     }
 
     /// The cached table.
@@ -124,24 +172,49 @@ impl Client {
         &self.table
     }
 
-    /// The id the manager gave this client.
+    /// The id the manager gave this client, or, if a node gave the first
+    /// table, the one the client picked ([`local_client_id`]).
     pub fn id(&self) -> u64 {
         self.id
     }
 
-    /// The contact node the manager suggested.
+    /// The contact node the manager (or the answering node: itself) suggested.
     pub fn contact(&self) -> u32 {
         self.contact
     }
 
-    /// Fetches the table again; keeps the cached one if the manager is down.
+    /// Where the cached table came from: 0 for the manager, else the id of
+    /// the node whose cached copy it is.
+    pub fn table_from(&self) -> u32 {
+        self.table_from
+    }
+
+    /// Why the manager did not answer the latest table request; `None` if
+    /// it answered (or no request has failed since).
+    pub fn manager_down(&self) -> Option<&str> {
+        self.manager_down.as_deref()
+    }
+
+    /// Fetches the table again: from the manager, or, if it does not
+    /// answer, from a node (those of the cached table, then
+    /// [`Config::nodes`]). Keeps the cached table, and returns false, if
+    /// nobody answers with a table at least as new.
     pub fn refresh_table(&mut self) -> bool {
-        match hello(&self.cfg, Body::GetTable) {
-            Ok((table, _, _)) if table.epoch >= self.table.epoch => {
-                self.table = table;
+        let mut nodes: Vec<String> = Vec::new();
+        let members = self.table.members.iter();
+        for addr in members.filter(|m| m.state == NodeState::Up).map(|m| &m.addr).chain(&self.cfg.nodes) {
+            if !nodes.contains(addr) {
+                nodes.push(addr.clone());
+            }
+        }
+        match fetch(&self.cfg, Body::GetTable, &nodes, self.table.epoch, &mut self.rotate) {
+            Ok(f) => {
+                self.table = f.table;
+                self.table_from = f.from;
+                self.manager_down = f.manager_down;
                 true
             }
-            _ => false,
+            Err(_) => false,
         }
     }
 
@@ -363,17 +436,70 @@ fn expect_ok(m: Message) -> Result<u32> {
     }
 }
 
-/// Asks the manager for the table (`HELLO` or `GET_TABLE`).
-fn hello(cfg: &Config, body: Body) -> std::result::Result<(Table, u64, u32), String> {
-    let addr = crate::cli::resolve(&cfg.manager).map_err(|e| e.message)?;
+/// Asks the manager for the table (`HELLO` or `GET_TABLE`); if it does not
+/// answer with a table of epoch `min_epoch` or newer, asks the nodes at
+/// `nodes` in turn, starting at `*rotate` (which moves past every node that
+/// does not answer). The error is the last failure's.
+fn fetch(
+    cfg: &Config,
+    body: Body,
+    nodes: &[String],
+    min_epoch: u64,
+    rotate: &mut usize,
+) -> std::result::Result<Fetched, String> {
+    let manager_err = match hello(cfg, &cfg.manager, body.clone(), min_epoch) {
+        Ok((table, client, contact, _)) => {
+            return Ok(Fetched { table, client, contact, from: 0, manager_down: None });
+        }
+        Err(e) => e,
+    };
+    let mut last = manager_err.clone();
+    for i in 0..nodes.len() {
+        let addr = &nodes[(*rotate + i) % nodes.len()];
+        if *addr == cfg.manager {
+            continue;
+        }
+        match hello(cfg, addr, body.clone(), min_epoch) {
+            Ok((table, client, contact, from)) => {
+                *rotate = (*rotate + i) % nodes.len();
+                let manager_down = Some(manager_err);
+                return Ok(Fetched { table, client, contact, from, manager_down });
+            }
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    *rotate = rotate.wrapping_add(1);
+    Err(last)
+}
+
+/// Asks the manager or a node at `addr` for the table (`HELLO` or
+/// `GET_TABLE`); the table, the client id, the contact node and the id of
+/// the node that answered (0: the manager), if the table's epoch is at
+/// least `min_epoch`.
+fn hello(cfg: &Config, addr: &str, body: Body, min_epoch: u64) -> std::result::Result<(Table, u64, u32, u32), String> {
+    let addr = crate::cli::resolve(addr).map_err(|e| e.message)?;
     let conn = TcpStream::connect_timeout(&addr, cfg.attempt_timeout).map_err(|e| e.to_string())?;
     let msg = Message { header: Header::default(), body };
     let reply = exchange(&conn, &msg, cfg.attempt_timeout.max(Duration::from_secs(1)))?;
     match reply.body {
-        Body::TableMsg { table, contact, .. } => Ok((table, reply.header.client, contact)),
+        Body::TableMsg { table, .. } if table.epoch < min_epoch => {
+            Err(format!("its table (epoch {}) is older than the cached one (epoch {min_epoch})", table.epoch))
+        }
+        Body::TableMsg { table, contact, .. } => Ok((table, reply.header.client, contact, reply.header.node)),
         Body::Error { reason, .. } => Err(reason),
         other => Err(format!("unexpected {} reply", other.verb())),
     }
+}
+
+/// A client id for a client no manager gave one to (its first table came
+/// from a node): bit 63 set, which the manager's ids (counting up from 1)
+/// never reach, and the other bits from the process id and the clock, so
+/// two such clients are unlikely to share one. Nodes only copy client ids
+/// into their replies; nothing relies on them being unique.
+pub fn local_client_id() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mixed = (u64::from(std::process::id()) << 32) ^ (now.as_nanos() as u64);
+    (1 << 63) | (mixed & ((1 << 63) - 1))
 }
 
 /// Writes `msg` and reads one reply, each within `timeout`.

@@ -17,7 +17,13 @@ fn options() -> getopts::Options {
     o.optopt("", "get", "print the value of KEY", "KEY");
     o.optopt("", "del", "delete KEY", "KEY");
     o.optopt("", "node", "with inspect: the node to ask", "I");
-    o.optopt("", "manager", "cluster manager (default $GTSTORE_MANAGER, else 127.0.0.1:7000)", "ADDR");
+    o.optopt(
+        "",
+        "manager",
+        "cluster manager, then storage nodes to ask for the table if it is down (default $GTSTORE_MANAGER, else \
+         127.0.0.1:7000)",
+        "ADDR[,ADDR...]",
+    );
     o.optopt("", "timeout-ms", "per-attempt timeout (default 300)", "MS");
     o.optopt("", "deadline-ms", "total time for retries (default 5000)", "MS");
     o.optflag("h", "help", "print this help");
@@ -105,8 +111,10 @@ fn print_line(out: &mut impl Write, parts: &[&[u8]]) -> Result<(), Exit> {
 }
 
 /// `gtstore status`: the epoch, one line per node, then how many sectors
-/// still lack a copy (nodes that must receive sectors and have not yet).
-fn status(c: &mut Client, out: &mut impl Write) -> Result<(), Exit> {
+/// still lack a copy (nodes that must receive sectors and have not yet);
+/// if the manager did not answer, a last line saying so and which node's
+/// copy of the table this is (the exit status stays 0: the cluster serves).
+fn status(c: &mut Client, manager: &str, out: &mut impl Write) -> Result<(), Exit> {
     c.refresh_table();
     let table = c.table().clone();
     let io = |e: std::io::Error| Exit::new(EX_SOFTWARE, format!("cannot write output: {e}"));
@@ -138,10 +146,17 @@ fn status(c: &mut Client, out: &mut impl Write) -> Result<(), Exit> {
     }
     let short = (0..t.sectors()).filter(|&s| (t.preference(s).len() as u32) < t.rep).count();
     let note = if unknown > 0 { format!(" ({unknown} node(s) did not answer)") } else { String::new() };
-    writeln!(out, "under-replicated {}{note}", missing + short as u64).map_err(io)
+    writeln!(out, "under-replicated {}{note}", missing + short as u64).map_err(io)?;
+    if let Some(why) = c.manager_down() {
+        let from = c.table_from();
+        let addr = t.member(from).map_or("", |m| m.addr.as_str());
+        writeln!(out, "manager {manager} down ({why}); table from server{from} at {addr}").map_err(io)?;
+    }
+    Ok(())
 }
 
 fn run(cmd: Command, cfg: client::Config) -> Result<(), Exit> {
+    let manager = cfg.manager.clone();
     let mut c = Client::connect(cfg).map_err(|e| Exit::new(EX_UNAVAILABLE, e.to_string()))?;
     let mut out = std::io::stdout().lock();
     match cmd {
@@ -161,7 +176,7 @@ fn run(cmd: Command, cfg: client::Config) -> Result<(), Exit> {
             let node = c.delete(&key).map_err(|e| fail(e, &key))?;
             print_line(&mut out, &[b"OK", format!("server{node}").as_bytes()])
         }
-        Command::Status => status(&mut c, &mut out),
+        Command::Status => status(&mut c, &manager, &mut out),
         Command::Inspect(node, key) => match c.inspect(node, &key).map_err(|e| fail(e, &key))? {
             Some(l) => {
                 let value = l.value.unwrap_or_else(|| b"(deleted)".to_vec());
@@ -197,14 +212,10 @@ fn main() {
             _ => cli::die(PROG, Exit::new(EX_USAGE, format!("--{name} must be a positive number of milliseconds"))),
         }
     };
-    let cfg = client::Config {
-        manager: cli::manager_addr(m.opt_str("manager")),
-        attempt_timeout: ms("timeout-ms", 300),
-        deadline: ms("deadline-ms", 5000),
-    };
-    if let Err(e) = cli::resolve(&cfg.manager) {
-        cli::die(PROG, e);
-    }
+    let (attempt_timeout, deadline) = (ms("timeout-ms", 300), ms("deadline-ms", 5000));
+    let (manager, nodes) =
+        cli::bootstrap_list(&cli::manager_addr(m.opt_str("manager"))).unwrap_or_else(|e| cli::die(PROG, e));
+    let cfg = client::Config { manager, nodes, attempt_timeout, deadline };
     if let Err(e) = run(cmd, cfg) {
         cli::die(PROG, e);
     }

@@ -369,11 +369,25 @@ impl Node {
             Body::Inspect { key } => self.handle_fetch(rx, conn, h, key, false),
             Body::Pull { sector, digest } => self.handle_pull(rx, conn, h, sector, digest),
             Body::StatsReq => self.handle_stats(rx, conn, h),
+            Body::Hello | Body::GetTable => self.handle_table_request(rx, conn, h),
             other => {
                 let reason = format!("{} is not a storage node request", other.verb());
                 rx.send(conn, &error_reply(h.req, ErrorCode::BadRequest, &reason));
             }
         }
+    }
+
+    /// HELLO or GET_TABLE from a client that could not reach the manager:
+    /// this node's cached tables, itself as the contact node. A node issues
+    /// no client ids: the reply's CLIENT_ID is 0 (see gtstore-protocol(5)).
+    fn handle_table_request(&mut self, rx: &mut impl NodeIo, conn: ConnId, h: Header) {
+        let Some(table) = self.table.clone() else {
+            rx.send(conn, &error_reply(h.req, ErrorCode::NoTable, "this node has no table yet"));
+            return;
+        };
+        let header = Header { client: 0, node: self.cfg.id, req: h.req, deadline: 0 };
+        let body = Body::TableMsg { table, pending: self.pending.clone(), contact: self.cfg.id };
+        rx.send(conn, &Message { header, body });
     }
 
     /// A reply on one of our peer connections, routed by what awaits it.
