@@ -657,6 +657,7 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
             Err(e) => return Err(Error::Sys(e)),
         };
         let (mut rounds, started) = (0, Instant::now());
+        let cpu = rx.turns.is_some().then(super::turns::thread_cpu);
         while n > 0 {
             rx.dispatch(h, &events[..n]);
             if rounds == rx.drain_rounds || started.elapsed() >= rx.drain_budget {
@@ -677,8 +678,13 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
         let slept = rx.turns.is_some().then(Instant::now);
         rx.flush();
         rx.reap(h);
-        if let (Some(w), Some(timed), Some(early), Some(slept)) = (rx.turns.as_mut(), timed, early, slept) {
-            w.record([started, handled, timed, early, slept, Instant::now()]);
+        if let (Some(w), Some(timed), Some(early), Some(slept), Some(cpu)) =
+            (rx.turns.as_mut(), timed, early, slept, cpu)
+        {
+            w.record(
+                [started, handled, timed, early, slept, Instant::now()],
+                super::turns::thread_cpu().saturating_sub(cpu),
+            );
         }
     }
     Ok(())

@@ -39,6 +39,10 @@ pub struct TurnWatch {
     phases: [Duration; 5],
     counts: [u64; 6],
     longest_ever: Duration,
+    /// The most CPU time one turn used, in the window and ever: a turn
+    /// much longer than its CPU time waited for the disk or was preempted.
+    cpu: Duration,
+    cpu_ever: Duration,
 }
 
 impl TurnWatch {
@@ -52,12 +56,16 @@ impl TurnWatch {
             phases: [Duration::ZERO; 5],
             counts: [0; 6],
             longest_ever: Duration::ZERO,
+            cpu: Duration::ZERO,
+            cpu_ever: Duration::ZERO,
         }
     }
 
     /// Records a turn from its six instants (start, then the end of each
     /// phase); logs and starts a new window when this one is over.
-    pub fn record(&mut self, marks: [Instant; 6]) {
+    pub fn record(&mut self, marks: [Instant; 6], cpu: Duration) {
+        self.cpu = self.cpu.max(cpu);
+        self.cpu_ever = self.cpu_ever.max(cpu);
         let total = marks[5].saturating_duration_since(marks[0]);
         let bucket = BUCKETS.iter().position(|&b| total < b).unwrap_or(BUCKETS.len());
         if let Some(c) = self.counts.get_mut(bucket) {
@@ -76,6 +84,7 @@ impl TurnWatch {
                 info!("{}", self.summary());
             }
             self.longest = Duration::ZERO;
+            self.cpu = Duration::ZERO;
             self.counts = [0; 6];
             self.started = Some(marks[5]);
         }
@@ -86,19 +95,31 @@ impl TurnWatch {
         self.longest_ever
     }
 
+    /// The most CPU time a turn used since the loop started.
+    pub fn cpu_ever(&self) -> Duration {
+        self.cpu_ever
+    }
+
     /// The current window's figures, as logged.
     pub fn summary(&self) -> String {
         let phases: Vec<String> =
             PHASES.iter().zip(self.phases).map(|(name, d)| format!("{name} {:.1}ms", ms(d))).collect();
         let counts: Vec<String> = BUCKET_NAMES.iter().zip(self.counts).map(|(name, n)| format!("{name} {n}")).collect();
         format!(
-            "longest loop turn {:.1}ms in the last {:?} ({}); turns: {}",
+            "longest loop turn {:.1}ms in the last {:?} ({}); most CPU in a turn {:.1}ms; turns: {}",
             ms(self.longest),
             self.window,
             phases.join(", "),
+            ms(self.cpu),
             counts.join(", ")
         )
     }
+}
+
+/// CPU time this thread has used (zero if the clock cannot be read).
+pub fn thread_cpu() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -114,9 +135,10 @@ mod tests {
         let mut w = TurnWatch::new(Duration::from_secs(3600), Duration::from_millis(50));
         let t = Instant::now();
         let at = |ms: u64| t + Duration::from_millis(ms);
-        w.record([at(0), at(1), at(1), at(1), at(2), at(2)]);
-        w.record([at(10), at(10), at(10), at(10), at(80), at(81)]);
-        w.record([at(100), at(100), at(100), at(100), at(100), at(100)]);
+        w.record([at(0), at(1), at(1), at(1), at(2), at(2)], Duration::from_millis(2));
+        w.record([at(10), at(10), at(10), at(10), at(80), at(81)], Duration::from_millis(5));
+        w.record([at(100), at(100), at(100), at(100), at(100), at(100)], Duration::ZERO);
+        assert_eq!(w.cpu_ever(), Duration::from_millis(5));
         assert_eq!(w.longest_ever(), Duration::from_millis(71));
         assert_eq!(w.counts, [1, 1, 0, 1, 0, 0]);
         assert_eq!(w.phases[3], Duration::from_millis(70));

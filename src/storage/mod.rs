@@ -25,6 +25,7 @@
 mod coord;
 mod handoff;
 mod links;
+mod orphans;
 mod stream;
 mod sync;
 
@@ -71,6 +72,8 @@ pub enum Timer {
     Compact,
     /// Build the next CHUNKs of the PULLs being answered.
     Stream,
+    /// Hand a few queued orphaned sectors over.
+    Orphans,
 }
 
 /// How long a leaving node waits for its sectors to be taken over.
@@ -182,6 +185,8 @@ pub struct Node {
     compact_armed: bool,
     /// PULLs being answered, a few CHUNKs per turn.
     streams: stream::Streams,
+    /// Orphaned sectors to hand over, a few per turn.
+    orphans: orphans::Orphans,
 }
 
 /// What a request sent to a peer is waiting for; the reply (or the loss of
@@ -240,6 +245,7 @@ impl Node {
             ready,
             compact_armed: false,
             streams: stream::Streams::default(),
+            orphans: orphans::Orphans::default(),
             cfg,
         }
     }
@@ -524,6 +530,7 @@ impl Handler for Node {
             Timer::HandOver => self.hand_over(rx),
             Timer::Compact => self.compact_some(),
             Timer::Stream => self.stream_some(rx),
+            Timer::Orphans => self.push_some_orphans(rx),
             Timer::LeaveLimit => {
                 warn!("leave not finished within {LEAVE_LIMIT:?}; exiting with the data on disk");
                 rx.stop();
@@ -646,7 +653,12 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         error!("final sync failed: {e}");
     }
     let longest = rx.turns.as_ref().map_or(Duration::ZERO, net::TurnWatch::longest_ever);
-    info!("node {} stopped after {:?}; longest loop turn {longest:?}", node.cfg.id, started_at.elapsed());
+    let cpu = rx.turns.as_ref().map_or(Duration::ZERO, net::TurnWatch::cpu_ever);
+    info!(
+        "node {} stopped after {:?}; longest loop turn {longest:?}, most CPU in a turn {cpu:?}",
+        node.cfg.id,
+        started_at.elapsed()
+    );
     match node.failed.take() {
         Some(e) => Err(e),
         None => Ok(()),
