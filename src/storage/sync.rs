@@ -181,7 +181,7 @@ impl Node {
             self.mover.synced.remove(&s);
             if !served.contains(&s) || self.mover.relay_failed.contains(&s) {
                 self.mover.relay_failed.remove(&s);
-                self.push_orphan(rx, s);
+                self.queue_orphan(rx, s);
             } else if self.mover.relaying.get(&s).is_some_and(|&n| n > 0) {
                 // A copy acknowledged here may be only in flight to its new
                 // holder: keep it until the relay is acknowledged.
@@ -521,7 +521,8 @@ impl Node {
     }
 
     fn handed_over(&self) -> bool {
-        self.store.sector_ids().is_empty()
+        self.orphans.is_empty()
+            && self.store.sector_ids().is_empty()
             && self.handoff.hints.sector_ids().is_empty()
             && self.handoff.batches.is_empty()
             && self.mover.relaying.is_empty()
