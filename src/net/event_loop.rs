@@ -39,6 +39,7 @@ use super::conn::{Conn, ConnState, ReadOutcome, READ_CHUNK};
 use super::error::{Error, Result};
 use super::io::{Io, SplitMix};
 use super::timer::{TimerId, Timers};
+use super::turns::TurnWatch;
 
 /// Epoll token of the listening socket.
 const LISTENER: u64 = 0;
@@ -146,6 +147,9 @@ pub struct Reactor<D, T = u64> {
     /// No extra round starts once the turn has run this long, so a slow
     /// turn does not hold its replies back longer still.
     pub drain_budget: Duration,
+    /// Times every turn when set (the storage node sets it): the longest
+    /// turns are what can make the manager declare a live node dead.
+    pub turns: Option<TurnWatch>,
     stopped: bool,
 }
 
@@ -168,6 +172,7 @@ impl<D, T> Reactor<D, T> {
             rng: SplitMix::new(seed_from_os()),
             drain_rounds: 0,
             drain_budget: Duration::ZERO,
+            turns: None,
             stopped: false,
         })
     }
@@ -574,6 +579,10 @@ impl<D, T> Io for Reactor<D, T> {
         Reactor::data_mut(self, id)
     }
 
+    fn pending_output(&self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, Conn::pending_output)
+    }
+
     fn add_timer(&mut self, delay: Duration, timer: T) -> TimerId {
         self.timers.add(Instant::now(), delay, timer)
     }
@@ -648,6 +657,7 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
             Err(e) => return Err(Error::Sys(e)),
         };
         let (mut rounds, started) = (0, Instant::now());
+        let cpu = rx.turns.is_some().then(super::turns::thread_cpu);
         while n > 0 {
             rx.dispatch(h, &events[..n]);
             if rounds == rx.drain_rounds || started.elapsed() >= rx.drain_budget {
@@ -656,14 +666,26 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
             rounds += 1;
             n = rx.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0);
         }
-        for timer in rx.timers.expired(Instant::now()) {
+        let handled = Instant::now();
+        for timer in rx.timers.expired(handled) {
             h.on_timer(rx, timer);
         }
+        let timed = rx.turns.is_some().then(Instant::now);
         h.before_early_flush(rx);
         rx.flush_early();
+        let early = rx.turns.is_some().then(Instant::now);
         h.before_sleep(rx);
+        let slept = rx.turns.is_some().then(Instant::now);
         rx.flush();
         rx.reap(h);
+        if let (Some(w), Some(timed), Some(early), Some(slept), Some(cpu)) =
+            (rx.turns.as_mut(), timed, early, slept, cpu)
+        {
+            w.record(
+                [started, handled, timed, early, slept, Instant::now()],
+                super::turns::thread_cpu().saturating_sub(cpu),
+            );
+        }
     }
     Ok(())
 }

@@ -46,6 +46,11 @@ pub trait Io {
     fn is_open(&self, id: ConnId) -> bool {
         self.data(id).is_some()
     }
+    /// Bytes queued on `id` and not written yet (0 if the driver does not
+    /// say): a role producing a long stream waits while it is large.
+    fn pending_output(&self, _id: ConnId) -> usize {
+        0
+    }
     /// Arms `timer` to fire after `delay`.
     fn add_timer(&mut self, delay: Duration, timer: Self::Timer) -> TimerId;
     /// Disarms a timer; harmless if it already fired.

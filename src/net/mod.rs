@@ -8,7 +8,9 @@ pub mod error;
 pub mod event_loop;
 pub mod io;
 pub mod timer;
+pub mod turns;
 
 pub use error::{Error, Result};
 pub use event_loop::{run, ConnId, Handler, Reactor};
 pub use io::{Io, SplitMix};
+pub use turns::TurnWatch;

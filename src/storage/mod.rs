@@ -25,6 +25,8 @@
 mod coord;
 mod handoff;
 mod links;
+mod orphans;
+mod stream;
 mod sync;
 
 use std::io::Write;
@@ -66,6 +68,12 @@ pub enum Timer {
     Create,
     /// Retry a leaver's hand-over of sectors and hints.
     HandOver,
+    /// A step of compaction (see `Node::compact_some`).
+    Compact,
+    /// Build the next CHUNKs of the PULLs being answered.
+    Stream,
+    /// Hand a few queued orphaned sectors over.
+    Orphans,
 }
 
 /// How long a leaving node waits for its sectors to be taken over.
@@ -78,6 +86,13 @@ const OP_SWEEP: Duration = Duration::from_millis(50);
 const DRAIN_ROUNDS: usize = 8;
 /// A loop turn starts no extra round of events after this long.
 const DRAIN_BUDGET: Duration = Duration::from_millis(2);
+/// Loop turns are summarised over windows of this length...
+const TURN_WINDOW: Duration = Duration::from_secs(10);
+/// ...and a window is logged if its longest turn took longer than this: a
+/// twentieth of the manager's default dead-after limit (1 s).
+const TURN_LOG_OVER: Duration = Duration::from_millis(50);
+/// Bytes of old segments a compaction step scans (one step per loop turn).
+const COMPACT_BUDGET: u64 = 256 * 1024;
 /// How long a coordinated operation waits for its quorum.
 const OP_DEADLINE: Duration = Duration::from_millis(1000);
 /// How long a starting node waits to register before it gives up.
@@ -166,6 +181,12 @@ pub struct Node {
     failed: Option<Exit>,
     next_id: u64,
     ready: Option<Readiness>,
+    /// A `Timer::Compact` is armed.
+    compact_armed: bool,
+    /// PULLs being answered, a few CHUNKs per turn.
+    streams: stream::Streams,
+    /// Orphaned sectors to hand over, a few per turn.
+    orphans: orphans::Orphans,
 }
 
 /// What a request sent to a peer is waiting for; the reply (or the loss of
@@ -222,6 +243,9 @@ impl Node {
             failed: None,
             next_id: 0,
             ready,
+            compact_armed: false,
+            streams: stream::Streams::default(),
+            orphans: orphans::Orphans::default(),
             cfg,
         }
     }
@@ -465,6 +489,21 @@ impl Node {
     }
 }
 
+impl Node {
+    /// One budgeted step of compaction, in a loop turn of its own: a write
+    /// that leaves a sector mostly dead only queues it (`Store::apply`), and
+    /// `before_sleep` arms the next step while any is due, so a big sector
+    /// is rewritten over many turns instead of holding one.
+    fn compact_some(&mut self) {
+        self.compact_armed = false;
+        if self.store.compaction_pending() {
+            self.store.compact_step(COMPACT_BUDGET);
+        } else {
+            self.handoff.hints.compact_step(COMPACT_BUDGET);
+        }
+    }
+}
+
 impl Handler for Node {
     type Data = Link;
     type Timer = Timer;
@@ -503,6 +542,9 @@ impl Handler for Node {
             Timer::Hints => self.deliver_hints(rx),
             Timer::Create => self.create_some(rx),
             Timer::HandOver => self.hand_over(rx),
+            Timer::Compact => self.compact_some(),
+            Timer::Stream => self.stream_some(rx),
+            Timer::Orphans => self.push_some_orphans(rx),
             Timer::LeaveLimit => {
                 warn!("leave not finished within {LEAVE_LIMIT:?}; exiting with the data on disk");
                 rx.stop();
@@ -573,6 +615,10 @@ impl Handler for Node {
         }
         // Everything applied up to now is durable.
         self.coord.turn += 1;
+        if !self.compact_armed && (self.store.compaction_pending() || self.handoff.hints.compaction_pending()) {
+            self.compact_armed = true;
+            rx.add_timer(Duration::ZERO, Timer::Compact);
+        }
     }
 }
 
@@ -602,6 +648,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         rx.max_conns = cfg.max_conns;
         rx.drain_rounds = DRAIN_ROUNDS;
         rx.drain_budget = DRAIN_BUDGET;
+        rx.turns = Some(net::TurnWatch::new(TURN_WINDOW, TURN_LOG_OVER));
         let bound = rx.listen(cfg.listen)?;
         rx.catch_signals()?;
         Ok((rx, bound))
@@ -620,7 +667,13 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
     if let Err(e) = node.store.sync_dirty() {
         error!("final sync failed: {e}");
     }
-    info!("node {} stopped after {:?}", node.cfg.id, started_at.elapsed());
+    let longest = rx.turns.as_ref().map_or(Duration::ZERO, net::TurnWatch::longest_ever);
+    let cpu = rx.turns.as_ref().map_or(Duration::ZERO, net::TurnWatch::cpu_ever);
+    info!(
+        "node {} stopped after {:?}; longest loop turn {longest:?}, most CPU in a turn {cpu:?}",
+        node.cfg.id,
+        started_at.elapsed()
+    );
     match node.failed.take() {
         Some(e) => Err(e),
         None => Ok(()),

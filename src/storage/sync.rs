@@ -24,14 +24,12 @@ use log::{error, info, warn};
 
 use super::handoff::BatchDone;
 use super::{Awaited, Node, NodeIo, Timer};
-use crate::net::codec::{Body, Entry, ErrorCode, Header, Message};
+use crate::net::codec::{Body, Entry, Header, Message};
 use crate::net::ConnId;
 use crate::table::{hash_key, NodeState, Table};
 
 /// Sectors pulled at once.
 const MAX_PULLS: usize = 64;
-/// Payload bytes per CHUNK, roughly.
-const CHUNK_BYTES: usize = 256 * 1024;
 /// Delay before a failed pull is tried again.
 pub(super) const PULL_RETRY: Duration = Duration::from_millis(300);
 /// A pull whose sources sent nothing for this long is given up and retried.
@@ -188,7 +186,7 @@ impl Node {
             self.mover.synced.remove(&s);
             if !served.contains(&s) || self.mover.relay_failed.contains(&s) {
                 self.mover.relay_failed.remove(&s);
-                self.push_orphan(rx, s);
+                self.queue_orphan(rx, s);
             } else if self.mover.relaying.get(&s).is_some_and(|&n| n > 0) {
                 // A copy acknowledged here may be only in flight to its new
                 // holder: keep it until the relay is acknowledged.
@@ -465,8 +463,9 @@ impl Node {
 
     // ----- the source side --------------------------------------------
 
-    /// Streams `sector` to the puller unless its digest already matches,
-    /// and relays the sector's later writes to it until the move ends.
+    /// Streams `sector` to the puller unless its digest already matches
+    /// (in budgeted steps: see `stream`), and relays the sector's later
+    /// writes to it until the move ends.
     pub(super) fn handle_pull(&mut self, rx: &mut impl NodeIo, conn: ConnId, h: Header, sector: u32, their: u64) {
         let puller = h.node;
         self.mover.served.insert(sector);
@@ -481,31 +480,7 @@ impl Node {
             rx.send(conn, &Message { header, body: Body::Chunk { sector, entries: Vec::new(), last: true } });
             return;
         }
-        let items = match self.store.scan(sector) {
-            Ok(items) => items,
-            Err(_) if !self.store.has_sector(sector) => Vec::new(),
-            Err(e) => {
-                error!("cannot read sector {sector} for node {puller}: {e}");
-                let body = Body::error(ErrorCode::Storage, format!("cannot read sector: {e}"));
-                rx.send(conn, &Message { header, body });
-                return;
-            }
-        };
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for (key, item) in items {
-            let size = key.len() + item.value.as_ref().map_or(0, Vec::len) + 32;
-            // Cut before an entry that would take the chunk past the limit, so
-            // a chunk is never larger than one maximal record plus framing.
-            if bytes + size > CHUNK_BYTES && !batch.is_empty() {
-                let entries = std::mem::take(&mut batch);
-                rx.send(conn, &Message { header, body: Body::Chunk { sector, entries, last: false } });
-                bytes = 0;
-            }
-            bytes += size;
-            batch.push(Entry { key, version: item.version, value: item.value });
-        }
-        rx.send(conn, &Message { header, body: Body::Chunk { sector, entries: batch, last: true } });
+        self.start_stream(rx, conn, header, sector);
     }
 
     /// Copies a write of `sector` to the nodes moving in: pullers that
@@ -578,10 +553,9 @@ impl Node {
     /// failed.
     pub(super) fn hand_over(&mut self, rx: &mut impl NodeIo) {
         for s in self.store.sector_ids() {
-            if !self.needs_hand_over(s) || self.handoff.busy(BatchDone::HandOver(s)) {
-                continue;
+            if self.needs_hand_over(s) && !self.handoff.busy(BatchDone::HandOver(s)) {
+                self.queue_orphan(rx, s);
             }
-            self.push_hand_over(rx, s);
         }
         for target in self.handoff.hints.sector_ids() {
             if !self.handoff.hints_handed.contains(&target) && !self.handoff.busy(BatchDone::DropHints(target)) {
@@ -596,13 +570,14 @@ impl Node {
 
     /// A leaver's sector that its new holders did not pull whole (or that
     /// lost a relayed write) and that it has not handed over yet.
-    fn needs_hand_over(&self, s: u32) -> bool {
+    pub(super) fn needs_hand_over(&self, s: u32) -> bool {
         let pulled = self.mover.served.contains(&s) && !self.mover.relay_failed.contains(&s);
         !pulled && !self.handoff.handed.contains(&s)
     }
 
     fn handed_over(&self) -> bool {
-        self.store.sector_ids().into_iter().all(|s| !self.needs_hand_over(s))
+        self.orphans.is_empty()
+            && self.store.sector_ids().into_iter().all(|s| !self.needs_hand_over(s))
             && self.handoff.hints.sector_ids().into_iter().all(|t| self.handoff.hints_handed.contains(&t))
             && self.handoff.batches.is_empty()
             && self.mover.relaying.is_empty()

@@ -91,14 +91,15 @@ pub struct Store {
     /// The other WAL file, empty, waiting for the next rotation.
     spare: Option<Wal>,
     /// A full WAL being retired: the sectors still to sync before it can be
-    /// emptied, a few per loop turn, so a checkpoint never stalls the loop.
+    /// emptied, one per loop turn, so a checkpoint never stalls the loop.
     retiring: Option<(Wal, Vec<u32>)>,
     /// Sectors written to the active WAL: their files are not synced.
     unsynced: IdSet<u32>,
+    /// Sectors found mostly dead by a write, to compact in steps.
+    to_compact: IdSet<u32>,
+    /// The sector whose compaction is under way.
+    compacting: Option<u32>,
 }
-
-/// Sectors synced per loop turn while a WAL retires.
-pub const SYNCS_PER_TURN: usize = 8;
 
 /// WAL size at which the sectors are synced and the WAL emptied.
 pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
@@ -128,8 +129,18 @@ impl Store {
                 None => ::log::warn!("{}: not a sector directory; ignored", path.display()),
             }
         }
-        let mut store =
-            Store { disk, root, sectors, policy, wal: None, spare: None, retiring: None, unsynced: IdSet::default() };
+        let mut store = Store {
+            disk,
+            root,
+            sectors,
+            policy,
+            wal: None,
+            spare: None,
+            retiring: None,
+            unsynced: IdSet::default(),
+            to_compact: IdSet::default(),
+            compacting: None,
+        };
         // Last-writer-wins makes the order of replay irrelevant.
         let mut wals = Vec::new();
         for name in wal::WAL_FILES {
@@ -185,19 +196,29 @@ impl Store {
         }
     }
 
-    /// A few steps of retiring a full WAL; starts retiring the active one
-    /// when it is full (the spare takes over).
+    /// One step of retiring a full WAL: at most one fdatasync per loop turn
+    /// besides the group commit (a sector's file; sectors with nothing
+    /// unsynced are skipped), then, in a turn of its own, emptying the old
+    /// WAL. Starts retiring the active WAL when it is full (the spare takes
+    /// over).
     fn checkpoint_step(&mut self) -> Result<()> {
-        if let Some((_, pending)) = self.retiring.as_mut() {
-            let batch: Vec<u32> = pending.drain(..pending.len().min(SYNCS_PER_TURN)).collect();
-            for id in batch {
-                self.sync_sector(id)?;
-            }
-            if self.retiring.as_ref().is_some_and(|(_, p)| p.is_empty()) {
-                if let Some((mut old, _)) = self.retiring.take() {
-                    old.reset()?;
-                    self.spare = Some(old);
+        if self.retiring.is_some() {
+            loop {
+                let Some((_, pending)) = self.retiring.as_mut() else { return Ok(()) };
+                let Some(id) = pending.pop() else { break };
+                if self.sectors.get(&id).is_some_and(Sector::needs_sync) {
+                    if let Err(e) = self.sync_sector(id) {
+                        if let Some((_, pending)) = self.retiring.as_mut() {
+                            pending.push(id);
+                        }
+                        return Err(e);
+                    }
+                    return Ok(());
                 }
+            }
+            if let Some((mut old, _)) = self.retiring.take() {
+                old.reset()?;
+                self.spare = Some(old);
             }
             return Ok(());
         }
@@ -259,8 +280,49 @@ impl Store {
                 }
             }
         }
-        self.compact_if_needed(sector);
+        // Compaction is left to `compact_step`, out of the write's way.
+        if self.sectors.get(&sector).is_some_and(Sector::needs_compaction) {
+            self.to_compact.insert(sector);
+        }
         Ok(true)
+    }
+
+    /// Whether a compaction is under way or due: the caller should call
+    /// [`Store::compact_step`] soon.
+    pub fn compaction_pending(&self) -> bool {
+        self.compacting.is_some() || !self.to_compact.is_empty()
+    }
+
+    /// One step of compaction: of the sector under way, or else starting
+    /// the next one due; at most about `budget` bytes are copied. A failure
+    /// is only logged (the sector stays readable across its generations).
+    pub fn compact_step(&mut self, budget: u64) {
+        let sector = match self.compacting {
+            Some(s) => s,
+            None => {
+                let Some(s) = self.to_compact.iter().next().copied() else { return };
+                self.to_compact.remove(&s);
+                let Some(sec) = self.sectors.get_mut(&s).filter(|sec| sec.needs_compaction()) else { return };
+                if let Err(e) = sec.start_compaction() {
+                    ::log::warn!("sector {s}: compaction failed to start: {e}");
+                    return;
+                }
+                self.compacting = Some(s);
+                s
+            }
+        };
+        let stepped = match self.sectors.get_mut(&sector) {
+            Some(sec) => sec.compact_step(budget),
+            None => Ok(true),
+        };
+        match stepped {
+            Ok(false) => {}
+            Ok(true) => self.compacting = None,
+            Err(e) => {
+                ::log::warn!("sector {sector}: compaction failed: {e}");
+                self.compacting = None;
+            }
+        }
     }
 
     /// Writes the WAL's buffered frames to its file without syncing, so
@@ -308,6 +370,10 @@ impl Store {
     /// wins makes harmless.
     pub fn drop_sector(&mut self, sector: u32) -> Result<()> {
         self.unsynced.remove(&sector);
+        self.to_compact.remove(&sector);
+        if self.compacting == Some(sector) {
+            self.compacting = None;
+        }
         match self.sectors.remove(&sector) {
             Some(s) => s.destroy(),
             None => {
@@ -353,16 +419,6 @@ impl Store {
             self.sectors.insert(sector, opened);
         }
         self.sectors.get_mut(&sector).ok_or(Error::NoSuchSector(sector))
-    }
-
-    /// Compacts `sector` if it is mostly dead. A failure is only logged: the
-    /// write that triggered it is already stored.
-    fn compact_if_needed(&mut self, sector: u32) {
-        if let Some(s) = self.sectors.get_mut(&sector) {
-            if let Err(e) = s.maybe_compact() {
-                ::log::warn!("sector {sector}: compaction failed: {e}");
-            }
-        }
     }
 }
 
@@ -515,7 +571,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_wal_retires_a_few_sectors_per_turn() -> Result<()> {
+    fn a_full_wal_retires_one_sector_per_turn() -> Result<()> {
         let dir = TestDir::new("store-rotate");
         let mut store = Store::open(dir.path(), FsyncPolicy::Batch)?;
         let big = vec![7u8; 1 << 20];
@@ -724,6 +780,65 @@ mod tests {
             }
         }
         assert!(some_unsynced_kept, "some crash kept part of the unsynced tail");
+        Ok(())
+    }
+
+    /// Fills a sector on a simulated disk until compaction is due, then runs
+    /// turns of one compaction step, a write and a group commit, and
+    /// crashes after `crash_at` of them (or once the compaction is done).
+    /// Returns the turns run, whether the compaction was still under way,
+    /// and the contents before the crash and after the reopen.
+    fn crash_while_compacting(crash_at: usize) -> Result<(usize, bool, Contents, Contents)> {
+        use disk::SimDisk;
+        let big = vec![7u8; 4096];
+        let disk = SimDisk::new();
+        let dir = Path::new("/node/data");
+        disk.create_dir_all(dir)?;
+        disk.sync_dir(Path::new("/node"))?;
+        disk.sync_dir(Path::new("/"))?;
+        let mut store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Batch)?;
+        let mut ms = 0;
+        while !store.compaction_pending() {
+            ms += 1;
+            store.apply(0, &[(ms % 10) as u8], v(ms), Some(&big))?;
+            store.sync_dirty()?;
+        }
+        let mut steps = 0;
+        while store.compaction_pending() && steps < crash_at {
+            store.compact_step(16 * 1024);
+            ms += 1;
+            let value: Option<&[u8]> = if ms % 5 == 0 { None } else { Some(b"small") };
+            store.apply(0, &[(ms % 13) as u8], v(ms), value)?;
+            store.sync_dirty()?;
+            if steps % 17 == 3 {
+                store.checkpoint()?;
+            }
+            steps += 1;
+        }
+        let pending = store.compaction_pending();
+        if !pending {
+            assert_eq!(log::list_generations(&disk, &store.sector_dir(0))?.len(), 1, "one segment left");
+        }
+        let before = contents(&store)?;
+        disk.crash(crash_at as u64);
+        drop(store);
+        let store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Batch)?;
+        assert_eq!(log::list_generations(&disk, &store.sector_dir(0))?.len(), 1, "merged at open");
+        Ok((steps, pending, before, contents(&store)?))
+    }
+
+    #[test]
+    fn a_compaction_in_steps_between_writes_survives_a_crash_at_any_step() -> Result<()> {
+        let (all, pending, before, after) = crash_while_compacting(usize::MAX)?;
+        assert!(!pending && all > 10, "the compaction takes {all} steps and ends");
+        assert_eq!(after, before);
+        // Mid-copy, then right before the copies are synced, before the old
+        // segments are deleted, and after.
+        for crash_at in [0, 1, 7, all / 2, all - 2, all - 1] {
+            let (_, pending, before, after) = crash_while_compacting(crash_at)?;
+            assert!(pending, "crash at step {crash_at} of {all} is mid-compaction");
+            assert_eq!(after, before, "crash at step {crash_at} of {all}");
+        }
         Ok(())
     }
 

@@ -6,17 +6,22 @@
 //! only if its version is newer than the indexed one. Tombstones stay in the
 //! index (and survive compaction) so that a stale replica's older value can
 //! never come back. When superseded records outweigh live ones, compaction
-//! copies the live records to a new generation, makes it durable (file and
-//! directory), switches over, and only then deletes the old generations.
-//! A sector keeps exactly one file open: its active segment.
+//! starts a new generation, which new writes go to from then on, and copies
+//! the live records of the older generations into it a budget at a time
+//! ([`Sector::compact_step`], so a big sector never holds the loop); once
+//! all are copied it makes the new generation durable (file and directory)
+//! and only then deletes the older ones. A crash in between leaves several
+//! generations whose replay (newest version wins) gives the same index;
+//! they are merged at the next open. A sector keeps one file open for
+//! writing, its active segment, and while it compacts one for reading.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use super::disk::Disk;
 use super::index::{Entry, Index, IndexKey};
-use super::log::{self, Loc, SegmentWriter};
+use super::log::{self, Loc, SegmentIter, SegmentWriter};
 use super::record::{self, Record};
 use super::recovery::{self, Stats};
 use super::{Error, Item, Result};
@@ -55,6 +60,24 @@ pub struct Sector {
     /// first [`Sector::sync`], not at creation, so a first write costs no
     /// directory fsyncs; until then its records are safe in the WAL.
     new_dirs: bool,
+    /// A compaction under way.
+    compaction: Option<Compaction>,
+}
+
+/// A compaction under way: the live records of the generations older than
+/// the active one are being copied into it.
+#[derive(Debug)]
+struct Compaction {
+    /// The generations being replaced not scanned yet, oldest first.
+    todo: VecDeque<u64>,
+    /// The generation being scanned.
+    scan: Option<SegmentIter>,
+    /// Bytes of the old generations: dead once they are deleted.
+    old_bytes: u64,
+    /// Every live record is copied.
+    copied: bool,
+    /// The copies are durable: the old generations may go.
+    synced: bool,
 }
 
 impl Sector {
@@ -86,6 +109,7 @@ impl Sector {
             dead_bytes: replayed.stats.dead_bytes,
             dirty: false,
             new_dirs,
+            compaction: None,
         };
         if replayed.generations.len() > 1 {
             // Reads still work across segments, so a failed merge is not fatal.
@@ -252,6 +276,12 @@ impl Sector {
         self.dirty
     }
 
+    /// Whether [`Sector::sync`] has anything to make durable: appended
+    /// writes, or the directory entries of a new sector or segment.
+    pub fn needs_sync(&self) -> bool {
+        self.dirty || self.new_dirs
+    }
+
     /// Makes every appended record durable (`sync_data`), and the
     /// directory entries of a sector created since it was opened.
     pub fn sync(&mut self) -> Result<()> {
@@ -267,9 +297,15 @@ impl Sector {
         Ok(())
     }
 
-    /// Whether enough bytes are dead to make compaction worth it.
+    /// Whether enough bytes are dead to make compaction worth it (and
+    /// none is under way).
     pub fn needs_compaction(&self) -> bool {
-        self.dead_bytes > self.live_bytes && self.dead_bytes >= COMPACT_MIN_DEAD_BYTES
+        self.compaction.is_none() && self.dead_bytes > self.live_bytes && self.dead_bytes >= COMPACT_MIN_DEAD_BYTES
+    }
+
+    /// Whether a compaction is under way.
+    pub fn compacting(&self) -> bool {
+        self.compaction.is_some()
     }
 
     /// Compacts if [`Sector::needs_compaction`]; returns whether it did.
@@ -281,47 +317,105 @@ impl Sector {
         Ok(true)
     }
 
-    /// Rewrites the live records (tombstones included) into a new segment,
-    /// makes it and the directory durable, switches to it, then deletes the
-    /// older segments. On failure before the switch nothing changes.
+    /// Compacts at once: [`Sector::start_compaction`] (unless one is under
+    /// way) and steps until it is done. For the merge at open and tests; the
+    /// node compacts in steps.
     pub fn compact(&mut self) -> Result<()> {
+        if self.compaction.is_none() {
+            self.start_compaction()?;
+        }
+        while !self.compact_step(u64::MAX)? {}
+        Ok(())
+    }
+
+    /// Starts a compaction: the active segment is synced (the copies are
+    /// made from it) and a new generation becomes the active one. Its
+    /// directory entry is synced with the next [`Sector::sync`], before any
+    /// write in it leaves the WAL.
+    pub fn start_compaction(&mut self) -> Result<()> {
+        if self.compaction.is_some() {
+            return Ok(());
+        }
         let gen = self.writer.gen().checked_add(1).ok_or(Error::TooLarge {
             what: "segment generation",
             len: self.writer.gen(),
             limit: u64::MAX - 1,
         })?;
-        let mut next = SegmentWriter::create(&*self.disk, &self.dir, self.id, gen)?;
-        let index = match self.copy_live(&mut next) {
-            Ok(index) => index,
-            Err(e) => {
-                drop(next);
-                let _ = self.disk.remove_file(&log::segment_path(&self.dir, gen));
-                return Err(e);
-            }
-        };
-        let before = self.live_bytes.saturating_add(self.dead_bytes);
-        self.live_bytes = next.pos();
-        self.dead_bytes = 0;
-        self.index = index;
+        let old = log::list_generations(&*self.disk, &self.dir)?;
+        self.writer.sync()?;
+        let next = SegmentWriter::create(&*self.disk, &self.dir, self.id, gen)?;
         self.writer = next;
-        self.dirty = false;
-        self.remove_older(gen)?;
-        ::log::info!("sector {}: compacted {before} bytes into {} (segment {gen})", self.id, self.live_bytes);
+        self.new_dirs = true;
+        let old_bytes = self.live_bytes.saturating_add(self.dead_bytes);
+        let todo = old.into_iter().filter(|&g| g < gen).collect();
+        self.compaction = Some(Compaction { todo, scan: None, old_bytes, copied: false, synced: false });
         Ok(())
     }
 
-    /// Copies every indexed record into `next` and makes it durable;
-    /// returns the index pointing into `next`.
-    fn copy_live(&self, next: &mut SegmentWriter) -> Result<Index> {
-        let mut index = HashMap::with_capacity(self.index.len());
-        for (key, e) in &self.index {
-            let rec = self.read(key.as_slice(), e)?;
-            let loc = next.append(&rec)?;
-            index.insert(key.clone(), Entry::new(loc, e.version(), e.tombstone())?);
+    /// One step of the compaction under way: copies the live records found
+    /// in at most about `budget` bytes of the old generations (or, once all
+    /// are copied, syncs the copies; then deletes the old generations).
+    /// Returns true once the compaction is done (or none was under way). On
+    /// an error the compaction is abandoned: the old generations stay and
+    /// reads work across them; the next compaction replaces them too.
+    pub fn compact_step(&mut self, budget: u64) -> Result<bool> {
+        let stepped = self.compact_step_inner(budget);
+        if stepped.is_err() {
+            self.compaction = None;
         }
-        next.sync()?;
-        self.disk.sync_dir(&self.dir)?;
-        Ok(index)
+        stepped
+    }
+
+    fn compact_step_inner(&mut self, budget: u64) -> Result<bool> {
+        let Some(c) = self.compaction.as_mut() else { return Ok(true) };
+        if c.synced {
+            let old_bytes = c.old_bytes;
+            let gen = self.writer.gen();
+            self.remove_older(gen)?;
+            let before = old_bytes.saturating_add(self.writer.pos());
+            self.dead_bytes = self.dead_bytes.saturating_sub(old_bytes);
+            self.compaction = None;
+            ::log::info!("sector {}: compacted {before} bytes into {} (segment {gen})", self.id, self.writer.pos());
+            return Ok(true);
+        }
+        if c.copied {
+            // Copies must be durable before their originals are deleted.
+            self.writer.sync()?;
+            self.disk.sync_dir(&self.dir)?;
+            c.synced = true;
+            return Ok(false);
+        }
+        let Sector { disk, dir, id, index, writer, dead_bytes, .. } = self;
+        let mut scanned = 0u64;
+        while scanned < budget {
+            let it = match c.scan.as_mut() {
+                Some(it) => it,
+                None => match c.todo.pop_front() {
+                    Some(g) => c.scan.insert(SegmentIter::open(&**disk, dir, *id, g)?),
+                    None => {
+                        c.copied = true;
+                        break;
+                    }
+                },
+            };
+            let Some((loc, rec)) = it.next_record()? else {
+                c.scan = None;
+                continue;
+            };
+            scanned = scanned.saturating_add(u64::from(loc.len));
+            // Only the record the index points to is live; a write since the
+            // compaction started is in the new generation already.
+            let Some(e) = index.get_mut(&rec.key[..]) else { continue };
+            if e.loc() != loc {
+                continue;
+            }
+            let to = writer.next_loc(&rec.key, rec.value.as_deref())?;
+            let moved = Entry::new(to, e.version(), e.tombstone())?;
+            writer.append(&rec)?;
+            *e = moved;
+            *dead_bytes = dead_bytes.saturating_add(u64::from(loc.len));
+        }
+        Ok(false)
     }
 
     /// Deletes every segment older than `gen`.
