@@ -213,7 +213,11 @@ impl Table {
     fn rebalance(&mut self) {
         let ids: Vec<u32> = self.members.iter().filter(|m| m.state == NodeState::Up).map(|m| m.id).collect();
         if ids.is_empty() {
-            self.owners.iter_mut().for_each(|o| *o = 0);
+            // Nobody is up (the manager lost sight of everyone): sectors keep
+            // their down owners, so whoever comes back first knows where the
+            // data is; only owners that left the table are forgotten.
+            let members: Vec<u32> = self.members.iter().map(|m| m.id).collect();
+            self.owners.iter_mut().filter(|o| !members.contains(o)).for_each(|o| *o = 0);
             return;
         }
         let load = |owners: &[u32], id: u32| owners.iter().filter(|&&o| o == id).count();

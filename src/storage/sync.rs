@@ -78,6 +78,9 @@ pub(super) struct Pull {
     failed: bool,
     /// When a source last sent a CHUNK (or the pull began).
     progress: Instant,
+    /// The sources are holders marked down (no live one is left): take
+    /// what the reachable ones have, and do not wait for the others.
+    fallback: bool,
 }
 
 /// A digest of a sector's contents: XOR of a hash of each key and version.
@@ -254,30 +257,37 @@ impl Node {
 
     /// Where to pull `sector` from: its holders under the current table,
     /// this node aside, that are up there or back (up in the pending
-    /// table). Empty if none is: a sector nobody held, or whose holders are
-    /// all gone (a leaver hands its sectors over itself, see `hand_over`).
-    fn sources(&self, sector: u32) -> Vec<u32> {
-        let Some(t) = &self.table else { return Vec::new() };
+    /// table); if none is, all of them, as a fallback (`true`): holders
+    /// marked down may still be reachable (cut off from the manager only, or
+    /// leaving). Empty only for a sector nobody held.
+    fn sources(&self, sector: u32) -> (Vec<u32>, bool) {
+        let Some(t) = &self.table else { return (Vec::new(), false) };
         let up = |n: u32| {
             let up_in = |t: &Table| t.member(n).is_some_and(|m| m.state == NodeState::Up);
             up_in(t) || self.pending.as_ref().is_some_and(up_in)
         };
-        t.preference(sector).into_iter().filter(|&n| n != self.cfg.id && up(n)).collect()
+        let holders: Vec<u32> = t.preference(sector).into_iter().filter(|&n| n != self.cfg.id).collect();
+        let live: Vec<u32> = holders.iter().copied().filter(|&n| up(n)).collect();
+        if live.is_empty() {
+            (holders, true)
+        } else {
+            (live, false)
+        }
     }
 
     fn pump_pulls(&mut self, rx: &mut impl NodeIo) {
         while self.mover.pulls.len() < MAX_PULLS {
             let Some(s) = self.mover.pull_queue.pop_front() else { break };
-            let sources = self.sources(s);
+            let (sources, fallback) = self.sources(s);
             if sources.is_empty() {
                 self.mark_synced(rx, s);
                 continue;
             }
             let digest = digest(&self.store.keys_with_versions(s));
-            let mut pull = Pull { left: 0, failed: false, progress: rx.now() };
+            let mut pull = Pull { left: 0, failed: false, progress: rx.now(), fallback };
             for src in sources {
                 let Some(conn) = self.peer(rx, src) else {
-                    pull.failed = true;
+                    pull.failed |= !fallback;
                     continue;
                 };
                 let req = self.next_id();
@@ -292,7 +302,10 @@ impl Node {
                     pull.failed = true;
                 }
             }
-            if pull.left == 0 {
+            if pull.left == 0 && fallback {
+                warn!("sector {s}: none of its holders, all marked down, is reachable; taking it as complete");
+                self.mark_synced(rx, s);
+            } else if pull.left == 0 {
                 self.retry_pull(rx, s);
             } else {
                 self.mover.pulls.insert(s, pull);
@@ -373,7 +386,7 @@ impl Node {
         let Some(Awaited::Pull { sector, node: src }) = self.awaiting.remove(&req) else { return };
         let Some(pull) = self.mover.pulls.get_mut(&sector) else { return };
         pull.left = pull.left.saturating_sub(1);
-        pull.failed |= !ok;
+        pull.failed |= !ok && !pull.fallback;
         if !ok {
             warn!("pull of sector {sector} from node {src} failed; will retry");
         }
