@@ -11,7 +11,7 @@ const SEEDS: std::ops::RangeInclusive<u64> = 1..=46;
 
 /// Seeds that once failed, each on a defect of issue #10, and pass since
 /// its fix. A change that breaks one brings that defect back.
-const REGRESSIONS: [(u64, &str); 16] = [
+const REGRESSIONS: [(u64, &str); 17] = [
     (
         219,
         "a put acknowledged with fewer than W copies: W was cut to the replicas marked up, and no stand-in \
@@ -37,6 +37,11 @@ const REGRESSIONS: [(u64, &str); 16] = [
         3373,
         "the manager lost sight of every node and its tables forgot who owned each sector; the first node back \
          took every sector as complete with nothing in it",
+    ),
+    (
+        424,
+        "N=1: the only holder was stalled and marked down; its sector's new holder gave up the pull and took \
+         the sector as complete with nothing in it, and the writes were gone",
     ),
     (348, "a stalled coordinator started a write after its client gave up, over a newer acknowledged write"),
     (97, "a stalled coordinator's replay of a write its client gave up on won over a later acknowledged write"),

@@ -78,9 +78,11 @@ pub(super) struct Pull {
     failed: bool,
     /// When a source last sent a CHUNK (or the pull began).
     progress: Instant,
-    /// The sources are holders marked down (no live one is left): take
-    /// what the reachable ones have, and do not wait for the others.
+    /// The sources are holders marked down (no live one is left): one
+    /// whole stream is enough, the others need not answer.
     fallback: bool,
+    /// Sources whose stream ended whole.
+    complete: usize,
 }
 
 /// A digest of a sector's contents: XOR of a hash of each key and version.
@@ -284,7 +286,11 @@ impl Node {
                 continue;
             }
             let digest = digest(&self.store.keys_with_versions(s));
-            let mut pull = Pull { left: 0, failed: false, progress: rx.now(), fallback };
+            // A holder under the current table has a copy of its own on disk:
+            // with no live holder left, it is as good as any stream.
+            let own_copy = self.table.as_ref().is_some_and(|t| t.preference(s).contains(&self.cfg.id));
+            let complete = usize::from(fallback && own_copy);
+            let mut pull = Pull { left: 0, failed: false, progress: rx.now(), fallback, complete };
             for src in sources {
                 let Some(conn) = self.peer(rx, src) else {
                     pull.failed |= !fallback;
@@ -302,10 +308,7 @@ impl Node {
                     pull.failed = true;
                 }
             }
-            if pull.left == 0 && fallback {
-                warn!("sector {s}: none of its holders, all marked down, is reachable; taking it as complete");
-                self.mark_synced(rx, s);
-            } else if pull.left == 0 {
+            if pull.left == 0 {
                 self.retry_pull(rx, s);
             } else {
                 self.mover.pulls.insert(s, pull);
@@ -387,6 +390,10 @@ impl Node {
         let Some(pull) = self.mover.pulls.get_mut(&sector) else { return };
         pull.left = pull.left.saturating_sub(1);
         pull.failed |= !ok && !pull.fallback;
+        pull.complete += usize::from(ok);
+        // A fallback pull needs one whole stream: a holder that did not
+        // answer may be stalled, not dead, and hold the only copy.
+        pull.failed |= pull.left == 0 && pull.fallback && pull.complete == 0;
         if !ok {
             warn!("pull of sector {sector} from node {src} failed; will retry");
         }
