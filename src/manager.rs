@@ -372,6 +372,18 @@ impl Manager {
             .filter(|m| self.last_heard.get(&m.id).is_none_or(|t| now.duration_since(*t) > self.cfg.dead_after))
             .map(|m| m.id)
             .collect();
+        let up = self.newest().members.iter().filter(|m| m.state == NodeState::Up).count();
+        if dead.len() > 1 && dead.len() * 2 > up {
+            // Most of the cluster fell silent at once: far likelier this
+            // manager is cut off than that they all died. Declaring them down
+            // would hand every sector to whoever is heard first (with no
+            // data); the silent get a fresh dead-after instead.
+            warn!("{} of {up} members silent at once: this manager may be cut off; declaring none down", dead.len());
+            for node in dead {
+                self.last_heard.insert(node, now);
+            }
+            return self.check_leavers(rx, now);
+        }
         for node in dead {
             warn!("node {node} silent for over {:?}: declared down", self.cfg.dead_after);
             self.waiting.remove(&node);

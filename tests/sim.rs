@@ -11,7 +11,7 @@ const SEEDS: std::ops::RangeInclusive<u64> = 1..=46;
 
 /// Seeds that once failed, each on a defect of issue #10, and pass since
 /// its fix. A change that breaks one brings that defect back.
-const REGRESSIONS: [(u64, &str); 17] = [
+const REGRESSIONS: [(u64, &str); 19] = [
     (
         219,
         "a put acknowledged with fewer than W copies: W was cut to the replicas marked up, and no stand-in \
@@ -43,6 +43,12 @@ const REGRESSIONS: [(u64, &str); 17] = [
         "N=1: the only holder was stalled and marked down; its sector's new holder gave up the pull and took \
          the sector as complete with nothing in it, and the writes were gone",
     ),
+    (
+        1272,
+        "the manager, cut off, declared every node down one after the other and handed their sectors to \
+         whoever it heard from first",
+    ),
+    (4727, "N=1: a leaver crashed for good mid-leave, and its sectors' new holders waited for it for ever"),
     (348, "a stalled coordinator started a write after its client gave up, over a newer acknowledged write"),
     (97, "a stalled coordinator's replay of a write its client gave up on won over a later acknowledged write"),
     (552, "a coordinator's fresh version was older than its local copy of the key (made by a faster clock)"),

@@ -32,6 +32,11 @@ use crate::table::{hash_key, NodeState, Table};
 const MAX_PULLS: usize = 64;
 /// Delay before a failed pull is tried again.
 pub(super) const PULL_RETRY: Duration = Duration::from_millis(300);
+/// A sector whose holders are all marked down and none of which streamed it
+/// in this long is taken as complete without them: they are gone for good
+/// (the loss is logged), and the move must end. A stalled or cut-off holder
+/// comes back well within it.
+const FALLBACK_GIVE_UP: Duration = Duration::from_secs(30);
 /// A pull whose sources sent nothing for this long is given up and retried.
 const PULL_STALL: Duration = Duration::from_secs(5);
 /// Loop time spent creating empty sectors per turn (see `create_some`).
@@ -67,6 +72,9 @@ pub(super) struct Mover {
     pub(super) reported_epoch: u64,
     /// The current table marked this node down.
     pub(super) was_down: bool,
+    /// Sectors pulled from holders all marked down, since when (see
+    /// `FALLBACK_GIVE_UP`).
+    pub(super) fallback_since: IdMap<u32, Instant>,
 }
 
 /// One sector being pulled.
@@ -393,7 +401,19 @@ impl Node {
         pull.complete += usize::from(ok);
         // A fallback pull needs one whole stream: a holder that did not
         // answer may be stalled, not dead, and hold the only copy.
-        pull.failed |= pull.left == 0 && pull.fallback && pull.complete == 0;
+        let none_whole = pull.left == 0 && pull.fallback && pull.complete == 0;
+        if none_whole {
+            let now = rx.now();
+            let since = *self.mover.fallback_since.entry(sector).or_insert(now);
+            let give_up = now.saturating_duration_since(since) > FALLBACK_GIVE_UP;
+            pull.failed |= !give_up;
+            if give_up {
+                error!(
+                    "sector {sector}: no holder reachable for {FALLBACK_GIVE_UP:?}; taking it as complete without \
+                     them (their data is lost unless one comes back)"
+                );
+            }
+        }
         if !ok {
             warn!("pull of sector {sector} from node {src} failed; will retry");
         }
@@ -415,6 +435,7 @@ impl Node {
     /// write, on a client's path, seldom has to create them.
     fn mark_synced(&mut self, rx: &mut impl NodeIo, sector: u32) {
         self.mover.synced.insert(sector);
+        self.mover.fallback_since.remove(&sector);
         if !self.store.has_sector(sector) {
             if self.mover.to_create.is_empty() {
                 rx.add_timer(Duration::ZERO, Timer::Create);
