@@ -94,6 +94,9 @@ pub struct Manager {
     node_conns: BTreeMap<u32, ConnId>,
     /// When each node was last heard from.
     last_heard: BTreeMap<u32, Instant>,
+    /// Nodes heard from since this manager started (not just given the
+    /// restart grace).
+    heard: BTreeSet<u32>,
 }
 
 /// The largest node id (versions store it in 16 bits).
@@ -148,6 +151,7 @@ impl Manager {
             next_contact: 0,
             node_conns: BTreeMap::new(),
             last_heard: BTreeMap::new(),
+            heard: BTreeSet::new(),
         })
     }
 
@@ -323,6 +327,7 @@ impl Manager {
             }
         }
         self.last_heard.insert(node, rx.now());
+        self.heard.insert(node);
         info!("node {node} registered from {addr}");
         let known = self.newest().member(node).is_some_and(|m| m.addr == addr && m.state == NodeState::Up);
         if known {
@@ -354,6 +359,7 @@ impl Manager {
     fn handle_heartbeat(&mut self, rx: &mut impl Io<Data = Peer, Timer = Timer>, id: ConnId, req: u64, epoch: u64) {
         let Some(node) = rx.data_mut(id).and_then(|d| d.node) else { return };
         self.last_heard.insert(node, rx.now());
+        self.heard.insert(node);
         if self.newest().member(node).is_some_and(|m| m.state == NodeState::Down) {
             let addr = self.newest().member(node).map(|m| m.addr.clone()).unwrap_or_default();
             self.change(rx, &format!("node {node} is back"), |t| t.assign_join(node, &addr));
@@ -373,13 +379,16 @@ impl Manager {
             .map(|m| m.id)
             .collect();
         let up = self.newest().members.iter().filter(|m| m.state == NodeState::Up).count();
-        if dead.len() > 1 && dead.len() * 2 > up {
+        // Members heard from since this manager started that fell silent
+        // (the others have not come back since a restart yet).
+        let sudden: Vec<u32> = dead.iter().copied().filter(|n| self.heard.contains(n)).collect();
+        if sudden.len() > 1 && sudden.len() * 2 > up {
             // Most of the cluster fell silent at once: far likelier this
             // manager is cut off than that they all died. Declaring them down
             // would hand every sector to whoever is heard first (with no
             // data); the silent get a fresh dead-after instead.
-            warn!("{} of {up} members silent at once: this manager may be cut off; declaring none down", dead.len());
-            for node in dead {
+            warn!("{} of {up} members silent at once: this manager may be cut off; declaring none down", sudden.len());
+            for node in sudden {
                 self.last_heard.insert(node, now);
             }
             return self.check_leavers(rx, now);
