@@ -41,45 +41,6 @@ const FREEZE_FOR: Duration = Duration::from_secs(3);
 /// Time given to the cluster after the last restart before the final checks.
 const SETTLE: Duration = Duration::from_secs(5);
 
-/// xorshift64: a small deterministic generator (no extra crates).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// What one client knows about one of its keys.
-#[derive(Default, Clone)]
-struct KeyState {
-    /// The last acknowledged value.
-    acked: Option<String>,
-    /// Values of puts that failed after that acknowledgement: they may or may not have landed.
-    maybe: Vec<String>,
-}
-
-impl KeyState {
-    /// Whether `got` (None: not found) is an acceptable read.
-    fn accepts(&self, got: Option<&[u8]>) -> bool {
-        match got {
-            None => self.acked.is_none(),
-            Some(v) => {
-                self.acked.as_deref().map(str::as_bytes) == Some(v) || self.maybe.iter().any(|m| m.as_bytes() == v)
-            }
-        }
-    }
-}
-
 #[derive(Default)]
 struct Tally {
     ops: AtomicU64,

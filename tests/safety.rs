@@ -220,26 +220,6 @@ fn wait_settled(c: &Cluster, members: &[u16], timeout: Duration, why: &str) -> S
     }
 }
 
-/// What one writer knows about one key.
-#[derive(Default, Clone, Debug)]
-struct KeyState {
-    /// The last acknowledged value.
-    acked: Option<String>,
-    /// Values of puts that failed after that acknowledgement: they may or may not have landed.
-    maybe: Vec<String>,
-}
-
-impl KeyState {
-    fn accepts(&self, got: Option<&[u8]>) -> bool {
-        match got {
-            None => self.acked.is_none(),
-            Some(v) => {
-                self.acked.as_deref().map(str::as_bytes) == Some(v) || self.maybe.iter().any(|m| m.as_bytes() == v)
-            }
-        }
-    }
-}
-
 type States = BTreeMap<String, KeyState>;
 
 /// Counters shared by writer threads.
@@ -256,20 +236,6 @@ impl Tally {
         if s.len() < 10 {
             s.push(what);
         }
-    }
-}
-
-/// xorshift64 (no extra crates).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
     }
 }
 

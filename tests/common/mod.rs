@@ -699,3 +699,43 @@ impl Cluster {
         }
     }
 }
+
+/// xorshift64: a small deterministic generator for test schedules (no extra crates).
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What a writer knows about one key: a read must give its last acknowledged value, or the
+/// value of a put that failed after it (it may or may not have landed).
+#[derive(Default, Clone, Debug)]
+pub struct KeyState {
+    /// The last acknowledged value.
+    pub acked: Option<String>,
+    /// Values of puts that failed after that acknowledgement: they may or may not have landed.
+    pub maybe: Vec<String>,
+}
+
+impl KeyState {
+    /// Whether `got` (None: not found) is an acceptable read.
+    pub fn accepts(&self, got: Option<&[u8]>) -> bool {
+        match got {
+            None => self.acked.is_none(),
+            Some(v) => {
+                self.acked.as_deref().map(str::as_bytes) == Some(v) || self.maybe.iter().any(|m| m.as_bytes() == v)
+            }
+        }
+    }
+}
