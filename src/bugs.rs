@@ -20,11 +20,14 @@ pub enum Bug {
     /// A node drops the sectors it is losing as soon as a move starts,
     /// before the gainers have reported SYNCED.
     DropBeforeSynced = 4,
+    /// A node reaps its tombstones once they are older than the grace,
+    /// without asking the other members for older values first.
+    ReapUnasked = 5,
 }
 
 /// Every planted bug, in selftest order.
-pub const ALL: [Bug; 4] =
-    [Bug::AckBeforeFsync, Bug::RepairOverwritesNewer, Bug::DoubleCountedAck, Bug::DropBeforeSynced];
+pub const ALL: [Bug; 5] =
+    [Bug::AckBeforeFsync, Bug::RepairOverwritesNewer, Bug::DoubleCountedAck, Bug::DropBeforeSynced, Bug::ReapUnasked];
 
 static ACTIVE: AtomicU8 = AtomicU8::new(0);
 

@@ -691,6 +691,99 @@ fn item10_deleted_keys_stay_deleted_when_a_stopped_replica_resumes() {
     deleted_keys_stay_deleted(28060, 3, "stop");
 }
 
+/// The copies of `keys` on nodes `nodes`, and the quorum read of each.
+fn look(c: &Cluster, keys: &[String], nodes: &[u32]) -> Vec<(String, Got, Vec<Copy>)> {
+    keys.iter().map(|k| (k.clone(), cli_get(c, k), nodes.iter().map(|&n| cli_inspect(c, n, k)).collect())).collect()
+}
+
+/// Issue #10 item 10 with tombstones reaped (`--tombstone-grace 2`): keys put on 3 nodes (REP=3),
+/// `victim` killed or stopped, the keys deleted. While `victim` is down, past the grace, the
+/// others keep the tombstones (a member marked down holds reaping back). Once it is back, its
+/// stale copies must not win: every read says NOT_FOUND the whole time, and within 60 s every
+/// copy is reaped (`gtstore inspect` finds no entry on any node). They stay gone when `victim`
+/// is killed and restarted once more (its log still has the records) and when node 4 joins.
+fn reaped_tombstones_stay_dead(base_port: u16, victim: u16, outage: &str) {
+    let grace = [("NODE_FLAGS", "--tombstone-grace 2")];
+    let c = Cluster::start_with(base_port, 3, 3, &grace);
+    let t = table(&c);
+    let keys: Vec<String> = (0..4)
+        .map(|i| find_key(&t, &format!("reap{i}"), |p| (p.first() == Some(&u32::from(victim))) == (i % 2 == 0)))
+        .collect();
+    for k in &keys {
+        cli_put_acked(&c, k, &format!("alive-{k}"), 3);
+    }
+    let frozen = match outage {
+        "kill" => {
+            c.kill_node(victim);
+            None
+        }
+        "stop" => Some(Frozen::new(&c, victim)),
+        other => panic!("unknown outage {other}"),
+    };
+    for k in &keys {
+        cli_del_acked(&c, k, 3);
+    }
+    thread::sleep(Duration::from_secs(5));
+    let others: Vec<u32> = (1..=3).filter(|&n| n != u32::from(victim)).collect();
+    let mut bad = Vec::new();
+    for (k, read, copies) in look(&c, &keys, &others) {
+        if read != Got::NotFound || copies.iter().any(|cp| *cp != Copy::Deleted) {
+            bad.push(format!("{k} with server{victim} down past the grace: read {read:?}, copies {copies:?}"));
+        }
+    }
+    assert_none("tombstones not kept while a replica is down", &bad, keys.len());
+    match frozen {
+        Some(f) => f.release(),
+        None => assert_ok(&c.make("restart", &[("NODE", &victim.to_string()), grace[0]])),
+    }
+    println!("server{victim} back ({outage})");
+    wait_settled(&c, &[1, 2, 3], Duration::from_secs(20), &format!("after server{victim} came back"));
+
+    let started = Instant::now();
+    let reaped = loop {
+        let seen = look(&c, &keys, &[1, 2, 3]);
+        for (k, read, copies) in &seen {
+            if *read != Got::NotFound || copies.iter().any(|cp| !matches!(cp, Copy::Deleted | Copy::Missing)) {
+                bad.push(format!("{k} after {:?}: read {read:?}, copies {copies:?}", started.elapsed()));
+            }
+        }
+        if seen.iter().all(|(_, _, copies)| copies.iter().all(|cp| *cp == Copy::Missing)) {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            println!("not reaped within 60 s: {seen:?}");
+            break false;
+        }
+        thread::sleep(Duration::from_millis(500));
+    };
+    assert_none(&format!("deleted keys back after server{victim}'s {outage}"), &bad, keys.len());
+    assert!(reaped, "the tombstones were not reaped on every node within 60 s of server{victim} coming back");
+    println!("every tombstone reaped {:?} after server{victim} came back", started.elapsed());
+
+    c.kill_node(victim);
+    assert_ok(&c.make("restart", &[("NODE", &victim.to_string()), grace[0]]));
+    assert_ok(&c.make("add", &[("NODE", "4"), grace[0]]));
+    wait_settled(&c, &[1, 2, 3, 4], Duration::from_secs(20), "after a restart and a join");
+    for (k, read, copies) in look(&c, &keys, &[1, 2, 3, 4]) {
+        if read != Got::NotFound || copies.iter().any(|cp| !matches!(cp, Copy::Deleted | Copy::Missing)) {
+            bad.push(format!("{k} after a restart and a join: read {read:?}, copies {copies:?}"));
+        }
+    }
+    assert_none("reaped keys back after a restart and a join", &bad, keys.len());
+}
+
+/// Issue #10 item 10: a killed replica restarted after its deletes' tombstones passed the grace.
+#[test]
+fn item10_reaped_tombstones_stay_dead_when_a_killed_replica_restarts() {
+    reaped_tombstones_stay_dead(28200, 2, "kill");
+}
+
+/// Issue #10 item 10: a replica stopped (SIGSTOP) past the grace, then resumed.
+#[test]
+fn item10_reaped_tombstones_stay_dead_when_a_stopped_replica_resumes() {
+    reaped_tombstones_stay_dead(28210, 3, "stop");
+}
+
 // ----- item 3: hints --------------------------------------------------------------------------
 
 /// Writers put keys whose preference list includes node 3 while it is dead (their copies go to

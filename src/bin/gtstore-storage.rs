@@ -21,6 +21,12 @@ fn options() -> getopts::Options {
     o.optopt("", "max-header", "longest header line accepted (default 128)", "BYTES");
     o.optopt("", "max-conns", "simultaneous connections (default 4096)", "N");
     o.optopt("", "heartbeat-ms", "heartbeat interval (default 200)", "MS");
+    o.optopt(
+        "",
+        "tombstone-grace",
+        "keep a tombstone at least this long before it may be reaped; 0: for ever (default 86400)",
+        "SECS",
+    );
     o.optflag("", "daemon", "detach; return once the node has joined and received its sectors");
     o.optopt("", "log", "log file (reopened on SIGHUP; default standard error)", "FILE");
     o.optopt("", "pidfile", "pidfile, locked while running (default DIR/gtstore-storage.pid)", "FILE");
@@ -54,6 +60,10 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
     };
     let data_dir = cli::absolute(&m.opt_str("data-dir").unwrap_or_else(|| format!("gtstore-node{id}")));
     let heartbeat: u64 = opt_num(m, "heartbeat-ms")?.unwrap_or(200);
+    let grace: u64 = opt_num(m, "tombstone-grace")?.unwrap_or(86_400);
+    if grace > 100 * 365 * 86_400 {
+        return Err(Exit::usage("--tombstone-grace must be at most 100 years"));
+    }
     Ok(Config {
         id,
         listen,
@@ -65,6 +75,7 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         max_conns: max("max-conns", 4096, 1 << 20)?,
         heartbeat: Duration::from_millis(heartbeat.max(1)),
         log_file: m.opt_str("log").map(|p| cli::absolute(&p)),
+        tombstone_grace: Duration::from_secs(grace),
         data_dir,
     })
 }

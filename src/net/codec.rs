@@ -259,6 +259,13 @@ pub enum Body {
     Chunk { sector: u32, entries: Vec<Entry>, last: bool },
     /// A node has received every sector it needs for `epoch`.
     Synced { epoch: u64 },
+    /// A node about to reap these tombstones of `sector` (older than the
+    /// tombstone grace) asks every member, under table `epoch`, to put
+    /// them over any older value of their keys it holds (its copy of the
+    /// sector, hints): answered REAPED once that is durable, or an error.
+    Reap { epoch: u64, sector: u32, entries: Vec<Entry> },
+    /// The answer to REAP: how many older values were overwritten.
+    Reaped { overwritten: u32 },
     /// A verb this build does not know; answered with an error.
     Unknown(String),
 }
@@ -302,6 +309,8 @@ impl Body {
             Body::Pull { .. } => "PULL",
             Body::Chunk { .. } => "CHUNK",
             Body::Synced { .. } => "SYNCED",
+            Body::Reap { .. } => "REAP",
+            Body::Reaped { .. } => "REAPED",
             Body::Unknown(v) => v,
         }
     }
@@ -737,6 +746,13 @@ fn write_body<S: Sink>(body: &Body, s: &mut S) {
             s.u32(entries.len() as u32);
             entries.iter().for_each(|e| write_entry(s, e));
         }
+        Body::Reaped { overwritten } => s.u32(*overwritten),
+        Body::Reap { epoch, sector, entries } => {
+            s.u64(*epoch);
+            s.u32(*sector);
+            s.u32(entries.len() as u32);
+            entries.iter().for_each(|e| write_entry(s, e));
+        }
     }
 }
 
@@ -784,6 +800,17 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
                 entries.push(read_entry(r)?);
             }
             Body::Chunk { sector, entries, last }
+        }
+        "REAPED" => Body::Reaped { overwritten: r.u32()? },
+        "REAP" => {
+            let epoch = r.u64()?;
+            let sector = r.u32()?;
+            let n = r.count(MIN_ENTRY)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push(read_entry(r)?);
+            }
+            Body::Reap { epoch, sector, entries }
         }
         other => {
             r.pos = r.buf.len();
@@ -834,6 +861,8 @@ mod tests {
             Body::Chunk { sector: 17, entries: vec![entry, tomb], last: true },
             Body::Chunk { sector: 1, entries: vec![], last: false },
             Body::Synced { epoch: 12 },
+            Body::Reaped { overwritten: 2 },
+            Body::Reap { epoch: 3, sector: 9, entries: vec![Entry { key: b"x".to_vec(), version: v, value: None }] },
         ]
         .into_iter()
         .map(msg)

@@ -216,6 +216,7 @@ impl World {
             max_conns: 4096,
             heartbeat: Duration::from_millis(200),
             log_file: None,
+            tombstone_grace: Duration::from_micros(self.plan.tombstone_grace),
         }
     }
 
@@ -648,7 +649,9 @@ fn run_turn<H: Handler>(host: &mut Host<H>, me: Proc, net: &mut Net, base: Insta
         return TurnEnd::Stopped;
     }
     if let Some(at) = host.io.timers.next_deadline() {
-        let t = at.saturating_duration_since(base).as_micros() as Time;
+        // Rounded up: a wake-up before the deadline would find nothing due
+        // and schedule itself again at the same instant, for ever.
+        let t = at.saturating_duration_since(base).as_nanos().div_ceil(1000) as Time;
         wake_at(&mut host.wakes, net, me, t.max(net.now));
     }
     TurnEnd::Idle
@@ -833,7 +836,19 @@ impl World {
                     || node.hints().sector_ids().into_iter().any(|h| newer(node.hints().get(h, &op.key).ok().flatten()))
             };
             let held = self.nodes.values().filter_map(|h| h.role.as_ref()).filter(|n| holds(n)).count();
-            if held < w {
+            // A delete after the put, whose tombstone was reaped, leaves
+            // nothing behind: that is the put superseded, not lost, if no
+            // node holds a live newer value and rule (b) allows the absence.
+            let live = |node: &Node| {
+                node.store()
+                    .get(sector, &op.key)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|i| i.value.is_some() && i.version >= version)
+            };
+            let reaped = !self.nodes.values().filter_map(|h| h.role.as_ref()).any(live)
+                && checker::check_copy(&self.history, &op.key, &checker::Copy::Absent, "reaped").is_none();
+            if held < w && !reaped {
                 bad.push(format!(
                     "{}: version {version} (or newer) held by {held} running nodes after healing, W={w}",
                     checker::describe(op)

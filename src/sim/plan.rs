@@ -116,6 +116,9 @@ pub struct Plan {
     pub kinds: Vec<FaultKind>,
     /// The schedule, by time.
     pub faults: Vec<(Time, Fault)>,
+    /// The nodes' tombstone grace (`--tombstone-grace`): short, so that
+    /// tombstones are reaped while faults run.
+    pub tombstone_grace: Time,
 }
 
 impl Plan {
@@ -156,6 +159,9 @@ impl Plan {
             clients_until,
             kinds,
             faults: Vec::new(),
+            // Drawn apart from the rest, so a seed's schedule is what it was
+            // before tombstones were reaped.
+            tombstone_grace: SEC + SplitMix::new(seed ^ 0x7047_5241_4345).below(7 * SEC),
         };
         plan.draw_faults(&mut r, window);
         plan
@@ -251,7 +257,7 @@ impl Plan {
     /// One line: the shape and the mix.
     pub fn summary(&self) -> String {
         format!(
-            "{} nodes, N={}, Q={}, {} clients, {} keys, faults {:?}, {} scheduled, heal at {}",
+            "{} nodes, N={}, Q={}, {} clients, {} keys, faults {:?}, {} scheduled, heal at {}, tombstone grace {}",
             self.nodes,
             self.rep,
             self.sectors,
@@ -259,7 +265,8 @@ impl Plan {
             self.keys,
             self.kinds,
             self.faults.len(),
-            super::checker::ms(self.heal_at)
+            super::checker::ms(self.heal_at),
+            super::checker::ms(self.tombstone_grace)
         )
     }
 }

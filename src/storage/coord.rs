@@ -6,6 +6,7 @@ use log::{error, info};
 
 use std::time::Instant;
 
+use super::reap::TRANSFER_MS;
 use super::{Node, NodeIo, OP_DEADLINE};
 use crate::bugs::{self, Bug};
 use crate::hlc::{Version, MAX_SKEW_MS};
@@ -450,8 +451,9 @@ impl Node {
             }
             if let Some(conn) = self.peer(rx, node) {
                 info!("read repair of node {node} for a key in sector {}", op.sector);
+                let deadline = rx.wall_ms() + TRANSFER_MS;
                 let msg = Message {
-                    header: Header { node: self.cfg.id, ..Header::default() },
+                    header: Header { node: self.cfg.id, deadline, ..Header::default() },
                     body: Body::Store { entry: newest.clone(), hint_for: 0, repair: true },
                 };
                 rx.send_early(conn, &msg);
@@ -545,6 +547,14 @@ impl Node {
             info!("refusing a write of sector {sector} versioned {ahead} ms ahead of this clock");
             let reason = format!("version {} is {ahead} ms ahead of this node's clock", entry.version);
             return self.reply(rx, conn, h, Body::error(ErrorCode::Future, reason));
+        }
+        if repair && (h.deadline <= rx.wall_ms() || h.deadline > rx.wall_ms() + TRANSFER_MS + 2 * MAX_SKEW_MS) {
+            // A copy sent before a tombstone of its key was reaped must not
+            // arrive after it (see `reap`): a repair is valid only until its
+            // deadline, at most TRANSFER_MS after it was sent.
+            info!("refusing a repair of sector {sector} past or without a valid deadline");
+            let reason = format!("repair deadline {} not within {TRANSFER_MS} ms from now", h.deadline);
+            return self.reply(rx, conn, h, Body::error(ErrorCode::Expired, reason));
         }
         let age = rx.wall_ms().saturating_sub(entry.version.ms);
         if !repair && age > STALE_WRITE_MS {

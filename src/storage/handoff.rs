@@ -160,8 +160,9 @@ impl Node {
                     continue;
                 };
                 let req = self.next_id();
+                let deadline = rx.wall_ms() + super::reap::TRANSFER_MS;
                 let msg = Message {
-                    header: Header { node: self.cfg.id, req, ..Header::default() },
+                    header: Header { node: self.cfg.id, req, deadline, ..Header::default() },
                     body: Body::Store { entry: e.clone(), hint_for: 0, repair: true },
                 };
                 if rx.send_early(conn, &msg) {

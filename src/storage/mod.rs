@@ -26,6 +26,7 @@ mod coord;
 mod handoff;
 mod links;
 mod orphans;
+mod reap;
 mod stream;
 mod sync;
 
@@ -72,6 +73,8 @@ pub enum Timer {
     Compact,
     /// Build the next CHUNKs of the PULLs being answered.
     Stream,
+    /// Look for tombstones to reap (see `reap`).
+    Reap,
     /// Hand a few queued orphaned sectors over.
     Orphans,
 }
@@ -123,6 +126,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Where logs go after SIGHUP (None: stderr).
     pub log_file: Option<PathBuf>,
+    /// How long a tombstone is kept at least before it may be reaped
+    /// (zero: for ever). See `reap`.
+    pub tombstone_grace: Duration,
 }
 
 impl crate::daemon::DaemonPaths for Config {
@@ -187,6 +193,8 @@ pub struct Node {
     streams: stream::Streams,
     /// Orphaned sectors to hand over, a few per turn.
     orphans: orphans::Orphans,
+    /// Tombstones older than the grace being reaped.
+    reaper: reap::Reaper,
 }
 
 /// What a request sent to a peer is waiting for; the reply (or the loss of
@@ -201,6 +209,8 @@ enum Awaited {
     Batch { batch: u64, node: u32 },
     /// An acknowledgement of a write of `sector` relayed to a new holder.
     Relay { sector: u32, node: u32 },
+    /// A member's answer to reaping round `round`.
+    Reap { round: u64, node: u32 },
 }
 
 impl Awaited {
@@ -210,7 +220,8 @@ impl Awaited {
             Awaited::Op { node, .. }
             | Awaited::Pull { node, .. }
             | Awaited::Batch { node, .. }
-            | Awaited::Relay { node, .. } => node,
+            | Awaited::Relay { node, .. }
+            | Awaited::Reap { node, .. } => node,
         }
     }
 }
@@ -246,6 +257,7 @@ impl Node {
             compact_armed: false,
             streams: stream::Streams::default(),
             orphans: orphans::Orphans::default(),
+            reaper: reap::Reaper::default(),
             cfg,
         }
     }
@@ -257,6 +269,9 @@ impl Node {
         rx.add_timer(START_LIMIT, Timer::StartLimit);
         rx.add_timer(handoff::HINT_PERIOD, Timer::Hints);
         rx.add_timer(OP_SWEEP, Timer::OpSweep);
+        if !self.cfg.tombstone_grace.is_zero() {
+            rx.add_timer(reap::sweep_period(self.cfg.tombstone_grace), Timer::Reap);
+        }
     }
 
     /// The node's id.
@@ -392,6 +407,7 @@ impl Node {
             Body::Fetch { key } => self.handle_fetch(rx, conn, h, key, true),
             Body::Inspect { key } => self.handle_fetch(rx, conn, h, key, false),
             Body::Pull { sector, digest } => self.handle_pull(rx, conn, h, sector, digest),
+            Body::Reap { epoch, sector, entries } => self.handle_reap(rx, conn, h, epoch, sector, entries),
             Body::StatsReq => self.handle_stats(rx, conn, h),
             Body::Hello | Body::GetTable => self.handle_table_request(rx, conn, h),
             other => {
@@ -419,7 +435,7 @@ impl Node {
         let req = msg.header.req;
         match self.awaiting.get(&req).copied() {
             Some(Awaited::Pull { .. }) => match msg.body {
-                Body::Chunk { entries, last, .. } => self.on_chunk(rx, req, entries, last),
+                Body::Chunk { entries, last, .. } => self.on_chunk(rx, req, msg.header.deadline, entries, last),
                 _ => self.pull_ended(rx, req, false),
             },
             Some(Awaited::Batch { batch, .. }) => {
@@ -433,6 +449,14 @@ impl Node {
             Some(Awaited::Relay { sector, .. }) => {
                 self.awaiting.remove(&req);
                 self.relay_done(rx, sector, matches!(msg.body, Body::Ok));
+            }
+            Some(Awaited::Reap { round, node }) => {
+                self.awaiting.remove(&req);
+                let overwritten = match msg.body {
+                    Body::Reaped { overwritten } => Some(overwritten),
+                    _ => None,
+                };
+                self.reap_answered(rx, round, node, overwritten);
             }
             None => {}
         }
@@ -458,6 +482,10 @@ impl Node {
                 Awaited::Relay { sector, .. } => {
                     self.awaiting.remove(&req);
                     self.relay_done(rx, sector, false);
+                }
+                Awaited::Reap { round, node } => {
+                    self.awaiting.remove(&req);
+                    self.reap_answered(rx, round, node, None);
                 }
             }
         }
@@ -545,6 +573,7 @@ impl Handler for Node {
             Timer::Compact => self.compact_some(),
             Timer::Stream => self.stream_some(rx),
             Timer::Orphans => self.push_some_orphans(rx),
+            Timer::Reap => self.reap_sweep(rx),
             Timer::LeaveLimit => {
                 warn!("leave not finished within {LEAVE_LIMIT:?}; exiting with the data on disk");
                 rx.stop();

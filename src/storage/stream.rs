@@ -97,7 +97,9 @@ impl Node {
                 Ok((entries, size, last)) => {
                     bytes += size;
                     sent = true;
-                    let (sector, header) = (st.sector, st.header);
+                    let (sector, mut header) = (st.sector, st.header);
+                    // Valid for TRANSFER_MS from now (see `reap`).
+                    header.deadline = rx.wall_ms() + super::reap::TRANSFER_MS;
                     rx.send(st.conn, &Message { header, body: Body::Chunk { sector, entries, last } });
                     if !last {
                         self.streams.active.push_back(st);

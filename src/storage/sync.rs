@@ -343,8 +343,15 @@ impl Node {
     }
 
     /// A CHUNK of a sector this node is pulling.
-    pub(super) fn on_chunk(&mut self, rx: &mut impl NodeIo, req: u64, entries: Vec<Entry>, last: bool) {
+    pub(super) fn on_chunk(&mut self, rx: &mut impl NodeIo, req: u64, deadline: u64, entries: Vec<Entry>, last: bool) {
         let Some(&Awaited::Pull { sector, .. }) = self.awaiting.get(&req) else { return };
+        if deadline <= rx.wall_ms() {
+            // Sent too long ago: a tombstone of one of its keys may have been
+            // reaped since (see `reap`). The sector is pulled again.
+            info!("a CHUNK of sector {sector} arrived past its deadline; pulling again");
+            self.pull_ended(rx, req, false);
+            return;
+        }
         if let Some(p) = self.mover.pulls.get_mut(&sector) {
             p.progress = rx.now();
         }
@@ -516,7 +523,7 @@ impl Node {
                 r.push(puller);
             }
         }
-        let header = Header { node: self.cfg.id, ..h };
+        let header = Header { node: self.cfg.id, deadline: rx.wall_ms() + super::reap::TRANSFER_MS, ..h };
         if digest(&self.store.keys_with_versions(sector)) == their {
             rx.send(conn, &Message { header, body: Body::Chunk { sector, entries: Vec::new(), last: true } });
             return;
@@ -545,8 +552,9 @@ impl Node {
                 continue;
             };
             let req = self.next_id();
+            let deadline = rx.wall_ms() + super::reap::TRANSFER_MS;
             let msg = Message {
-                header: Header { node: self.cfg.id, req, ..Header::default() },
+                header: Header { node: self.cfg.id, req, deadline, ..Header::default() },
                 body: Body::Store { entry: entry.clone(), hint_for: 0, repair: true },
             };
             if rx.send_early(conn, &msg) {

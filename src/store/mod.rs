@@ -386,9 +386,31 @@ impl Store {
         }
     }
 
+    /// Up to `limit` tombstones of `sector` made before `before_ms`.
+    pub fn old_tombstones(&self, sector: u32, before_ms: u64, limit: usize) -> Vec<(Vec<u8>, Version)> {
+        self.sectors.get(&sector).map_or_else(Vec::new, |s| s.old_tombstones(before_ms, limit))
+    }
+
+    /// Forgets `key` of `sector` if its newest entry is the tombstone
+    /// `version` (see [`Sector::reap`]); returns whether it did. Compaction
+    /// then leaves the tombstone's record behind.
+    pub fn reap(&mut self, sector: u32, key: &[u8], version: Version) -> bool {
+        let Some(s) = self.sectors.get_mut(&sector) else { return false };
+        let reaped = s.reap(key, version);
+        if reaped && s.needs_compaction() {
+            self.to_compact.insert(sector);
+        }
+        reaped
+    }
+
     /// Keys of `sector` whose newest entry is not a tombstone.
     pub fn live_keys(&self, sector: u32) -> usize {
         self.sectors.get(&sector).map_or(0, Sector::live_keys)
+    }
+
+    /// Keys of `sector` in its index, tombstones included.
+    pub fn len_of(&self, sector: u32) -> usize {
+        self.sectors.get(&sector).map_or(0, Sector::len)
     }
 
     /// Live keys over all sectors held.

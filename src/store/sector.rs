@@ -246,6 +246,38 @@ impl Sector {
         out
     }
 
+    /// Up to `limit` keys whose newest entry is a tombstone made before
+    /// `before_ms` (wall ms), with their versions, sorted by key: the
+    /// candidates for reaping (see `Store::reap`).
+    pub fn old_tombstones(&self, before_ms: u64, limit: usize) -> Vec<(Vec<u8>, Version)> {
+        let mut out: Vec<(Vec<u8>, Version)> = self
+            .index
+            .iter()
+            .filter(|(_, e)| e.tombstone() && e.version().ms < before_ms)
+            .map(|(k, e)| (k.as_slice().to_vec(), e.version()))
+            .collect();
+        out.sort_unstable();
+        out.truncate(limit);
+        out
+    }
+
+    /// Forgets `key` if its newest entry is the tombstone `version`: the
+    /// record becomes dead bytes, which compaction leaves behind. Nothing
+    /// is written: after a restart the tombstone's record, still in its
+    /// segment until compaction, brings it back, which is harmless.
+    /// Returns whether it was forgotten.
+    pub fn reap(&mut self, key: &[u8], version: Version) -> bool {
+        let Some(e) = self.index.get(key) else { return false };
+        if !e.tombstone() || e.version() != version {
+            return false;
+        }
+        let len = u64::from(e.loc().len);
+        self.index.remove(key);
+        self.live_bytes = self.live_bytes.saturating_sub(len);
+        self.dead_bytes = self.dead_bytes.saturating_add(len);
+        true
+    }
+
     /// Keys whose newest entry is not a tombstone.
     pub fn live_keys(&self) -> usize {
         self.index.values().filter(|e| !e.tombstone()).count()
@@ -419,13 +451,19 @@ impl Sector {
     }
 
     /// Deletes every segment older than `gen`.
+    ///
+    /// Oldest first, the directory synced after each: a crash in between
+    /// must never leave an older generation without the newer ones, or a
+    /// value whose tombstone was reaped (see [`Sector::reap`]) and whose
+    /// newer tombstone record sat in a later generation would come back.
     fn remove_older(&self, gen: u64) -> Result<()> {
-        for old in log::list_generations(&*self.disk, &self.dir)? {
-            if old < gen {
-                self.disk.remove_file(&log::segment_path(&self.dir, old))?;
-            }
+        let mut old: Vec<u64> =
+            log::list_generations(&*self.disk, &self.dir)?.into_iter().filter(|&g| g < gen).collect();
+        old.sort_unstable();
+        for g in old {
+            self.disk.remove_file(&log::segment_path(&self.dir, g))?;
+            self.disk.sync_dir(&self.dir)?;
         }
-        self.disk.sync_dir(&self.dir)?;
         Ok(())
     }
 
@@ -563,6 +601,36 @@ mod tests {
                 (b"y".to_vec(), Item { version: v(2), value: None }),
             ]
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_reaped_tombstone_is_gone_after_compaction_and_reopen_and_the_old_value_stays_gone() -> Result<()> {
+        let dir = TestDir::new("sector-reap");
+        let path = dir.path().join("4");
+        let mut s = Sector::open(os(), &path, 4)?;
+        s.apply(b"gone", v(1), Some(b"old"))?;
+        s.apply(b"gone", v(2), None)?;
+        s.apply(b"live", v(3), Some(b"here"))?;
+        s.apply(b"newer", v(4), None)?;
+        assert_eq!(s.old_tombstones(4, 10), vec![(b"gone".to_vec(), v(2))], "only tombstones made before 4 ms");
+        assert!(!s.reap(b"gone", v(1)), "not the tombstone's version");
+        assert!(!s.reap(b"live", v(3)), "a live value is never reaped");
+        assert!(s.reap(b"gone", v(2)));
+        assert_eq!(s.get(b"gone")?, None, "forgotten");
+        assert!(s.old_tombstones(u64::MAX, 10).iter().all(|(k, _)| k != b"gone"));
+        // Before compaction a restart brings the tombstone back (harmless),
+        // never the value it deleted.
+        drop(s);
+        let mut s = Sector::open(os(), &path, 4)?;
+        assert_eq!(s.get(b"gone")?, Some(Item { version: v(2), value: None }));
+        assert!(s.reap(b"gone", v(2)));
+        s.compact()?;
+        drop(s);
+        let s = Sector::open(os(), &path, 4)?;
+        assert_eq!(s.get(b"gone")?, None, "compaction left both records behind");
+        assert_eq!(value_of(&s, b"live"), Some(b"here".to_vec()));
+        assert_eq!(s.get(b"newer")?, Some(Item { version: v(4), value: None }));
         Ok(())
     }
 
