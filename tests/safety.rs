@@ -697,14 +697,20 @@ fn look(c: &Cluster, keys: &[String], nodes: &[u32]) -> Vec<(String, Got, Vec<Co
 }
 
 /// Issue #10 item 10 with tombstones reaped (`--tombstone-grace 2`): keys put on 3 nodes (REP=3),
-/// `victim` killed or stopped, the keys deleted. While `victim` is down, past the grace, the
-/// others keep the tombstones (a member marked down holds reaping back). Once it is back, its
-/// stale copies must not win: every read says NOT_FOUND the whole time, and within 60 s every
-/// copy is reaped (`gtstore inspect` finds no entry on any node). They stay gone when `victim`
-/// is killed and restarted once more (its log still has the records) and when node 4 joins.
+/// `victim` killed (marked down) or stopped with SIGSTOP (not marked down: it misses the
+/// deletes, refusing their writes as late when it resumes), the keys deleted. While `victim` is
+/// out, past the grace, the others keep the tombstones (a member marked down or not answering
+/// holds reaping back). Once it is back its stale copies must not win: every read says
+/// NOT_FOUND the whole time, and within 60 s every copy is reaped (`gtstore inspect` finds no
+/// entry on any node). They stay gone when `victim` is killed and restarted once more (its log
+/// still has the records) and when node 4 joins. (The stop case fails with a reaper that does
+/// not ask the other members first: the stopped node's values come back.)
 fn reaped_tombstones_stay_dead(base_port: u16, victim: u16, outage: &str) {
     let grace = [("NODE_FLAGS", "--tombstone-grace 2")];
-    let c = Cluster::start_with(base_port, 3, 3, &grace);
+    // Stopped, the victim stays an up member (dead-after 30 s): no move re-syncs it afterwards,
+    // so only the reaping rounds (or a read's repair) can put the tombstones over its values.
+    let vars = [grace[0], ("MANAGER_FLAGS", "--dead-after-ms 30000")];
+    let c = Cluster::start_with(base_port, 3, 3, if outage == "stop" { &vars } else { &grace });
     let t = table(&c);
     let keys: Vec<String> = (0..4)
         .map(|i| find_key(&t, &format!("reap{i}"), |p| (p.first() == Some(&u32::from(victim))) == (i % 2 == 0)))
@@ -728,10 +734,9 @@ fn reaped_tombstones_stay_dead(base_port: u16, victim: u16, outage: &str) {
     let mut bad = Vec::new();
     for (k, read, copies) in look(&c, &keys, &others) {
         if read != Got::NotFound || copies.iter().any(|cp| *cp != Copy::Deleted) {
-            bad.push(format!("{k} with server{victim} down past the grace: read {read:?}, copies {copies:?}"));
+            bad.push(format!("{k} with server{victim} out past the grace: read {read:?}, copies {copies:?}"));
         }
     }
-    assert_none("tombstones not kept while a replica is down", &bad, keys.len());
     match frozen {
         Some(f) => f.release(),
         None => assert_ok(&c.make("restart", &[("NODE", &victim.to_string()), grace[0]])),
@@ -747,8 +752,8 @@ fn reaped_tombstones_stay_dead(base_port: u16, victim: u16, outage: &str) {
                 bad.push(format!("{k} after {:?}: read {read:?}, copies {copies:?}", started.elapsed()));
             }
         }
-        if seen.iter().all(|(_, _, copies)| copies.iter().all(|cp| *cp == Copy::Missing)) {
-            break true;
+        if !bad.is_empty() || seen.iter().all(|(_, _, copies)| copies.iter().all(|cp| *cp == Copy::Missing)) {
+            break bad.is_empty();
         }
         if started.elapsed() > Duration::from_secs(60) {
             println!("not reaped within 60 s: {seen:?}");
@@ -778,7 +783,8 @@ fn item10_reaped_tombstones_stay_dead_when_a_killed_replica_restarts() {
     reaped_tombstones_stay_dead(28200, 2, "kill");
 }
 
-/// Issue #10 item 10: a replica stopped (SIGSTOP) past the grace, then resumed.
+/// Issue #10 item 10: a replica stopped (SIGSTOP) past the grace while still an up member, then
+/// resumed with its stale values.
 #[test]
 fn item10_reaped_tombstones_stay_dead_when_a_stopped_replica_resumes() {
     reaped_tombstones_stay_dead(28210, 3, "stop");

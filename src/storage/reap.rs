@@ -5,7 +5,8 @@
 //! replica that missed the delete, a hint, an orphaned sector or a copy in
 //! flight, can never win again. Forgetting it is safe only once no such
 //! older value exists anywhere and none can arrive. So a node forgets its
-//! own tombstones of a sector, older than the grace, in two rounds:
+//! own tombstones older than the grace, of a few sectors at a time, in
+//! two rounds:
 //!
 //! 1. Only under a settled cluster: a table with every member up and no
 //!    move pending. A member marked down may hold anything, so while one
@@ -35,7 +36,7 @@
 //! Every node reaps its own tombstones; a member that has forgotten one
 //! answers a later round for it like one that never saw the key.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -60,11 +61,11 @@ const SETTLE_MS: u64 = TRANSFER_MS + OP_DEADLINE.as_millis() as u64 + 2 * MAX_SK
 /// A round not answered by every member within this long is dropped.
 const ROUND_LIMIT_MS: u64 = 10_000;
 
-/// Tombstones one round carries at most.
+/// Tombstones one round carries at most (over all its sectors).
 const ROUND_ENTRIES: usize = 512;
 
-/// Index entries one sweep looks through at most while it looks for a
-/// sector with tombstones to reap (a loop turn stays short).
+/// Index entries one sweep looks through at most while it looks for
+/// sectors with tombstones to reap (a loop turn stays short).
 const SWEEP_ENTRIES: usize = 100_000;
 
 /// The longest and the shortest time between two sweeps.
@@ -85,14 +86,15 @@ pub(super) struct Reaper {
     pub(super) reaped: u64,
 }
 
-/// One round: the tombstones of one sector, and who has not answered.
+/// One round: the tombstones of a few sectors, and who has not answered.
 #[derive(Debug)]
 struct Round {
     id: u64,
     epoch: u64,
-    sector: u32,
-    tombstones: Tombstones,
-    waiting: BTreeSet<u32>,
+    /// Tombstones by sector; one REAP per sector and member.
+    batches: Vec<(u32, Tombstones)>,
+    /// Members that have not answered, with how many REAPs each.
+    waiting: BTreeMap<u32, usize>,
     started_ms: u64,
     /// When the last member answered the first round.
     answered_ms: Option<u64>,
@@ -132,36 +134,41 @@ impl Node {
         }
         rx.add_timer(sweep_period(self.cfg.tombstone_grace), Timer::Reap);
         let now = rx.wall_ms();
-        match self.reaper.round.as_ref().map(|r| (r.second, r.answered_ms, r.started_ms, r.sector)) {
+        match self.reaper.round.as_ref().map(|r| (r.second, r.answered_ms, r.started_ms)) {
             None => self.start_round(rx),
             Some((false, Some(answered), ..)) => {
                 if now >= answered + SETTLE_MS {
                     self.second_round(rx);
                 }
             }
-            Some((_, _, started, sector)) => {
+            Some((_, _, started)) => {
                 if now >= started + ROUND_LIMIT_MS {
-                    debug!("reaping sector {sector}: not every member answered; dropped");
+                    debug!("reaping: not every member answered; dropped");
                     self.reaper.round = None;
                 }
             }
         }
     }
 
-    /// Looks for a sector of this node's with tombstones older than the
+    /// Looks for sectors of this node's with tombstones older than the
     /// grace and starts the first round for them.
     fn start_round(&mut self, rx: &mut impl NodeIo) {
         let Some(epoch) = self.settled_epoch() else { return };
-        let Some((sector, tombstones)) = self.find_old_tombstones(rx) else { return };
+        let batches = self.find_old_tombstones(rx);
+        if batches.is_empty() {
+            return;
+        }
         if bugs::planted(Bug::ReapUnasked) {
-            for (key, version) in &tombstones {
-                self.store.reap(sector, key, *version);
+            for (sector, tombstones) in &batches {
+                for (key, version) in tombstones {
+                    self.store.reap(*sector, key, *version);
+                }
             }
             return;
         }
-        for (key, version) in &tombstones {
+        for (key, version) in batches.iter().flat_map(|(_, t)| t) {
             if let Err(e) = self.tombstone_hints(key, *version) {
-                warn!("reaping sector {sector}: cannot overwrite a hint with a tombstone: {e}");
+                warn!("reaping: cannot overwrite a hint with a tombstone: {e}");
                 return;
             }
         }
@@ -169,45 +176,46 @@ impl Node {
         let round = Round {
             id: self.reaper.rounds,
             epoch,
-            sector,
-            tombstones,
-            waiting: BTreeSet::new(),
+            batches,
+            waiting: BTreeMap::new(),
             started_ms: rx.wall_ms(),
             answered_ms: None,
             second: false,
             overwritten: 0,
         };
-        debug!("reaping sector {sector}: first round for {} tombstones", round.tombstones.len());
+        debug!("reaping: first round for {} sectors", round.batches.len());
         self.reaper.round = Some(round);
         self.send_round(rx);
     }
 
-    /// The next sector (round robin) this node holds synced and owns with
-    /// tombstones older than the grace, and up to `ROUND_ENTRIES` of them;
-    /// it looks through about `SWEEP_ENTRIES` index entries at most.
-    fn find_old_tombstones(&mut self, rx: &impl NodeIo) -> Option<(u32, Tombstones)> {
-        let table = self.table.as_ref()?;
+    /// The next sectors (round robin) this node holds synced and owns with
+    /// tombstones older than the grace, and up to `ROUND_ENTRIES` of them
+    /// in all; it looks through about `SWEEP_ENTRIES` index entries at most.
+    fn find_old_tombstones(&mut self, rx: &impl NodeIo) -> Vec<(u32, Tombstones)> {
+        let mut found = Vec::new();
+        let Some(table) = self.table.as_ref() else { return found };
         let grace_ms = u64::try_from(self.cfg.tombstone_grace.as_millis()).unwrap_or(u64::MAX);
         let before_ms = rx.wall_ms().saturating_sub(grace_ms);
         let ids = self.store.sector_ids();
         let start = ids.iter().position(|&s| s >= self.reaper.next_sector).unwrap_or(0);
-        let mut looked = 0;
+        let (mut looked, mut taken) = (0, 0);
         for &sector in ids[start..].iter().chain(&ids[..start]) {
-            if looked >= SWEEP_ENTRIES {
+            if looked >= SWEEP_ENTRIES || taken >= ROUND_ENTRIES {
                 self.reaper.next_sector = sector;
-                return None;
+                break;
             }
             self.reaper.next_sector = sector.wrapping_add(1);
             if !table.preference(sector).contains(&self.cfg.id) || !self.mover.synced.contains(&sector) {
                 continue;
             }
             looked += self.store.len_of(sector);
-            let tombstones = self.store.old_tombstones(sector, before_ms, ROUND_ENTRIES);
+            let tombstones = self.store.old_tombstones(sector, before_ms, ROUND_ENTRIES - taken);
             if !tombstones.is_empty() {
-                return Some((sector, tombstones));
+                taken += tombstones.len();
+                found.push((sector, tombstones));
             }
         }
-        None
+        found
     }
 
     /// The second round: the same REAP again, after the first settled.
@@ -217,7 +225,7 @@ impl Node {
         r.second = true;
         r.started_ms = rx.wall_ms();
         if settled != Some(r.epoch) {
-            debug!("reaping sector {}: the table changed; dropped", r.sector);
+            debug!("reaping: the table changed; dropped");
             self.reaper.round = None;
             return;
         }
@@ -228,32 +236,35 @@ impl Node {
     fn send_round(&mut self, rx: &mut impl NodeIo) {
         let Some(table) = self.table.clone() else { return };
         let Some(r) = self.reaper.round.as_ref() else { return };
-        let (id, epoch, sector) = (r.id, r.epoch, r.sector);
-        let entries: Vec<Entry> = r
-            .tombstones
+        let (id, epoch) = (r.id, r.epoch);
+        let bodies: Vec<Body> = r
+            .batches
             .iter()
-            .map(|(key, version)| Entry { key: key.clone(), version: *version, value: None })
+            .map(|(sector, tombstones)| {
+                let entries =
+                    tombstones.iter().map(|(key, version)| Entry { key: key.clone(), version: *version, value: None });
+                Body::Reap { epoch, sector: *sector, entries: entries.collect() }
+            })
             .collect();
-        let mut waiting = BTreeSet::new();
+        let mut waiting = BTreeMap::new();
         let me = self.cfg.id;
         for node in table.members.iter().map(|m| m.id).filter(|&n| n != me) {
-            let sent = self.peer(rx, node).is_some_and(|conn| {
+            let Some(conn) = self.peer(rx, node) else {
+                debug!("reaping: node {node} unreachable; dropped");
+                self.reaper.round = None;
+                return;
+            };
+            for body in &bodies {
                 let req = self.next_id();
                 let header =
                     Header { node: self.cfg.id, req, deadline: rx.wall_ms() + TRANSFER_MS, ..Header::default() };
-                let body = Body::Reap { epoch, sector, entries: entries.clone() };
-                let sent = rx.send_early(conn, &Message { header, body });
-                if sent {
-                    self.awaiting.insert(req, Awaited::Reap { round: id, node });
+                if !rx.send_early(conn, &Message { header, body: body.clone() }) {
+                    self.reaper.round = None;
+                    return;
                 }
-                sent
-            });
-            if !sent {
-                debug!("reaping sector {sector}: node {node} unreachable; dropped");
-                self.reaper.round = None;
-                return;
+                self.awaiting.insert(req, Awaited::Reap { round: id, node });
+                *waiting.entry(node).or_insert(0) += 1;
             }
-            waiting.insert(node);
         }
         if let Some(r) = self.reaper.round.as_mut() {
             r.waiting = waiting;
@@ -264,15 +275,20 @@ impl Node {
     /// A member answered REAP: `Some(n)` older values it overwrote, `None`
     /// it refused or was lost.
     pub(super) fn reap_answered(&mut self, rx: &mut impl NodeIo, round: u64, node: u32, overwritten: Option<u32>) {
-        let Some(r) = self.reaper.round.as_mut().filter(|r| r.id == round && r.waiting.contains(&node)) else {
+        let Some(r) = self.reaper.round.as_mut().filter(|r| r.id == round && r.waiting.contains_key(&node)) else {
             return;
         };
         let Some(n) = overwritten else {
-            debug!("reaping sector {}: node {node} refused or was lost; dropped", r.sector);
+            debug!("reaping: node {node} refused or was lost; dropped");
             self.reaper.round = None;
             return;
         };
-        r.waiting.remove(&node);
+        if let Some(left) = r.waiting.get_mut(&node) {
+            *left -= 1;
+            if *left == 0 {
+                r.waiting.remove(&node);
+            }
+        }
         if r.second {
             r.overwritten += u64::from(n);
         }
@@ -295,16 +311,19 @@ impl Node {
     fn finish_round(&mut self) {
         let Some(r) = self.reaper.round.take() else { return };
         if r.overwritten > 0 {
-            debug!("reaping sector {}: {} older values were still around; kept", r.sector, r.overwritten);
+            debug!("reaping: {} older values were still around; kept", r.overwritten);
             return;
         }
         if self.settled_epoch() != Some(r.epoch) {
-            debug!("reaping sector {}: the table changed; dropped", r.sector);
+            debug!("reaping: the table changed; dropped");
             return;
         }
-        let reaped = r.tombstones.iter().filter(|(key, version)| self.store.reap(r.sector, key, *version)).count();
+        let mut reaped = 0;
+        for (sector, tombstones) in &r.batches {
+            reaped += tombstones.iter().filter(|(key, version)| self.store.reap(*sector, key, *version)).count();
+        }
         self.reaper.reaped += reaped as u64;
-        info!("sector {}: {reaped} tombstones older than the grace reaped", r.sector);
+        info!("{reaped} tombstones older than the grace reaped in {} sectors", r.batches.len());
     }
 
     /// REAP from a member: the tombstones are put over any older value of
