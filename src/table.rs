@@ -9,6 +9,9 @@
 //! [`Table::assign_leave`]) and bumps the epoch on every change; nodes and
 //! clients only read it.
 
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
 /// FNV-1a 64-bit offset basis.
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 /// FNV-1a 64-bit prime.
@@ -220,24 +223,146 @@ impl Table {
             self.owners.iter_mut().filter(|o| !members.contains(o)).for_each(|o| *o = 0);
             return;
         }
-        let load = |owners: &[u32], id: u32| owners.iter().filter(|&&o| o == id).count();
+        // Loads of the up members, kept as sectors change hands: the whole
+        // rebalance is O(Q log Q) plus O(n) per sector given or moved.
+        let mut loads: BTreeMap<u32, usize> = ids.iter().map(|&id| (id, 0)).collect();
+        for o in &self.owners {
+            if let Some(l) = loads.get_mut(o) {
+                *l += 1;
+            }
+        }
+        let least = |loads: &BTreeMap<u32, usize>| loads.iter().min_by_key(|&(&id, &l)| (l, id)).map(|(&id, _)| id);
+        let most =
+            |loads: &BTreeMap<u32, usize>| loads.iter().max_by_key(|&(&id, &l)| (l, u32::MAX - id)).map(|(&id, _)| id);
         for s in 0..self.owners.len() {
-            if self.owners[s] == 0 || !ids.contains(&self.owners[s]) {
-                let least = ids.iter().copied().min_by_key(|&id| (load(&self.owners, id), id));
-                self.owners[s] = least.unwrap_or(0);
+            if !loads.contains_key(&self.owners[s]) {
+                let to = least(&loads).unwrap_or(0);
+                self.owners[s] = to;
+                if let Some(l) = loads.get_mut(&to) {
+                    *l += 1;
+                }
+            }
+        }
+        let mut far = Farthest::default();
+        loop {
+            let (Some(most), Some(least)) = (most(&loads), least(&loads)) else { return };
+            if loads[&most] <= loads[&least] + 1 {
+                return;
+            }
+            let Some(p) = far.take(&self.owners, most, least) else { return };
+            self.owners[p] = least;
+            far.gained(&self.owners, p);
+            *loads.entry(most).or_insert(1) -= 1;
+            *loads.entry(least).or_insert(0) += 1;
+        }
+    }
+}
+
+/// Finds, sector after sector, the sector of a donor furthest round the
+/// ring from every sector of a receiver (the lowest such sector on ties):
+/// moving that one spreads each node's sectors evenly, so the replicas of
+/// preference lists spread evenly too. Distances to the receiver's
+/// nearest sector are computed once per receiver and then only lowered
+/// near each sector it gains; each donor's sectors sit in a max-heap by
+/// distance whose stale entries are skipped when they surface.
+#[derive(Default)]
+struct Farthest {
+    receiver: Option<u32>,
+    dist: Vec<usize>,
+    heaps: BTreeMap<u32, BinaryHeap<(usize, Reverse<usize>)>>,
+}
+
+impl Farthest {
+    /// The sector of `donor` to give `receiver`, if `donor` has one.
+    fn take(&mut self, owners: &[u32], donor: u32, receiver: u32) -> Option<usize> {
+        if self.receiver != Some(receiver) {
+            self.reset(owners, receiver);
+        }
+        let heap = self.heaps.get_mut(&donor)?;
+        while let Some((d, Reverse(s))) = heap.pop() {
+            if owners[s] == donor && self.dist[s] == d {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn reset(&mut self, owners: &[u32], receiver: u32) {
+        let q = owners.len();
+        self.receiver = Some(receiver);
+        self.dist = vec![usize::MAX; q];
+        // Two sweeps of the circle in each direction give each sector its
+        // distance to the nearest sector of `receiver`.
+        for pass in 0..2 {
+            let mut last: Option<usize> = None;
+            for i in 0..2 * q {
+                let s = if pass == 0 { i % q } else { (2 * q - 1 - i) % q };
+                if owners[s] == receiver {
+                    last = Some(i);
+                }
+                if let Some(l) = last {
+                    self.dist[s] = self.dist[s].min(i - l);
+                }
+            }
+        }
+        self.heaps.clear();
+        for (s, &o) in owners.iter().enumerate() {
+            self.heaps.entry(o).or_default().push((self.dist[s], Reverse(s)));
+        }
+    }
+
+    /// Sector `p` now belongs to the receiver: the sectors around it whose
+    /// nearest receiver sector it became get their new distance.
+    fn gained(&mut self, owners: &[u32], p: usize) {
+        let q = owners.len();
+        for dir in [1, q - 1] {
+            for k in 0..q {
+                let s = (p + k * dir) % q;
+                if self.dist[s] <= k && k > 0 {
+                    break;
+                }
+                self.dist[s] = k;
+                self.heaps.entry(owners[s]).or_default().push((k, Reverse(s)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // ----- the linear rebalance makes the same choices as the first one -----
+
+    /// The first, quadratic rebalance, kept as the reference.
+    fn rebalance_reference(t: &mut Table) {
+        let ids: Vec<u32> = t.members.iter().filter(|m| m.state == NodeState::Up).map(|m| m.id).collect();
+        if ids.is_empty() {
+            // Nobody is up (the manager lost sight of everyone): sectors keep
+            // their down owners, so whoever comes back first knows where the
+            // data is; only owners that left the table are forgotten.
+            let members: Vec<u32> = t.members.iter().map(|m| m.id).collect();
+            t.owners.iter_mut().filter(|o| !members.contains(o)).for_each(|o| *o = 0);
+            return;
+        }
+        let load = |owners: &[u32], id: u32| owners.iter().filter(|&&o| o == id).count();
+        for s in 0..t.owners.len() {
+            if t.owners[s] == 0 || !ids.contains(&t.owners[s]) {
+                let least = ids.iter().copied().min_by_key(|&id| (load(&t.owners, id), id));
+                t.owners[s] = least.unwrap_or(0);
             }
         }
         loop {
-            let most = ids.iter().copied().max_by_key(|&id| (load(&self.owners, id), u32::MAX - id));
-            let least = ids.iter().copied().min_by_key(|&id| (load(&self.owners, id), id));
+            let most = ids.iter().copied().max_by_key(|&id| (load(&t.owners, id), u32::MAX - id));
+            let least = ids.iter().copied().min_by_key(|&id| (load(&t.owners, id), id));
             let (Some(most), Some(least)) = (most, least) else {
                 return;
             };
-            if load(&self.owners, most) <= load(&self.owners, least) + 1 {
+            if load(&t.owners, most) <= load(&t.owners, least) + 1 {
                 return;
             }
-            match self.farthest_sector(most, least) {
-                Some(p) => self.owners[p] = least,
+            match farthest_reference(t, most, least) {
+                Some(p) => t.owners[p] = least,
                 None => return,
             }
         }
@@ -247,8 +372,8 @@ impl Table {
     /// `receiver` (the lowest such sector on ties). Moving that one spreads
     /// each node's sectors evenly, so the replicas of preference lists
     /// spread evenly too.
-    fn farthest_sector(&self, donor: u32, receiver: u32) -> Option<usize> {
-        let q = self.owners.len();
+    fn farthest_reference(t: &Table, donor: u32, receiver: u32) -> Option<usize> {
+        let q = t.owners.len();
         let mut dist = vec![usize::MAX; q];
         // Two sweeps of the circle in each direction give each sector its
         // distance to the nearest sector of `receiver`.
@@ -256,7 +381,7 @@ impl Table {
             let mut last: Option<usize> = None;
             for i in 0..2 * q {
                 let s = if pass == 0 { i % q } else { (2 * q - 1 - i) % q };
-                if self.owners[s] == receiver {
+                if t.owners[s] == receiver {
                     last = Some(i);
                 }
                 if let Some(l) = last {
@@ -264,13 +389,65 @@ impl Table {
                 }
             }
         }
-        (0..q).filter(|&s| self.owners[s] == donor).max_by_key(|&s| (dist[s], std::cmp::Reverse(s)))
+        (0..q).filter(|&s| t.owners[s] == donor).max_by_key(|&s| (dist[s], std::cmp::Reverse(s)))
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    #[test]
+    fn the_linear_rebalance_makes_the_same_choices_as_the_quadratic_one() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for q in [1u32, 2, 7, 16, 64, 1024] {
+            let mut t = Table::new(q, 3, 2, 2);
+            for _ in 0..60 {
+                let id = 1 + next(9) as u32;
+                let mut reference = t.clone();
+                match next(3) {
+                    0 => {
+                        t.assign_join(id, "127.0.0.1:1");
+                        match reference.members.iter_mut().find(|m| m.id == id) {
+                            Some(m) => m.state = NodeState::Up,
+                            None => {
+                                reference.members.push(Member { id, addr: "127.0.0.1:1".into(), state: NodeState::Up });
+                                reference.members.sort_by_key(|m| m.id);
+                            }
+                        }
+                    }
+                    1 => {
+                        t.assign_leave(id);
+                        reference.members.retain(|m| m.id != id);
+                    }
+                    _ => {
+                        t.mark_down(id);
+                        if let Some(m) = reference.members.iter_mut().find(|m| m.id == id) {
+                            m.state = NodeState::Down;
+                        }
+                    }
+                }
+                rebalance_reference(&mut reference);
+                assert_eq!(t.owners, reference.owners, "Q={q}, members {:?}", t.members);
+            }
+        }
+    }
+
+    #[test]
+    fn joins_to_65536_sectors_are_fast_and_balanced() {
+        let mut t = Table::new(65_536, 3, 2, 2);
+        let started = std::time::Instant::now();
+        for id in 1..=7 {
+            t.assign_join(id, "127.0.0.1:1");
+        }
+        t.mark_down(3);
+        t.assign_leave(3);
+        let loads: Vec<usize> = (1..=7).filter(|&i| i != 3).map(|id| t.owned_by(id)).collect();
+        assert!(loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 1, "{loads:?}");
+        // Quadratic, this took minutes; now it is well under a second (a debug build too).
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    }
 
     #[test]
     fn fnv1a_hash_is_stable() {
