@@ -78,6 +78,20 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, Exit> {
         .ok_or_else(|| Exit::usage(format!("{addr}: not a valid HOST:PORT address")))
 }
 
+/// Resolves a daemon's `--listen` address: like [`resolve`], but an
+/// unspecified address (0.0.0.0, ::) or port 0 is refused, since the
+/// address a daemon listens on is the one clients and peers dial.
+pub fn resolve_listen(addr: &str) -> Result<SocketAddr, Exit> {
+    let a = resolve(addr)?;
+    if a.ip().is_unspecified() || a.port() == 0 {
+        return Err(Exit::usage(format!(
+            "--listen {addr}: an unspecified address or port 0 is refused; give this host's own address \
+             (it is the one clients and other daemons dial)"
+        )));
+    }
+    Ok(a)
+}
+
 /// Parses option `name` if given, with a usage error naming it otherwise.
 pub fn opt_num<T: FromStr>(m: &getopts::Matches, name: &str) -> Result<Option<T>, Exit> {
     match m.opt_str(name) {

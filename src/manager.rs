@@ -11,6 +11,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::SocketAddr;
+/// The longest node address a REGISTER may carry.
+pub const MAX_ADDR_LEN: usize = 64;
+
+/// Checks a node's advertised address: a socket address (`IP:PORT`), at
+/// most [`MAX_ADDR_LEN`] bytes, not unspecified (0.0.0.0 or ::) and not
+/// port 0, since every client and peer dials it.
+pub fn check_node_addr(addr: &str) -> Result<std::net::SocketAddr, String> {
+    if addr.len() > MAX_ADDR_LEN {
+        return Err(format!("address of {} bytes (at most {MAX_ADDR_LEN})", addr.len()));
+    }
+    let parsed: std::net::SocketAddr =
+        addr.parse().map_err(|_| format!("address {:?} is not IP:PORT", addr.escape_debug().to_string()))?;
+    if parsed.ip().is_unspecified() || parsed.port() == 0 {
+        return Err(format!("address {parsed} cannot be dialled (unspecified address or port 0)"));
+    }
+    Ok(parsed)
+}
+
 #[cfg(test)]
 use std::path::Path;
 use std::path::PathBuf;
@@ -316,6 +334,11 @@ impl Manager {
     ) {
         if node == 0 || node > MAX_NODE_ID {
             rx.send(id, &error_reply(req, ErrorCode::BadRequest, &format!("node ids are 1 to {MAX_NODE_ID}")));
+            return;
+        }
+        if let Err(reason) = check_node_addr(&addr) {
+            warn!("refusing REGISTER of node {node}: {reason}");
+            rx.send(id, &error_reply(req, ErrorCode::BadRequest, &reason));
             return;
         }
         if let Some(d) = rx.data_mut(id) {
@@ -667,6 +690,31 @@ mod tests {
         fn published(&self) -> u64 {
             self.seen.keys().copied().max().unwrap_or(0)
         }
+    }
+
+    #[test]
+    fn a_register_with_an_address_nobody_can_dial_is_refused_and_changes_nothing() {
+        // Issue #11 item 4: any string became a member's address.
+        let mut w = World::new();
+        w.register(1);
+        let epoch = w.mgr.table().epoch;
+        let long = format!("127.0.0.1:{}", "1".repeat(60));
+        for addr in ["0.0.0.0:7002", "[::]:7002", "127.0.0.1:0", "server42", "127.0.0.1:7002\n", long.as_str(), ""] {
+            let conn = w.io.insert(Peer::default(), 0, ConnState::Open);
+            let msg = Message {
+                header: Header { req: 5, ..Header::default() },
+                body: Body::Register { id: 42, addr: addr.into() },
+            };
+            w.mgr.on_message(&mut w.io, conn, msg);
+            let out = w.io.take_output(conn, false);
+            assert!(
+                matches!(out.as_slice(), [Message { body: Body::Error { code: ErrorCode::BadRequest, .. }, .. }]),
+                "{addr:?}: {out:?}"
+            );
+            assert_eq!(w.mgr.table().epoch, epoch, "{addr:?} changed the table");
+            assert!(w.mgr.table().member(42).is_none() && w.mgr.pending().is_none(), "{addr:?} made a member");
+        }
+        assert!(check_node_addr("127.0.0.1:7002").is_ok() && check_node_addr("[::1]:7002").is_ok());
     }
 
     #[test]

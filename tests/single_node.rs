@@ -144,6 +144,21 @@ fn usage_errors_exit_64() {
     // The storage node's --id is required.
     let out = run_bin("gtstore-storage", &["--listen", "127.0.0.1:21041"]);
     assert_exit(&out, 64);
+    // Issue #11 item 4: a daemon does not listen on an address nobody can dial (it would also
+    // advertise it to the manager as its own).
+    let dir = TempDir::new("listen-any");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    for addr in ["0.0.0.0:21042", "[::]:21042", "127.0.0.1:0"] {
+        for (daemon, args) in [
+            ("gtstore-manager", vec!["--listen", addr, "--data-dir", data]),
+            ("gtstore-storage", vec!["--id", "1", "--listen", addr, "--data-dir", data]),
+        ] {
+            let out = run_bin(daemon, &args);
+            assert_exit(&out, 64);
+            assert!(stderr(&out).contains("unspecified address"), "{daemon} --listen {addr}: {}", stderr(&out));
+        }
+    }
 }
 
 #[test]

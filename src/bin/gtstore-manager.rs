@@ -8,6 +8,10 @@ use gtstore::manager::{self, Config};
 
 const PROG: &str = "gtstore-manager";
 
+/// The most sectors a cluster may have: every table carries one owner per
+/// sector, in every table message.
+const MAX_SECTORS: u32 = 65_536;
+
 fn options() -> getopts::Options {
     let mut o = getopts::Options::new();
     o.optopt("", "listen", "address to listen on (default 127.0.0.1:7000)", "ADDR");
@@ -41,10 +45,10 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         return Err(Exit::usage(format!("R + W must exceed N: {read_quorum} + {write_quorum} <= {rep}")));
     }
     let sectors: u32 = opt_num(m, "sectors")?.unwrap_or(1024);
-    if sectors == 0 || sectors > 1 << 20 {
-        return Err(Exit::usage("--sectors must be between 1 and 1048576"));
+    if sectors == 0 || sectors > MAX_SECTORS {
+        return Err(Exit::usage(format!("--sectors must be between 1 and {MAX_SECTORS}")));
     }
-    let listen = cli::resolve(&m.opt_str("listen").unwrap_or_else(|| cli::DEFAULT_MANAGER.into()))?;
+    let listen = cli::resolve_listen(&m.opt_str("listen").unwrap_or_else(|| cli::DEFAULT_MANAGER.into()))?;
     let data_dir = cli::absolute(&m.opt_str("data-dir").unwrap_or_else(|| "gtstore-manager".into()));
     let ms = |name: &str, default: u64| -> Result<Duration, Exit> {
         let v: u64 = opt_num(m, name)?.unwrap_or(default);

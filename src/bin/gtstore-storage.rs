@@ -41,8 +41,8 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         return Err(Exit::usage("--id must be between 1 and 65535"));
     }
     let listen = match m.opt_str("listen") {
-        Some(a) => cli::resolve(&a)?,
-        None => cli::resolve(&format!("127.0.0.1:{}", 7000 + id))?,
+        Some(a) => cli::resolve_listen(&a)?,
+        None => cli::resolve_listen(&format!("127.0.0.1:{}", 7000 + id))?,
     };
     let manager = cli::resolve(&cli::manager_addr(m.opt_str("manager")))?;
     let fsync = match m.opt_str("fsync") {
