@@ -38,14 +38,14 @@ MANAGER_PID = $(RUN_DIR)/manager/gtstore-manager.pid
 node_pid = $(RUN_DIR)/node$(1)/gtstore-storage.pid
 
 # The manager's command line, shared by start and restart-manager.
-MANAGER_CMD = mkdir -p "$(RUN_DIR)/manager" && \
+MANAGER_CMD = mkdir -p "$(RUN_DIR)" && mkdir -p -m 0700 "$(RUN_DIR)/manager" && \
 	$(BIN)/gtstore-manager --daemon --listen $(MANAGER) \
 	--data-dir "$(RUN_DIR)/manager" --log "$(RUN_DIR)/manager/manager.log" --rep $(REP) \
 	$(if $(R),--read-quorum $(R)) $(if $(W),--write-quorum $(W)) $(MANAGER_FLAGS)
 
 # node_cmd,I: storage node I's command line (I is a number or a shell expansion such as $$i),
 # shared by start, restart and add.
-node_cmd = mkdir -p "$(RUN_DIR)/node$(1)" && \
+node_cmd = mkdir -p "$(RUN_DIR)" && mkdir -p -m 0700 "$(RUN_DIR)/node$(1)" && \
 	$(BIN)/gtstore-storage --daemon --id $(1) --listen 127.0.0.1:$$(($(BASE_PORT) + $(1))) \
 	--manager $(MANAGER) --data-dir "$(RUN_DIR)/node$(1)" --log "$(RUN_DIR)/node$(1)/storage.log" \
 	--fsync $(FSYNC) $(NODE_FLAGS)

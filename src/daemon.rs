@@ -22,7 +22,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use log::LevelFilter;
@@ -129,8 +129,10 @@ impl PidFile {
     }
 }
 
-/// Opens (creating it, mode 0644) and locks the pidfile at `path` with
-/// `flock(LOCK_EX|LOCK_NB)`, then replaces its contents with our pid and a newline.
+/// Opens (creating it, mode 0644; never through a symbolic link, which could
+/// make the daemon write its pid over another file) and locks the pidfile at
+/// `path` with `flock(LOCK_EX|LOCK_NB)`, then replaces its contents with our
+/// pid and a newline.
 ///
 /// If another open file description holds the lock (another process, or another open of the
 /// same file in this one), returns [`DaemonError::InUse`] with the pid found in the file.
@@ -142,7 +144,7 @@ pub fn lock_pidfile(path: &Path) -> Result<PidFile, DaemonError> {
         .create(true)
         .truncate(false)
         .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| io_ctx("open", path, e))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -459,7 +461,7 @@ pub fn main<C: DaemonPaths>(
     let cfg = config(&m).unwrap_or_else(|e| die(prog, e));
     init_logging(LevelFilter::Info);
     let dir = cfg.data_dir().to_path_buf();
-    if let Err(e) = std::fs::create_dir_all(&dir) {
+    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
         die(prog, Exit::new(EX_OSERR, format!("{}: {e}", dir.display())));
     }
     let pidfile = m.opt_str("pidfile").map(PathBuf::from).unwrap_or_else(|| dir.join(spec.pidfile));

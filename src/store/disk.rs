@@ -20,6 +20,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path};
 use std::rc::Rc;
 
@@ -164,16 +165,24 @@ impl Read for SeqReader {
 pub struct OsDisk;
 
 impl Disk for OsDisk {
+    /// New directories are 0700 (before the umask): the data is nobody
+    /// else's to read.
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        fs::create_dir_all(path)
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
     }
 
+    /// New files are 0600 (before the umask).
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn DiskFile>> {
+        let rw = || {
+            let mut o = OpenOptions::new();
+            o.read(true).write(true).mode(0o600);
+            o
+        };
         let file = match mode {
             OpenMode::Read => File::open(path)?,
-            OpenMode::Write => OpenOptions::new().read(true).write(true).open(path)?,
-            OpenMode::Create => OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?,
-            OpenMode::Truncate => OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?,
+            OpenMode::Write => rw().open(path)?,
+            OpenMode::Create => rw().create(true).truncate(false).open(path)?,
+            OpenMode::Truncate => rw().create(true).truncate(true).open(path)?,
         };
         Ok(Box::new(OsFile(file)))
     }

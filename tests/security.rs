@@ -1,0 +1,129 @@
+//! What a process that reaches a daemon, or shares its host, can do to it (issue #11, SPEC §11):
+//! forged internal requests, files others can read, pidfiles through symbolic links.
+//!
+//! Each test starts its own cluster through the Makefile (or a daemon directly) and checks what a
+//! user would: the daemon's answer, `make status`, `gtstore --get`, the modes of the files.
+//!
+//! Ports: 30000–30990, one BASE_PORT per test in steps of 10.
+
+mod common;
+
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use gtstore::net::codec::{check, parse, to_bytes, Body, ErrorCode, Header, Limits, Message};
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Reads one whole message, keeping any bytes after it in `buf`.
+fn read_msg(s: &mut TcpStream, buf: &mut Vec<u8>) -> Message {
+    let limits = Limits { max_header: 128, max_body: 64 << 20 };
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        if let Some(n) = check(buf, &limits).expect("the reply is well formed") {
+            let m = parse(&buf[..n]).expect("the reply parses");
+            buf.drain(..n);
+            return m;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => panic!("connection closed before a whole reply; got {:?}", String::from_utf8_lossy(buf)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading a reply: {e}"),
+        }
+    }
+}
+
+/// Issue #11 item 4: a REGISTER whose address nobody can dial (not IP:PORT, unspecified, port 0,
+/// too long) is refused with BAD_REQUEST, and `make status` shows the same members after it.
+#[test]
+fn a_register_with_an_address_nobody_can_dial_is_refused() {
+    let c = Cluster::start(30000, 2, 2);
+    let before = stdout(&c.status());
+    let mut s = connect(&c.manager_addr());
+    let mut buf = Vec::new();
+    let long = format!("127.0.0.1:{}", "7".repeat(60));
+    for (req, addr) in [(1, "server42"), (2, "0.0.0.0:30042"), (3, "127.0.0.1:0"), (4, long.as_str())] {
+        let msg = Message {
+            header: Header { req, ..Header::default() },
+            body: Body::Register { id: 42, addr: addr.to_string() },
+        };
+        s.write_all(&to_bytes(&msg)).unwrap();
+        let m = read_msg(&mut s, &mut buf);
+        assert!(matches!(m.body, Body::Error { code: ErrorCode::BadRequest, .. }), "REGISTER {addr:?}: {m:?}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = stdout(&c.status());
+    assert_eq!(before, after, "a refused REGISTER changed the cluster");
+    assert!(!after.contains("server42"), "{after}");
+}
+
+/// Every file and directory a daemon creates under its data directory, with its mode.
+fn modes(dir: &Path, out: &mut Vec<(String, bool, u32)>) {
+    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let e = e.unwrap();
+        let meta = e.metadata().unwrap();
+        out.push((e.path().display().to_string(), meta.is_dir(), meta.mode() & 0o777));
+        if meta.is_dir() {
+            modes(&e.path(), out);
+        }
+    }
+}
+
+/// Issue #11 item 4: the data (segments, WAL, hints, the manager's state) is readable by its
+/// owner only: files 0600, directories 0700, the data directories themselves too. The pidfile
+/// and the log are not data (0644).
+#[test]
+fn data_files_are_0600_and_directories_0700() {
+    let c = Cluster::start(30010, 2, 2);
+    for i in 0..50 {
+        assert_ok(&c.cli(&["--put", &format!("perm-{i}"), "--val", "secret"]));
+    }
+    assert_ok(&c.cli(&["--del", "perm-0"]));
+    // A restart makes the node write its checkpoint and reopen everything.
+    c.kill_node(2);
+    c.restart_node(2);
+    let mut all = Vec::new();
+    for dir in [c.node_dir(1), c.node_dir(2), c.manager_dir()] {
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        all.push((dir.display().to_string(), true, mode));
+        modes(&dir, &mut all);
+    }
+    let not_data = |path: &str| path.ends_with(".pid") || path.ends_with(".log") && !path.contains("wal-");
+    let bad: Vec<String> = all
+        .iter()
+        .filter(|(path, is_dir, mode)| !not_data(path) && mode & 0o077 != 0 && (*is_dir || mode & 0o700 != 0))
+        .map(|(path, is_dir, mode)| format!("{path} ({}) {mode:o}", if *is_dir { "dir" } else { "file" }))
+        .collect();
+    assert!(all.iter().filter(|(_, d, _)| !d).count() > 5, "expected data files: {all:?}");
+    assert!(bad.is_empty(), "readable by others:\n{}", bad.join("\n"));
+}
+
+/// Issue #11 item 4: a pidfile that is a symbolic link is not followed (the daemon would write
+/// its pid over the link's target, whatever file that is): the daemon refuses to start and the
+/// target is unchanged.
+#[test]
+fn a_pidfile_that_is_a_symbolic_link_is_refused() {
+    let dir = TempDir::new("pid-link");
+    let victim = dir.join("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    let link = dir.join("node.pid");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let data = dir.join("data");
+    let out = run_bin(
+        "gtstore-manager",
+        &["--listen", "127.0.0.1:30021", "--data-dir", data.to_str().unwrap(), "--pidfile", link.to_str().unwrap()],
+    );
+    assert!(!out.status.success(), "started with a symbolic-link pidfile: {}", describe_status(&out.status));
+    assert!(stderr(&out).contains("node.pid"), "the error names the pidfile: {}", stderr(&out));
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n", "the link's target was written");
+}
