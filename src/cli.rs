@@ -92,6 +92,18 @@ pub fn resolve_listen(addr: &str) -> Result<SocketAddr, Exit> {
     Ok(a)
 }
 
+/// `text` for a terminal: control characters (escape sequences, newlines,
+/// NUL) and backslashes written as Rust escapes, the rest as is. For
+/// addresses and other text from the network that `gtstore status` prints.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.is_control() || c == '\\' {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
 /// Parses option `name` if given, with a usage error naming it otherwise.
 pub fn opt_num<T: FromStr>(m: &getopts::Matches, name: &str) -> Result<Option<T>, Exit> {
     match m.opt_str(name) {
@@ -121,6 +133,13 @@ pub fn die(prog: &str, e: Exit) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("127.0.0.1:7001"), "127.0.0.1:7001");
+        assert_eq!(printable("a\x1b[2Jb\nc\0"), "a\\u{1b}[2Jb\\nc\\u{0}");
+        assert_eq!(printable("é\\"), "é\\\\");
+    }
 
     #[test]
     fn resolve_accepts_names_and_literals() {

@@ -127,3 +127,25 @@ fn a_pidfile_that_is_a_symbolic_link_is_refused() {
     assert!(stderr(&out).contains("node.pid"), "the error names the pidfile: {}", stderr(&out));
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n", "the link's target was written");
 }
+
+/// Issue #11 item 4: a STORE whose entry is over the record limits (a 70,000-byte key; records
+/// hold keys of at most 65,536 bytes) is refused with TOO_LARGE, not a storage error, and the
+/// node goes on serving.
+#[test]
+fn a_store_over_the_record_limits_is_refused_as_too_large() {
+    use gtstore::hlc::Version;
+    use gtstore::net::codec::Entry;
+    let c = Cluster::start(30030, 1, 1);
+    let mut s = connect(&c.node_addr(1));
+    let mut buf = Vec::new();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let entry = Entry { key: vec![b'k'; 70_000], version: Version { ms: now, counter: 0, node: 9 }, value: None };
+    let msg = Message {
+        header: Header { node: 9, req: 1, deadline: now + 2_000, ..Header::default() },
+        body: Body::Store { entry, hint_for: 0, repair: true },
+    };
+    s.write_all(&to_bytes(&msg)).unwrap();
+    let m = read_msg(&mut s, &mut buf);
+    assert!(matches!(m.body, Body::Error { code: ErrorCode::TooLarge, .. }), "{m:?}");
+    assert_ok(&c.cli(&["--put", "after", "--val", "fine"]));
+}

@@ -142,14 +142,16 @@ fn status(c: &mut Client, manager: &str, out: &mut impl Write) -> Result<(), Exi
                 (table.owned_by(m.id).to_string(), "?".into())
             }
         };
-        writeln!(out, "server{} {} {} sectors={} keys={}", m.id, m.addr, m.state.name(), sectors, keys).map_err(io)?;
+        let addr = gtstore::cli::printable(&m.addr);
+        writeln!(out, "server{} {addr} {} sectors={} keys={}", m.id, m.state.name(), sectors, keys).map_err(io)?;
     }
     let short = (0..t.sectors()).filter(|&s| (t.preference(s).len() as u32) < t.rep).count();
     let note = if unknown > 0 { format!(" ({unknown} node(s) did not answer)") } else { String::new() };
     writeln!(out, "under-replicated {}{note}", missing + short as u64).map_err(io)?;
     if let Some(why) = c.manager_down() {
         let from = c.table_from();
-        let addr = t.member(from).map_or("", |m| m.addr.as_str());
+        let addr = gtstore::cli::printable(t.member(from).map_or("", |m| m.addr.as_str()));
+        let why = gtstore::cli::printable(why);
         writeln!(out, "manager {manager} down ({why}); table from server{from} at {addr}").map_err(io)?;
     }
     Ok(())

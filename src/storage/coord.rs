@@ -13,6 +13,7 @@ use crate::hlc::{Version, MAX_SKEW_MS};
 use crate::idmap::IdMap;
 use crate::net::codec::{Body, Entry, ErrorCode, Header, Message, Stats};
 use crate::net::ConnId;
+use crate::store::record;
 
 /// What an operation in flight is waiting for.
 #[derive(Debug)]
@@ -543,6 +544,10 @@ impl Node {
             return self.reply(rx, conn, h, Body::error(ErrorCode::NoTable, "no table yet"));
         };
         let sector = table.sector_of(&entry.key);
+        if let Err(e) = record::check_lengths(entry.key.len(), entry.value.as_ref().map_or(0, Vec::len)) {
+            // Checked before anything else, so the reason is the real one.
+            return self.reply(rx, conn, h, Body::error(ErrorCode::TooLarge, e.to_string()));
+        }
         if self.leaving && !repair {
             // A copy here would leave with this node: the coordinator must
             // count another (a stand-in) towards W.

@@ -352,6 +352,20 @@ impl Node {
             self.pull_ended(rx, req, false);
             return;
         }
+        let bad = entries.iter().find_map(|e| {
+            let wrong_sector = self.table.as_ref().is_some_and(|t| t.sector_of(&e.key) != sector);
+            let lengths = crate::store::record::check_lengths(e.key.len(), e.value.as_ref().map_or(0, Vec::len));
+            match (wrong_sector, lengths) {
+                (true, _) => Some("a key of another sector".to_string()),
+                (false, Err(err)) => Some(err.to_string()),
+                (false, Ok(())) => None,
+            }
+        });
+        if let Some(why) = bad {
+            error!("a CHUNK of sector {sector} holds a record this node cannot take ({why}); pulling again");
+            self.pull_ended(rx, req, false);
+            return;
+        }
         if let Some(p) = self.mover.pulls.get_mut(&sector) {
             p.progress = rx.now();
         }
