@@ -74,6 +74,9 @@ pub struct Config {
     pub dead_after: Duration,
     /// Where logs go after SIGHUP (None: stderr).
     pub log_file: Option<PathBuf>,
+    /// A connection whose header line stays incomplete this long is closed
+    /// (zero: never).
+    pub header_timeout: Duration,
 }
 
 impl crate::daemon::DaemonPaths for Config {
@@ -580,6 +583,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), crate::cli::Exit> {
     };
     let started = (|| -> net::Result<(Reactor<Peer, Timer>, SocketAddr)> {
         let mut rx = Reactor::new(Limits { max_header: 128, max_body: 1 << 20 })?;
+        rx.header_timeout = Some(cfg.header_timeout).filter(|t| !t.is_zero());
         let bound = rx.listen(cfg.listen)?;
         rx.catch_signals()?;
         Ok((rx, bound))
@@ -619,6 +623,7 @@ mod tests {
             heartbeat: Duration::from_millis(200),
             dead_after: Duration::from_secs(1),
             log_file: None,
+            header_timeout: Duration::from_secs(10),
         }
     }
 

@@ -149,3 +149,51 @@ fn a_store_over_the_record_limits_is_refused_as_too_large() {
     assert!(matches!(m.body, Body::Error { code: ErrorCode::TooLarge, .. }), "{m:?}");
     assert_ok(&c.cli(&["--put", "after", "--val", "fine"]));
 }
+
+/// Issue #11 item 3 (slowloris): 200 connections that each send one byte of a header line a second
+/// do not stop another client, and are closed once their header line has taken longer than
+/// `--header-timeout 2`; a connection that sent nothing (idle) stays open and is served after.
+#[test]
+fn connections_that_never_finish_a_header_line_are_closed_after_the_header_timeout() {
+    let c = Cluster::start_with(30040, 1, 1, &[("NODE_FLAGS", "--header-timeout 2")]);
+    let addr = c.node_addr(1);
+    let mut idle = connect(&addr);
+    let mut slow: Vec<TcpStream> = (0..200).map(|_| connect(&addr)).collect();
+    let started = std::time::Instant::now();
+    let header = b"PUT 0 0 10 1";
+    let mut closed = vec![false; slow.len()];
+    for (tick, byte) in header.iter().enumerate() {
+        for (i, s) in slow.iter_mut().enumerate() {
+            if !closed[i] && s.write_all(&[*byte]).is_err() {
+                closed[i] = true;
+            }
+        }
+        if tick == 1 {
+            assert_ok(&c.cli(&["--put", "meanwhile", "--val", "served"]));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        if started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    // Each must now be closed by the node: a read ends (EOF or reset), never times out.
+    for (i, s) in slow.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 256];
+        let gone = match s.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => s.read(&mut b).map_or(true, |n| n == 0), // an error reply, then the close
+            Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        };
+        assert!(gone, "slow connection {i} still open after {:?}", started.elapsed());
+    }
+    let out = c.cli(&["--get", "meanwhile"]);
+    assert!(stdout(&out).starts_with("meanwhile, served, "), "{}", stdout(&out));
+    // The idle connection was not touched: it is served now.
+    let mut buf = Vec::new();
+    let get =
+        Message { header: Header { req: 9, ..Header::default() }, body: Body::Get { key: b"meanwhile".to_vec() } };
+    idle.write_all(&to_bytes(&get)).unwrap();
+    let m = read_msg(&mut idle, &mut buf);
+    assert!(matches!(m.body, Body::Value { .. }), "{m:?}");
+}

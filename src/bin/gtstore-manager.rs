@@ -22,6 +22,12 @@ fn options() -> getopts::Options {
     o.optopt("", "sectors", "sectors of the hash space for a new cluster (default 1024)", "Q");
     o.optopt("", "heartbeat-ms", "how often silent nodes are looked for (default 200)", "MS");
     o.optopt("", "dead-after-ms", "silence before a node is declared dead (default 1000)", "MS");
+    o.optopt(
+        "",
+        "header-timeout",
+        "close a connection whose header line is not complete within this long; 0: never (default 10)",
+        "SECS",
+    );
     o.optflag("", "daemon", "detach; return once listening");
     o.optopt("", "log", "log file (reopened on SIGHUP; default standard error)", "FILE");
     o.optopt("", "pidfile", "pidfile, locked while running (default DIR/gtstore-manager.pid)", "FILE");
@@ -57,7 +63,12 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         }
         Ok(Duration::from_millis(v))
     };
+    let header_timeout: u64 = opt_num(m, "header-timeout")?.unwrap_or(10);
+    if header_timeout > 86_400 {
+        return Err(Exit::usage("--header-timeout must be at most 86400"));
+    }
     Ok(Config {
+        header_timeout: Duration::from_secs(header_timeout),
         listen,
         rep,
         read_quorum,

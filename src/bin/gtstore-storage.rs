@@ -27,6 +27,12 @@ fn options() -> getopts::Options {
         "keep a tombstone at least this long before it may be reaped; 0: for ever (default 86400)",
         "SECS",
     );
+    o.optopt(
+        "",
+        "header-timeout",
+        "close a connection whose header line is not complete within this long; 0: never (default 10)",
+        "SECS",
+    );
     o.optflag("", "daemon", "detach; return once the node has joined and received its sectors");
     o.optopt("", "log", "log file (reopened on SIGHUP; default standard error)", "FILE");
     o.optopt("", "pidfile", "pidfile, locked while running (default DIR/gtstore-storage.pid)", "FILE");
@@ -64,7 +70,12 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
     if grace > 100 * 365 * 86_400 {
         return Err(Exit::usage("--tombstone-grace must be at most 100 years"));
     }
+    let header_timeout: u64 = opt_num(m, "header-timeout")?.unwrap_or(10);
+    if header_timeout > 86_400 {
+        return Err(Exit::usage("--header-timeout must be at most 86400"));
+    }
     Ok(Config {
+        header_timeout: Duration::from_secs(header_timeout),
         id,
         listen,
         manager,

@@ -59,6 +59,9 @@ pub struct Conn<D> {
     pub queued: bool,
     /// Output before this offset may be written before the turn's fsync.
     early_end: usize,
+    /// Since when the input has held the start of a header line without
+    /// its end (see [`Conn::header_started`]).
+    header_since: Option<std::time::Instant>,
 }
 
 impl<D> Conn<D> {
@@ -77,6 +80,7 @@ impl<D> Conn<D> {
             registered: (false, false),
             queued: false,
             early_end: 0,
+            header_since: None,
         }
     }
 
@@ -149,6 +153,23 @@ impl<D> Conn<D> {
                 Ok(Some(msg))
             }
         }
+    }
+
+    /// Since when the unconsumed input has been a header line without its
+    /// newline (a slow or stuck sender: slowloris), if it is one; updated
+    /// after each read with `now`. A body being received is not counted.
+    pub fn header_started(&mut self, now: std::time::Instant) -> Option<std::time::Instant> {
+        let rest = &self.inbuf[self.in_pos..];
+        self.header_since = match rest.is_empty() || rest.contains(&b'\n') {
+            true => None,
+            false => Some(self.header_since.unwrap_or(now)),
+        };
+        self.header_since
+    }
+
+    /// When the current partial header line began, if there is one.
+    pub fn header_since(&self) -> Option<std::time::Instant> {
+        self.header_since
     }
 
     /// Drops the consumed input prefix, once per read.

@@ -49,6 +49,10 @@ const SIGNALS: u64 = 1;
 const FIRST_CONN: u64 = 16;
 /// Events taken from epoll per wait.
 const EVENTS_PER_WAIT: usize = 1024;
+/// The default of [`Reactor::header_timeout`].
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often connections are checked against the header timeout.
+const HEADER_CHECK: Duration = Duration::from_secs(1);
 
 /// A connection's handle: slab key plus a generation, so an id kept after
 /// its connection closed never reaches a newer connection in the same slot.
@@ -150,6 +154,14 @@ pub struct Reactor<D, T = u64> {
     /// Times every turn when set (the storage node sets it): the longest
     /// turns are what can make the manager declare a live node dead.
     pub turns: Option<TurnWatch>,
+    /// A connection whose header line has been incomplete for this long is
+    /// closed (a sender too slow or stuck to finish one: slowloris); None
+    /// never. The daemons' `--header-timeout`, default 10 s.
+    pub header_timeout: Option<Duration>,
+    /// Some connection had a partial header line at the last look.
+    partial_headers: bool,
+    /// When connections are next checked against `header_timeout`.
+    next_header_check: Instant,
     stopped: bool,
 }
 
@@ -173,6 +185,9 @@ impl<D, T> Reactor<D, T> {
             drain_rounds: 0,
             drain_budget: Duration::ZERO,
             turns: None,
+            header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
+            partial_headers: false,
+            next_header_check: Instant::now(),
             stopped: false,
         })
     }
@@ -419,6 +434,7 @@ impl<D, T> Reactor<D, T> {
         }
         let outcome = c.read_some(&mut self.scratch, max_inbuf);
         let limits = self.limits;
+        let now = Instant::now();
         loop {
             let Some(c) = self.conn_mut(id) else { return };
             if c.state != ConnState::Open {
@@ -435,6 +451,9 @@ impl<D, T> Reactor<D, T> {
         }
         if let Some(c) = self.conn_mut(id) {
             c.compact_input();
+            if c.header_started(now).is_some() {
+                self.partial_headers = true;
+            }
         }
         match outcome {
             Ok(ReadOutcome::Open) => {}
@@ -449,6 +468,32 @@ impl<D, T> Reactor<D, T> {
                 debug!("connection {:?}: {e}", self.conn(id).and_then(|c| c.peer));
                 self.close(id);
             }
+        }
+    }
+
+    /// Closes the connections whose header line has been incomplete for
+    /// longer than `header_timeout`; looks at most once a second, and only
+    /// while some connection has a partial header.
+    fn close_slow_headers(&mut self) {
+        let now = Instant::now();
+        let Some(limit) = self.header_timeout.filter(|_| self.partial_headers && now >= self.next_header_check) else {
+            return;
+        };
+        self.next_header_check = now + HEADER_CHECK;
+        let mut slow = Vec::new();
+        let mut partial = false;
+        for (key, c) in self.conns.iter() {
+            match c.header_since() {
+                Some(t) if now.saturating_duration_since(t) > limit => slow.push((key, c.peer)),
+                Some(_) => partial = true,
+                None => {}
+            }
+        }
+        self.partial_headers = partial;
+        for (key, peer) in slow {
+            warn!("closing {peer:?}: no whole header line within {limit:?}");
+            let gen = self.gens.get(key).copied().unwrap_or(0);
+            self.close(ConnId::new(key, gen));
         }
     }
 
@@ -647,7 +692,11 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
     let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
     while !rx.stopped {
         let timeout = if rx.dirty.is_empty() && rx.to_close.is_empty() {
-            rx.timers.next_timeout(Instant::now())
+            let t = rx.timers.next_timeout(Instant::now());
+            match rx.partial_headers && rx.header_timeout.is_some() {
+                true => Some(t.map_or(HEADER_CHECK, |t| t.min(HEADER_CHECK))),
+                false => t,
+            }
         } else {
             Some(Duration::ZERO)
         };
@@ -666,6 +715,7 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
             rounds += 1;
             n = rx.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0);
         }
+        rx.close_slow_headers();
         let handled = Instant::now();
         for timer in rx.timers.expired(handled) {
             h.on_timer(rx, timer);

@@ -200,6 +200,7 @@ impl World {
             heartbeat: Duration::from_millis(200),
             dead_after: Duration::from_secs(1),
             log_file: None,
+            header_timeout: Duration::from_secs(10),
         }
     }
 
@@ -217,6 +218,7 @@ impl World {
             heartbeat: Duration::from_millis(200),
             log_file: None,
             tombstone_grace: Duration::from_micros(self.plan.tombstone_grace),
+            header_timeout: Duration::from_secs(10),
         }
     }
 

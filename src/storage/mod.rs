@@ -129,6 +129,9 @@ pub struct Config {
     /// How long a tombstone is kept at least before it may be reaped
     /// (zero: for ever). See `reap`.
     pub tombstone_grace: Duration,
+    /// A connection whose header line stays incomplete this long is closed
+    /// (zero: never).
+    pub header_timeout: Duration,
 }
 
 impl crate::daemon::DaemonPaths for Config {
@@ -675,6 +678,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
     let started = (|| -> net::Result<(Reactor<Link, Timer>, SocketAddr)> {
         let mut rx = Reactor::new(limits)?;
         rx.max_conns = cfg.max_conns;
+        rx.header_timeout = Some(cfg.header_timeout).filter(|t| !t.is_zero());
         rx.drain_rounds = DRAIN_ROUNDS;
         rx.drain_budget = DRAIN_BUDGET;
         rx.turns = Some(net::TurnWatch::new(TURN_WINDOW, TURN_LOG_OVER));
