@@ -51,6 +51,8 @@ const FIRST_CONN: u64 = 16;
 const EVENTS_PER_WAIT: usize = 1024;
 /// The default of [`Reactor::header_timeout`].
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the listener rests after accept ran out of descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How often connections are checked against the header timeout.
 const HEADER_CHECK: Duration = Duration::from_secs(1);
 
@@ -162,6 +164,8 @@ pub struct Reactor<D, T = u64> {
     partial_headers: bool,
     /// When connections are next checked against `header_timeout`.
     next_header_check: Instant,
+    /// The listener is out of epoll until then (descriptors ran out).
+    listener_paused_until: Option<Instant>,
     stopped: bool,
 }
 
@@ -188,6 +192,7 @@ impl<D, T> Reactor<D, T> {
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
             partial_headers: false,
             next_header_check: Instant::now(),
+            listener_paused_until: None,
             stopped: false,
         })
     }
@@ -343,12 +348,41 @@ impl<D, T> Reactor<D, T> {
                 Ok((sock, peer)) => self.admit(h, sock, peer),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
+                {
+                    // Out of descriptors or memory: the listener stays
+                    // readable, so a level-triggered loop would spin on it.
+                    // It is taken out of epoll for a while instead.
+                    warn!("accept failed: {e}; not accepting for {ACCEPT_PAUSE:?}");
+                    self.pause_listener();
+                    return;
+                }
                 Err(e) => {
-                    // EMFILE and friends: log and let the next turn retry.
                     warn!("accept failed: {e}");
                     return;
                 }
             }
+        }
+    }
+
+    /// Stops watching the listener until `ACCEPT_PAUSE` from now.
+    fn pause_listener(&mut self) {
+        let Some(l) = self.listener.as_ref() else { return };
+        if let Err(e) = self.epoll.modify(l.as_fd(), &mut EpollEvent::new(EpollFlags::empty(), LISTENER)) {
+            warn!("cannot pause the listener: {e}");
+            return;
+        }
+        self.listener_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+    }
+
+    /// Watches the listener again once its pause is over.
+    fn resume_listener(&mut self) {
+        let Some(until) = self.listener_paused_until else { return };
+        let Some(l) = self.listener.as_ref().filter(|_| Instant::now() >= until) else { return };
+        match self.epoll.modify(l.as_fd(), &mut EpollEvent::new(EpollFlags::EPOLLIN, LISTENER)) {
+            Ok(()) => self.listener_paused_until = None,
+            Err(e) => warn!("cannot resume the listener: {e}"),
         }
     }
 
@@ -692,11 +726,16 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
     let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
     while !rx.stopped {
         let timeout = if rx.dirty.is_empty() && rx.to_close.is_empty() {
-            let t = rx.timers.next_timeout(Instant::now());
-            match rx.partial_headers && rx.header_timeout.is_some() {
-                true => Some(t.map_or(HEADER_CHECK, |t| t.min(HEADER_CHECK))),
-                false => t,
+            let now = Instant::now();
+            let mut t = rx.timers.next_timeout(now);
+            if rx.partial_headers && rx.header_timeout.is_some() {
+                t = Some(t.map_or(HEADER_CHECK, |t| t.min(HEADER_CHECK)));
             }
+            if let Some(until) = rx.listener_paused_until {
+                let left = until.saturating_duration_since(now);
+                t = Some(t.map_or(left, |t| t.min(left)));
+            }
+            t
         } else {
             Some(Duration::ZERO)
         };
@@ -716,6 +755,7 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
             n = rx.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0);
         }
         rx.close_slow_headers();
+        rx.resume_listener();
         let handled = Instant::now();
         for timer in rx.timers.expired(handled) {
             h.on_timer(rx, timer);
