@@ -79,13 +79,14 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, Exit> {
 }
 
 /// Resolves a daemon's `--listen` address: like [`resolve`], but an
-/// unspecified address (0.0.0.0, ::) or port 0 is refused, since the
-/// address a daemon listens on is the one clients and peers dial.
+/// unspecified address (0.0.0.0, ::) is refused, since the address a
+/// daemon listens on is the one clients and peers dial (port 0 is fine:
+/// the daemon prints and advertises the port it was given).
 pub fn resolve_listen(addr: &str) -> Result<SocketAddr, Exit> {
     let a = resolve(addr)?;
-    if a.ip().is_unspecified() || a.port() == 0 {
+    if a.ip().is_unspecified() {
         return Err(Exit::usage(format!(
-            "--listen {addr}: an unspecified address or port 0 is refused; give this host's own address \
+            "--listen {addr}: an unspecified address is refused; give this host's own address \
              (it is the one clients and other daemons dial)"
         )));
     }

@@ -249,3 +249,47 @@ fn out_of_descriptors_the_listener_pauses_instead_of_spinning() {
     }
     panic!("the node did not accept again within 5 s: {last:?}\n{}", tail(&c.node_log(1), 20));
 }
+
+/// Resident memory of process `pid` in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Issue #11 items 3 and 6a: a client that pipelines 200,000 GETs of a 900 KB value and never
+/// reads the replies is no longer read once 8 MiB of replies wait for it (backpressure): the
+/// node stays under 256 MiB resident (before, it grew past 1 GiB in seconds) and another
+/// client's put is answered meanwhile.
+#[test]
+fn a_client_that_never_reads_its_replies_cannot_grow_the_node() {
+    let c = Cluster::start(30060, 1, 1);
+    let pid = c.node_pid(1).expect("node 1 runs");
+    let big = "v".repeat(900 * 1024);
+    assert_ok(&c.cli_stdin(&["--put", "big", "--val", "-"], big.as_bytes()));
+    let mut flood = connect(&c.node_addr(1));
+    flood.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut batch = Vec::new();
+    for req in 1..=1000u64 {
+        let get = Message { header: Header { req, ..Header::default() }, body: Body::Get { key: b"big".to_vec() } };
+        batch.extend_from_slice(&to_bytes(&get));
+    }
+    let started = std::time::Instant::now();
+    let (mut sent, mut peak) = (0u64, 0u64);
+    while sent < 200_000 && started.elapsed() < Duration::from_secs(8) {
+        match flood.write(&batch) {
+            Ok(n) if n == batch.len() => sent += 1000,
+            Ok(_) | Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+        peak = peak.max(rss_kib(pid));
+        if peak > 512 * 1024 {
+            break; // failed already; stop before it takes the machine's memory
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    peak = peak.max(rss_kib(pid));
+    println!("sent {sent} GETs in {:?}; node resident peak {} MiB", started.elapsed(), peak / 1024);
+    assert!(peak < 256 * 1024, "the node grew to {} MiB", peak / 1024);
+    assert_ok(&c.cli(&["--put", "other", "--val", "answered"]));
+    drop(flood);
+}

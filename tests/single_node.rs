@@ -149,7 +149,7 @@ fn usage_errors_exit_64() {
     let dir = TempDir::new("listen-any");
     let data = dir.join("data");
     let data = data.to_str().unwrap();
-    for addr in ["0.0.0.0:21042", "[::]:21042", "127.0.0.1:0"] {
+    for addr in ["0.0.0.0:21042", "[::]:21042", "0.0.0.0:0"] {
         for (daemon, args) in [
             ("gtstore-manager", vec!["--listen", addr, "--data-dir", data]),
             ("gtstore-storage", vec!["--id", "1", "--listen", addr, "--data-dir", data]),

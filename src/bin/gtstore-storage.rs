@@ -33,6 +33,12 @@ fn options() -> getopts::Options {
         "close a connection whose header line is not complete within this long; 0: never (default 10)",
         "SECS",
     );
+    o.optopt(
+        "",
+        "max-output",
+        "replies queued on a connection past which it is not read until they drain (default 8388608)",
+        "BYTES",
+    );
     o.optflag("", "daemon", "detach; return once the node has joined and received its sectors");
     o.optopt("", "log", "log file (reopened on SIGHUP; default standard error)", "FILE");
     o.optopt("", "pidfile", "pidfile, locked while running (default DIR/gtstore-storage.pid)", "FILE");
@@ -76,6 +82,7 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
     }
     Ok(Config {
         header_timeout: Duration::from_secs(header_timeout),
+        max_output: max("max-output", gtstore::net::DEFAULT_MAX_OUTPUT, 1 << 30)?.max(64 * 1024),
         id,
         listen,
         manager,

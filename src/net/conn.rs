@@ -13,6 +13,9 @@ use super::error::{Error, Result};
 
 /// Bytes asked for per `read` call.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// Written output beyond this is dropped from the front of the buffer
+/// while more remains queued.
+const COMPACT_OUTPUT: usize = 1 << 20;
 /// Bytes written per connection per loop turn at most, for fairness.
 pub const MAX_WRITE_PER_TURN: usize = 1024 * 1024;
 
@@ -62,6 +65,14 @@ pub struct Conn<D> {
     /// Since when the input has held the start of a header line without
     /// its end (see [`Conn::header_started`]).
     header_since: Option<std::time::Instant>,
+    /// Too much output is queued: the connection is not read (see
+    /// `Reactor::max_output`) until it drains below half the cap.
+    pub throttled: bool,
+    /// While throttled: when output last made progress.
+    pub progress_at: Option<std::time::Instant>,
+    /// This side connected: what it reads are replies to its own requests,
+    /// so it is never throttled (the role bounds what it asks instead).
+    pub outbound: bool,
 }
 
 impl<D> Conn<D> {
@@ -81,6 +92,9 @@ impl<D> Conn<D> {
             queued: false,
             early_end: 0,
             header_since: None,
+            throttled: false,
+            progress_at: None,
+            outbound: false,
         }
     }
 
@@ -89,7 +103,7 @@ impl<D> Conn<D> {
     pub fn wanted_interest(&self) -> (bool, bool) {
         match self.state {
             ConnState::Connecting => (false, true),
-            ConnState::Open => (true, self.has_output()),
+            ConnState::Open => (!self.throttled, self.has_output()),
             ConnState::CloseAfterFlush => (false, self.has_output()),
             ConnState::Closed => (false, false),
         }
@@ -103,6 +117,24 @@ impl<D> Conn<D> {
     /// Bytes queued and not yet written.
     pub fn pending_output(&self) -> usize {
         self.outbuf.len() - self.out_pos
+    }
+
+    /// Sets [`Conn::throttled`] from the output queued: on past `cap`, off
+    /// below half of it. Returns true if it just went off.
+    pub fn update_throttle(&mut self, cap: usize) -> bool {
+        if self.outbound {
+            return false;
+        }
+        let pending = self.pending_output();
+        if !self.throttled && pending > cap {
+            self.throttled = true;
+            self.progress_at = Some(std::time::Instant::now());
+        } else if self.throttled && pending < cap / 2 {
+            self.throttled = false;
+            self.progress_at = None;
+            return true;
+        }
+        false
     }
 
     /// Queues `msg` for sending.
@@ -208,6 +240,7 @@ impl<D> Conn<D> {
 
     fn write_upto(&mut self, limit: usize) -> Result<()> {
         let mut budget = MAX_WRITE_PER_TURN;
+        let start = self.out_pos;
         let limit = limit.min(self.outbuf.len());
         while self.out_pos < limit && budget > 0 {
             let end = limit.min(self.out_pos + budget);
@@ -222,6 +255,9 @@ impl<D> Conn<D> {
                 Err(e) => return Err(Error::Io(e)),
             }
         }
+        if self.out_pos > start && self.throttled {
+            self.progress_at = Some(std::time::Instant::now());
+        }
         if !self.has_output() {
             self.outbuf.clear();
             self.out_pos = 0;
@@ -229,6 +265,12 @@ impl<D> Conn<D> {
             if self.outbuf.capacity() > 4 * READ_CHUNK {
                 self.outbuf.shrink_to(READ_CHUNK);
             }
+        } else if self.out_pos >= COMPACT_OUTPUT && self.out_pos * 2 >= self.outbuf.len() {
+            // A reader that keeps up only partly never empties the buffer:
+            // the written prefix is dropped so it does not grow for ever.
+            self.outbuf.drain(..self.out_pos);
+            self.early_end = self.early_end.saturating_sub(self.out_pos);
+            self.out_pos = 0;
         }
         Ok(())
     }

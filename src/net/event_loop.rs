@@ -51,6 +51,10 @@ const FIRST_CONN: u64 = 16;
 const EVENTS_PER_WAIT: usize = 1024;
 /// The default of [`Reactor::header_timeout`].
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default of [`Reactor::max_output`].
+pub const DEFAULT_MAX_OUTPUT: usize = 8 << 20;
+/// The default of [`Reactor::output_timeout`].
+pub const DEFAULT_OUTPUT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the listener rests after accept ran out of descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How often connections are checked against the header timeout.
@@ -166,6 +170,17 @@ pub struct Reactor<D, T = u64> {
     next_header_check: Instant,
     /// The listener is out of epoll until then (descriptors ran out).
     listener_paused_until: Option<Instant>,
+    /// Output queued on one connection past which it is no longer read
+    /// (backpressure: a client that sends requests but does not read the
+    /// replies), until it drains below half. The daemons' `--max-output`.
+    pub max_output: usize,
+    /// A connection over `max_output` whose output makes no progress for
+    /// this long is closed.
+    pub output_timeout: Duration,
+    /// Some connection was throttled at the last look.
+    throttled: bool,
+    /// Connections no longer throttled whose buffered input waits.
+    resumed: Vec<ConnId>,
     stopped: bool,
 }
 
@@ -193,6 +208,10 @@ impl<D, T> Reactor<D, T> {
             partial_headers: false,
             next_header_check: Instant::now(),
             listener_paused_until: None,
+            max_output: DEFAULT_MAX_OUTPUT,
+            output_timeout: DEFAULT_OUTPUT_TIMEOUT,
+            throttled: false,
+            resumed: Vec::new(),
             stopped: false,
         })
     }
@@ -241,6 +260,7 @@ impl<D, T> Reactor<D, T> {
         let sock = TcpStream::from(fd);
         let mut conn = Conn::new(sock, ConnState::Connecting, data);
         conn.peer = Some(addr);
+        conn.outbound = true;
         self.insert(conn)
     }
 
@@ -463,25 +483,13 @@ impl<D, T> Reactor<D, T> {
         let Some(c) = self.conns.get_mut(id.key) else {
             return;
         };
-        if c.state != ConnState::Open {
+        if c.state != ConnState::Open || c.throttled {
             return;
         }
         let outcome = c.read_some(&mut self.scratch, max_inbuf);
-        let limits = self.limits;
         let now = Instant::now();
-        loop {
-            let Some(c) = self.conn_mut(id) else { return };
-            if c.state != ConnState::Open {
-                break;
-            }
-            match c.next_message(&limits) {
-                Ok(Some(msg)) => h.on_message(self, id, msg),
-                Ok(None) => break,
-                Err(e) => {
-                    self.protocol_error(id, &e);
-                    return;
-                }
-            }
+        if !self.handle_input(h, id) {
+            return;
         }
         if let Some(c) = self.conn_mut(id) {
             c.compact_input();
@@ -505,27 +513,81 @@ impl<D, T> Reactor<D, T> {
         }
     }
 
+    /// Handles the whole messages in `id`'s input, until it is throttled;
+    /// false if the connection was closed for a malformed message.
+    fn handle_input<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H, id: ConnId) -> bool {
+        let limits = self.limits;
+        let cap = self.max_output;
+        loop {
+            let Some(c) = self.conn_mut(id) else { return true };
+            if c.state != ConnState::Open {
+                return true;
+            }
+            c.update_throttle(cap);
+            if c.throttled {
+                self.throttled = true;
+                self.update_interest(id);
+                return true;
+            }
+            match c.next_message(&limits) {
+                Ok(Some(msg)) => h.on_message(self, id, msg),
+                Ok(None) => return true,
+                Err(e) => {
+                    self.protocol_error(id, &e);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Handles the input buffered on connections whose output drained
+    /// below half the cap since they were throttled.
+    fn resume_input<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H) {
+        for id in std::mem::take(&mut self.resumed) {
+            if self.handle_input(h, id) {
+                if let Some(c) = self.conn_mut(id) {
+                    c.compact_input();
+                }
+                self.update_interest(id);
+            }
+        }
+    }
+
     /// Closes the connections whose header line has been incomplete for
     /// longer than `header_timeout`; looks at most once a second, and only
     /// while some connection has a partial header.
     fn close_slow_headers(&mut self) {
         let now = Instant::now();
-        let Some(limit) = self.header_timeout.filter(|_| self.partial_headers && now >= self.next_header_check) else {
+        let headers = self.header_timeout.filter(|_| self.partial_headers);
+        if (headers.is_none() && !self.throttled) || now < self.next_header_check {
             return;
-        };
+        }
         self.next_header_check = now + HEADER_CHECK;
         let mut slow = Vec::new();
-        let mut partial = false;
+        let (mut partial, mut throttled) = (false, false);
+        let out_limit = self.output_timeout;
         for (key, c) in self.conns.iter() {
-            match c.header_since() {
-                Some(t) if now.saturating_duration_since(t) > limit => slow.push((key, c.peer)),
-                Some(_) => partial = true,
+            match (c.header_since(), headers) {
+                (Some(t), Some(limit)) if now.saturating_duration_since(t) > limit => {
+                    slow.push((key, c.peer, format!("no whole header line within {limit:?}")));
+                    continue;
+                }
+                (Some(_), _) => partial = true,
+                (None, _) => {}
+            }
+            match c.progress_at.filter(|_| c.throttled) {
+                Some(t) if now.saturating_duration_since(t) > out_limit => {
+                    let why = format!("{} bytes of replies not read for {out_limit:?}", c.pending_output());
+                    slow.push((key, c.peer, why));
+                }
+                Some(_) => throttled = true,
                 None => {}
             }
         }
         self.partial_headers = partial;
-        for (key, peer) in slow {
-            warn!("closing {peer:?}: no whole header line within {limit:?}");
+        self.throttled = throttled;
+        for (key, peer, why) in slow {
+            warn!("closing {peer:?}: {why}");
             let gen = self.gens.get(key).copied().unwrap_or(0);
             self.close(ConnId::new(key, gen));
         }
@@ -580,6 +642,7 @@ impl<D, T> Reactor<D, T> {
     }
 
     fn write_out(&mut self, ids: Vec<ConnId>) {
+        let cap = self.max_output;
         for id in ids {
             let Some(c) = self.conn_mut(id) else { continue };
             if matches!(c.state, ConnState::Closed | ConnState::Connecting) {
@@ -593,6 +656,9 @@ impl<D, T> Reactor<D, T> {
             if c.state == ConnState::CloseAfterFlush && !c.has_output() {
                 self.close(id);
                 continue;
+            }
+            if c.throttled && c.update_throttle(cap) {
+                self.resumed.push(id);
             }
             self.update_interest(id);
         }
@@ -728,7 +794,7 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
         let timeout = if rx.dirty.is_empty() && rx.to_close.is_empty() {
             let now = Instant::now();
             let mut t = rx.timers.next_timeout(now);
-            if rx.partial_headers && rx.header_timeout.is_some() {
+            if (rx.partial_headers && rx.header_timeout.is_some()) || rx.throttled {
                 t = Some(t.map_or(HEADER_CHECK, |t| t.min(HEADER_CHECK)));
             }
             if let Some(until) = rx.listener_paused_until {
@@ -767,6 +833,7 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
         h.before_sleep(rx);
         let slept = rx.turns.is_some().then(Instant::now);
         rx.flush();
+        rx.resume_input(h);
         rx.reap(h);
         if let (Some(w), Some(timed), Some(early), Some(slept), Some(cpu)) =
             (rx.turns.as_mut(), timed, early, slept, cpu)

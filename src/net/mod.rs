@@ -11,6 +11,6 @@ pub mod timer;
 pub mod turns;
 
 pub use error::{Error, Result};
-pub use event_loop::{run, ConnId, Handler, Reactor};
+pub use event_loop::{run, ConnId, Handler, Reactor, DEFAULT_MAX_OUTPUT};
 pub use io::{Io, SplitMix};
 pub use turns::TurnWatch;

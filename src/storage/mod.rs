@@ -132,6 +132,9 @@ pub struct Config {
     /// A connection whose header line stays incomplete this long is closed
     /// (zero: never).
     pub header_timeout: Duration,
+    /// Replies queued on a connection past which it is not read until they
+    /// drain below half (a peer past it counts as unreachable).
+    pub max_output: usize,
 }
 
 impl crate::daemon::DaemonPaths for Config {
@@ -347,7 +350,9 @@ impl Node {
     fn peer(&mut self, rx: &mut impl NodeIo, node: u32) -> Option<ConnId> {
         if let Some(&id) = self.links.peers.get(&node) {
             if rx.is_open(id) {
-                return Some(id);
+                // A peer that does not read what it is sent is treated as
+                // unreachable for new requests until it catches up.
+                return (rx.pending_output(id) <= self.cfg.max_output).then_some(id);
             }
         }
         if self.links.backing_off(node, rx.now()) {
@@ -679,6 +684,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         let mut rx = Reactor::new(limits)?;
         rx.max_conns = cfg.max_conns;
         rx.header_timeout = Some(cfg.header_timeout).filter(|t| !t.is_zero());
+        rx.max_output = cfg.max_output;
         rx.drain_rounds = DRAIN_ROUNDS;
         rx.drain_budget = DRAIN_BUDGET;
         rx.turns = Some(net::TurnWatch::new(TURN_WINDOW, TURN_LOG_OVER));
