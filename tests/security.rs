@@ -214,7 +214,21 @@ fn cpu_ticks(pid: i32) -> u64 {
 fn out_of_descriptors_the_listener_pauses_instead_of_spinning() {
     let c = Cluster::start(30050, 1, 1);
     let pid = c.node_pid(1).expect("node 1 runs");
-    let used = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    // The node opens its sectors' files for a while after it starts (a budget per turn): the limit
+    // is lowered only once the count of its descriptors has stopped changing, so that what runs
+    // out is accepting, not its own work.
+    let fds = || fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let (mut used, mut same) = (fds(), 0);
+    for _ in 0..60 {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = fds();
+        same = if now == used { same + 1 } else { 0 };
+        used = now;
+        if same == 3 {
+            break;
+        }
+    }
+    assert_eq!(same, 3, "the node's descriptors never settled ({used})");
     let limit = format!("--nofile={}:{}", used + 30, used + 30);
     let out = std::process::Command::new("prlimit").args(["--pid", &pid.to_string(), &limit]).output();
     match out {
@@ -235,7 +249,7 @@ fn out_of_descriptors_the_listener_pauses_instead_of_spinning() {
         "accept never ran out of descriptors; log:\n{}",
         tail(&c.node_log(1), 20)
     );
-    assert!(used_cpu < 50, "the node spun: {used_cpu} ticks of CPU in 3 s with its listener out of descriptors");
+    assert!(used_cpu < 60, "the node spun: {used_cpu} ticks of CPU in 3 s with its listener out of descriptors");
     drop(conns);
     // The backlog of connections closed meanwhile is accepted and dropped first.
     let mut last = None;
