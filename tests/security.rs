@@ -307,3 +307,31 @@ fn a_client_that_never_reads_its_replies_cannot_grow_the_node() {
     assert_ok(&c.cli(&["--put", "other", "--val", "answered"]));
     drop(flood);
 }
+
+/// Issue #11 item 3: with `--idle-timeout 2` a client connection that sends nothing for 2 s is
+/// closed, while one that sends a GET every second stays open (without the flag idle
+/// connections are kept, as the slowloris test shows).
+#[test]
+fn with_an_idle_timeout_idle_clients_are_closed_and_busy_ones_kept() {
+    let c = Cluster::start_with(30070, 1, 1, &[("NODE_FLAGS", "--idle-timeout 2")]);
+    assert_ok(&c.cli(&["--put", "idle-key", "--val", "v"]));
+    let mut idle = connect(&c.node_addr(1));
+    let mut busy = connect(&c.node_addr(1));
+    let mut buf = Vec::new();
+    for req in 1..=5u64 {
+        let get =
+            Message { header: Header { req, ..Header::default() }, body: Body::Get { key: b"idle-key".to_vec() } };
+        busy.write_all(&to_bytes(&get)).unwrap();
+        let m = read_msg(&mut busy, &mut buf);
+        assert!(matches!(m.body, Body::Value { .. }), "busy connection, GET {req}: {m:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let mut b = [0u8; 64];
+    idle.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let closed = match idle.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    };
+    assert!(closed, "the idle connection is still open after 5 s with --idle-timeout 2");
+}

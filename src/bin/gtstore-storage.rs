@@ -39,6 +39,7 @@ fn options() -> getopts::Options {
         "replies queued on a connection past which it is not read until they drain (default 8388608)",
         "BYTES",
     );
+    o.optopt("", "idle-timeout", "close a client connection idle this long; 0: never (default 0)", "SECS");
     o.optflag("", "daemon", "detach; return once the node has joined and received its sectors");
     o.optopt("", "log", "log file (reopened on SIGHUP; default standard error)", "FILE");
     o.optopt("", "pidfile", "pidfile, locked while running (default DIR/gtstore-storage.pid)", "FILE");
@@ -82,6 +83,7 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
     }
     Ok(Config {
         header_timeout: Duration::from_secs(header_timeout),
+        idle_timeout: Duration::from_secs(opt_num::<u64>(m, "idle-timeout")?.unwrap_or(0).min(365 * 86_400)),
         max_output: max("max-output", gtstore::net::DEFAULT_MAX_OUTPUT, 1 << 30)?.max(64 * 1024),
         id,
         listen,

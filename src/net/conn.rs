@@ -70,6 +70,8 @@ pub struct Conn<D> {
     pub throttled: bool,
     /// While throttled: when output last made progress.
     pub progress_at: Option<std::time::Instant>,
+    /// When bytes were last read from or written to the socket.
+    pub active_at: std::time::Instant,
     /// This side connected: what it reads are replies to its own requests,
     /// so it is never throttled (the role bounds what it asks instead).
     pub outbound: bool,
@@ -95,6 +97,7 @@ impl<D> Conn<D> {
             throttled: false,
             progress_at: None,
             outbound: false,
+            active_at: std::time::Instant::now(),
         }
     }
 
@@ -160,6 +163,7 @@ impl<D> Conn<D> {
                     return if self.in_pos == self.inbuf.len() { Ok(ReadOutcome::Eof) } else { Err(Error::PeerReset) };
                 }
                 Ok(n) => {
+                    self.active_at = std::time::Instant::now();
                     self.inbuf.extend_from_slice(&scratch[..n]);
                     if n < scratch.len() {
                         return Ok(ReadOutcome::Open);
@@ -255,8 +259,11 @@ impl<D> Conn<D> {
                 Err(e) => return Err(Error::Io(e)),
             }
         }
-        if self.out_pos > start && self.throttled {
-            self.progress_at = Some(std::time::Instant::now());
+        if self.out_pos > start {
+            self.active_at = std::time::Instant::now();
+            if self.throttled {
+                self.progress_at = Some(self.active_at);
+            }
         }
         if !self.has_output() {
             self.outbuf.clear();

@@ -179,6 +179,9 @@ pub struct Reactor<D, T = u64> {
     pub output_timeout: Duration,
     /// Some connection was throttled at the last look.
     throttled: bool,
+    /// An accepted connection with nothing read or written for this long
+    /// is closed (None: never, the default, as Redis). `--idle-timeout`.
+    pub idle_timeout: Option<Duration>,
     /// Connections no longer throttled whose buffered input waits.
     resumed: Vec<ConnId>,
     stopped: bool,
@@ -211,6 +214,7 @@ impl<D, T> Reactor<D, T> {
             max_output: DEFAULT_MAX_OUTPUT,
             output_timeout: DEFAULT_OUTPUT_TIMEOUT,
             throttled: false,
+            idle_timeout: None,
             resumed: Vec::new(),
             stopped: false,
         })
@@ -559,7 +563,7 @@ impl<D, T> Reactor<D, T> {
     fn close_slow_headers(&mut self) {
         let now = Instant::now();
         let headers = self.header_timeout.filter(|_| self.partial_headers);
-        if (headers.is_none() && !self.throttled) || now < self.next_header_check {
+        if (headers.is_none() && !self.throttled && self.idle_timeout.is_none()) || now < self.next_header_check {
             return;
         }
         self.next_header_check = now + HEADER_CHECK;
@@ -574,6 +578,12 @@ impl<D, T> Reactor<D, T> {
                 }
                 (Some(_), _) => partial = true,
                 (None, _) => {}
+            }
+            if let Some(idle) = self.idle_timeout.filter(|_| !c.outbound) {
+                if now.saturating_duration_since(c.active_at) > idle {
+                    slow.push((key, c.peer, format!("idle for {idle:?}")));
+                    continue;
+                }
             }
             match c.progress_at.filter(|_| c.throttled) {
                 Some(t) if now.saturating_duration_since(t) > out_limit => {
@@ -794,7 +804,7 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
         let timeout = if rx.dirty.is_empty() && rx.to_close.is_empty() {
             let now = Instant::now();
             let mut t = rx.timers.next_timeout(now);
-            if (rx.partial_headers && rx.header_timeout.is_some()) || rx.throttled {
+            if (rx.partial_headers && rx.header_timeout.is_some()) || rx.throttled || rx.idle_timeout.is_some() {
                 t = Some(t.map_or(HEADER_CHECK, |t| t.min(HEADER_CHECK)));
             }
             if let Some(until) = rx.listener_paused_until {

@@ -220,6 +220,7 @@ impl World {
             tombstone_grace: Duration::from_micros(self.plan.tombstone_grace),
             header_timeout: Duration::from_secs(10),
             max_output: crate::net::DEFAULT_MAX_OUTPUT,
+            idle_timeout: Duration::ZERO,
         }
     }
 

@@ -135,6 +135,8 @@ pub struct Config {
     /// Replies queued on a connection past which it is not read until they
     /// drain below half (a peer past it counts as unreachable).
     pub max_output: usize,
+    /// An accepted connection idle this long is closed (zero: never).
+    pub idle_timeout: Duration,
 }
 
 impl crate::daemon::DaemonPaths for Config {
@@ -685,6 +687,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         rx.max_conns = cfg.max_conns;
         rx.header_timeout = Some(cfg.header_timeout).filter(|t| !t.is_zero());
         rx.max_output = cfg.max_output;
+        rx.idle_timeout = Some(cfg.idle_timeout).filter(|t| !t.is_zero());
         rx.drain_rounds = DRAIN_ROUNDS;
         rx.drain_budget = DRAIN_BUDGET;
         rx.turns = Some(net::TurnWatch::new(TURN_WINDOW, TURN_LOG_OVER));
