@@ -638,6 +638,22 @@ fn write_entry<S: Sink>(s: &mut S, e: &Entry) {
     }
 }
 
+/// A count, then that many entries (CHUNK, REAP).
+fn write_entries<S: Sink>(s: &mut S, entries: &[Entry]) {
+    s.u32(entries.len() as u32);
+    entries.iter().for_each(|e| write_entry(s, e));
+}
+
+/// The twin of [`write_entries`]; the count is checked against the bytes left.
+fn read_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, DecodeError> {
+    let n = r.count(MIN_ENTRY)?;
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        entries.push(read_entry(r)?);
+    }
+    Ok(entries)
+}
+
 fn read_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
     let key = r.bytes()?;
     let version = r.version()?;
@@ -743,15 +759,13 @@ fn write_body<S: Sink>(body: &Body, s: &mut S) {
         Body::Chunk { sector, entries, last } => {
             s.u32(*sector);
             s.flag(*last);
-            s.u32(entries.len() as u32);
-            entries.iter().for_each(|e| write_entry(s, e));
+            write_entries(s, entries);
         }
         Body::Reaped { overwritten } => s.u32(*overwritten),
         Body::Reap { epoch, sector, entries } => {
             s.u64(*epoch);
             s.u32(*sector);
-            s.u32(entries.len() as u32);
-            entries.iter().for_each(|e| write_entry(s, e));
+            write_entries(s, entries);
         }
     }
 }
@@ -794,22 +808,14 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
         "CHUNK" => {
             let sector = r.u32()?;
             let last = r.flag()?;
-            let n = r.count(MIN_ENTRY)?;
-            let mut entries = Vec::with_capacity(n);
-            for _ in 0..n {
-                entries.push(read_entry(r)?);
-            }
+            let entries = read_entries(r)?;
             Body::Chunk { sector, entries, last }
         }
         "REAPED" => Body::Reaped { overwritten: r.u32()? },
         "REAP" => {
             let epoch = r.u64()?;
             let sector = r.u32()?;
-            let n = r.count(MIN_ENTRY)?;
-            let mut entries = Vec::with_capacity(n);
-            for _ in 0..n {
-                entries.push(read_entry(r)?);
-            }
+            let entries = read_entries(r)?;
             Body::Reap { epoch, sector, entries }
         }
         other => {

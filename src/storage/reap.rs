@@ -82,8 +82,6 @@ pub(super) struct Reaper {
     rounds: u64,
     /// The sector the next sweep starts at (round robin).
     next_sector: u32,
-    /// Tombstones forgotten since the start (for the log and tests).
-    pub(super) reaped: u64,
 }
 
 /// One round: the tombstones of a few sectors, and who has not answered.
@@ -322,7 +320,6 @@ impl Node {
         for (sector, tombstones) in &r.batches {
             reaped += tombstones.iter().filter(|(key, version)| self.store.reap(*sector, key, *version)).count();
         }
-        self.reaper.reaped += reaped as u64;
         info!("{reaped} tombstones older than the grace reaped in {} sectors", r.batches.len());
     }
 
