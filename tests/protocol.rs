@@ -13,38 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gtstore::client::{Client, Config};
-use gtstore::net::codec::{check, parse, to_bytes, Body, ErrorCode, Header, Limits, Message};
-
-/// Read and write timeout of every raw socket: a hang fails the test.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A raw connection with timeouts set.
-fn connect(addr: &str) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let _ = s.set_nodelay(true);
-    s
-}
-
-/// Reads one whole message, keeping any bytes after it in `buf`.
-fn read_msg(s: &mut TcpStream, buf: &mut Vec<u8>) -> Message {
-    let limits = Limits { max_header: 128, max_body: 64 << 20 };
-    let mut chunk = [0u8; 64 * 1024];
-    loop {
-        if let Some(n) = check(buf, &limits).expect("the node's reply is well formed") {
-            let m = parse(&buf[..n]).expect("the node's reply parses");
-            buf.drain(..n);
-            return m;
-        }
-        match s.read(&mut chunk) {
-            Ok(0) => panic!("connection closed before a whole reply; got {:?}", String::from_utf8_lossy(buf)),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("no reply within {IO_TIMEOUT:?} ({e}); got {:?}", String::from_utf8_lossy(buf)),
-        }
-    }
-}
+use gtstore::net::codec::{to_bytes, Body, ErrorCode, Header, Message};
 
 /// Asserts the node closes the connection: the next read sees EOF (a reset also counts as
 /// closed), not more data and not a timeout.

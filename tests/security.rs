@@ -16,32 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use gtstore::net::codec::{check, parse, to_bytes, Body, ErrorCode, Header, Limits, Message};
-
-fn connect(addr: &str) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s
-}
-
-/// Reads one whole message, keeping any bytes after it in `buf`.
-fn read_msg(s: &mut TcpStream, buf: &mut Vec<u8>) -> Message {
-    let limits = Limits { max_header: 128, max_body: 64 << 20 };
-    let mut chunk = [0u8; 64 * 1024];
-    loop {
-        if let Some(n) = check(buf, &limits).expect("the reply is well formed") {
-            let m = parse(&buf[..n]).expect("the reply parses");
-            buf.drain(..n);
-            return m;
-        }
-        match s.read(&mut chunk) {
-            Ok(0) => panic!("connection closed before a whole reply; got {:?}", String::from_utf8_lossy(buf)),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("reading a reply: {e}"),
-        }
-    }
-}
+use gtstore::net::codec::{to_bytes, Body, ErrorCode, Header, Message};
 
 /// Issue #11 item 4: a REGISTER whose address nobody can dial (not IP:PORT, unspecified, port 0,
 /// too long) is refused with BAD_REQUEST, and `make status` shows the same members after it.

@@ -739,3 +739,36 @@ impl KeyState {
         }
     }
 }
+
+// ----- raw protocol connections ---------------------------------------------------------------
+
+/// Read and write timeout of every raw socket: a hang fails the test.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A raw connection with timeouts set.
+pub fn connect(addr: &str) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = s.set_nodelay(true);
+    s
+}
+
+/// Reads one whole message, keeping any bytes after it in `buf`.
+pub fn read_msg(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> gtstore::net::codec::Message {
+    let limits = gtstore::net::codec::Limits { max_header: 128, max_body: 64 << 20 };
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        if let Some(n) = gtstore::net::codec::check(buf, &limits).expect("the node's reply is well formed") {
+            let m = gtstore::net::codec::parse(&buf[..n]).expect("the node's reply parses");
+            buf.drain(..n);
+            return m;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => panic!("connection closed before a whole reply; got {:?}", String::from_utf8_lossy(buf)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("no reply within {IO_TIMEOUT:?} ({e}); got {:?}", String::from_utf8_lossy(buf)),
+        }
+    }
+}
