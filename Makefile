@@ -9,6 +9,8 @@
 # listens on 127.0.0.1:BASE_PORT+i with its data in RUN_DIR/node<i>. Every daemon is started with
 # --daemon, which returns only once the daemon is ready (for a node: joined, with its sectors received),
 # so `make start` returns once every node has joined. Extra daemon flags: MANAGER_FLAGS, NODE_FLAGS.
+# Every daemon gets --cluster-key RUN_DIR/cluster.key, made once (32 random bytes, mode 0600) by the
+# first target that starts one; CLIENT_KEY=FILE also gives the nodes --client-key FILE.
 # BIN is where the binaries are taken from (default target/release). NOBUILD=1 skips the release
 # build in `start`; the test harness sets both, since `cargo test` already built the binaries.
 
@@ -22,6 +24,7 @@ FSYNC         = batch
 NODE          =
 MANAGER_FLAGS =
 NODE_FLAGS    =
+CLIENT_KEY    =
 NOBUILD       =
 PREFIX       ?= /usr/local
 DESTDIR      ?=
@@ -34,19 +37,26 @@ MANAGER   = 127.0.0.1:$(BASE_PORT)
 MAN_PAGES = $(wildcard man/*.1 man/*.5 man/*.8)
 
 MANAGER_PID = $(RUN_DIR)/manager/gtstore-manager.pid
+CLUSTER_KEY = $(RUN_DIR)/cluster.key
+
+# Makes RUN_DIR (0700) and the cluster key in it, unless it exists: 32 bytes from the kernel's
+# generator, written under umask 077 and renamed into place, so no daemon reads half a key.
+KEY_CMD = mkdir -p -m 0700 "$(RUN_DIR)" && { test -f "$(CLUSTER_KEY)" || { (umask 077 && \
+	head -c 32 /dev/urandom > "$(CLUSTER_KEY).new") && mv "$(CLUSTER_KEY).new" "$(CLUSTER_KEY)"; }; }
 # node_pid,I: the pidfile of storage node I.
 node_pid = $(RUN_DIR)/node$(1)/gtstore-storage.pid
 
 # The manager's command line, shared by start and restart-manager.
-MANAGER_CMD = mkdir -p "$(RUN_DIR)" && mkdir -p -m 0700 "$(RUN_DIR)/manager" && \
-	$(BIN)/gtstore-manager --daemon --listen $(MANAGER) \
+MANAGER_CMD = $(KEY_CMD) && mkdir -p -m 0700 "$(RUN_DIR)/manager" && \
+	$(BIN)/gtstore-manager --daemon --listen $(MANAGER) --cluster-key "$(CLUSTER_KEY)" \
 	--data-dir "$(RUN_DIR)/manager" --log "$(RUN_DIR)/manager/manager.log" --rep $(REP) \
 	$(if $(R),--read-quorum $(R)) $(if $(W),--write-quorum $(W)) $(MANAGER_FLAGS)
 
 # node_cmd,I: storage node I's command line (I is a number or a shell expansion such as $$i),
 # shared by start, restart and add.
-node_cmd = mkdir -p "$(RUN_DIR)" && mkdir -p -m 0700 "$(RUN_DIR)/node$(1)" && \
+node_cmd = $(KEY_CMD) && mkdir -p -m 0700 "$(RUN_DIR)/node$(1)" && \
 	$(BIN)/gtstore-storage --daemon --id $(1) --listen 127.0.0.1:$$(($(BASE_PORT) + $(1))) \
+	--cluster-key "$(CLUSTER_KEY)" $(if $(CLIENT_KEY),--client-key "$(CLIENT_KEY)") \
 	--manager $(MANAGER) --data-dir "$(RUN_DIR)/node$(1)" --log "$(RUN_DIR)/node$(1)/storage.log" \
 	--fsync $(FSYNC) $(NODE_FLAGS)
 
@@ -86,7 +96,7 @@ stop:
 status:
 	@addrs="$(MANAGER)"; for d in "$(RUN_DIR)"/node*; do i=$${d##*/node}; \
 		case "$$i" in ''|*[!0-9]*) continue;; esac; addrs="$$addrs,127.0.0.1:$$(($(BASE_PORT) + i))"; done; \
-	$(BIN)/gtstore --manager "$$addrs" status
+	$(BIN)/gtstore --manager "$$addrs" $(if $(CLIENT_KEY),--key-file "$(CLIENT_KEY)") status
 
 need-node:
 	@case "$(NODE)" in ''|*[!0-9]*) \

@@ -23,11 +23,19 @@ pub enum Bug {
     /// A node reaps its tombstones once they are older than the grace,
     /// without asking the other members for older values first.
     ReapUnasked = 5,
+    /// The gate lets internal verbs through without the cluster key.
+    GateOpen = 6,
 }
 
 /// Every planted bug, in selftest order.
-pub const ALL: [Bug; 5] =
-    [Bug::AckBeforeFsync, Bug::RepairOverwritesNewer, Bug::DoubleCountedAck, Bug::DropBeforeSynced, Bug::ReapUnasked];
+pub const ALL: [Bug; 6] = [
+    Bug::AckBeforeFsync,
+    Bug::RepairOverwritesNewer,
+    Bug::DoubleCountedAck,
+    Bug::DropBeforeSynced,
+    Bug::ReapUnasked,
+    Bug::GateOpen,
+];
 
 static ACTIVE: AtomicU8 = AtomicU8::new(0);
 

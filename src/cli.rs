@@ -20,6 +20,8 @@ pub const EX_UNAVAILABLE: i32 = 69;
 pub const EX_SOFTWARE: i32 = 70;
 /// A system call failed (bind, epoll).
 pub const EX_OSERR: i32 = 71;
+/// Permission denied: a key was missing or wrong (client only).
+pub const EX_NOPERM: i32 = 77;
 /// The data directory is locked by another live process.
 pub const EX_TEMPFAIL: i32 = 75;
 

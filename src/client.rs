@@ -20,7 +20,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::hlc::Version;
+use crate::net::auth::{self, Key, KeyKind, NONCE_LEN};
 use crate::net::codec::{self, Body, ErrorCode, Header, Limits, Message, Stats};
+use crate::net::gate::HANDSHAKE_REQ;
 use crate::table::{NodeState, Table};
 
 /// The pause after every candidate of a key was tried once.
@@ -38,6 +40,9 @@ pub struct Config {
     pub attempt_timeout: Duration,
     /// How long a request may take over all its retries.
     pub deadline: Duration,
+    /// The client key, for nodes started with `--client-key`: proved on
+    /// every connection to a node (`--key-file`, `GTSTORE_KEY_FILE`).
+    pub key: Option<Key>,
 }
 
 impl Default for Config {
@@ -47,6 +52,7 @@ impl Default for Config {
             nodes: Vec::new(),
             attempt_timeout: Duration::from_millis(300),
             deadline: Duration::from_secs(5),
+            key: None,
         }
     }
 }
@@ -343,12 +349,17 @@ impl Client {
         let msg = Message { header, body: body.clone() };
         let conn = match self.conns.remove(&node) {
             Some(c) => c,
-            None => match TcpStream::connect_timeout(&addr, timeout) {
+            None => match open(&addr, self.cfg.key.as_ref(), timeout) {
                 Ok(c) => c,
-                Err(e) => return Attempt::Retry { why: format!("server{node} at {addr}: {e}"), sent: false },
+                Err(Handshake::Refused(why)) => {
+                    let why = format!("server{node} at {addr}: {why}");
+                    return Attempt::Reply(codec::error_reply(self.next_req, ErrorCode::Auth, &why));
+                }
+                Err(Handshake::Failed(e)) => {
+                    return Attempt::Retry { why: format!("server{node} at {addr}: {e}"), sent: false }
+                }
             },
         };
-        let _ = conn.set_nodelay(true);
         match exchange(&conn, &msg, timeout) {
             Ok(reply) => {
                 self.conns.insert(node, conn);
@@ -477,8 +488,9 @@ fn fetch(
 /// the node that answered (0: the manager), if the table's epoch is at
 /// least `min_epoch`.
 fn hello(cfg: &Config, addr: &str, body: Body, min_epoch: u64) -> std::result::Result<(Table, u64, u32, u32), String> {
+    let key = cfg.key.as_ref().filter(|_| addr != cfg.manager);
     let addr = crate::cli::resolve(addr).map_err(|e| e.message)?;
-    let conn = TcpStream::connect_timeout(&addr, cfg.attempt_timeout).map_err(|e| e.to_string())?;
+    let conn = open(&addr, key, cfg.attempt_timeout).map_err(|e| e.to_string())?;
     let msg = Message { header: Header::default(), body };
     let reply = exchange(&conn, &msg, cfg.attempt_timeout.max(Duration::from_secs(1)))?;
     match reply.body {
@@ -500,6 +512,68 @@ pub fn local_client_id() -> u64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mixed = (u64::from(std::process::id()) << 32) ^ (now.as_nanos() as u64);
     (1 << 63) | (mixed & ((1 << 63) - 1))
+}
+
+/// The client key of `--key-file FILE`, else of `$GTSTORE_KEY_FILE`, if
+/// either names one; an unreadable or unsafe file is an error.
+pub fn key_file(flag: Option<String>) -> std::result::Result<Option<Key>, String> {
+    let path = flag.or_else(|| std::env::var("GTSTORE_KEY_FILE").ok().filter(|s| !s.is_empty()));
+    path.map(|p| Key::load(std::path::Path::new(&p))).transpose()
+}
+
+/// Connects to a node and, with a client key, proves it (the manager
+/// takes no client key: its answers only say who the members are).
+fn open(addr: &SocketAddr, key: Option<&Key>, timeout: Duration) -> std::result::Result<TcpStream, Handshake> {
+    let conn = TcpStream::connect_timeout(addr, timeout).map_err(|e| Handshake::Failed(e.to_string()))?;
+    let _ = conn.set_nodelay(true);
+    if let Some(key) = key {
+        authenticate(&conn, KeyKind::Client, key, timeout)?;
+    }
+    Ok(conn)
+}
+
+/// Why a key exchange did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// The server has no such key or a different one: retrying cannot help.
+    Refused(String),
+    /// The connection failed or timed out.
+    Failed(String),
+}
+
+impl std::fmt::Display for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handshake::Refused(why) | Handshake::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Runs the key exchange of `net::auth` as the initiator on a blocking
+/// connection: AUTH, check the server's CHALLENGE, send PROVE. A server
+/// that cannot prove the key is refused; a wrong key of ours shows as
+/// ERROR AUTH on the next request.
+pub fn authenticate(
+    conn: &TcpStream,
+    kind: KeyKind,
+    key: &Key,
+    timeout: Duration,
+) -> std::result::Result<(), Handshake> {
+    let mut ours = [0u8; NONCE_LEN];
+    auth::os_random(&mut ours).map_err(|e| Handshake::Failed(format!("getrandom: {e}")))?;
+    let header = Header { req: HANDSHAKE_REQ, ..Header::default() };
+    let ask = Message { header, body: Body::Auth { kind, nonce: ours } };
+    let name = kind.name();
+    let prove = match exchange(conn, &ask, timeout).map_err(Handshake::Failed)?.body {
+        Body::Challenge { nonce, proof } if key.check_responder(kind, &ours, &nonce, &proof) => {
+            Body::Prove { proof: key.initiator_proof(kind, &ours, &nonce) }
+        }
+        Body::Challenge { .. } => return Err(Handshake::Refused(format!("it holds another {name} key"))),
+        Body::Error { reason, .. } => return Err(Handshake::Refused(format!("it refused the {name} key: {reason}"))),
+        other => return Err(Handshake::Refused(format!("unexpected {} reply to AUTH", other.verb()))),
+    };
+    let mut w = conn;
+    w.write_all(&codec::to_bytes(&Message { header, body: prove })).map_err(|e| Handshake::Failed(e.to_string()))
 }
 
 /// Writes `msg` and reads one reply, each within `timeout`.

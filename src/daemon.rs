@@ -26,6 +26,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use log::LevelFilter;
+
+use crate::net::auth::{Key, Keys};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::stat::{umask, Mode};
@@ -424,6 +426,36 @@ pub struct DaemonSpec {
     pub usage: &'static str,
     /// The pidfile's name inside the data directory (unless `--pidfile`).
     pub pidfile: &'static str,
+}
+
+/// Adds `--cluster-key` to a daemon's options, and `--client-key` with
+/// `client_key` (storage nodes; the manager's answers to clients only say
+/// who the members are).
+pub fn key_options(o: &mut getopts::Options, client_key: bool) {
+    o.optopt("", "cluster-key", "key file every daemon of the cluster shares (required off loopback)", "FILE");
+    if client_key {
+        o.optopt("", "client-key", "key file clients must prove before any request (optional)", "FILE");
+    }
+}
+
+/// Reads the daemon's key files. Without a cluster key it may listen only
+/// on a loopback address: anyone who can reach the port could otherwise
+/// register a node or rewrite data (`gtstore-storage(8)`, SECURITY).
+pub fn keys(m: &getopts::Matches, listen: std::net::SocketAddr) -> Result<Keys, Exit> {
+    let load = |name: &str| -> Result<Option<Key>, Exit> {
+        match m.opt_defined(name).then(|| m.opt_str(name)).flatten() {
+            Some(p) => Key::load(Path::new(&p)).map(Some).map_err(|e| Exit::usage(format!("--{name}: {e}"))),
+            None => Ok(None),
+        }
+    };
+    let cluster = load("cluster-key")?;
+    if cluster.is_none() && !listen.ip().is_loopback() {
+        return Err(Exit::usage(format!(
+            "--listen {listen} is not a loopback address, and without --cluster-key anyone who reaches it could \
+             join or rewrite the cluster; give every daemon --cluster-key FILE"
+        )));
+    }
+    Ok(Keys::daemon(cluster, load("client-key")?))
 }
 
 /// The paths every daemon configuration has.

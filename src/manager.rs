@@ -40,7 +40,7 @@ use nix::sys::signal::Signal;
 
 use crate::daemon::{reopen_log, Readiness};
 use crate::net::codec::{self, error_reply, Body, ErrorCode, Header, Limits, Message};
-use crate::net::{self, ConnId, Handler, Io, Reactor};
+use crate::net::{self, ConnId, Gate, Guarded, Handler, Io, Reactor};
 use crate::store::disk::{self, Disk, OsDisk};
 use crate::table::{NodeState, Table};
 
@@ -77,6 +77,8 @@ pub struct Config {
     /// A connection whose header line stays incomplete this long is closed
     /// (zero: never).
     pub header_timeout: Duration,
+    /// The keys its connections are checked against (`net::auth`).
+    pub keys: crate::net::auth::Keys,
 }
 
 impl crate::daemon::DaemonPaths for Config {
@@ -574,14 +576,14 @@ fn load_state(bytes: &[u8]) -> Result<State, String> {
 /// Runs the manager until SIGTERM or SIGINT.
 pub fn run(cfg: Config, ready: Readiness) -> Result<(), crate::cli::Exit> {
     use crate::cli::{Exit, EX_OSERR};
-    let mut mgr = match Manager::open(cfg.clone(), Instant::now()) {
+    let mgr = match Manager::open(cfg.clone(), Instant::now()) {
         Ok(m) => m,
         Err(e) => {
             ready.fail(EX_OSERR, &e);
             return Err(Exit::new(EX_OSERR, e));
         }
     };
-    let started = (|| -> net::Result<(Reactor<Peer, Timer>, SocketAddr)> {
+    let started = (|| -> net::Result<(Reactor<Guarded<Peer>, Timer>, SocketAddr)> {
         let mut rx = Reactor::new(Limits { max_header: 128, max_body: 1 << 20 })?;
         rx.header_timeout = Some(cfg.header_timeout).filter(|t| !t.is_zero());
         let bound = rx.listen(cfg.listen)?;
@@ -596,12 +598,13 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), crate::cli::Exit> {
             return Err(Exit::new(EX_OSERR, msg));
         }
     };
-    mgr.start(&mut rx);
+    let mut gate = Gate::new(mgr, cfg.keys.clone());
+    gate.drive(&mut rx, |mgr, io| mgr.start(io));
     println!("listening on {bound}");
     let _ = std::io::stdout().flush();
     info!("listening on {bound}");
     ready.ready();
-    net::run(&mut rx, &mut mgr).map_err(|e| Exit::new(EX_OSERR, format!("event loop: {e}")))
+    net::run(&mut rx, &mut gate).map_err(|e| Exit::new(EX_OSERR, format!("event loop: {e}")))
 }
 
 #[cfg(test)]
@@ -624,6 +627,7 @@ mod tests {
             dead_after: Duration::from_secs(1),
             log_file: None,
             header_timeout: Duration::from_secs(10),
+            keys: Default::default(),
         }
     }
 

@@ -287,7 +287,7 @@ fn a_replica_write_from_the_future_is_refused() {
     use gtstore::net::codec::Entry;
     let c = Cluster::start(22060, 1, 1);
     assert_ok(&c.cli(&["--put", "fut-key", "--val", "now"]));
-    let mut s = connect(&c.node_addr(1));
+    let mut s = c.connect_as_daemon(&c.node_addr(1));
     let mut buf = Vec::new();
     let ten_years = 10 * 365 * 24 * 3600 * 1000;
     let entry = Entry {

@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use nix::sys::signal::Signal;
 
+use crate::net::auth::{Key, KeyKind, Keys};
 use crate::net::codec::{Body, Header, Limits, Message};
-use crate::net::{ConnId, Handler, Io, Reactor};
+use crate::net::{ConnId, Gate, Guarded, Handler, Io, Reactor};
 use crate::table::{NodeState, Table};
 
 /// The load generator's timers.
@@ -108,6 +109,8 @@ pub struct Workload {
     pub progress: bool,
     /// The word the progress lines start with (`run`, `preload`).
     pub phase: &'static str,
+    /// The client key, proved on every connection (`--key-file`).
+    pub key: Option<Key>,
 }
 
 /// How a run went.
@@ -497,13 +500,13 @@ impl Handler for Engine<'_> {
 pub fn run(w: &Workload, router: &Router, client_id: u64) -> Result<Outcome, String> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, HIST_MAX_US, 3).map_err(|e| e.to_string())?;
     hist.auto(false);
-    let mut rx: Reactor<Link, Timer> =
+    let mut rx: Reactor<Guarded<Link>, Timer> =
         Reactor::new(Limits::default()).map_err(|e| format!("cannot create epoll: {e}"))?;
     rx.max_conns = usize::MAX;
     rx.catch_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let now = Instant::now();
     let n = router.nodes.len();
-    let mut e = Engine {
+    let engine = Engine {
         w,
         router,
         client_id,
@@ -527,16 +530,21 @@ pub fn run(w: &Workload, router: &Router, client_id: u64) -> Result<Outcome, Str
         first_error: None,
         interrupted: false,
     };
+    let keys = Keys { outbound: w.key.clone().map(|k| (KeyKind::Client, k)), ..Keys::default() };
+    let mut gate = Gate::new(engine, keys);
     if w.ops > 0 {
         rx.add_timer(TICK, Timer::Tick);
-        for c in 0..e.sims.len() {
-            e.refill(&mut rx, c);
-        }
-        e.schedule(&mut rx);
-        if !e.finished() {
-            crate::net::run(&mut rx, &mut e).map_err(|err| format!("event loop failed: {err}"))?;
+        gate.drive(&mut rx, |e, io| {
+            for c in 0..e.sims.len() {
+                e.refill(io, c);
+            }
+            e.schedule(io);
+        });
+        if !gate.role.finished() {
+            crate::net::run(&mut rx, &mut gate).map_err(|err| format!("event loop failed: {err}"))?;
         }
     }
+    let e = gate.role;
     let elapsed = e.last_done_at.saturating_duration_since(e.started);
     Ok(Outcome {
         ops: e.done,

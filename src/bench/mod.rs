@@ -40,6 +40,7 @@ fn options() -> getopts::Options {
     o.optopt("", "zipf", "draw keys from a Zipf law of exponent S > 0", "S");
     o.optopt("", "rate", "open loop at R operations per second in total", "R");
     o.optopt("", "timeout-ms", "a request unanswered this long is an error (default 5000)", "MS");
+    o.optopt("", "key-file", "client key for nodes started with --client-key (default $GTSTORE_KEY_FILE)", "FILE");
     o.optflag("", "preload", "first write every key once, unmeasured");
     o.optflag("", "sequential", "operation i writes key<i>: --ops distinct inserts in order");
     o.optopt("", "csv", "append the result row to FILE (header if new)", "FILE");
@@ -143,6 +144,7 @@ fn parse(m: &getopts::Matches) -> Result<Args, Exit> {
             timeout: Duration::from_millis(timeout_ms),
             progress,
             phase: "run",
+            key: crate::client::key_file(m.opt_str("key-file")).map_err(Exit::usage)?,
         },
         preload: m.opt_present("preload"),
         csv: m.opt_str("csv").map(PathBuf::from),
@@ -171,7 +173,7 @@ pub fn main(args: &[String]) -> Result<i32, Exit> {
     let mut a = parse(&m)?;
     cli::resolve(&a.manager)?;
 
-    let cfg = Config { manager: a.manager.clone(), ..Config::default() };
+    let cfg = Config { manager: a.manager.clone(), key: a.w.key.clone(), ..Config::default() };
     let mut client = Client::connect(cfg).map_err(|e| Exit::new(EX_UNAVAILABLE, e.to_string()))?;
     let table = client.table().clone();
     let router = Router::new(&table).map_err(|e| Exit::new(EX_UNAVAILABLE, e))?;

@@ -28,6 +28,7 @@ fn options() -> getopts::Options {
         "close a connection whose header line is not complete within this long; 0: never (default 10)",
         "SECS",
     );
+    daemon::key_options(&mut o, false);
     o.optflag("", "daemon", "detach; return once listening");
     o.optopt("", "log", "log file (reopened on SIGHUP; default standard error)", "FILE");
     o.optopt("", "pidfile", "pidfile, locked while running (default DIR/gtstore-manager.pid)", "FILE");
@@ -67,7 +68,9 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
     if header_timeout > 86_400 {
         return Err(Exit::usage("--header-timeout must be at most 86400"));
     }
+    let keys = daemon::keys(m, listen)?;
     Ok(Config {
+        keys,
         header_timeout: Duration::from_secs(header_timeout),
         listen,
         rep,

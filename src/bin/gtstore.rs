@@ -3,8 +3,9 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use gtstore::cli::{self, opt_num, Exit, EX_DATAERR, EX_NOT_FOUND, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE};
+use gtstore::cli::{self, opt_num, Exit, EX_DATAERR, EX_NOPERM, EX_NOT_FOUND, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE};
 use gtstore::client::{self, Client};
+use gtstore::net::codec::ErrorCode;
 
 const PROG: &str = "gtstore";
 /// The largest value read from standard input with `--val -`.
@@ -24,6 +25,7 @@ fn options() -> getopts::Options {
          127.0.0.1:7000)",
         "ADDR[,ADDR...]",
     );
+    o.optopt("", "key-file", "client key for nodes started with --client-key (default $GTSTORE_KEY_FILE)", "FILE");
     o.optopt("", "timeout-ms", "per-attempt timeout (default 300)", "MS");
     o.optopt("", "deadline-ms", "total time for retries (default 5000)", "MS");
     o.optflag("h", "help", "print this help");
@@ -94,6 +96,7 @@ fn fail(e: client::Error, key: &[u8]) -> Exit {
             Exit::new(EX_NOT_FOUND, format!("{}: not found", String::from_utf8_lossy(key)))
         }
         client::Error::Unavailable(why) => Exit::new(EX_UNAVAILABLE, why),
+        client::Error::Refused { code: ErrorCode::Auth, reason } => Exit::new(EX_NOPERM, reason),
         client::Error::Refused { reason, .. } => Exit::new(EX_DATAERR, reason),
     }
 }
@@ -217,7 +220,8 @@ fn main() {
     let (attempt_timeout, deadline) = (ms("timeout-ms", 300), ms("deadline-ms", 5000));
     let (manager, nodes) =
         cli::bootstrap_list(&cli::manager_addr(m.opt_str("manager"))).unwrap_or_else(|e| cli::die(PROG, e));
-    let cfg = client::Config { manager, nodes, attempt_timeout, deadline };
+    let key = client::key_file(m.opt_str("key-file")).unwrap_or_else(|e| cli::die(PROG, Exit::usage(e)));
+    let cfg = client::Config { manager, nodes, attempt_timeout, deadline, key };
     if let Err(e) = run(cmd, cfg) {
         cli::die(PROG, e);
     }

@@ -15,6 +15,7 @@
 //! sink that either counts bytes (for LENGTH in the header) or stores them;
 //! `parse_body`, next to it, reads the same fields back in the same order.
 
+use super::auth::{KeyKind, Nonce, Proof};
 use crate::hlc::Version;
 use crate::table::{Member, NodeState, Table};
 
@@ -266,6 +267,13 @@ pub enum Body {
     Reap { epoch: u64, sector: u32, entries: Vec<Entry> },
     /// The answer to REAP: how many older values were overwritten.
     Reaped { overwritten: u32 },
+    // Authentication (`auth`): the first messages on a connection.
+    /// The initiator asks to prove it holds the key of `kind`; its nonce.
+    Auth { kind: KeyKind, nonce: Nonce },
+    /// The responder's nonce and its proof that it holds the key.
+    Challenge { nonce: Nonce, proof: Proof },
+    /// The initiator's proof; no reply when it checks, ERROR AUTH if not.
+    Prove { proof: Proof },
     /// A verb this build does not know; answered with an error.
     Unknown(String),
 }
@@ -311,6 +319,9 @@ impl Body {
             Body::Synced { .. } => "SYNCED",
             Body::Reap { .. } => "REAP",
             Body::Reaped { .. } => "REAPED",
+            Body::Auth { .. } => "AUTH",
+            Body::Challenge { .. } => "CHALLENGE",
+            Body::Prove { .. } => "PROVE",
             Body::Unknown(v) => v,
         }
     }
@@ -409,6 +420,12 @@ fn payload_len(body: &Body) -> usize {
     let mut n = Counter(0);
     write_body(body, &mut n);
     n.0
+}
+
+/// Bytes `msg` takes on the wire, about (the header's numbers are counted
+/// at their longest): for accounting of output held back.
+pub fn encoded_len(msg: &Message) -> usize {
+    msg.body.verb().len() + 5 * 21 + payload_len(&msg.body)
 }
 
 /// An ERROR reply to request `req`.
@@ -515,6 +532,13 @@ impl<'a> Reader<'a> {
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
+    }
+
+    /// A fixed-size field (a nonce, a proof): its bytes, no length prefix.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
     }
 
     fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
@@ -767,6 +791,15 @@ fn write_body<S: Sink>(body: &Body, s: &mut S) {
             s.u32(*sector);
             write_entries(s, entries);
         }
+        Body::Auth { kind, nonce } => {
+            s.u8(kind.wire());
+            s.raw(nonce);
+        }
+        Body::Challenge { nonce, proof } => {
+            s.raw(nonce);
+            s.raw(proof);
+        }
+        Body::Prove { proof } => s.raw(proof),
     }
 }
 
@@ -818,6 +851,12 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
             let entries = read_entries(r)?;
             Body::Reap { epoch, sector, entries }
         }
+        "AUTH" => {
+            let kind = KeyKind::from_wire(r.u8()?).ok_or(DecodeError::BadPayload("key kind"))?;
+            Body::Auth { kind, nonce: r.array()? }
+        }
+        "CHALLENGE" => Body::Challenge { nonce: r.array()?, proof: r.array()? },
+        "PROVE" => Body::Prove { proof: r.array()? },
         other => {
             r.pos = r.buf.len();
             Body::Unknown(other.to_string())
@@ -869,6 +908,9 @@ mod tests {
             Body::Synced { epoch: 12 },
             Body::Reaped { overwritten: 2 },
             Body::Reap { epoch: 3, sector: 9, entries: vec![Entry { key: b"x".to_vec(), version: v, value: None }] },
+            Body::Auth { kind: KeyKind::Client, nonce: [3; 32] },
+            Body::Challenge { nonce: [4; 32], proof: [5; 32] },
+            Body::Prove { proof: [6; 32] },
         ]
         .into_iter()
         .map(msg)

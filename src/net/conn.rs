@@ -72,6 +72,9 @@ pub struct Conn<D> {
     pub progress_at: Option<std::time::Instant>,
     /// When bytes were last read from or written to the socket.
     pub active_at: std::time::Instant,
+    /// Accepted past `max_conns`: closed at this time unless it has shown
+    /// itself a peer (see `Reactor::reserved_conns`).
+    pub probation_until: Option<std::time::Instant>,
     /// This side connected: what it reads are replies to its own requests,
     /// so it is never throttled (the role bounds what it asks instead).
     pub outbound: bool,
@@ -97,6 +100,7 @@ impl<D> Conn<D> {
             throttled: false,
             progress_at: None,
             outbound: false,
+            probation_until: None,
             active_at: std::time::Instant::now(),
         }
     }

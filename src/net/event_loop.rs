@@ -47,6 +47,12 @@ const LISTENER: u64 = 0;
 const SIGNALS: u64 = 1;
 /// Connection tokens start here (slab key + FIRST_CONN in the low 32 bits).
 const FIRST_CONN: u64 = 16;
+/// The default of [`Reactor::reserved_conns`].
+pub const RESERVED_CONNS: usize = 64;
+/// How long a connection accepted past `max_conns` has to show it is a peer.
+pub const PROBATION: Duration = Duration::from_secs(2);
+/// Connections the kernel may queue before they are accepted.
+const LISTEN_BACKLOG: i32 = 4096;
 /// Events taken from epoll per wait.
 const EVENTS_PER_WAIT: usize = 1024;
 /// The default of [`Reactor::header_timeout`].
@@ -124,6 +130,23 @@ pub trait Handler {
     fn before_early_flush<X: Io<Data = Self::Data, Timer = Self::Timer>>(&mut self, _io: &mut X) {}
     /// Called once per turn before queued output is written.
     fn before_sleep<X: Io<Data = Self::Data, Timer = Self::Timer>>(&mut self, _io: &mut X) {}
+    /// Who is on the other end of an accepted connection, as far as its
+    /// messages tell: the loop keeps slots past `max_conns` for peers.
+    fn standing(_data: &Self::Data) -> Standing {
+        Standing::Unknown
+    }
+}
+
+/// What an accepted connection has shown itself to be (see
+/// [`Reactor::reserved_conns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Nothing yet.
+    Unknown,
+    /// A client: it counts against `max_conns`.
+    Client,
+    /// Another daemon of the cluster (it proved the cluster key).
+    Peer,
 }
 
 /// The loop's state: epoll, listener, signals, timers and connections.
@@ -143,8 +166,16 @@ pub struct Reactor<D, T = u64> {
     scratch: Vec<u8>,
     /// Limits on incoming messages.
     pub limits: Limits,
-    /// Most connections accepted at once.
+    /// Most connections accepted at once, but for `reserved_conns` more
+    /// kept for peers.
     pub max_conns: usize,
+    /// Connections accepted past `max_conns`, each on probation: it must
+    /// show itself a peer ([`Handler::standing`]) within [`PROBATION`], and
+    /// is closed as soon as it shows itself a client. So clients that fill
+    /// `max_conns` do not lock the manager and the other nodes out.
+    pub reserved_conns: usize,
+    /// Some connection is on probation.
+    probation: bool,
     /// The role's timers.
     pub timers: Timers<T>,
     /// The seeded generator behind [`Io::random`].
@@ -202,6 +233,8 @@ impl<D, T> Reactor<D, T> {
             scratch: vec![0; READ_CHUNK],
             limits,
             max_conns: 4096,
+            reserved_conns: RESERVED_CONNS,
+            probation: false,
             timers: Timers::new(),
             rng: SplitMix::new(seed_from_os()),
             drain_rounds: 0,
@@ -223,6 +256,13 @@ impl<D, T> Reactor<D, T> {
     /// Binds `addr` and accepts connections on it; returns the bound address.
     pub fn listen(&mut self, addr: SocketAddr) -> Result<SocketAddr> {
         let l = TcpListener::bind(addr)?;
+        // std listens with a backlog of 128: a burst of connects past it
+        // loses SYNs, and each waits a second for its retransmission.
+        // Listening again raises it (the kernel caps it at somaxconn).
+        // SAFETY: listen(2) on the listener's own descriptor; no memory is passed.
+        if unsafe { libc::listen(l.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+            return Err(Error::Sys(Errno::last()));
+        }
         l.set_nonblocking(true)?;
         self.epoll.add(l.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
         let bound = l.local_addr()?;
@@ -411,16 +451,21 @@ impl<D, T> Reactor<D, T> {
     }
 
     fn admit<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H, sock: TcpStream, peer: SocketAddr) {
-        if self.conns.len() >= self.max_conns {
-            warn!("refusing {peer}: {} connections open", self.conns.len());
+        let open = self.conns.len();
+        if open >= self.max_conns.saturating_add(self.reserved_conns) {
+            warn!("refusing {peer}: {open} connections open");
             return;
         }
+        let probation = (open >= self.max_conns).then(|| Instant::now() + PROBATION);
         if sock.set_nonblocking(true).is_err() {
             return;
         }
         let _ = sock.set_nodelay(true);
         let data = h.accepted(Some(peer));
-        if let Err(e) = self.insert(Conn::new(sock, ConnState::Open, data)) {
+        let mut conn = Conn::new(sock, ConnState::Open, data);
+        conn.probation_until = probation;
+        self.probation |= probation.is_some();
+        if let Err(e) = self.insert(conn) {
             warn!("cannot register {peer}: {e}");
         }
     }
@@ -534,12 +579,42 @@ impl<D, T> Reactor<D, T> {
                 return true;
             }
             match c.next_message(&limits) {
-                Ok(Some(msg)) => h.on_message(self, id, msg),
+                Ok(Some(msg)) => {
+                    h.on_message(self, id, msg);
+                    if !self.judge_probation::<H>(id) {
+                        return true;
+                    }
+                }
                 Ok(None) => return true,
                 Err(e) => {
                     self.protocol_error(id, &e);
                     return false;
                 }
+            }
+        }
+    }
+
+    /// Ends the probation of a connection accepted past `max_conns` once
+    /// it has shown what it is: a peer stays, a client is told and closed.
+    /// False if it is being closed.
+    fn judge_probation<H: Handler<Data = D, Timer = T>>(&mut self, id: ConnId) -> bool {
+        let max = self.max_conns;
+        let Some(c) = self.conn_mut(id).filter(|c| c.probation_until.is_some()) else { return true };
+        match H::standing(&c.data) {
+            Standing::Unknown => true,
+            Standing::Peer => {
+                c.probation_until = None;
+                true
+            }
+            Standing::Client => {
+                warn!("closing client {:?}: {max} connections (--max-conns) are open", c.peer);
+                let reason = format!("too many connections: {max} are open (--max-conns)");
+                let reply = Message {
+                    header: Default::default(),
+                    body: super::codec::Body::error(super::codec::ErrorCode::Retry, reason),
+                };
+                self.send_and_close(id, &reply);
+                false
             }
         }
     }
@@ -560,17 +635,32 @@ impl<D, T> Reactor<D, T> {
     /// Closes the connections whose header line has been incomplete for
     /// longer than `header_timeout`; looks at most once a second, and only
     /// while some connection has a partial header.
-    fn close_slow_headers(&mut self) {
+    fn close_slow_headers<H: Handler<Data = D, Timer = T>>(&mut self) {
         let now = Instant::now();
         let headers = self.header_timeout.filter(|_| self.partial_headers);
-        if (headers.is_none() && !self.throttled && self.idle_timeout.is_none()) || now < self.next_header_check {
+        let idle = self.idle_timeout.is_some();
+        if (headers.is_none() && !self.throttled && !idle && !self.probation) || now < self.next_header_check {
             return;
         }
         self.next_header_check = now + HEADER_CHECK;
         let mut slow = Vec::new();
-        let (mut partial, mut throttled) = (false, false);
+        let (mut partial, mut throttled, mut probation) = (false, false, false);
         let out_limit = self.output_timeout;
-        for (key, c) in self.conns.iter() {
+        for (key, c) in self.conns.iter_mut() {
+            if let Some(until) = c.probation_until {
+                match H::standing(&c.data) {
+                    Standing::Peer => c.probation_until = None,
+                    _ if now >= until => {
+                        slow.push((
+                            key,
+                            c.peer,
+                            format!("not shown to be a peer within {PROBATION:?}, past --max-conns"),
+                        ));
+                        continue;
+                    }
+                    _ => probation = true,
+                }
+            }
             match (c.header_since(), headers) {
                 (Some(t), Some(limit)) if now.saturating_duration_since(t) > limit => {
                     slow.push((key, c.peer, format!("no whole header line within {limit:?}")));
@@ -596,6 +686,7 @@ impl<D, T> Reactor<D, T> {
         }
         self.partial_headers = partial;
         self.throttled = throttled;
+        self.probation = probation;
         for (key, peer, why) in slow {
             warn!("closing {peer:?}: {why}");
             let gen = self.gens.get(key).copied().unwrap_or(0);
@@ -758,6 +849,13 @@ impl<D, T> Io for Reactor<D, T> {
         self.rng.next_u64()
     }
 
+    fn secure_random(&mut self, buf: &mut [u8]) {
+        if let Err(e) = super::auth::os_random(buf) {
+            log::error!("getrandom failed: {e}");
+            std::process::exit(crate::cli::EX_OSERR);
+        }
+    }
+
     fn stop(&mut self) {
         Reactor::stop(self)
     }
@@ -804,7 +902,11 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
         let timeout = if rx.dirty.is_empty() && rx.to_close.is_empty() {
             let now = Instant::now();
             let mut t = rx.timers.next_timeout(now);
-            if (rx.partial_headers && rx.header_timeout.is_some()) || rx.throttled || rx.idle_timeout.is_some() {
+            if (rx.partial_headers && rx.header_timeout.is_some())
+                || rx.throttled
+                || rx.idle_timeout.is_some()
+                || rx.probation
+            {
                 t = Some(t.map_or(HEADER_CHECK, |t| t.min(HEADER_CHECK)));
             }
             if let Some(until) = rx.listener_paused_until {
@@ -830,7 +932,7 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
             rounds += 1;
             n = rx.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0);
         }
-        rx.close_slow_headers();
+        rx.close_slow_headers::<H>();
         rx.resume_listener();
         let handled = Instant::now();
         for timer in rx.timers.expired(handled) {

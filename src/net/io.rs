@@ -61,6 +61,10 @@ pub trait Io {
     fn wall_ms(&self) -> u64;
     /// A random number from the driver's seeded generator.
     fn random(&mut self) -> u64;
+    /// Fills `buf` with bytes nobody can predict, for the nonces of
+    /// [`super::auth`]: the kernel's generator in the real driver (it
+    /// aborts the process if that fails), the seeded one in the simulator.
+    fn secure_random(&mut self, buf: &mut [u8]);
     /// Ends the loop after this turn.
     fn stop(&mut self);
     /// The process cannot go on safely (a failed fsync): it ends now, before

@@ -16,7 +16,7 @@ use super::history::{History, Kind, Outcome};
 use super::host::Time;
 use super::net::{Event, Net, Proc};
 use crate::client;
-use crate::net::codec::{Body, Header, Message};
+use crate::net::codec::{Body, Entry, Header, Message};
 use crate::net::{ConnId, SplitMix};
 use crate::table::Table;
 
@@ -101,7 +101,14 @@ pub struct SimClient {
     next_token: u64,
     /// Scripted reads (the checker's final reads) instead of random ops.
     pub script: Vec<Vec<u8>>,
+    /// Draws when this client also plays an intruder (a stream of its own,
+    /// so the operations drawn are those of a seed without one).
+    intruder: SplitMix,
 }
+
+/// One attempt in this many is preceded by a forged STORE on the same
+/// connection, which has proved no key.
+const FORGE_ONE_IN: u64 = 16;
 
 impl SimClient {
     /// A client of the cluster whose manager is at `manager`.
@@ -124,7 +131,24 @@ impl SimClient {
             tokens: BTreeMap::new(),
             next_token: 0,
             script: Vec::new(),
+            intruder: SplitMix::new(seed ^ 0x696e_7472_7564_6572),
         }
+    }
+
+    /// Sends, as an intruder would, a STORE of `key` on the client's
+    /// connection to `node`: a repair copy of a value no client wrote,
+    /// versioned just ahead (so only the missing key stops it). The node
+    /// must answer ERROR AUTH, which the client ignores (it answers no
+    /// attempt); a node that took it would hold a value never written,
+    /// which the checker reports.
+    fn forge_store(&mut self, net: &mut Net, node: u32, key: &[u8]) {
+        let ms = super::WALL_BASE_MS + net.now / MS + 20;
+        let entry = Entry {
+            key: key.to_vec(),
+            version: crate::hlc::Version { ms, counter: 0, node },
+            value: Some(format!("forged-by-client{}", self.ix).into_bytes()),
+        };
+        self.send_to(net, Some(node), Body::Store { entry, hint_for: 0, repair: true });
     }
 
     fn me(&self) -> Proc {
@@ -363,7 +387,10 @@ impl SimClient {
             let why = "no node holds this key".to_string();
             return self.attempt_failed(net, why, true);
         };
-        let body = r.body.clone();
+        let (body, key) = (r.body.clone(), r.key.clone());
+        if self.intruder.below(FORGE_ONE_IN) == 0 {
+            self.forge_store(net, node, &key);
+        }
         let Some(req) = self.send_to(net, Some(node), body) else {
             return self.attempt_failed(net, format!("server{node} is not in the table"), true);
         };

@@ -240,6 +240,13 @@ impl<D, T> Io for HostIo<D, T> {
         self.rng.next_u64()
     }
 
+    fn secure_random(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let r = self.rng.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+    }
+
     fn stop(&mut self) {
         self.stopped = true;
     }
@@ -264,6 +271,13 @@ pub struct Host<H: Handler> {
     pub stalled_until: Time,
     /// Wake-ups scheduled and not yet run (one per time at most).
     pub wakes: std::collections::BTreeSet<Time>,
+}
+
+impl<H: Handler> Host<crate::net::Gate<H>> {
+    /// The role behind its gate, unless crashed or exited.
+    pub fn running(&self) -> Option<&H> {
+        self.role.as_ref().map(|g| &g.role)
+    }
 }
 
 impl<H: Handler> Host<H> {

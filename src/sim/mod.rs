@@ -37,7 +37,8 @@ use net::{Event, Net, NetConfig, Proc};
 use plan::{Fault, Plan};
 
 use crate::manager::{self, Manager};
-use crate::net::{ConnId, Handler, SplitMix};
+use crate::net::auth::{Key, Keys};
+use crate::net::{ConnId, Gate, Handler, SplitMix};
 use crate::storage::{self, Node};
 use crate::store::disk::{Disk, SimDisk};
 use crate::store::{FsyncPolicy, Store};
@@ -124,8 +125,8 @@ pub struct World {
     net: Net,
     base: Instant,
     root: PathBuf,
-    manager: Host<Manager>,
-    nodes: BTreeMap<u32, Host<Node>>,
+    manager: Host<Gate<Manager>>,
+    nodes: BTreeMap<u32, Host<Gate<Node>>>,
     clients: Vec<SimClient>,
     history: History,
     rng: SplitMix,
@@ -201,6 +202,7 @@ impl World {
             dead_after: Duration::from_secs(1),
             log_file: None,
             header_timeout: Duration::from_secs(10),
+            keys: self.keys(),
         }
     }
 
@@ -221,7 +223,16 @@ impl World {
             header_timeout: Duration::from_secs(10),
             max_output: crate::net::DEFAULT_MAX_OUTPUT,
             idle_timeout: Duration::ZERO,
+            keys: self.keys(),
         }
+    }
+
+    /// Every daemon shares one cluster key, made from the seed (no draw
+    /// from the schedule's generator): the key exchange runs on every
+    /// simulated connection as on real ones.
+    fn keys(&self) -> Keys {
+        let key = Key::from_bytes(&self.plan.seed.to_le_bytes().repeat(4)).unwrap_or_else(|e| unreachable!("{e}"));
+        Keys::daemon(Some(key), None)
     }
 
     /// The disk of `p`, with its data directory made as an operator makes
@@ -247,9 +258,10 @@ impl World {
         let cfg = self.manager_cfg();
         let disk = Rc::new(self.disk_of(Proc::Manager, &cfg.data_dir));
         match Manager::open_on(disk, cfg, self.manager.io_now()) {
-            Ok(mut m) => {
-                m.start(&mut self.manager.io);
-                self.manager.role = Some(m);
+            Ok(m) => {
+                let mut gate = Gate::new(m, self.keys());
+                gate.drive(&mut self.manager.io, |m, io| m.start(io));
+                self.manager.role = Some(gate);
                 self.net.listeners.insert(manager_addr(), Proc::Manager);
                 self.schedule_wake(Proc::Manager);
             }
@@ -277,10 +289,10 @@ impl World {
         };
         let skew = self.plan.skew_ms.get(&id).copied().unwrap_or(0);
         let mut io = HostIo::new(self.base, WALL_BASE_MS, now, skew, self.rng.next_u64());
-        let mut node = Node::new(cfg, store, hints, node_addr(id).to_string(), None);
-        node.start(&mut io);
+        let mut gate = Gate::new(Node::new(cfg, store, hints, node_addr(id).to_string(), None), self.keys());
+        gate.drive(&mut io, |node, io| node.start(io));
         let host = Host {
-            role: Some(node),
+            role: Some(gate),
             io,
             addr: node_addr(id),
             inbox: Default::default(),
@@ -767,7 +779,7 @@ impl World {
     /// cannot be judged.
     fn check_ack(&mut self, id: usize) {
         let Some(op) = self.history.ops.get(id) else { return };
-        let (Some(value), Some(m)) = (op.value.clone(), self.manager.role.as_ref()) else { return };
+        let (Some(value), Some(m)) = (op.value.clone(), self.manager.running()) else { return };
         let (key, w) = (op.key.clone(), m.table().write_quorum as usize);
         let sector = m.table().sector_of(&key);
         // A put that may legitimately win over this one: any not over
@@ -795,7 +807,7 @@ impl World {
                 .collect()
         };
         let running: Vec<(u32, Vec<Held>)> =
-            self.nodes.iter().filter_map(|(id, h)| Some((*id, copies(h.role.as_ref()?)))).collect();
+            self.nodes.iter().filter_map(|(id, h)| Some((*id, copies(h.running()?)))).collect();
         // A retried put may have been coordinated twice, under two versions
         // of the same value; the acknowledgement came from one of them, and
         // the put is durable once W nodes hold the older one or newer, or a
@@ -828,7 +840,7 @@ impl World {
     /// version or a newer one, in a store or in hints. Moves, hand-overs
     /// and hint deliveries only add copies before they drop one.
     fn check_still_held(&self) -> Vec<String> {
-        let Some(m) = self.manager.role.as_ref() else { return Vec::new() };
+        let Some(m) = self.manager.running() else { return Vec::new() };
         let (t, w) = (m.table(), m.table().write_quorum as usize);
         let mut bad = Vec::new();
         for &(id, version) in &self.acked {
@@ -839,7 +851,7 @@ impl World {
                 newer(node.store().get(sector, &op.key).ok().flatten())
                     || node.hints().sector_ids().into_iter().any(|h| newer(node.hints().get(h, &op.key).ok().flatten()))
             };
-            let held = self.nodes.values().filter_map(|h| h.role.as_ref()).filter(|n| holds(n)).count();
+            let held = self.nodes.values().filter_map(|h| h.running()).filter(|n| holds(n)).count();
             // A delete after the put, whose tombstone was reaped, leaves
             // nothing behind: that is the put superseded, not lost, if no
             // node holds a live newer value and rule (b) allows the absence.
@@ -850,7 +862,7 @@ impl World {
                     .flatten()
                     .is_some_and(|i| i.value.is_some() && i.version >= version)
             };
-            let reaped = !self.nodes.values().filter_map(|h| h.role.as_ref()).any(live)
+            let reaped = !self.nodes.values().filter_map(|h| h.running()).any(live)
                 && checker::check_copy(&self.history, &op.key, &checker::Copy::Absent, "reaped").is_none();
             if held < w && !reaped {
                 bad.push(format!(
@@ -867,7 +879,7 @@ impl World {
     /// node an up member, every leaver gone.
     fn check_membership(&self) -> Vec<String> {
         let mut bad = Vec::new();
-        let Some(m) = self.manager.role.as_ref() else {
+        let Some(m) = self.manager.running() else {
             return vec!["the manager is not up after healing".into()];
         };
         if let Some(p) = m.pending() {
@@ -923,7 +935,7 @@ impl World {
     /// agree, and each key's copy obeys the rules.
     fn check_replicas(&self) -> Vec<String> {
         let mut bad = Vec::new();
-        let Some(m) = self.manager.role.as_ref() else { return bad };
+        let Some(m) = self.manager.running() else { return bad };
         let t = m.table().clone();
         for s in 0..t.sectors() {
             let pref = t.preference(s);
@@ -932,7 +944,7 @@ impl World {
             }
             let mut copies = Vec::new();
             for &n in &pref {
-                match self.nodes.get(&n).and_then(|h| h.role.as_ref()) {
+                match self.nodes.get(&n).and_then(|h| h.running()) {
                     Some(node) if node.holds_synced(s) => copies.push((n, node.store().keys_with_versions(s))),
                     Some(_) => bad.push(format!("sector {s}: node {n} holds no complete copy")),
                     None => bad.push(format!("sector {s}: holder node {n} is not running")),
@@ -950,7 +962,7 @@ impl World {
             let key = format!("k{k}").into_bytes();
             let s = t.sector_of(&key);
             for n in t.preference(s) {
-                let Some(node) = self.nodes.get(&n).and_then(|h| h.role.as_ref()) else { continue };
+                let Some(node) = self.nodes.get(&n).and_then(|h| h.running()) else { continue };
                 let copy = match node.store().get(s, &key) {
                     Ok(Some(item)) => item.value.map_or(Copy::Absent, Copy::Value),
                     Ok(None) => Copy::Absent,

@@ -44,7 +44,7 @@ use crate::daemon::{reopen_log, Readiness};
 use crate::hlc::Clock;
 use crate::idmap::IdMap;
 use crate::net::codec::{error_reply, Body, ErrorCode, Header, Limits, Message};
-use crate::net::{self, ConnId, Handler, Io, Reactor};
+use crate::net::{self, ConnId, Gate, Guarded, Handler, Io, Reactor};
 use crate::store::{FsyncPolicy, Store};
 use crate::table::{NodeState, Table};
 
@@ -132,6 +132,8 @@ pub struct Config {
     /// A connection whose header line stays incomplete this long is closed
     /// (zero: never).
     pub header_timeout: Duration,
+    /// The keys its connections are checked against (`net::auth`).
+    pub keys: crate::net::auth::Keys,
     /// Replies queued on a connection past which it is not read until they
     /// drain below half (a peer past it counts as unreachable).
     pub max_output: usize,
@@ -682,7 +684,7 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         cfg.data_dir.display()
     );
     let limits = Limits { max_header: cfg.max_header, max_body: cfg.max_key + cfg.max_value + 256 };
-    let started = (|| -> net::Result<(Reactor<Link, Timer>, SocketAddr)> {
+    let started = (|| -> net::Result<(Reactor<Guarded<Link>, Timer>, SocketAddr)> {
         let mut rx = Reactor::new(limits)?;
         rx.max_conns = cfg.max_conns;
         rx.header_timeout = Some(cfg.header_timeout).filter(|t| !t.is_zero());
@@ -702,10 +704,12 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
     println!("listening on {bound}");
     let _ = std::io::stdout().flush();
     info!("node {} listening on {bound}", cfg.id);
-    let mut node = Node::new(cfg, store, hints, bound.to_string(), Some(ready));
-    node.start(&mut rx);
+    let keys = cfg.keys.clone();
+    let mut gate = Gate::new(Node::new(cfg, store, hints, bound.to_string(), Some(ready)), keys);
+    gate.drive(&mut rx, |node, io| node.start(io));
     let started_at = Instant::now();
-    net::run(&mut rx, &mut node).map_err(|e| Exit::new(EX_OSERR, format!("event loop: {e}")))?;
+    net::run(&mut rx, &mut gate).map_err(|e| Exit::new(EX_OSERR, format!("event loop: {e}")))?;
+    let node = &mut gate.role;
     if let Err(e) = node.store.sync_dirty() {
         error!("final sync failed: {e}");
     }

@@ -334,7 +334,8 @@ impl Cluster {
         run_timeout(self.cli_command(args), Some(input), CLI_TIMEOUT)
     }
 
-    fn cli_command(&self, args: &[&str]) -> Command {
+    /// The `gtstore` command [`Cluster::cli`] runs, to add environment or input to.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("gtstore"));
         cmd.arg("--manager").arg(self.manager_addr()).args(args);
         cmd
@@ -770,5 +771,22 @@ pub fn read_msg(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> gtstore::net:
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => panic!("no reply within {IO_TIMEOUT:?} ({e}); got {:?}", String::from_utf8_lossy(buf)),
         }
+    }
+}
+
+impl Cluster {
+    /// The cluster key `make start` made in RUN_DIR.
+    pub fn cluster_key(&self) -> gtstore::net::auth::Key {
+        gtstore::net::auth::Key::load(&self.run_dir.join("cluster.key")).expect("make start made RUN_DIR/cluster.key")
+    }
+
+    /// A raw connection to `addr` that has proved the cluster key, as a daemon's does: it may
+    /// send internal verbs.
+    pub fn connect_as_daemon(&self, addr: &str) -> std::net::TcpStream {
+        let s = connect(addr);
+        let kind = gtstore::net::auth::KeyKind::Cluster;
+        gtstore::client::authenticate(&s, kind, &self.cluster_key(), IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("proving the cluster key to {addr}: {e}"));
+        s
     }
 }
