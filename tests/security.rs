@@ -1,5 +1,6 @@
 //! What a process that reaches a daemon, or shares its host, can do to it (issue #11, SPEC §11):
-//! forged internal requests, files others can read, pidfiles through symbolic links.
+//! forged internal requests, files others can read, pidfiles through symbolic links, many idle
+//! connections.
 //!
 //! Each test starts its own cluster through the Makefile (or a daemon directly) and checks what a
 //! user would: the daemon's answer, `make status`, `gtstore --get`, the modes of the files.
@@ -528,4 +529,163 @@ fn clients_that_fill_max_conns_do_not_lock_out_a_joining_node() {
     println!("idle clients: {open} served, {closed} closed");
     assert!(open >= 4, "clients within the limit stay: {open} open, {closed} closed");
     assert!(closed >= 1, "clients past the limit are closed: {open} open, {closed} closed");
+}
+
+/// Raises this process's soft descriptor limit to at least `want` (up to the hard limit); the
+/// soft limit now in effect.
+fn raise_nofile(want: u64) -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0, "getrlimit");
+    if lim.rlim_cur < want {
+        let new = libc::rlimit { rlim_cur: want.min(lim.rlim_max), rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            lim.rlim_cur = new.rlim_cur;
+        }
+    }
+    lim.rlim_cur
+}
+
+/// The soft `Max open files` of process `pid`.
+fn nofile_of(pid: i32) -> u64 {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let soft = line.split_whitespace().nth(3).unwrap();
+    if soft == "unlimited" {
+        u64::MAX
+    } else {
+        soft.parse().unwrap()
+    }
+}
+
+/// Descriptors process `pid` has open.
+fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// `n` GETs of `key` through the client library, each timed; sorted.
+fn get_latencies(cl: &mut gtstore::client::Client, key: &[u8], n: usize) -> Vec<Duration> {
+    let mut lat: Vec<Duration> = (0..n)
+        .map(|i| {
+            let t0 = std::time::Instant::now();
+            let got = cl.get(key);
+            let took = t0.elapsed();
+            assert!(matches!(&got, Ok((v, _)) if v == b"near"), "GET {i}: {got:?}");
+            took
+        })
+        .collect();
+    lat.sort();
+    lat
+}
+
+/// Issue #11 item 6b (C10K): 10,000 idle connections held open to one node (`--max-conns 20000`)
+/// do not slow another client down: the median of 500 GETs through the client library stays
+/// under 1 ms, and the idle connections are all still open (and served) after.
+#[test]
+fn ten_thousand_idle_connections_leave_another_clients_gets_under_a_millisecond() {
+    const IDLE: usize = 10_000;
+    const GETS: usize = 500;
+    let have = raise_nofile(IDLE as u64 + 1_000);
+    if have < IDLE as u64 + 500 {
+        println!("skipped: this process may open only {have} descriptors (needs {})", IDLE + 500);
+        return;
+    }
+    let c = Cluster::start_with(30100, 1, 1, &[("NODE_FLAGS", "--max-conns 20000")]);
+    let pid = c.node_pid(1).expect("node 1 runs");
+    let node_limit = nofile_of(pid);
+    if node_limit < IDLE as u64 + 2_000 {
+        println!("skipped: the node may open only {node_limit} descriptors");
+        return;
+    }
+    assert_ok(&c.cli(&["--put", "c10k", "--val", "near"]));
+    // The node creates its sectors' files for a while after it starts (which slows its GETs):
+    // measured once its descriptors have settled.
+    let (mut used, mut same) = (fd_count(pid), 0);
+    while same < 3 {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = fd_count(pid);
+        same = if now == used { same + 1 } else { 0 };
+        used = now;
+    }
+    let mut cl =
+        gtstore::client::Client::connect(gtstore::client::Config { manager: c.manager_addr(), ..Default::default() })
+            .expect("client");
+    get_latencies(&mut cl, b"c10k", 50); // warm up: connections made, pages touched
+    let before = get_latencies(&mut cl, b"c10k", GETS);
+
+    // Opened in batches that the node accepts before the next: its accept queue holds 128 (the
+    // std listener's backlog), and a SYN past it is dropped and sent again only a second later.
+    let started = std::time::Instant::now();
+    let base = fd_count(pid);
+    let mut idle: Vec<TcpStream> = Vec::with_capacity(IDLE);
+    while idle.len() < IDLE {
+        for _ in 0..100.min(IDLE - idle.len()) {
+            idle.push(TcpStream::connect(c.node_addr(1)).unwrap_or_else(|e| panic!("idle {}: {e}", idle.len())));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fd_count(pid) < base + idle.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node accepted only {} of {}",
+                fd_count(pid) - base,
+                idle.len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    println!(
+        "{IDLE} idle connections open and accepted in {:?}; node has {} descriptors",
+        started.elapsed(),
+        fd_count(pid)
+    );
+
+    let during = get_latencies(&mut cl, b"c10k", GETS);
+    let pct = |l: &[Duration], p: usize| l[(l.len() * p / 100).min(l.len() - 1)];
+    for (what, l) in [("without idle connections", &before), ("with 10,000 idle connections", &during)] {
+        println!(
+            "GET {what}: median {:?}, p90 {:?}, p99 {:?}, max {:?}",
+            pct(l, 50),
+            pct(l, 90),
+            pct(l, 99),
+            l[l.len() - 1]
+        );
+    }
+    assert!(
+        pct(&during, 50) < Duration::from_millis(1),
+        "median GET {:?} with {IDLE} idle connections",
+        pct(&during, 50)
+    );
+
+    // Every idle connection is still open (a read would block, not end), and some are served.
+    let mut closed = Vec::new();
+    for (i, s) in idle.iter_mut().enumerate() {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 16];
+        if !matches!(s.read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock) {
+            closed.push(i);
+        }
+    }
+    assert!(
+        closed.is_empty(),
+        "{} idle connections were closed, e.g. {:?}",
+        closed.len(),
+        &closed[..closed.len().min(10)]
+    );
+    let mut buf = Vec::new();
+    for i in (0..IDLE).step_by(IDLE / 20) {
+        let s = &mut idle[i];
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let get = Message { header: Header { req: 1, ..Header::default() }, body: Body::Get { key: b"c10k".to_vec() } };
+        s.write_all(&to_bytes(&get)).unwrap();
+        buf.clear();
+        let m = read_msg(s, &mut buf);
+        assert!(matches!(&m.body, Body::Value { value, .. } if value == b"near"), "idle connection {i}: {m:?}");
+    }
+    assert!(
+        fd_count(pid) >= base + IDLE,
+        "the node holds {} descriptors, fewer than {IDLE} idle connections",
+        fd_count(pid)
+    );
 }
