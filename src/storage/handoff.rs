@@ -22,6 +22,9 @@ pub(super) enum BatchDone {
     /// A leaving node's sector reached its holders: nothing is dropped
     /// (the data stays on disk, as a last copy if the whole cluster stops).
     HandOver(u32),
+    /// The writes this node made since the wall ms given, in a sector it
+    /// holds, reached the other holders (see `Node::queue_spread`).
+    Spread(u32, u64),
 }
 
 /// Sends waiting for acknowledgements before a [`BatchDone`] step.
@@ -48,6 +51,9 @@ pub(super) struct Handoff {
     /// Orphaned sectors whose hand-over did not finish: tried again with
     /// the hints.
     pub(super) orphan_retry: crate::idmap::IdSet<u32>,
+    /// Spreads (`BatchDone::Spread`) a holder did not acknowledge: tried
+    /// again with the hints.
+    pub(super) spread_retry: IdMap<u32, u64>,
     /// A leaver's sectors and hint sets handed over (or with nobody to
     /// take them): done with.
     pub(super) handed: crate::idmap::IdSet<u32>,
@@ -61,6 +67,7 @@ impl Handoff {
             hints,
             batches: IdMap::default(),
             orphan_retry: Default::default(),
+            spread_retry: Default::default(),
             handed: Default::default(),
             hints_handed: Default::default(),
         }
@@ -114,6 +121,9 @@ impl Node {
                 self.push_orphan(rx, s);
             }
         }
+        for (s, from) in std::mem::take(&mut self.handoff.spread_retry) {
+            self.queue_spread(rx, s, from);
+        }
     }
 
     /// Sends the hints held for `target` to the live holders of each key.
@@ -134,12 +144,14 @@ impl Node {
         match done {
             BatchDone::DropSector(s) | BatchDone::HandOver(s) => super::sync::digest(&self.store.keys_with_versions(s)),
             BatchDone::DropHints(n) => super::sync::digest(&self.handoff.hints.keys_with_versions(n)),
+            // Nothing is dropped after a spread: writes arriving meanwhile do not matter.
+            BatchDone::Spread(..) => 0,
         }
     }
 
     /// Sends each entry to the live holders of its key (applying it here
     /// if this node is one) and runs `done` once all are acknowledged.
-    fn send_batch(&mut self, rx: &mut impl NodeIo, entries: Vec<Entry>, done: BatchDone) {
+    pub(super) fn send_batch(&mut self, rx: &mut impl NodeIo, entries: Vec<Entry>, done: BatchDone) {
         let Some(t) = self.table.clone() else { return };
         let id = self.next_id();
         let sent = self.digest_of(done);
@@ -199,8 +211,14 @@ impl Node {
                 // towards W: drop nothing; the next round sends them too.
                 info!("{done:?} not done: new writes arrived during the delivery; will deliver again");
             }
-            if let BatchDone::DropSector(s) = done {
-                self.handoff.orphan_retry.insert(s);
+            match done {
+                BatchDone::DropSector(s) => {
+                    self.handoff.orphan_retry.insert(s);
+                }
+                BatchDone::Spread(s, from) => {
+                    self.handoff.spread_retry.insert(s, from);
+                }
+                _ => {}
             }
             return;
         }
@@ -210,6 +228,7 @@ impl Node {
             info!("{done:?}: no live holder for some records; keeping them here");
         }
         let dropped = match done {
+            BatchDone::Spread(..) => Ok(()),
             BatchDone::HandOver(s) => {
                 self.handoff.handed.insert(s);
                 Ok(())

@@ -555,7 +555,10 @@ impl Handler for Node {
     fn on_message<X: NodeIo>(&mut self, rx: &mut X, conn: ConnId, msg: Message) {
         let link = rx.data(conn).copied().unwrap_or_default();
         match (link, msg.body) {
-            (Link::Manager, Body::TableMsg { table, pending, .. }) => self.on_tables(rx, table, pending),
+            (Link::Manager, Body::TableMsg { table, pending, .. }) => {
+                self.on_tables(rx, table, pending);
+                self.mover.manager_heard_ms = rx.wall_ms();
+            }
             (Link::Manager, Body::Error { reason, .. }) => match self.ready.take() {
                 Some(r) => {
                     let msg = format!("manager refused registration: {reason}");

@@ -10,8 +10,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use log::warn;
+
 use super::handoff::BatchDone;
 use super::{Node, NodeIo, Timer};
+use crate::idmap::IdMap;
+use crate::net::codec::Entry;
 
 /// Loop time spent handing orphaned sectors over per turn.
 const ORPHAN_BUDGET: Duration = Duration::from_millis(5);
@@ -23,6 +27,9 @@ const ORPHANS_PER_TURN: usize = 8;
 #[derive(Debug, Default)]
 pub(super) struct Orphans {
     queue: BTreeSet<u32>,
+    /// Held sectors whose writes made here since the given wall ms go to
+    /// the other holders (`Node::queue_spread`).
+    spread: IdMap<u32, u64>,
     /// A `Timer::Orphans` is armed.
     armed: bool,
 }
@@ -30,7 +37,7 @@ pub(super) struct Orphans {
 impl Orphans {
     /// True while sectors wait their turn.
     pub(super) fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && self.spread.is_empty()
     }
 }
 
@@ -45,11 +52,56 @@ impl Node {
         }
     }
 
+    /// Queues held sector `s`: the writes this node made since `from`
+    /// (wall ms) go to its other holders in the next turns.
+    pub(super) fn queue_spread(&mut self, rx: &mut impl NodeIo, s: u32, from: u64) {
+        let at = self.orphans.spread.entry(s).or_insert(from);
+        *at = (*at).min(from);
+        if !self.orphans.armed {
+            self.orphans.armed = true;
+            rx.add_timer(Duration::ZERO, Timer::Orphans);
+        }
+    }
+
+    /// Sends the writes of held sector `s` made here since `from` to the
+    /// sector's live holders; a batch not acknowledged by all is queued again.
+    fn spread_sector(&mut self, rx: &mut impl NodeIo, s: u32, from: u64) {
+        if !self.holds(s) || self.handoff.busy(BatchDone::Spread(s, from)) {
+            return;
+        }
+        let me = self.cfg.id;
+        let entries: Vec<Entry> = match self.store.scan(s) {
+            Ok(items) => items
+                .into_iter()
+                .filter(|(_, i)| i.version.node == me && i.version.ms >= from)
+                .map(|(key, i)| Entry { key, version: i.version, value: i.value })
+                .collect(),
+            Err(e) => {
+                warn!("cannot read sector {s} to send its recent writes to its holders: {e}");
+                return;
+            }
+        };
+        if !entries.is_empty() {
+            log::debug!("sector {s}: {} writes made here since {from} go to its other holders", entries.len());
+            self.send_batch(rx, entries, BatchDone::Spread(s, from));
+        }
+    }
+
     /// The orphan timer: hands a few queued sectors over, each only if it
-    /// is still here, still not held and not being handed over already.
+    /// is still here, still not held and not being handed over already;
+    /// then sends the recent writes of a few spread sectors.
     pub(super) fn push_some_orphans(&mut self, rx: &mut impl NodeIo) {
         self.orphans.armed = false;
         let started = rx.now();
+        for _ in 0..ORPHANS_PER_TURN {
+            if rx.now().saturating_duration_since(started) >= ORPHAN_BUDGET {
+                break;
+            }
+            let Some(s) = self.orphans.spread.keys().next().copied() else { break };
+            if let Some(from) = self.orphans.spread.remove(&s) {
+                self.spread_sector(rx, s, from);
+            }
+        }
         for _ in 0..ORPHANS_PER_TURN {
             if rx.now().saturating_duration_since(started) >= ORPHAN_BUDGET {
                 break;
@@ -64,7 +116,7 @@ impl Node {
                 self.push_orphan(rx, s);
             }
         }
-        if !self.orphans.queue.is_empty() {
+        if !self.orphans.is_empty() {
             self.orphans.armed = true;
             rx.add_timer(Duration::ZERO, Timer::Orphans);
         }

@@ -37,6 +37,11 @@ pub(super) const PULL_RETRY: Duration = Duration::from_millis(300);
 /// (the loss is logged), and the move must end. A stalled or cut-off holder
 /// comes back well within it.
 const FALLBACK_GIVE_UP: Duration = Duration::from_secs(30);
+/// Writes made this long before the last table from the manager count as
+/// possibly unseen by the holders that took over while this node was
+/// declared down (the manager waits `--dead-after-ms`, 1 s by default,
+/// before it moves anything; the margin covers that, skew and slow turns).
+const SPREAD_MARGIN_MS: u64 = 5_000;
 /// A pull whose sources sent nothing for this long is given up and retried.
 const PULL_STALL: Duration = Duration::from_secs(5);
 /// Loop time spent creating empty sectors per turn (see `create_some`).
@@ -72,6 +77,12 @@ pub(super) struct Mover {
     pub(super) reported_epoch: u64,
     /// The current table marked this node down.
     pub(super) was_down: bool,
+    /// Wall ms of the last table from the manager (`heard_from_manager`).
+    pub(super) manager_heard_ms: u64,
+    /// Set when this node finds itself declared down: writes it made
+    /// since then (wall ms) must reach its sectors' holders once it is up
+    /// again (see `spread_own_writes`).
+    pub(super) spread_from: Option<u64>,
     /// Sectors pulled from holders all marked down, since when (see
     /// `FALLBACK_GIVE_UP`).
     pub(super) fallback_since: IdMap<u32, Instant>,
@@ -166,10 +177,23 @@ impl Node {
             info!("declared down in table epoch {}: {} copies must catch up", table.epoch, self.mover.synced.len());
             self.mover.synced.clear();
         }
+        if down && self.mover.spread_from.is_none() {
+            // The writes this node coordinated with its stale table, while the
+            // manager could not hear it, went to the old holders only; the
+            // sectors' new holders had already pulled (the catch-up above
+            // only brings data here). Kept until it is up again.
+            let from = self.mover.manager_heard_ms.saturating_sub(SPREAD_MARGIN_MS);
+            self.mover.spread_from = Some(from);
+        }
         self.mover.was_down = down;
         let switched = self.pending.is_none() && old.is_some_and(|o| o.epoch != table.epoch);
         if first || switched {
             self.settle_unheld(rx);
+        }
+        if !down && self.pending.is_none() && self.is_up_in(&table) {
+            if let Some(from) = self.mover.spread_from.take() {
+                self.spread_own_writes(rx, &table, from);
+            }
         }
         if bugs::planted(Bug::DropBeforeSynced) && self.pending.is_some() {
             let keep: IdSet<u32> = self.wanted().into_iter().collect();
@@ -180,6 +204,17 @@ impl Node {
         self.repeat_synced(rx);
         self.start_pulls(rx);
         self.after_progress(rx);
+    }
+
+    /// Back up after being declared down: queues every sector this node
+    /// holds so that the writes it made since `from` (wall ms) are sent to
+    /// the sector's other holders (`Spread` batches, a few per turn).
+    fn spread_own_writes(&mut self, rx: &mut impl NodeIo, table: &Table, from: u64) {
+        let sectors = table.sectors_held_by(self.cfg.id);
+        info!("up again: sending the writes made here since {from} to the other holders of {} sectors", sectors.len());
+        for s in sectors {
+            self.queue_spread(rx, s, from);
+        }
     }
 
     /// Sectors on disk that this node holds under neither table: those it
