@@ -11,7 +11,13 @@ const SEEDS: std::ops::RangeInclusive<u64> = 1..=46;
 
 /// Seeds that once failed, each on a defect of issue #10, and pass since
 /// its fix. A change that breaks one brings that defect back.
-const REGRESSIONS: [(u64, &str); 21] = [
+const REGRESSIONS: [(u64, &str); 22] = [
+    (
+        1271,
+        "an acknowledged write lost to an older value: a node dropped a sector it had streamed away, crashed, and \
+           replayed the sector's records from its write-ahead log, so the sector came back with a value whose \
+           tombstone the others had reaped meanwhile; read repair then spread it",
+    ),
     (
         48,
         "tombstones went round for ever: a reaping round created them on members without the key, which had \

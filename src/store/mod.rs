@@ -84,6 +84,11 @@ pub struct Item {
 pub struct Store {
     disk: Rc<dyn Disk>,
     root: PathBuf,
+    /// A sector was dropped since the last `sync_drops`, which makes the
+    /// removal durable.
+    dropped: bool,
+    /// The newest WAL sequence number (see `wal::Frame::Seq`).
+    seq: u64,
     sectors: IdMap<u32, Sector>,
     policy: FsyncPolicy,
     /// The write-ahead log that makes group commit one fsync (not with `Never`).
@@ -132,6 +137,8 @@ impl Store {
         let mut store = Store {
             disk,
             root,
+            dropped: false,
+            seq: 0,
             sectors,
             policy,
             wal: None,
@@ -143,17 +150,33 @@ impl Store {
         };
         // Last-writer-wins makes the order of replay irrelevant.
         let mut wals = Vec::new();
+        let mut logs = Vec::new();
         for name in wal::WAL_FILES {
-            let (wal, frames) = Wal::open(&*store.disk, dir, name)?;
-            if !frames.is_empty() {
+            logs.push(Wal::open(&*store.disk, dir, name)?);
+        }
+        // Oldest first: a sector dropped in the newer file must not come
+        // back with records of the older one.
+        let mut order: Vec<usize> = (0..logs.len()).collect();
+        order.sort_by_key(|&i| wal::seq_of(&logs[i].1));
+        for i in order {
+            let (wal, frames) = &mut logs[i];
+            store.seq = store.seq.max(wal::seq_of(frames));
+            let frames = std::mem::take(frames);
+            if frames.len() > 1 {
                 ::log::info!("{}: {} records replayed", wal.path().display(), frames.len());
             }
             for (sector, rec) in frames {
-                store.sector_mut(sector)?.apply(&rec.key, rec.version, rec.value.as_deref())?;
-                store.unsynced.insert(sector);
+                match wal::Frame::of(sector, rec) {
+                    wal::Frame::Seq(_) => {}
+                    wal::Frame::Drop(s) => store.drop_sector(s)?,
+                    wal::Frame::Write(s, rec) => {
+                        store.sector_mut(s)?.apply(&rec.key, rec.version, rec.value.as_deref())?;
+                        store.unsynced.insert(s);
+                    }
+                }
             }
-            wals.push(wal);
         }
+        wals.extend(logs.into_iter().map(|(wal, _)| wal));
         // A new WAL's directory entry must be durable before its first
         // commit is: otherwise a power cut can take the file, and every
         // write acknowledged through it, away.
@@ -169,9 +192,20 @@ impl Store {
         Ok(store)
     }
 
+    /// Makes the removals of dropped sectors durable, before any WAL reset
+    /// can take their drop frames away: brought back by a crash, a sector
+    /// would hold values whose tombstones may have been reaped since.
+    fn sync_drops(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.dropped) && self.policy != FsyncPolicy::Never {
+            self.disk.sync_dir(&self.root)?;
+        }
+        Ok(())
+    }
+
     /// Syncs every sector not synced yet, then empties the WALs: their
     /// records are now safe in their sectors.
     pub fn checkpoint(&mut self) -> Result<()> {
+        self.sync_drops()?;
         let mut ids: Vec<u32> = self.unsynced.drain().collect();
         if let Some((old, pending)) = self.retiring.take() {
             ids.extend(pending);
@@ -184,7 +218,8 @@ impl Store {
             }
         }
         for w in [self.wal.as_mut(), self.spare.as_mut()].into_iter().flatten() {
-            w.reset()?;
+            self.seq += 1;
+            w.reset(self.seq)?;
         }
         Ok(())
     }
@@ -217,7 +252,8 @@ impl Store {
                 }
             }
             if let Some((mut old, _)) = self.retiring.take() {
-                old.reset()?;
+                self.seq += 1;
+                old.reset(self.seq)?;
                 self.spare = Some(old);
             }
             return Ok(());
@@ -339,6 +375,7 @@ impl Store {
     /// since the last call; checkpoints when the WAL has grown large.
     /// Returns whether anything was synced (always false for `Never`).
     pub fn sync_dirty(&mut self) -> Result<bool> {
+        self.sync_drops()?;
         let Some(wal) = self.wal.as_mut() else { return Ok(false) };
         let committed = wal.commit()?;
         self.checkpoint_step()?;
@@ -369,6 +406,11 @@ impl Store {
     /// treats it as an orphan and hands it over again, which last-writer-
     /// wins makes harmless.
     pub fn drop_sector(&mut self, sector: u32) -> Result<()> {
+        self.dropped = true;
+        if let Some(w) = self.wal.as_mut() {
+            // Committed with the turn: a replay drops the sector again.
+            w.append_drop(sector);
+        }
         self.unsynced.remove(&sector);
         self.to_compact.remove(&sector);
         if self.compacting == Some(sector) {
@@ -518,6 +560,44 @@ mod tests {
         }
         assert!("sometimes".parse::<FsyncPolicy>().is_err());
         assert_eq!(FsyncPolicy::default(), FsyncPolicy::Batch);
+    }
+
+    /// A dropped sector stays dropped through a crash once the turn is
+    /// synced: brought back, it would hold values whose tombstones the
+    /// cluster may have reaped since (simulator seed 1271).
+    #[test]
+    fn a_dropped_sector_does_not_come_back_after_a_crash() -> Result<()> {
+        use disk::SimDisk;
+        for seed in 0..8 {
+            let disk = SimDisk::new();
+            let dir = Path::new("/node/data");
+            disk.create_dir_all(dir)?;
+            disk.sync_dir(Path::new("/node"))?;
+            disk.sync_dir(Path::new("/"))?;
+            let mut store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Batch)?;
+            store.apply(3, b"k", v(1), Some(b"old"))?;
+            store.apply(3, b"gone", v(1), Some(b"old"))?;
+            store.apply(4, b"j", v(1), Some(b"kept"))?;
+            if seed % 2 == 0 {
+                store.sync_dirty()?;
+            }
+            if seed % 4 == 0 {
+                store.checkpoint()?;
+            }
+            // The records of sector 3 are in the WAL (but for seeds 0 and
+            // 4, in its files); the sector is dropped, then made again.
+            store.drop_sector(3)?;
+            store.apply(3, b"k", v(2), Some(b"new"))?;
+            store.sync_dirty()?;
+            disk.crash(seed);
+            drop(store);
+            let store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Batch)?;
+            assert_eq!(store.sector_ids(), vec![3, 4], "seed {seed}");
+            assert_eq!(value(&store, 3, b"k"), Some(b"new".to_vec()), "seed {seed}");
+            assert_eq!(store.get(3, b"gone")?, None, "seed {seed}: a dropped record came back");
+            assert_eq!(value(&store, 4, b"j"), Some(b"kept".to_vec()));
+        }
+        Ok(())
     }
 
     #[test]

@@ -11,7 +11,12 @@
 //! (last-writer-wins makes that idempotent).
 //!
 //! A frame is `sector u32 | !sector u32 | record` (big-endian); the record
-//! carries its own CRC (see [`super::record`]). A torn or corrupt tail (a
+//! carries its own CRC (see [`super::record`]). Two kinds of frame are not
+//! writes ([`Frame`]): each reset starts the file with a *sequence frame*
+//! (sector `u32::MAX`), so that a replay takes the two files oldest first;
+//! and dropping a sector appends a *drop frame* (an empty key, version
+//! zero, no value: no write has version zero), so that a replay after a
+//! crash drops the sector again instead of bringing its records back. A torn or corrupt tail (a
 //! bad frame with no good frame after it) is cut at the last whole frame
 //! and reported; a bad frame with good frames after it cannot be a torn
 //! tail, so the log is not cut there and opening fails with
@@ -29,6 +34,41 @@ use super::{Error, Result};
 /// The two WAL files inside the store directory: one takes writes while
 /// the other, full, is retired by syncing its sectors a few at a time.
 pub const WAL_FILES: [&str; 2] = ["wal-0.log", "wal-1.log"];
+
+/// The sector id of a sequence frame (sectors are numbered below 65,536).
+pub const SEQ_SECTOR: u32 = u32::MAX;
+
+/// What a frame means to a replay.
+#[derive(Debug)]
+pub enum Frame {
+    /// The file's sequence number since its last reset: the higher was reset later.
+    Seq(u64),
+    /// The sector was dropped: its earlier records are not to be replayed.
+    Drop(u32),
+    /// A write to a sector.
+    Write(u32, Record),
+}
+
+impl Frame {
+    /// The meaning of a frame read back.
+    pub fn of(sector: u32, rec: Record) -> Frame {
+        let marker = rec.key.is_empty() && rec.value.is_none();
+        match (sector, rec.version) {
+            (SEQ_SECTOR, v) if marker && v.counter == 0 && v.node == 0 => Frame::Seq(v.ms),
+            (s, v) if marker && v == Version::default() => Frame::Drop(s),
+            (s, _) => Frame::Write(s, rec),
+        }
+    }
+}
+
+/// The sequence number of a WAL's frames (0 if it starts with none: empty,
+/// or written by a build before sequence frames).
+pub fn seq_of(frames: &[(u32, Record)]) -> u64 {
+    match frames.first() {
+        Some((SEQ_SECTOR, r)) if r.key.is_empty() && r.value.is_none() && r.version.node == 0 => r.version.ms,
+        _ => 0,
+    }
+}
 
 /// The end of a WAL at one moment (see [`Wal::mark`]).
 #[derive(Clone, Copy, Debug)]
@@ -53,6 +93,8 @@ pub struct Wal {
     /// The file was created by this open: its directory entry is not
     /// durable until the directory is synced.
     created: bool,
+    /// Bytes of the sequence frame the file starts with (0 if none).
+    base: u64,
 }
 
 impl Wal {
@@ -89,7 +131,8 @@ impl Wal {
             file.set_len(good)?;
             file.sync_data()?;
         }
-        Ok((Wal { file, path, buf: Vec::new(), unsynced: false, len: good, created }, frames))
+        let base = if seq_of(&frames) > 0 { (8 + record::encoded_len(0, None)) as u64 } else { 0 };
+        Ok((Wal { file, path, buf: Vec::new(), unsynced: false, len: good, created, base: base.min(good) }, frames))
     }
 
     /// Appends one write to the buffer (nothing reaches the disk yet).
@@ -97,6 +140,11 @@ impl Wal {
         self.buf.extend_from_slice(&sector.to_be_bytes());
         self.buf.extend_from_slice(&(!sector).to_be_bytes());
         record::encode_parts(key, value, version, &mut self.buf);
+    }
+
+    /// Appends a drop frame for `sector` (see [`Frame::Drop`]).
+    pub fn append_drop(&mut self, sector: u32) {
+        self.append(sector, b"", None, Version::default());
     }
 
     /// Appends one write already encoded as a record (see [`super::record`]).
@@ -165,15 +213,23 @@ impl Wal {
 
     /// True when nothing is committed since the last reset.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len == self.base
     }
 
-    /// Empties the log once its records are safe in their sectors.
-    pub fn reset(&mut self) -> Result<()> {
+    /// Empties the log once its records are safe in their sectors, and
+    /// starts it again with the sequence frame `seq` (higher than any
+    /// before: see [`Frame::Seq`]).
+    pub fn reset(&mut self, seq: u64) -> Result<()> {
         self.commit()?;
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&SEQ_SECTOR.to_be_bytes());
+        frame.extend_from_slice(&(!SEQ_SECTOR).to_be_bytes());
+        record::encode_parts(b"", None, Version { ms: seq, counter: 0, node: 0 }, &mut frame);
         self.file.set_len(0)?;
+        self.file.write_at(&frame, 0)?;
         self.file.sync_data()?;
-        self.len = 0;
+        self.len = frame.len() as u64;
+        self.base = self.len;
         Ok(())
     }
 
@@ -279,9 +335,11 @@ mod tests {
         std::fs::write(&path, &bytes)?;
         let (mut wal, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
         assert_eq!(frames.len(), 3);
-        wal.reset()?;
+        wal.reset(7)?;
         assert!(wal.is_empty());
-        assert!(Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?.1.is_empty());
+        let (_, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
+        assert_eq!(frames.len(), 1, "only the sequence frame");
+        assert_eq!(seq_of(&frames), 7);
         Ok(())
     }
 
