@@ -20,8 +20,9 @@ CARGO_FUZZ_FLAGS=${CARGO_FUZZ_FLAGS:---sanitizer none}
 secs=$1
 shift
 
+# Every target at once (cargo fuzz builds one or all); `run` then finds them built.
 # shellcheck disable=SC2086 # the flags are words
-$CARGO fuzz build $CARGO_FUZZ_FLAGS "$@"
+$CARGO fuzz build $CARGO_FUZZ_FLAGS
 passed=0
 failed=0
 for t in "$@"; do
