@@ -187,3 +187,25 @@ bench-redis: build
 
 bench-scale: build
 	@$(BENCH_ENV) SCALE_KEYS=$(SCALE_KEYS) scripts/bench-scale.sh
+
+# ----- fuzzing (README "Fuzzing"): coverage-guided, cargo-fuzz on the stable toolchain -----
+#
+#   make fuzz [FUZZ_S=60] [FUZZ_TARGETS=...]   every target FUZZ_S seconds, one after another
+#   make fuzz-short                             every target FUZZ_SHORT_S seconds (.ci/run)
+#
+# Installs cargo-fuzz if missing. Targets are in fuzz/fuzz_targets/, seeds in fuzz/corpus/<target>/,
+# inputs that once failed in fuzz/regressions/<target>/; scripts/fuzz.sh says what a run does.
+FUZZ_S       = 60
+FUZZ_SHORT_S = 10
+FUZZ_TARGETS = codec record wal hints manager_state
+
+.PHONY: fuzz fuzz-short cargo-fuzz
+
+cargo-fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+
+fuzz: cargo-fuzz
+	@CARGO="$(CARGO)" scripts/fuzz.sh $(FUZZ_S) $(FUZZ_TARGETS)
+
+fuzz-short: cargo-fuzz
+	@CARGO="$(CARGO)" scripts/fuzz.sh $(FUZZ_SHORT_S) $(FUZZ_TARGETS)

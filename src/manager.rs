@@ -546,7 +546,7 @@ impl Handler for Manager {
     }
 }
 
-/// Encodes the state as a TABLE message whose client field is the next client id.
+/// Writes the state file durably.
 fn save_state(
     disk: &dyn Disk,
     dir: &std::path::Path,
@@ -554,14 +554,22 @@ fn save_state(
     pending: Option<&Table>,
     next_client: u64,
 ) -> std::io::Result<()> {
-    let header = Header { client: next_client, ..Header::default() };
-    let body = Body::TableMsg { table: table.clone(), pending: pending.cloned(), contact: 0 };
-    disk::write_file_durably(disk, dir, STATE_FILE, &codec::to_bytes(&Message { header, body }))
+    disk::write_file_durably(disk, dir, STATE_FILE, &encode_state(table, pending, next_client))
 }
 
-type State = (Table, Option<Table>, u64);
+/// The bytes of a state file: a TABLE message whose client field is the next client id.
+pub fn encode_state(table: &Table, pending: Option<&Table>, next_client: u64) -> Vec<u8> {
+    let header = Header { client: next_client, ..Header::default() };
+    let body = Body::TableMsg { table: table.clone(), pending: pending.cloned(), contact: 0 };
+    codec::to_bytes(&Message { header, body })
+}
 
-fn load_state(bytes: &[u8]) -> Result<State, String> {
+/// A loaded state file: the current table, the pending one, the next client id.
+pub type State = (Table, Option<Table>, u64);
+
+/// Decodes the bytes of a state file (as [`Manager::open`] does, and the
+/// fuzz target `manager_state`): exactly one TABLE message, nothing after it.
+pub fn load_state(bytes: &[u8]) -> Result<State, String> {
     let limits = Limits { max_header: 128, max_body: bytes.len() };
     match codec::check(bytes, &limits) {
         Ok(Some(n)) if n == bytes.len() => {}

@@ -197,6 +197,10 @@ impl Header {
     }
 }
 
+/// The body buffer allocated before any of the body is read; a longer
+/// body grows it as it arrives.
+const BODY_PRESIZE: usize = 64 * 1024;
+
 /// Reads one record from `r`. I/O errors other than a short read are
 /// returned; a short read is `Torn` (or `End` if nothing was read).
 pub fn read_record<R: Read>(r: &mut R) -> io::Result<Decoded> {
@@ -210,9 +214,14 @@ pub fn read_record<R: Read>(r: &mut R) -> io::Result<Decoded> {
         Ok(h) => h,
         Err(why) => return Ok(Decoded::Corrupt(why)),
     };
-    // Both lengths are capped by `parse`, so this allocation is bounded.
-    let mut body = vec![0u8; header.body_len()];
-    if read_full(r, &mut body)? < body.len() {
+    // Both lengths are capped by `parse`, and the body grows only as bytes
+    // arrive: a header that claims more than the data holds (a torn record,
+    // or a damaged WAL scanned for a good frame at every offset) costs what
+    // the data holds, not a zeroed buffer of the claimed length.
+    let want = header.body_len();
+    let mut body = Vec::with_capacity(want.min(BODY_PRESIZE));
+    r.take(want as u64).read_to_end(&mut body)?;
+    if body.len() < want {
         return Ok(Decoded::Torn);
     }
     Ok(header.finish(&raw, body))
@@ -332,6 +341,16 @@ mod tests {
         assert_eq!(decode(&raw_header(0, 1, u32::MAX)), Decoded::Corrupt("value length over the limit"));
         assert_eq!(decode(&raw_header(0, MAX_KEY as u32 + 1, 0)), Decoded::Corrupt("key length over the limit"));
         assert_eq!(decode(&raw_header(0, 0, MAX_VALUE as u32 + 1)), Decoded::Corrupt("value length over the limit"));
+    }
+
+    #[test]
+    fn a_header_claiming_more_than_the_data_holds_is_torn() {
+        // Found by the record fuzz target: the body was a zeroed buffer of
+        // the claimed length (up to 16 MiB per candidate frame in a WAL
+        // scan); now it holds only the bytes that exist.
+        let mut bytes = raw_header(0, 1, MAX_VALUE as u32);
+        bytes.extend_from_slice(b"abc");
+        assert_eq!(decode(&bytes), Decoded::Torn);
     }
 
     #[test]
