@@ -46,6 +46,11 @@ pub struct HostConn<D> {
     pub out: VecDeque<(Message, bool)>,
     /// Close once the queued output has gone.
     pub close_after_flush: bool,
+    /// Bytes handed to the network on this connection that the other end
+    /// has not handled yet (in flight, held by a partition, or waiting in a
+    /// stalled peer's inbox): the socket buffers of a real connection,
+    /// which `Io::pending_output` reports with the queued output.
+    pub unread: usize,
 }
 
 /// What arrives at a host from the network, in arrival order.
@@ -91,6 +96,9 @@ pub struct HostIo<D, T> {
     pub stopped: bool,
     /// The role aborted (a failed fsync): the process dies now.
     pub aborted: Option<String>,
+    /// Bytes of messages handled this turn, by link: the world takes them
+    /// off the sender's `HostConn::unread`.
+    pub consumed: Vec<(u64, usize)>,
 }
 
 impl<D, T> HostIo<D, T> {
@@ -111,6 +119,7 @@ impl<D, T> HostIo<D, T> {
             dirty: Vec::new(),
             stopped: false,
             aborted: None,
+            consumed: Vec::new(),
         }
     }
 
@@ -126,7 +135,7 @@ impl<D, T> HostIo<D, T> {
     pub fn insert(&mut self, data: D, link: u64, state: ConnState) -> ConnId {
         let id = self.reserve();
         let (key, gen) = id.parts();
-        let conn = HostConn { data, link, state, out: VecDeque::new(), close_after_flush: false };
+        let conn = HostConn { data, link, state, out: VecDeque::new(), close_after_flush: false, unread: 0 };
         self.conns.insert(key, (gen, conn));
         id
     }
@@ -240,6 +249,14 @@ impl<D, T> Io for HostIo<D, T> {
         self.rng.next_u64()
     }
 
+    fn pending_output(&self, id: ConnId) -> usize {
+        let (key, gen) = id.parts();
+        self.conns
+            .get(&key)
+            .filter(|(g, _)| *g == gen)
+            .map_or(0, |(_, c)| c.unread + c.out.iter().map(|(m, _)| crate::net::codec::encoded_len(m)).sum::<usize>())
+    }
+
     fn secure_random(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
             let r = self.rng.next_u64().to_le_bytes();
@@ -294,8 +311,14 @@ impl<H: Handler> Host<H> {
                 Input::Accept { conn, link, peer } => {
                     let data = role.accepted(Some(peer));
                     let (key, gen) = conn.parts();
-                    let c =
-                        HostConn { data, link, state: ConnState::Open, out: VecDeque::new(), close_after_flush: false };
+                    let c = HostConn {
+                        data,
+                        link,
+                        state: ConnState::Open,
+                        out: VecDeque::new(),
+                        close_after_flush: false,
+                        unread: 0,
+                    };
                     io.conns.insert(key, (gen, c));
                 }
                 Input::Connected(id) => {
@@ -310,6 +333,9 @@ impl<H: Handler> Host<H> {
                     }
                 }
                 Input::Msg(id, msg) => {
+                    if let Some(link) = io.conn_mut(id).map(|c| c.link) {
+                        io.consumed.push((link, crate::net::codec::encoded_len(&msg)));
+                    }
                     if io.conn_mut(id).is_some_and(|c| c.state == ConnState::Open) {
                         if log::log_enabled!(log::Level::Debug) {
                             let mut body = format!("{:?}", msg.body);

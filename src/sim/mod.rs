@@ -221,7 +221,10 @@ impl World {
             log_file: None,
             tombstone_grace: Duration::from_micros(self.plan.tombstone_grace),
             header_timeout: Duration::from_secs(10),
-            max_output: crate::net::DEFAULT_MAX_OUTPUT,
+            // Small (a sixteenth of the daemons' floor): the seeds' light load leaves at
+            // most about 8 KB unread on a connection to a stalled peer (measured over 20
+            // seeds), so that some pass it and the node treats the peer as unreachable.
+            max_output: 4 * 1024,
             idle_timeout: Duration::ZERO,
             keys: self.keys(),
         }
@@ -449,6 +452,28 @@ impl World {
         }
     }
 
+    /// What `p` handled this turn no longer counts as unread output of
+    /// the other end of its links (see `HostConn::unread`).
+    fn credit_senders(&mut self, p: Proc) {
+        let consumed = match p {
+            Proc::Manager => std::mem::take(&mut self.manager.io.consumed),
+            Proc::Node(id) => self.nodes.get_mut(&id).map(|h| std::mem::take(&mut h.io.consumed)).unwrap_or_default(),
+            Proc::Client(_) => Vec::new(),
+        };
+        for (link, n) in consumed {
+            let Some(l) = self.net.links.get(&link) else { continue };
+            let Some(&(sender, Some(conn))) = l.ends.iter().find(|(q, _)| *q != p) else { continue };
+            let unread = match sender {
+                Proc::Manager => self.manager.io.conn_mut(conn).map(|c| &mut c.unread),
+                Proc::Node(id) => self.nodes.get_mut(&id).and_then(|h| h.io.conn_mut(conn)).map(|c| &mut c.unread),
+                Proc::Client(_) => None,
+            };
+            if let Some(unread) = unread {
+                *unread = unread.saturating_sub(n);
+            }
+        }
+    }
+
     fn wake(&mut self, p: Proc) {
         let now = self.net.now;
         set_current(now, p);
@@ -460,6 +485,7 @@ impl World {
             },
             Proc::Client(_) => TurnEnd::Idle,
         };
+        self.credit_senders(p);
         for broken in crate::invariant::take() {
             self.aborted.push(format!("invariant broken in {p} at {}: {broken}", checker::ms(now)));
         }
@@ -692,6 +718,7 @@ fn flush<H: Handler>(host: &mut Host<H>, me: Proc, net: &mut Net, early_only: bo
         let Some(c) = host.io.conn_mut(id) else { continue };
         let link = c.link;
         for m in msgs {
+            c.unread += crate::net::codec::encoded_len(&m);
             net.send(me, id, link, m);
         }
         if !early_only && c.close_after_flush && c.out.is_empty() && c.state == ConnState::Open {

@@ -356,7 +356,12 @@ impl Node {
             if rx.is_open(id) {
                 // A peer that does not read what it is sent is treated as
                 // unreachable for new requests until it catches up.
-                return (rx.pending_output(id) <= self.cfg.max_output).then_some(id);
+                let backlog = rx.pending_output(id);
+                if backlog > self.cfg.max_output {
+                    log::debug!("peer {node}: {backlog} bytes not read; unreachable until it catches up");
+                    return None;
+                }
+                return Some(id);
             }
         }
         if self.links.backing_off(node, rx.now()) {
