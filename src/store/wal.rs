@@ -38,6 +38,11 @@ pub const WAL_FILES: [&str; 2] = ["wal-0.log", "wal-1.log"];
 /// The sector id of a sequence frame (sectors are numbered below 65,536).
 pub const SEQ_SECTOR: u32 = u32::MAX;
 
+/// Bytes of a sequence frame: what a WAL holds right after a reset.
+pub fn seq_frame_len() -> u64 {
+    (8 + record::encoded_len(0, None)) as u64
+}
+
 /// What a frame means to a replay.
 #[derive(Debug)]
 pub enum Frame {
@@ -131,7 +136,7 @@ impl Wal {
             file.set_len(good)?;
             file.sync_data()?;
         }
-        let base = if seq_of(&frames) > 0 { (8 + record::encoded_len(0, None)) as u64 } else { 0 };
+        let base = if seq_of(&frames) > 0 { seq_frame_len() } else { 0 };
         Ok((Wal { file, path, buf: Vec::new(), unsynced: false, len: good, created, base: base.min(good) }, frames))
     }
 
