@@ -360,6 +360,14 @@ fn partitions(tag: &str) -> Option<Report> {
             tally.failed.load(Ordering::Relaxed)
         )
     };
+    // Waits for the cluster to heal after `node`'s cut, then a second more.
+    let heal = |node: u16| {
+        let took = wait_healthy(&client_ns, HEAL_TIMEOUT)
+            .unwrap_or_else(|last| panic!("not healed {HEAL_TIMEOUT:?} after server{node}'s cut:\n{last}"));
+        progress(&format!("healed after {took:?}"));
+        thread::sleep(Duration::from_secs(1));
+        took
+    };
     let mut heal_times = Vec::new();
     let acked: Vec<Vec<(u64, Duration)>> = thread::scope(|s| {
         let handles: Vec<_> = (0..WRITERS)
@@ -377,11 +385,7 @@ fn partitions(tag: &str) -> Option<Report> {
         thread::sleep(CUT_FOR);
         net.port(&a, true);
         progress(&format!("server{NODE_A}'s port up again"));
-        let took = wait_healthy(&client_ns, HEAL_TIMEOUT)
-            .unwrap_or_else(|last| panic!("not healed {HEAL_TIMEOUT:?} after server{NODE_A}'s cut:\n{last}"));
-        heal_times.push(took);
-        progress(&format!("healed after {took:?}"));
-        thread::sleep(Duration::from_secs(1));
+        heal_times.push(heal(NODE_A));
 
         progress(&format!("cutting server{NODE_B} off from the manager: blackhole routes both ways"));
         let (b_ns, b_ip) = (&node_ns[usize::from(NODE_B) - 1], format!("{SUBNET}.{}/32", node_host(NODE_B)));
@@ -392,11 +396,7 @@ fn partitions(tag: &str) -> Option<Report> {
         ip_ok(&["-n", b_ns, "route", "del", "blackhole", &m_ip]);
         ip_ok(&["-n", &manager_ns, "route", "del", "blackhole", &b_ip]);
         progress(&format!("server{NODE_B}'s routes to the manager back"));
-        let took = wait_healthy(&client_ns, HEAL_TIMEOUT)
-            .unwrap_or_else(|last| panic!("not healed {HEAL_TIMEOUT:?} after server{NODE_B}'s cut:\n{last}"));
-        heal_times.push(took);
-        progress(&format!("healed after {took:?}"));
-        thread::sleep(Duration::from_secs(1));
+        heal_times.push(heal(NODE_B));
         drop(guard);
         handles.into_iter().map(|h| h.join().expect("writer thread")).collect()
     });

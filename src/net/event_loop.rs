@@ -609,11 +609,7 @@ impl<D, T> Reactor<D, T> {
             Standing::Client => {
                 warn!("closing client {:?}: {max} connections (--max-conns) are open", c.peer);
                 let reason = format!("too many connections: {max} are open (--max-conns)");
-                let reply = Message {
-                    header: Default::default(),
-                    body: super::codec::Body::error(super::codec::ErrorCode::Retry, reason),
-                };
-                self.send_and_close(id, &reply);
+                self.send_and_close(id, &super::codec::error_reply(0, super::codec::ErrorCode::Retry, &reason));
                 false
             }
         }

@@ -567,14 +567,8 @@ mod tests {
     /// cluster may have reaped since (simulator seed 1271).
     #[test]
     fn a_dropped_sector_does_not_come_back_after_a_crash() -> Result<()> {
-        use disk::SimDisk;
         for seed in 0..8 {
-            let disk = SimDisk::new();
-            let dir = Path::new("/node/data");
-            disk.create_dir_all(dir)?;
-            disk.sync_dir(Path::new("/node"))?;
-            disk.sync_dir(Path::new("/"))?;
-            let mut store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Batch)?;
+            let (disk, dir, mut store) = store_on_sim_disk()?;
             store.apply(3, b"k", v(1), Some(b"old"))?;
             store.apply(3, b"gone", v(1), Some(b"old"))?;
             store.apply(4, b"j", v(1), Some(b"kept"))?;
@@ -806,19 +800,25 @@ mod tests {
         Ok(all)
     }
 
+    /// A store on a new simulated disk, in `/node/data`, made as an
+    /// operator makes it (its directories durable before the first start).
+    fn store_on_sim_disk() -> Result<(disk::SimDisk, &'static Path, Store)> {
+        let disk = disk::SimDisk::new();
+        let dir = Path::new("/node/data");
+        disk.create_dir_all(dir)?;
+        disk.sync_dir(Path::new("/node"))?;
+        disk.sync_dir(Path::new("/"))?;
+        let store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Batch)?;
+        Ok((disk, dir, store))
+    }
+
     /// Runs one crash on a simulated disk: `synced` turns of writes made
     /// durable by group commit, then a turn that is not synced (`reach_files`:
     /// written out to the files, large enough to leave the sector buffers).
     /// Returns the store's contents before the unsynced turn, the unsynced
     /// writes, and the contents after the crash and reopen.
     fn crash_once(seed: u64, reach_files: bool) -> Result<(Contents, Writes, Contents)> {
-        use disk::SimDisk;
-        let disk = SimDisk::new();
-        let dir = Path::new("/node/data");
-        disk.create_dir_all(dir)?;
-        disk.sync_dir(Path::new("/node"))?;
-        disk.sync_dir(Path::new("/"))?;
-        let mut store = Store::open_on(Rc::new(disk.clone()), dir, FsyncPolicy::Batch)?;
+        let (disk, dir, mut store) = store_on_sim_disk()?;
         let value = |i: u64, len: usize| vec![b'a' + (i % 26) as u8; len];
         let mut ms = 0;
         for turn in 0..3u64 {

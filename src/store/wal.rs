@@ -57,22 +57,34 @@ pub enum Frame {
 impl Frame {
     /// The meaning of a frame read back.
     pub fn of(sector: u32, rec: Record) -> Frame {
-        let marker = rec.key.is_empty() && rec.value.is_none();
-        match (sector, rec.version) {
-            (SEQ_SECTOR, v) if marker && v.counter == 0 && v.node == 0 => Frame::Seq(v.ms),
-            (s, v) if marker && v == Version::default() => Frame::Drop(s),
-            (s, _) => Frame::Write(s, rec),
+        if let Some(seq) = seq_in(sector, &rec) {
+            return Frame::Seq(seq);
         }
+        if rec.key.is_empty() && rec.value.is_none() && rec.version == Version::default() {
+            return Frame::Drop(sector);
+        }
+        Frame::Write(sector, rec)
     }
+}
+
+/// The sequence number a frame carries, if it is a sequence frame.
+fn seq_in(sector: u32, rec: &Record) -> Option<u64> {
+    let v = rec.version;
+    let marker = sector == SEQ_SECTOR && rec.key.is_empty() && rec.value.is_none();
+    (marker && v.counter == 0 && v.node == 0).then_some(v.ms)
 }
 
 /// The sequence number of a WAL's frames (0 if it starts with none: empty,
 /// or written by a build before sequence frames).
 pub fn seq_of(frames: &[(u32, Record)]) -> u64 {
-    match frames.first() {
-        Some((SEQ_SECTOR, r)) if r.key.is_empty() && r.value.is_none() && r.version.node == 0 => r.version.ms,
-        _ => 0,
-    }
+    frames.first().and_then(|(sector, rec)| seq_in(*sector, rec)).unwrap_or(0)
+}
+
+/// Appends one frame: the sector twice (plain, then inverted) and the record.
+fn push_frame(out: &mut Vec<u8>, sector: u32, key: &[u8], value: Option<&[u8]>, version: Version) {
+    out.extend_from_slice(&sector.to_be_bytes());
+    out.extend_from_slice(&(!sector).to_be_bytes());
+    record::encode_parts(key, value, version, out);
 }
 
 /// The end of a WAL at one moment (see [`Wal::mark`]).
@@ -142,9 +154,7 @@ impl Wal {
 
     /// Appends one write to the buffer (nothing reaches the disk yet).
     pub fn append(&mut self, sector: u32, key: &[u8], value: Option<&[u8]>, version: Version) {
-        self.buf.extend_from_slice(&sector.to_be_bytes());
-        self.buf.extend_from_slice(&(!sector).to_be_bytes());
-        record::encode_parts(key, value, version, &mut self.buf);
+        push_frame(&mut self.buf, sector, key, value, version);
     }
 
     /// Appends a drop frame for `sector` (see [`Frame::Drop`]).
@@ -227,9 +237,7 @@ impl Wal {
     pub fn reset(&mut self, seq: u64) -> Result<()> {
         self.commit()?;
         let mut frame = Vec::new();
-        frame.extend_from_slice(&SEQ_SECTOR.to_be_bytes());
-        frame.extend_from_slice(&(!SEQ_SECTOR).to_be_bytes());
-        record::encode_parts(b"", None, Version { ms: seq, counter: 0, node: 0 }, &mut frame);
+        push_frame(&mut frame, SEQ_SECTOR, b"", None, Version { ms: seq, counter: 0, node: 0 });
         self.file.set_len(0)?;
         self.file.write_at(&frame, 0)?;
         self.file.sync_data()?;
