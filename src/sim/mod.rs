@@ -36,6 +36,7 @@ use host::{ConnState, Host, HostIo, Input, Time};
 use net::{Event, Net, NetConfig, Proc};
 use plan::{Fault, Plan};
 
+use crate::hlc::Version;
 use crate::manager::{self, Manager};
 use crate::net::auth::{Key, Keys};
 use crate::net::{ConnId, Gate, Handler, SplitMix};
@@ -221,10 +222,11 @@ impl World {
             log_file: None,
             tombstone_grace: Duration::from_micros(self.plan.tombstone_grace),
             header_timeout: Duration::from_secs(10),
-            // Small (a sixteenth of the daemons' floor): the seeds' light load leaves at
-            // most about 8 KB unread on a connection to a stalled peer (measured over 20
-            // seeds), so that some pass it and the node treats the peer as unreachable.
-            max_output: 4 * 1024,
+            // Small on half the seeds (a sixteenth of the daemons' floor): the seeds'
+            // light load leaves at most about 8 KB unread on a connection to a stalled
+            // peer (measured over 20 seeds), so that some pass it and the node treats
+            // the peer as unreachable. Never reached on the others (see Plan).
+            max_output: self.plan.max_output,
             idle_timeout: Duration::ZERO,
             keys: self.keys(),
         }
@@ -791,6 +793,7 @@ impl World {
         }
         failures.extend(self.check_membership());
         failures.extend(self.check_still_held());
+        failures.extend(self.check_every_replica());
         failures.extend(self.final_reads(settle_at));
         failures.extend(checker::check_reads(&self.history));
         failures.extend(self.check_replicas());
@@ -895,6 +898,44 @@ impl World {
                 bad.push(format!(
                     "{}: version {version} (or newer) held by {held} running nodes after healing, W={w}",
                     checker::describe(op)
+                ));
+            }
+        }
+        bad.truncate(5);
+        bad
+    }
+
+    /// (e) After healing (before the final reads, whose repairs would hide
+    /// it), every replica of an acknowledged put holds its version or a
+    /// newer one: hints, moves and spreads leave no replica short of it.
+    fn check_every_replica(&self) -> Vec<String> {
+        let Some(m) = self.manager.running() else { return Vec::new() };
+        let t = m.table();
+        let mut bad = Vec::new();
+        for &(id, version) in &self.acked {
+            let Some(op) = self.history.ops.get(id) else { continue };
+            let sector = t.sector_of(&op.key);
+            let copy_of = |node: &Node| node.store().get(sector, &op.key).ok().flatten().map(|i| i.version);
+            let running: Vec<(u32, Option<Version>)> = t
+                .preference(sector)
+                .into_iter()
+                .filter_map(|n| Some((n, copy_of(self.nodes.get(&n)?.running()?))))
+                .collect();
+            // A delete after the put whose tombstone was reaped leaves no
+            // copy anywhere (see check_still_held).
+            let reaped = running.iter().all(|(_, v)| v.is_none())
+                && checker::check_copy(&self.history, &op.key, &checker::Copy::Absent, "reaped").is_none();
+            let short: Vec<String> = running
+                .iter()
+                .filter(|(_, v)| v.is_none_or(|v| v < version))
+                .map(|(n, v)| format!("node{n} {}", v.map_or("none".into(), |v| v.to_string())))
+                .collect();
+            if !short.is_empty() && !reaped {
+                bad.push(format!(
+                    "{}: version {version} missing after healing on {} (replicas {:?})",
+                    checker::describe(op),
+                    short.join(", "),
+                    t.preference(sector)
                 ));
             }
         }

@@ -5,7 +5,11 @@
 //! before the previous one on the same link), while different links have
 //! independent latencies, so messages on different connections reorder.
 //! A partition holds a direction's messages (TCP retransmits) until it
-//! heals; a connect across it fails after a connect timeout. A reset drops
+//! heals, and then until the sender's next retransmission: its timeout
+//! doubles from about 200 ms while the partition lasts, so a link cut off
+//! for seconds stays silent for up to as long again after the heal, and
+//! what is sent on it meanwhile waits behind (see `Net::heal`). A connect
+//! across a partition fails after a connect timeout. A reset drops
 //! what is in flight and tells both ends. Everything is decided by the
 //! network's seeded generator, and events at equal times run in the order
 //! they were scheduled, so a seed replays exactly.
@@ -70,6 +74,9 @@ pub struct Link {
     last: [Time; 2],
     /// Messages held by a partition, per direction.
     held: [Vec<Message>; 2],
+    /// When the first held message of each direction was sent: its
+    /// retransmission timer started then.
+    held_since: [Time; 2],
     /// Closed by one side: nothing more is sent on it.
     closing: bool,
 }
@@ -103,7 +110,17 @@ pub struct Net {
     pub blocked: BTreeSet<(Proc, Proc)>,
     /// Events run so far.
     pub steps: u64,
+    /// Draws the retransmission timeouts, apart from `rng` so that seeds
+    /// without held messages at a heal keep their schedules.
+    rto_rng: SplitMix,
 }
+
+/// Linux's smallest retransmission timeout (µs), about what a loopback or
+/// LAN link has; each seed's links draw theirs up to `RTO_SPREAD` above.
+const RTO_MIN: Time = 200_000;
+const RTO_SPREAD: Time = 100_000;
+/// Linux's largest retransmission timeout (µs).
+const RTO_MAX: Time = 120_000_000;
 
 impl Net {
     /// An empty network.
@@ -120,6 +137,7 @@ impl Net {
             listeners: BTreeMap::new(),
             blocked: BTreeSet::new(),
             steps: 0,
+            rto_rng: SplitMix::new(seed ^ 0x5254_4f5f_4241_434b),
         }
     }
 
@@ -171,6 +189,7 @@ impl Net {
                         ends: [(from, Some(conn)), (to, None)],
                         last: [0; 2],
                         held: Default::default(),
+                        held_since: [0; 2],
                         closing: false,
                     },
                 );
@@ -217,6 +236,9 @@ impl Net {
         let dir = Self::dir(l, from, conn);
         let to = l.ends[1 - dir].0;
         if self.blocked.contains(&(from, to)) {
+            if l.held[dir].is_empty() {
+                l.held_since[dir] = now;
+            }
             l.held[dir].push(msg);
             return;
         }
@@ -289,17 +311,21 @@ impl Net {
         self.blocked.insert((from, to));
     }
 
-    /// Ends every partition and releases the held messages, in order.
+    /// Ends every partition and releases the held messages, in order, at
+    /// the sender's next retransmission (see `next_retransmission`); what
+    /// is sent on the link before then arrives after them (FIFO).
     pub fn heal(&mut self) {
         self.blocked.clear();
         let ids: Vec<u64> = self.links.keys().copied().collect();
         for id in ids {
             for dir in 0..2 {
                 let lat = self.latency();
+                let rto = RTO_MIN + self.rto_rng.below(RTO_SPREAD + 1);
                 let now = self.now;
                 let Some(l) = self.links.get_mut(&id) else { continue };
                 let held = std::mem::take(&mut l.held[dir]);
-                let mut t = (now + lat).max(l.last[dir]);
+                let resend = if held.is_empty() { now } else { next_retransmission(l.held_since[dir], rto, now) };
+                let mut t = (resend + lat).max(l.last[dir]);
                 let mut due = Vec::new();
                 for msg in held {
                     due.push((t, msg));
@@ -321,4 +347,16 @@ impl Net {
         let n = self.rng.below(self.links.len() as u64) as usize;
         self.links.keys().nth(n).copied()
     }
+}
+
+/// When a sender whose segment went unacknowledged from `since` (its first
+/// timeout `rto`, doubling up to `RTO_MAX`) next retransmits, at `now` or
+/// later.
+fn next_retransmission(since: Time, rto: Time, now: Time) -> Time {
+    let (mut at, mut rto) = (since + rto, rto);
+    while at < now {
+        rto = (rto * 2).min(RTO_MAX);
+        at += rto;
+    }
+    at
 }

@@ -119,6 +119,12 @@ pub struct Plan {
     /// The nodes' tombstone grace (`--tombstone-grace`): short, so that
     /// tombstones are reaped while faults run.
     pub tombstone_grace: Time,
+    /// The nodes' `--max-output`: small on half the seeds, so that a
+    /// stalled peer's backlog passes it and the peer counts as unreachable;
+    /// too large to be reached on the others, as on real nodes at this load
+    /// (the kernel's socket buffers take what a silent peer does not read),
+    /// so that requests queue on a silent link until their ops time out.
+    pub max_output: usize,
 }
 
 impl Plan {
@@ -162,6 +168,8 @@ impl Plan {
             // Drawn apart from the rest, so a seed's schedule is what it was
             // before tombstones were reaped.
             tombstone_grace: SEC + SplitMix::new(seed ^ 0x7047_5241_4345).below(7 * SEC),
+            // Drawn apart from the rest too.
+            max_output: [4 << 10, 16 << 20][SplitMix::new(seed ^ 0x4d41_584f_5554).below(2) as usize],
         };
         plan.draw_faults(&mut r, window);
         plan
@@ -257,7 +265,8 @@ impl Plan {
     /// One line: the shape and the mix.
     pub fn summary(&self) -> String {
         format!(
-            "{} nodes, N={}, Q={}, {} clients, {} keys, faults {:?}, {} scheduled, heal at {}, tombstone grace {}",
+            "{} nodes, N={}, Q={}, {} clients, {} keys, faults {:?}, {} scheduled, heal at {}, tombstone grace {}, \
+             max output {} KiB",
             self.nodes,
             self.rep,
             self.sectors,
@@ -266,7 +275,8 @@ impl Plan {
             self.kinds,
             self.faults.len(),
             super::checker::ms(self.heal_at),
-            super::checker::ms(self.tombstone_grace)
+            super::checker::ms(self.tombstone_grace),
+            self.max_output >> 10
         )
     }
 }
