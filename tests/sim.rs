@@ -9,9 +9,15 @@ use gtstore::sim;
 /// Seeds run on every `make test`; each runs a whole cluster under faults.
 const SEEDS: std::ops::RangeInclusive<u64> = 1..=46;
 
-/// Seeds that once failed, each on a defect of issue #10, and pass since
+/// Seeds that once failed, each on a defect of issue #10 or #11, and pass since
 /// its fix. A change that breaks one brings that defect back.
-const REGRESSIONS: [(u64, &str); 22] = [
+const REGRESSIONS: [(u64, &str); 23] = [
+    (
+        1686,
+        "a replica missed acknowledged writes for good: it stalled while the manager was down, the \
+           coordinators' ops timed out on it with W copies elsewhere, and their STOREs were refused as late \
+           when it resumed (issue #11 item 6e; netns: the same after a cut, behind TCP's retransmission backoff)",
+    ),
     (
         1271,
         "an acknowledged write lost to an older value: a node dropped a sector it had streamed away, crashed, and \

@@ -2,7 +2,7 @@
 //! read repair, sloppy quorum with hinted handoff, and the replica side of
 //! STORE and FETCH.
 
-use log::{error, info};
+use log::{error, info, warn};
 
 use std::time::Instant;
 
@@ -48,6 +48,9 @@ pub(super) struct Op {
     entry: Option<Entry>,
     /// Nodes asked so far (the preference list, then stand-ins).
     tried: Vec<u32>,
+    /// Each stand-in asked, and the replica of the preference list it
+    /// holds the write for.
+    stood_in: Vec<(u32, u32)>,
     /// The request ids sent to peers for this op (to forget at its end).
     pub(super) reqs: Vec<u64>,
     /// When the op gives up waiting (swept every `OP_SWEEP`).
@@ -181,6 +184,7 @@ impl Node {
             answers: Vec::new(),
             entry: None,
             tried: Vec::new(),
+            stood_in: Vec::new(),
             reqs: Vec::new(),
             deadline,
             turn: self.coord.turn,
@@ -263,13 +267,17 @@ impl Node {
 
     /// Sloppy quorum: a replica `down` could not take a write, so the next
     /// live node in ring order outside the preference list takes it with a
-    /// hint naming `down`; its acknowledgement counts towards W.
+    /// hint naming `down`; its acknowledgement counts towards W. A stand-in
+    /// that fails is replaced by the next one, for the same replica.
     fn hand_to_stand_in(&mut self, rx: &mut impl NodeIo, op_id: u64, down: u32) {
-        let stand_in = match (self.coord.ops.get(&op_id), &self.table) {
-            (Some(op), Some(t)) => t.ring_from(op.sector).into_iter().find(|n| {
-                !op.tried.contains(n) && t.member(*n).is_some_and(|m| m.state == crate::table::NodeState::Up)
-            }),
-            _ => None,
+        let (stand_in, down) = match (self.coord.ops.get(&op_id), &self.table) {
+            (Some(op), Some(t)) => (
+                t.ring_from(op.sector).into_iter().find(|n| {
+                    !op.tried.contains(n) && t.member(*n).is_some_and(|m| m.state == crate::table::NodeState::Up)
+                }),
+                op.stood_in.iter().find(|&&(s, _)| s == down).map_or(down, |&(_, replica)| replica),
+            ),
+            _ => (None, down),
         };
         let entry = self.coord.ops.get(&op_id).and_then(|op| op.entry.clone());
         let (Some(node), Some(entry)) = (stand_in, entry) else {
@@ -277,10 +285,35 @@ impl Node {
         };
         if let Some(op) = self.coord.ops.get_mut(&op_id) {
             op.tried.push(node);
+            op.stood_in.push((node, down));
         }
         info!("node {down} unreachable: node {node} holds the write with a hint");
         if !self.ask_peer(rx, node, op_id, Body::Store { entry, hint_for: down, repair: false }) {
             self.hand_to_stand_in(rx, op_id, node);
+        }
+    }
+
+    /// A write that ends with replicas that did not acknowledge it, neither
+    /// themselves nor through a stand-in (the op timed out, or a refusal
+    /// found no stand-in), leaves a hint here for each: a STORE that reaches
+    /// one after the op is over is refused as late (see `handle_store`),
+    /// and the hint is delivered once the replica is up (`deliver_hints`).
+    /// Only while this write is still the copy here: a newer one brings its
+    /// own copies, and a tombstone reaped since must not come back.
+    fn hint_unacknowledged(&mut self, op: &Op) {
+        let Some(entry) = &op.entry else { return };
+        let acked = |n: u32| op.answers.iter().any(|&(a, _)| a == n);
+        let covered = |n: u32| acked(n) || op.stood_in.iter().any(|&(s, replica)| replica == n && acked(s));
+        let preference = &op.tried[..op.asked.min(op.tried.len())];
+        let missing: Vec<u32> = preference.iter().copied().filter(|&n| n != self.cfg.id && !covered(n)).collect();
+        if missing.is_empty() || self.store.version_of(op.sector, &entry.key) != Some(entry.version) {
+            return;
+        }
+        for n in missing {
+            log::debug!("node {n} did not acknowledge a write of sector {}: a hint is kept here", op.sector);
+            if let Err(e) = self.handoff.hints.apply(n, &entry.key, entry.version, entry.value.as_deref()) {
+                warn!("cannot keep a hint for node {n}: {e}");
+            }
         }
     }
 
@@ -432,8 +465,10 @@ impl Node {
         let Some(op) = self.coord.ops.remove(&op_id) else {
             return;
         };
-        if let (OpKind::Read, Some(newest)) = (&op.kind, &op.newest) {
-            self.read_repair(rx, &op, newest.clone());
+        match (&op.kind, &op.newest) {
+            (OpKind::Read, Some(newest)) => self.read_repair(rx, &op, newest.clone()),
+            (OpKind::Write, _) => self.hint_unacknowledged(&op),
+            _ => {}
         }
     }
 
