@@ -489,7 +489,7 @@ impl Handler for Manager {
     type Data = Peer;
     type Timer = Timer;
 
-    fn accepted(&mut self, _peer: Option<SocketAddr>) -> Peer {
+    fn accepted(&mut self, _peer: Option<SocketAddr>, _framing: crate::net::Framing) -> Peer {
         Peer::default()
     }
 

@@ -430,7 +430,7 @@ impl Handler for Engine<'_> {
     type Data = Link;
     type Timer = Timer;
 
-    fn accepted(&mut self, _peer: Option<SocketAddr>) -> Link {
+    fn accepted(&mut self, _peer: Option<SocketAddr>, _framing: crate::net::Framing) -> Link {
         // The bench has no listener; this is never called.
         Link { client: usize::MAX, node: usize::MAX }
     }

@@ -196,6 +196,7 @@ impl Keys {
             VerbClass::Handshake => true,
             VerbClass::Internal => self.cluster.is_none() || proved == Some(KeyKind::Cluster),
             VerbClass::Client => self.client.is_none() || proved.is_some(),
+            VerbClass::Frontend => true,
         }
     }
 }
@@ -209,6 +210,10 @@ pub enum VerbClass {
     Client,
     /// Everything between daemons, replies included.
     Internal,
+    /// A RESP command or an HTTP request, on a port of its own framing: it
+    /// can carry no internal verb, and the RESP front end asks for the
+    /// client key itself (`AUTH`), as Redis does.
+    Frontend,
 }
 
 impl VerbClass {
@@ -225,6 +230,7 @@ impl VerbClass {
             | Body::Hello
             | Body::GetTable
             | Body::Unknown(_) => VerbClass::Client,
+            Body::Resp(_) | Body::Http(_) | Body::Raw(_) => VerbClass::Frontend,
             _ => VerbClass::Internal,
         }
     }

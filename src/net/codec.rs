@@ -276,6 +276,13 @@ pub enum Body {
     Prove { proof: Proof },
     /// A verb this build does not know; answered with an error.
     Unknown(String),
+    // The other framings (see `frame`): never on the native wire.
+    /// A RESP2 request or reply (the `--resp-listen` port, `gtstore-bench --resp`).
+    Resp(super::resp::Value),
+    /// An HTTP request head (the `--metrics-listen` port).
+    Http(super::http::Request),
+    /// Bytes written as they are (an HTTP reply).
+    Raw(Vec<u8>),
 }
 
 /// A whole message: header fields and payload.
@@ -323,6 +330,9 @@ impl Body {
             Body::Challenge { .. } => "CHALLENGE",
             Body::Prove { .. } => "PROVE",
             Body::Unknown(v) => v,
+            Body::Resp(_) => "RESP",
+            Body::Http(_) => "HTTP",
+            Body::Raw(_) => "RAW",
         }
     }
 }
@@ -739,6 +749,8 @@ fn write_body<S: Sink>(body: &Body, s: &mut S) {
         }
         Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => s.bytes(key),
         Body::StatsReq | Body::Ok | Body::Hello | Body::GetTable | Body::Leave | Body::Unknown(_) => {}
+        // Written by their own framing (`frame::encode`), never natively.
+        Body::Resp(_) | Body::Http(_) | Body::Raw(_) => {}
         Body::Value { value, version } => {
             s.version(version);
             s.bytes(value);

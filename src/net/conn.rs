@@ -8,8 +8,9 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use super::codec::{self, Limits, Message};
+use super::codec::{Limits, Message};
 use super::error::{Error, Result};
+use super::frame::{self, Framing};
 
 /// Bytes asked for per `read` call.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -78,6 +79,8 @@ pub struct Conn<D> {
     /// This side connected: what it reads are replies to its own requests,
     /// so it is never throttled (the role bounds what it asks instead).
     pub outbound: bool,
+    /// The protocol it speaks (its listener's, or its role's choice).
+    pub framing: Framing,
 }
 
 impl<D> Conn<D> {
@@ -102,6 +105,7 @@ impl<D> Conn<D> {
             outbound: false,
             probation_until: None,
             active_at: std::time::Instant::now(),
+            framing: Framing::Native,
         }
     }
 
@@ -146,7 +150,7 @@ impl<D> Conn<D> {
 
     /// Queues `msg` for sending.
     pub fn queue(&mut self, msg: &Message) {
-        codec::encode(msg, &mut self.outbuf);
+        frame::encode(self.framing, msg, &mut self.outbuf);
     }
 
     /// Queues raw, already encoded bytes.
@@ -186,7 +190,7 @@ impl<D> Conn<D> {
 
     /// Cuts the next complete message from the input, if there is one.
     pub fn next_message(&mut self, limits: &Limits) -> Result<Option<Message>> {
-        match codec::decode(&self.inbuf[self.in_pos..], limits)? {
+        match frame::decode(self.framing, &self.inbuf[self.in_pos..], limits)? {
             None => Ok(None),
             Some((msg, len)) => {
                 self.in_pos += len;
@@ -239,7 +243,7 @@ impl<D> Conn<D> {
     /// if everything queued before it may be too; returns whether it may.
     pub fn queue_early(&mut self, msg: &Message) -> bool {
         let early = self.early_end == self.outbuf.len();
-        codec::encode(msg, &mut self.outbuf);
+        frame::encode(self.framing, msg, &mut self.outbuf);
         if early {
             self.early_end = self.outbuf.len();
         }
@@ -311,7 +315,7 @@ mod tests {
         let n = peer.read(&mut buf).unwrap_or(0);
         let mut reqs = Vec::new();
         let mut at = 0;
-        while let Ok(Some((msg, len))) = codec::decode(&buf[at..n], &Limits::default()) {
+        while let Ok(Some((msg, len))) = crate::net::codec::decode(&buf[at..n], &Limits::default()) {
             reqs.push(msg.header.req);
             at += len;
         }

@@ -15,6 +15,10 @@ pub enum Error {
     PeerReset,
     /// The peer sent more than a connection may buffer.
     BufferLimit,
+    /// A RESP connection's peer sent something that is not RESP2.
+    Resp(super::resp::RespError),
+    /// A metrics connection's peer sent something that is not HTTP/1.x.
+    Http(super::http::HttpError),
 }
 
 impl std::fmt::Display for Error {
@@ -25,6 +29,8 @@ impl std::fmt::Display for Error {
             Error::Decode(e) => write!(f, "protocol error: {e}"),
             Error::PeerReset => write!(f, "connection reset by peer"),
             Error::BufferLimit => write!(f, "input buffer limit exceeded"),
+            Error::Resp(e) => write!(f, "Protocol error: {e}"),
+            Error::Http(e) => write!(f, "bad HTTP request: {e}"),
         }
     }
 }

@@ -37,14 +37,17 @@ use slab::Slab;
 use super::codec::{Limits, Message};
 use super::conn::{Conn, ConnState, ReadOutcome, READ_CHUNK};
 use super::error::{Error, Result};
+use super::frame::Framing;
 use super::io::{Io, SplitMix};
 use super::timer::{TimerId, Timers};
 use super::turns::TurnWatch;
 
-/// Epoll token of the listening socket.
-const LISTENER: u64 = 0;
 /// Epoll token of the signalfd.
 const SIGNALS: u64 = 1;
+/// Epoll tokens of the listening sockets: this one plus their index.
+const FIRST_LISTENER: u64 = 2;
+/// Most listeners a loop has (native, RESP, metrics, and room to spare).
+const MAX_LISTENERS: usize = 8;
 /// Connection tokens start here (slab key + FIRST_CONN in the low 32 bits).
 const FIRST_CONN: u64 = 16;
 /// The default of [`Reactor::reserved_conns`].
@@ -107,8 +110,8 @@ pub trait Handler {
     /// The role's timer type.
     type Timer;
 
-    /// Data for a connection accepted on the listener.
-    fn accepted(&mut self, peer: Option<SocketAddr>) -> Self::Data;
+    /// Data for a connection accepted on a listener of `framing`.
+    fn accepted(&mut self, peer: Option<SocketAddr>, framing: Framing) -> Self::Data;
     /// One complete message arrived on `id`.
     fn on_message<X: Io<Data = Self::Data, Timer = Self::Timer>>(&mut self, io: &mut X, id: ConnId, msg: Message);
     /// A timer is due.
@@ -152,7 +155,8 @@ pub enum Standing {
 /// The loop's state: epoll, listener, signals, timers and connections.
 pub struct Reactor<D, T = u64> {
     epoll: Epoll,
-    listener: Option<TcpListener>,
+    /// The listening sockets, each with the framing its connections speak.
+    listeners: Vec<(TcpListener, Framing)>,
     signals: Option<SignalFd>,
     conns: Slab<Conn<D>>,
     /// Generation of each slab key, bumped when the key is reused.
@@ -199,7 +203,7 @@ pub struct Reactor<D, T = u64> {
     partial_headers: bool,
     /// When connections are next checked against `header_timeout`.
     next_header_check: Instant,
-    /// The listener is out of epoll until then (descriptors ran out).
+    /// The listeners are out of epoll until then (descriptors ran out).
     listener_paused_until: Option<Instant>,
     /// Output queued on one connection past which it is no longer read
     /// (backpressure: a client that sends requests but does not read the
@@ -223,7 +227,7 @@ impl<D, T> Reactor<D, T> {
     pub fn new(limits: Limits) -> Result<Reactor<D, T>> {
         Ok(Reactor {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-            listener: None,
+            listeners: Vec::new(),
             signals: None,
             conns: Slab::new(),
             gens: Vec::new(),
@@ -253,8 +257,18 @@ impl<D, T> Reactor<D, T> {
         })
     }
 
-    /// Binds `addr` and accepts connections on it; returns the bound address.
+    /// Binds `addr` and accepts connections of the native protocol on it;
+    /// returns the bound address.
     pub fn listen(&mut self, addr: SocketAddr) -> Result<SocketAddr> {
+        self.listen_framed(addr, Framing::Native)
+    }
+
+    /// Binds `addr` and accepts connections that speak `framing` on it
+    /// (RESP, HTTP); returns the bound address.
+    pub fn listen_framed(&mut self, addr: SocketAddr, framing: Framing) -> Result<SocketAddr> {
+        if self.listeners.len() >= MAX_LISTENERS {
+            return Err(Error::Io(std::io::Error::other("too many listeners")));
+        }
         let l = TcpListener::bind(addr)?;
         // std listens with a backlog of 128: a burst of connects past it
         // loses SYNs, and each waits a second for its retransmission.
@@ -264,9 +278,10 @@ impl<D, T> Reactor<D, T> {
             return Err(Error::Sys(Errno::last()));
         }
         l.set_nonblocking(true)?;
-        self.epoll.add(l.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+        let token = FIRST_LISTENER + self.listeners.len() as u64;
+        self.epoll.add(l.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))?;
         let bound = l.local_addr()?;
-        self.listener = Some(l);
+        self.listeners.push((l, framing));
         Ok(bound)
     }
 
@@ -293,6 +308,11 @@ impl<D, T> Reactor<D, T> {
     /// Starts a nonblocking connect to `addr`; `Handler::on_connected` or
     /// `Handler::on_closed` reports how it ended.
     pub fn connect(&mut self, addr: SocketAddr, data: D) -> Result<ConnId> {
+        self.connect_framed(addr, data, Framing::Native)
+    }
+
+    /// [`Reactor::connect`] for a connection that speaks `framing`.
+    pub fn connect_framed(&mut self, addr: SocketAddr, data: D, framing: Framing) -> Result<ConnId> {
         let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
         let fd: OwnedFd = socket::socket(family, SockType::Stream, flags, None)?;
@@ -305,6 +325,7 @@ impl<D, T> Reactor<D, T> {
         let mut conn = Conn::new(sock, ConnState::Connecting, data);
         conn.peer = Some(addr);
         conn.outbound = true;
+        conn.framing = framing;
         self.insert(conn)
     }
 
@@ -403,13 +424,14 @@ impl<D, T> Reactor<D, T> {
         Ok(id)
     }
 
-    fn accept_all<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H) {
+    fn accept_all<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H, index: usize) {
         loop {
-            let Some(l) = self.listener.as_ref() else {
+            let Some((l, framing)) = self.listeners.get(index) else {
                 return;
             };
+            let framing = *framing;
             match l.accept() {
-                Ok((sock, peer)) => self.admit(h, sock, peer),
+                Ok((sock, peer)) => self.admit(h, sock, peer, framing),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e)
@@ -417,9 +439,9 @@ impl<D, T> Reactor<D, T> {
                 {
                     // Out of descriptors or memory: the listener stays
                     // readable, so a level-triggered loop would spin on it.
-                    // It is taken out of epoll for a while instead.
+                    // The listeners are taken out of epoll for a while instead.
                     warn!("accept failed: {e}; not accepting for {ACCEPT_PAUSE:?}");
-                    self.pause_listener();
+                    self.pause_listeners();
                     return;
                 }
                 Err(e) => {
@@ -430,27 +452,41 @@ impl<D, T> Reactor<D, T> {
         }
     }
 
-    /// Stops watching the listener until `ACCEPT_PAUSE` from now.
-    fn pause_listener(&mut self) {
-        let Some(l) = self.listener.as_ref() else { return };
-        if let Err(e) = self.epoll.modify(l.as_fd(), &mut EpollEvent::new(EpollFlags::empty(), LISTENER)) {
-            warn!("cannot pause the listener: {e}");
+    /// Sets every listener's epoll interest to `flags`.
+    fn watch_listeners(&mut self, flags: EpollFlags) -> Result<()> {
+        for (i, (l, _)) in self.listeners.iter().enumerate() {
+            self.epoll.modify(l.as_fd(), &mut EpollEvent::new(flags, FIRST_LISTENER + i as u64))?;
+        }
+        Ok(())
+    }
+
+    /// Stops watching the listeners until `ACCEPT_PAUSE` from now.
+    fn pause_listeners(&mut self) {
+        if let Err(e) = self.watch_listeners(EpollFlags::empty()) {
+            warn!("cannot pause the listeners: {e}");
             return;
         }
         self.listener_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
     }
 
-    /// Watches the listener again once its pause is over.
-    fn resume_listener(&mut self) {
-        let Some(until) = self.listener_paused_until else { return };
-        let Some(l) = self.listener.as_ref().filter(|_| Instant::now() >= until) else { return };
-        match self.epoll.modify(l.as_fd(), &mut EpollEvent::new(EpollFlags::EPOLLIN, LISTENER)) {
+    /// Watches the listeners again once their pause is over.
+    fn resume_listeners(&mut self) {
+        if self.listener_paused_until.is_none_or(|until| Instant::now() < until) {
+            return;
+        }
+        match self.watch_listeners(EpollFlags::EPOLLIN) {
             Ok(()) => self.listener_paused_until = None,
-            Err(e) => warn!("cannot resume the listener: {e}"),
+            Err(e) => warn!("cannot resume the listeners: {e}"),
         }
     }
 
-    fn admit<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H, sock: TcpStream, peer: SocketAddr) {
+    fn admit<H: Handler<Data = D, Timer = T>>(
+        &mut self,
+        h: &mut H,
+        sock: TcpStream,
+        peer: SocketAddr,
+        framing: Framing,
+    ) {
         let open = self.conns.len();
         if open >= self.max_conns.saturating_add(self.reserved_conns) {
             warn!("refusing {peer}: {open} connections open");
@@ -461,8 +497,9 @@ impl<D, T> Reactor<D, T> {
             return;
         }
         let _ = sock.set_nodelay(true);
-        let data = h.accepted(Some(peer));
+        let data = h.accepted(Some(peer), framing);
         let mut conn = Conn::new(sock, ConnState::Open, data);
+        conn.framing = framing;
         conn.probation_until = probation;
         self.probation |= probation.is_some();
         if let Err(e) = self.insert(conn) {
@@ -702,8 +739,10 @@ impl<D, T> Reactor<D, T> {
     fn dispatch<H: Handler<Data = D, Timer = T>>(&mut self, h: &mut H, events: &[EpollEvent]) {
         for ev in events {
             match ev.data() {
-                LISTENER => self.accept_all(h),
                 SIGNALS => self.on_signal_event(h),
+                token if (FIRST_LISTENER..FIRST_LISTENER + MAX_LISTENERS as u64).contains(&token) => {
+                    self.accept_all(h, (token - FIRST_LISTENER) as usize)
+                }
                 token => {
                     if let Some(id) = ConnId::from_token(token) {
                         self.on_conn_event(h, id, ev.events());
@@ -807,6 +846,10 @@ impl<D, T> Io for Reactor<D, T> {
 
     fn connect(&mut self, addr: SocketAddr, data: D) -> Result<ConnId> {
         Reactor::connect(self, addr, data)
+    }
+
+    fn connect_framed(&mut self, addr: SocketAddr, data: D, framing: Framing) -> Result<ConnId> {
+        Reactor::connect_framed(self, addr, data, framing)
     }
 
     fn close(&mut self, id: ConnId) {
@@ -929,7 +972,7 @@ pub fn run<H: Handler>(rx: &mut Reactor<H::Data, H::Timer>, h: &mut H) -> Result
             n = rx.epoll.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0);
         }
         rx.close_slow_headers::<H>();
-        rx.resume_listener();
+        rx.resume_listeners();
         let handled = Instant::now();
         for timer in rx.timers.expired(handled) {
             h.on_timer(rx, timer);
@@ -979,7 +1022,7 @@ mod tests {
     impl Handler for Recorder {
         type Data = ();
         type Timer = u64;
-        fn accepted(&mut self, _peer: Option<SocketAddr>) {}
+        fn accepted(&mut self, _peer: Option<SocketAddr>, _framing: Framing) {}
         fn on_message<X: Io<Data = (), Timer = u64>>(&mut self, rx: &mut X, _id: ConnId, msg: Message) {
             self.seen.push((msg.header.req, self.turns_ended));
             match msg.header.req {

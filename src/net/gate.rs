@@ -28,6 +28,7 @@ use super::auth::{KeyKind, Keys, Nonce, Proof, NONCE_LEN};
 use super::codec::{self, error_reply, Body, ErrorCode, Header, Message};
 use super::error::Result;
 use super::event_loop::{ConnId, Handler, Standing};
+use super::frame::Framing;
 use super::io::Io;
 use super::timer::TimerId;
 
@@ -191,8 +192,8 @@ impl<H: Handler> Handler for Gate<H> {
     type Data = Guarded<H::Data>;
     type Timer = H::Timer;
 
-    fn accepted(&mut self, peer: Option<SocketAddr>) -> Self::Data {
-        Guarded { data: self.role.accepted(peer), auth: AuthState::Anonymous, seen: Standing::Unknown }
+    fn accepted(&mut self, peer: Option<SocketAddr>, framing: Framing) -> Self::Data {
+        Guarded { data: self.role.accepted(peer, framing), auth: AuthState::Anonymous, seen: Standing::Unknown }
     }
 
     fn standing(g: &Self::Data) -> Standing {
@@ -338,6 +339,14 @@ where
         // Queued while the connect is in flight; it leaves first.
         self.io.send_early(id, &Message { header: handshake_header(), body: Body::Auth { kind: *kind, nonce: ours } });
         Ok(id)
+    }
+
+    fn connect_framed(&mut self, addr: SocketAddr, data: D, framing: Framing) -> Result<ConnId> {
+        if framing == Framing::Native {
+            return self.connect(addr, data);
+        }
+        // RESP and HTTP have no key exchange of ours.
+        self.io.connect_framed(addr, Guarded { data, auth: AuthState::Plain, seen: Standing::Unknown }, framing)
     }
 
     fn close(&mut self, id: ConnId) {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::codec::Message;
 use super::error::Result;
 use super::event_loop::ConnId;
+use super::frame::Framing;
 use super::timer::TimerId;
 
 /// What a role may ask of its driver.
@@ -36,6 +37,11 @@ pub trait Io {
     /// Starts a connection to `addr`; `on_connected` or `on_closed` tells how
     /// it ended.
     fn connect(&mut self, addr: SocketAddr, data: Self::Data) -> Result<ConnId>;
+    /// [`Io::connect`] for a connection that speaks `framing` (the
+    /// simulator carries messages, not bytes: it ignores the framing).
+    fn connect_framed(&mut self, addr: SocketAddr, data: Self::Data, _framing: Framing) -> Result<ConnId> {
+        self.connect(addr, data)
+    }
     /// Closes `id` at the end of the turn (`on_closed` follows).
     fn close(&mut self, id: ConnId);
     /// The role's data for an open connection.

@@ -309,7 +309,7 @@ impl<H: Handler> Host<H> {
         while let Some(input) = self.inbox.pop_front() {
             match input {
                 Input::Accept { conn, link, peer } => {
-                    let data = role.accepted(Some(peer));
+                    let data = role.accepted(Some(peer), crate::net::Framing::Native);
                     let (key, gen) = conn.parts();
                     let c = HostConn {
                         data,

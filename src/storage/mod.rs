@@ -553,7 +553,7 @@ impl Handler for Node {
     type Data = Link;
     type Timer = Timer;
 
-    fn accepted(&mut self, _peer: Option<SocketAddr>) -> Link {
+    fn accepted(&mut self, _peer: Option<SocketAddr>, _framing: crate::net::Framing) -> Link {
         Link::Inbound
     }
 
