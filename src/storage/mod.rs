@@ -161,6 +161,10 @@ pub enum Link {
     Peer(u32),
     /// Our connection to the manager.
     Manager,
+    /// A client of the RESP2 port (`--resp-listen`).
+    Resp,
+    /// A scrape of the metrics port (`--metrics-listen`).
+    Metrics,
 }
 
 /// The driver a storage node runs on: the real loop or the simulator.
@@ -553,8 +557,12 @@ impl Handler for Node {
     type Data = Link;
     type Timer = Timer;
 
-    fn accepted(&mut self, _peer: Option<SocketAddr>, _framing: crate::net::Framing) -> Link {
-        Link::Inbound
+    fn accepted(&mut self, _peer: Option<SocketAddr>, framing: crate::net::Framing) -> Link {
+        match framing {
+            crate::net::Framing::RespServer => Link::Resp,
+            crate::net::Framing::Http => Link::Metrics,
+            _ => Link::Inbound,
+        }
     }
 
     fn on_message<X: NodeIo>(&mut self, rx: &mut X, conn: ConnId, msg: Message) {
@@ -577,6 +585,8 @@ impl Handler for Node {
             (Link::Manager, _) => {}
             (Link::Peer(_), body) => self.handle_from_peer(rx, Message { header: msg.header, body }),
             (Link::Inbound, body) => self.handle_inbound(rx, conn, Message { header: msg.header, body }),
+            // The RESP2 and metrics ports (their own framings): nothing served yet.
+            (Link::Resp | Link::Metrics, _) => rx.close(conn),
         }
     }
 
@@ -637,7 +647,7 @@ impl Handler for Node {
                 self.links.failed(node, conn, rx.now());
                 self.peer_lost(rx, node);
             }
-            Link::Inbound => {}
+            Link::Inbound | Link::Resp | Link::Metrics => {}
         }
     }
 
