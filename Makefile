@@ -1,12 +1,13 @@
 # GTStore: build, lint, test, install, and run a local cluster.
 #
-#   make start [NODES=1] [REP=1] [R=] [W=] [BASE_PORT=7000] [RUN_DIR=run] [FSYNC=batch]
+#   make start [NODES=1] [REP=1] [R=] [W=] [BASE_PORT=7000] [RUN_DIR=run] [FSYNC=batch] [RESP=1]
 #   make stop | status | kill NODE=i | restart NODE=i | add NODE=i | kill-manager | restart-manager
 #   make [all] | lint | man-check | test | install [PREFIX=/usr/local] [DESTDIR=] | clean
 #   make sim [SEEDS=200] | sim-selftest [SEEDS=200]
 #
 # The manager listens on 127.0.0.1:BASE_PORT with its state in RUN_DIR/manager; storage node i
-# listens on 127.0.0.1:BASE_PORT+i with its data in RUN_DIR/node<i>. Every daemon is started with
+# listens on 127.0.0.1:BASE_PORT+i with its data in RUN_DIR/node<i>, and serves RESP2 (redis-cli, Redis
+# clients) on 127.0.0.1:BASE_PORT+100+i unless RESP is empty. Every daemon is started with
 # --daemon, which returns only once the daemon is ready (for a node: joined, with its sectors received),
 # so `make start` returns once every node has joined. Extra daemon flags: MANAGER_FLAGS, NODE_FLAGS.
 # Every daemon gets --cluster-key RUN_DIR/cluster.key, made once (32 random bytes, mode 0600) by the
@@ -25,6 +26,7 @@ NODE          =
 MANAGER_FLAGS =
 NODE_FLAGS    =
 CLIENT_KEY    =
+RESP          = 1
 NOBUILD       =
 PREFIX       ?= /usr/local
 DESTDIR      ?=
@@ -58,7 +60,7 @@ node_cmd = $(KEY_CMD) && mkdir -p -m 0700 "$(RUN_DIR)/node$(1)" && \
 	$(BIN)/gtstore-storage --daemon --id $(1) --listen 127.0.0.1:$$(($(BASE_PORT) + $(1))) \
 	--cluster-key "$(CLUSTER_KEY)" $(if $(CLIENT_KEY),--client-key "$(CLIENT_KEY)") \
 	--manager $(MANAGER) --data-dir "$(RUN_DIR)/node$(1)" --log "$(RUN_DIR)/node$(1)/storage.log" \
-	--fsync $(FSYNC) $(NODE_FLAGS)
+	$(if $(RESP),--resp-listen 127.0.0.1:$$(($(BASE_PORT) + 100 + $(1)))) --fsync $(FSYNC) $(NODE_FLAGS)
 
 # The man page lint: mandoc -Tlint where mandoc is installed (.ci/run installs it), else
 # groff's warnings (groff-base is on a fresh machine), so `make test` works on either.
@@ -85,7 +87,7 @@ start: build
 	@echo "gtstore-manager on $(MANAGER), state in $(RUN_DIR)/manager"
 	@for i in $$(seq 1 $(NODES)); do \
 		$(call node_cmd,$$i) || exit $$?; \
-		echo "gtstore-storage $$i on 127.0.0.1:$$(($(BASE_PORT) + $$i)), data in $(RUN_DIR)/node$$i"; \
+		echo "gtstore-storage $$i on 127.0.0.1:$$(($(BASE_PORT) + $$i))$(if $(RESP), (RESP2 on 127.0.0.1:$$(($(BASE_PORT) + 100 + $$i)))), data in $(RUN_DIR)/node$$i"; \
 	done
 
 stop:

@@ -458,6 +458,17 @@ pub fn keys(m: &getopts::Matches, listen: std::net::SocketAddr) -> Result<Keys, 
     Ok(Keys::daemon(cluster, load("client-key")?))
 }
 
+/// `addr` for a second listener (`flag`: `--resp-listen`, `--metrics-listen`):
+/// as for `--listen`, a daemon without a cluster key serves only loopback.
+pub fn check_listen(addr: std::net::SocketAddr, flag: &str, keys: &Keys) -> Result<std::net::SocketAddr, Exit> {
+    if keys.cluster.is_none() && !addr.ip().is_loopback() {
+        return Err(Exit::usage(format!(
+            "{flag} {addr} is not a loopback address; without --cluster-key a daemon listens only on loopback"
+        )));
+    }
+    Ok(addr)
+}
+
 /// The paths every daemon configuration has.
 pub trait DaemonPaths {
     /// The data directory (created if missing; it holds the pidfile).

@@ -453,7 +453,7 @@ fn with_a_client_key_only_clients_holding_it_are_served() {
     fs::write(&wrong, [0x22u8; 32]).unwrap();
     fs::set_permissions(&wrong, fs::Permissions::from_mode(0o600)).unwrap();
     let key_s = key.to_str().unwrap();
-    let c = Cluster::start_with(30100, 2, 2, &[("CLIENT_KEY", key_s)]);
+    let c = Cluster::start_with(30300, 2, 2, &[("CLIENT_KEY", key_s)]);
     let out = c.cli(&["--put", "k", "--val", "v"]);
     assert_exit(&out, 77);
     assert!(stderr(&out).contains("client key"), "{}", stderr(&out));
@@ -486,7 +486,7 @@ fn with_a_client_key_only_clients_holding_it_are_served() {
 /// after its 2 s of probation; the clients within the limit stay open.
 #[test]
 fn clients_that_fill_max_conns_do_not_lock_out_a_joining_node() {
-    let c = Cluster::start_with(30110, 2, 2, &[("NODE_FLAGS", "--max-conns 8")]);
+    let c = Cluster::start_with(30310, 2, 2, &[("NODE_FLAGS", "--max-conns 8")]);
     let mut idle: Vec<TcpStream> = (0..8).map(|_| connect(&c.node_addr(1))).collect();
     std::thread::sleep(Duration::from_millis(300));
     // A client past the limit is told to go elsewhere (its GET may be answered first).
@@ -591,7 +591,7 @@ fn ten_thousand_idle_connections_leave_another_clients_gets_under_a_millisecond(
         println!("skipped: this process may open only {have} descriptors (needs {})", IDLE + 500);
         return;
     }
-    let c = Cluster::start_with(30100, 1, 1, &[("NODE_FLAGS", "--max-conns 20000")]);
+    let c = Cluster::start_with(30320, 1, 1, &[("NODE_FLAGS", "--max-conns 20000")]);
     let pid = c.node_pid(1).expect("node 1 runs");
     let node_limit = nofile_of(pid);
     if node_limit < IDLE as u64 + 2_000 {

@@ -129,6 +129,21 @@ impl Key {
         Key::from_bytes(&bytes).map_err(|e| format!("key file {}: {e}", path.display()))
     }
 
+    /// True if `password` is this key (a RESP client's `AUTH`, as Redis's
+    /// requirepass): the key file's bytes, one trailing newline aside. The
+    /// two are compared as HMACs, in constant time.
+    pub fn matches_password(&self, password: &[u8]) -> bool {
+        let text = self.0.strip_suffix(b"\n").map_or(&self.0[..], |t| t.strip_suffix(b"\r").unwrap_or(t));
+        let tag = |bytes: &[u8]| {
+            let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+            m.update(b"gtstore-resp-auth-1");
+            m.update(bytes);
+            m
+        };
+        let want = tag(text).finalize().into_bytes();
+        tag(password).verify_slice(&want).is_ok()
+    }
+
     fn mac(&self, side: &[u8], kind: KeyKind, initiator: &Nonce, responder: &Nonce) -> Hmac<Sha256> {
         // new_from_slice accepts any key length; the length is checked in from_bytes.
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());

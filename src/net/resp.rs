@@ -8,6 +8,11 @@
 //! reads it. Replies are simple strings, errors, integers, bulk strings,
 //! nil, arrays and the nil array.
 //!
+//! A connection that says `HELLO 3` is answered in RESP3 where that differs
+//! for the commands a node serves: the null `_` and maps (`Value::Null`,
+//! `Value::Map`); clients such as redis-py 8 speak RESP3 by default and do
+//! not fall back. Requests are the same in both.
+//!
 //! [`decode`] finds and parses one value at the start of a buffer, or says
 //! more bytes are needed; it never panics and never allocates from a length
 //! it has not checked against [`RespLimits`]: a bulk string's length is
@@ -31,9 +36,33 @@ pub enum Value {
     Array(Vec<Value>),
     /// `*-1`: no array.
     NilArray,
+    /// RESP3's `_`: the null of a connection that said `HELLO 3`.
+    Null,
+    /// RESP3's `%2\r\n...`: pairs of keys and values.
+    Map(Vec<(Value, Value)>),
 }
 
 impl Value {
+    /// This value as a RESP3 connection is answered: nils become `_`.
+    pub fn into_resp3(self) -> Value {
+        match self {
+            Value::Nil | Value::NilArray => Value::Null,
+            Value::Array(items) => Value::Array(items.into_iter().map(Value::into_resp3).collect()),
+            Value::Map(pairs) => Value::Map(pairs.into_iter().map(|(k, v)| (k.into_resp3(), v.into_resp3())).collect()),
+            other => other,
+        }
+    }
+
+    /// This value as a RESP2 connection is answered: a map becomes a flat array.
+    pub fn into_resp2(self) -> Value {
+        match self {
+            Value::Null => Value::Nil,
+            Value::Map(pairs) => Value::Array(pairs.into_iter().flat_map(|(k, v)| [k, v.into_resp2()]).collect()),
+            Value::Array(items) => Value::Array(items.into_iter().map(Value::into_resp2).collect()),
+            other => other,
+        }
+    }
+
     /// A bulk string of `bytes`.
     pub fn bulk(bytes: impl Into<Vec<u8>>) -> Value {
         Value::Bulk(bytes.into())
@@ -166,7 +195,8 @@ impl<'a> Cursor<'a> {
 
     fn value(&mut self, depth: usize) -> Result<Option<Value>, RespError> {
         let Some(&first) = self.buf.get(self.pos) else { return Ok(None) };
-        if !matches!(first, b'*' | b'$' | b'+' | b'-' | b':') {
+        let resp3 = !self.limits.inline && matches!(first, b'_' | b'%');
+        if !matches!(first, b'*' | b'$' | b'+' | b'-' | b':') && !resp3 {
             if depth > 0 || !self.limits.inline {
                 return Err(RespError::Unexpected("expected a RESP type byte"));
             }
@@ -180,6 +210,8 @@ impl<'a> Cursor<'a> {
             b'-' => Ok(Some(Value::Error(String::from_utf8_lossy(text).into_owned()))),
             b':' => Ok(Some(Value::Integer(number(text, "integer")?))),
             b'$' => self.bulk(number(text, "bulk length")?),
+            b'_' => Ok(Some(Value::Null)),
+            b'%' => self.map(number(text, "map length")?, depth),
             _ => self.array(number(text, "multibulk length")?, depth),
         }
     }
@@ -226,6 +258,26 @@ impl<'a> Cursor<'a> {
             }
         }
         Ok(Some(Value::Array(items)))
+    }
+}
+
+impl Cursor<'_> {
+    /// A RESP3 map's pairs (replies only).
+    fn map(&mut self, len: i64, depth: usize) -> Result<Option<Value>, RespError> {
+        let n = usize::try_from(len).map_err(|_| RespError::TooManyElements(len))?;
+        if n > self.limits.max_elements / 2 {
+            return Err(RespError::TooManyElements(len));
+        }
+        if depth + 1 > self.limits.max_depth {
+            return Err(RespError::TooDeep);
+        }
+        let mut pairs = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            let Some(k) = self.value(depth + 1)? else { return Ok(None) };
+            let Some(v) = self.value(depth + 1)? else { return Ok(None) };
+            pairs.push((k, v));
+        }
+        Ok(Some(Value::Map(pairs)))
     }
 }
 
@@ -355,6 +407,14 @@ pub fn encode(v: &Value, out: &mut Vec<u8>) {
             }
         }
         Value::NilArray => out.extend_from_slice(b"*-1\r\n"),
+        Value::Null => out.extend_from_slice(b"_\r\n"),
+        Value::Map(pairs) => {
+            line(out, b'%', pairs.len().to_string().as_bytes());
+            for (k, v) in pairs {
+                encode(k, out);
+                encode(v, out);
+            }
+        }
     }
 }
 
@@ -372,6 +432,10 @@ pub fn encoded_len(v: &Value) -> usize {
         Value::Integer(n) => n.to_string().len() + 3,
         Value::Bulk(b) => digits(b.len()) + b.len() + 5,
         Value::Nil | Value::NilArray => 5,
+        Value::Null => 3,
+        Value::Map(pairs) => {
+            digits(pairs.len()) + 3 + pairs.iter().map(|(k, v)| encoded_len(k) + encoded_len(v)).sum::<usize>()
+        }
         Value::Array(items) => digits(items.len()) + 3 + items.iter().map(encoded_len).sum::<usize>(),
     }
 }
@@ -464,6 +528,23 @@ mod tests {
         assert_eq!(decode(b"hello\r\n", &c), Err(RespError::Unexpected("expected a RESP type byte")));
         let deep = "*1\r\n".repeat(9) + ":1\r\n";
         assert_eq!(decode(deep.as_bytes(), &c), Err(RespError::TooDeep));
+    }
+
+    #[test]
+    fn resp3_nulls_and_maps_round_trip_on_the_client_side() {
+        let v =
+            Value::Map(vec![(Value::bulk("proto"), Value::Integer(3)), (Value::bulk("x"), Value::Nil)]).into_resp3();
+        let mut out = Vec::new();
+        encode(&v, &mut out);
+        assert_eq!(out, b"%2\r\n$5\r\nproto\r\n:3\r\n$1\r\nx\r\n_\r\n");
+        assert_eq!(encoded_len(&v), out.len());
+        assert_eq!(decode(&out, &RespLimits::client(64)).unwrap().unwrap().0, v);
+        assert_eq!(
+            v.into_resp2(),
+            Value::Array(vec![Value::bulk("proto"), Value::Integer(3), Value::bulk("x"), Value::Nil])
+        );
+        // A server reads `_` as an inline command, not as RESP3.
+        assert_eq!(decode(b"_\r\n", &server()).unwrap().unwrap().0, Value::Array(vec![Value::bulk("_")]));
     }
 
     #[test]

@@ -228,6 +228,7 @@ impl World {
             // the peer as unreachable. Never reached on the others (see Plan).
             max_output: self.plan.max_output,
             idle_timeout: Duration::ZERO,
+            resp_listen: None,
             keys: self.keys(),
         }
     }

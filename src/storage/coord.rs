@@ -82,9 +82,9 @@ impl Coordinator {
 impl Node {
     // ----- client requests ----------------------------------------------
 
-    pub(super) fn reply(&self, rx: &mut impl NodeIo, conn: ConnId, header: Header, body: Body) {
+    pub(super) fn reply(&mut self, rx: &mut impl NodeIo, conn: ConnId, header: Header, body: Body) {
         let header = Header { node: self.cfg.id, ..header };
-        rx.send(conn, &Message { header, body });
+        self.answer_to(rx, conn, &Message { header, body }, false);
     }
 
     /// A client's PUT, GET or DEL: refused, forwarded to the key's
@@ -147,7 +147,7 @@ impl Node {
         Ok(replicas.contains(&self.cfg.id).then_some((sector, replicas)))
     }
 
-    fn forward(&mut self, rx: &mut impl NodeIo, conn: ConnId, h: Header, coord: u32, body: Body) {
+    pub(super) fn forward(&mut self, rx: &mut impl NodeIo, conn: ConnId, h: Header, coord: u32, body: Body) {
         let op = self.new_op(rx.now(), OpKind::Forward, conn, h, 0, Vec::new(), 1, 1);
         if !self.ask_peer(rx, coord, op, body) {
             let reason = format!("coordinator server{coord} unreachable");
@@ -439,11 +439,7 @@ impl Node {
         op.replied = true;
         let (client, header, durable) = (op.client, op.header, op.turn < self.coord.turn);
         let msg = Message { header: Header { node: self.cfg.id, ..header }, body };
-        if durable {
-            rx.send_early(client, &msg);
-        } else {
-            rx.send(client, &msg);
-        }
+        self.answer_to(rx, client, &msg, durable);
     }
 
     /// Drops an op once every replica answered (after repairing stale ones).
@@ -537,7 +533,7 @@ impl Node {
             let (client, header) = (op.client, op.header);
             let coord = msg.header.node;
             // The coordinator answered after its own fsync: relay it at once.
-            rx.send_early(client, &Message { header: Header { node: coord, ..header }, body: msg.body });
+            self.answer_to(rx, client, &Message { header: Header { node: coord, ..header }, body: msg.body }, true);
             if let Some(op) = self.coord.ops.get_mut(&op_id) {
                 op.replied = true;
             }

@@ -27,6 +27,7 @@ mod handoff;
 mod links;
 mod orphans;
 mod reap;
+mod resp;
 mod stream;
 mod sync;
 
@@ -139,6 +140,8 @@ pub struct Config {
     pub max_output: usize,
     /// An accepted connection idle this long is closed (zero: never).
     pub idle_timeout: Duration,
+    /// Where the RESP2 front end listens (`--resp-listen`), if anywhere.
+    pub resp_listen: Option<SocketAddr>,
 }
 
 impl crate::daemon::DaemonPaths for Config {
@@ -207,6 +210,8 @@ pub struct Node {
     streams: stream::Streams,
     /// Orphaned sectors to hand over, a few per turn.
     orphans: orphans::Orphans,
+    /// The RESP2 front end's connections.
+    resp: resp::RespFront,
     /// Tombstones older than the grace being reaped.
     reaper: reap::Reaper,
 }
@@ -271,6 +276,7 @@ impl Node {
             compact_armed: false,
             streams: stream::Streams::default(),
             orphans: orphans::Orphans::default(),
+            resp: resp::RespFront::default(),
             reaper: reap::Reaper::default(),
             cfg,
         }
@@ -585,7 +591,8 @@ impl Handler for Node {
             (Link::Manager, _) => {}
             (Link::Peer(_), body) => self.handle_from_peer(rx, Message { header: msg.header, body }),
             (Link::Inbound, body) => self.handle_inbound(rx, conn, Message { header: msg.header, body }),
-            // The RESP2 and metrics ports (their own framings): nothing served yet.
+            (Link::Resp, Body::Resp(request)) => self.handle_resp(rx, conn, request),
+            // The metrics port: nothing served yet.
             (Link::Resp | Link::Metrics, _) => rx.close(conn),
         }
     }
@@ -647,7 +654,8 @@ impl Handler for Node {
                 self.links.failed(node, conn, rx.now());
                 self.peer_lost(rx, node);
             }
-            Link::Inbound | Link::Resp | Link::Metrics => {}
+            Link::Resp => self.resp_closed(conn),
+            Link::Inbound | Link::Metrics => {}
         }
     }
 
@@ -712,6 +720,10 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         rx.drain_budget = DRAIN_BUDGET;
         rx.turns = Some(net::TurnWatch::new(TURN_WINDOW, TURN_LOG_OVER));
         let bound = rx.listen(cfg.listen)?;
+        if let Some(addr) = cfg.resp_listen {
+            let resp = rx.listen_framed(addr, net::Framing::RespServer)?;
+            info!("RESP2 front end listening on {resp}");
+        }
         rx.catch_signals()?;
         Ok((rx, bound))
     })();

@@ -1,0 +1,666 @@
+//! The RESP2 front end (`--resp-listen`): Redis clients, `redis-cli` and
+//! `redis-benchmark` against any node.
+//!
+//! [`RespFront`] owns each RESP connection's state: the commands in the
+//! order they arrived, each waiting for the native requests it was cut
+//! into, and whether the connection proved the client key (`AUTH`). A
+//! command becomes requests to this node's own coordinator — `GET` one
+//! native GET, `MGET` one per key, `DEL` a GET then a DEL per key (for the
+//! count Redis returns), `DBSIZE` a STATS to every member — sent through
+//! [`Node::handle_client`] exactly as a native client's would be, so they
+//! are coordinated here or forwarded, with the same limits, quorums and
+//! deadlines. Their replies come back through [`Node::answer_to`], which
+//! hands those of RESP connections to [`Node::resp_reply`]; replies are
+//! written in command order (RESP has no request ids) once a command's
+//! last answer is in, after the turn's fsync like every acknowledgement.
+//!
+//! Last-writer-wins cannot give compare-and-set, so SET NX/XX, INCR and the
+//! other read-modify-write commands are refused with a reason; a failed
+//! quorum is `-TRYAGAIN`, which clients may retry.
+
+use std::collections::VecDeque;
+
+use super::{Link, Node, NodeIo};
+use crate::idmap::IdMap;
+use crate::net::codec::{Body, ErrorCode, Header, Message, Stats};
+use crate::net::resp::Value;
+use crate::net::ConnId;
+
+/// Native requests in flight on one RESP connection at most; a command
+/// past it is refused (a client that pipelines without reading).
+const MAX_IN_FLIGHT: usize = 16 * 1024;
+/// The deadline of each native request a command is cut into.
+const REQUEST_MS: u64 = 1_000;
+
+/// Every RESP connection's state.
+#[derive(Debug, Default)]
+pub(super) struct RespFront {
+    conns: IdMap<ConnId, RespConn>,
+}
+
+/// One RESP connection.
+#[derive(Debug, Default)]
+struct RespConn {
+    /// Commands not answered yet, oldest first; `first_seq` numbers the front.
+    queue: VecDeque<Command>,
+    first_seq: u64,
+    /// Native request id → (command seq, part).
+    parts: IdMap<u64, (u64, usize)>,
+    next_req: u64,
+    /// The client key was proved with AUTH (or none is set).
+    authed: bool,
+    /// `CLIENT SETNAME`.
+    name: Option<Vec<u8>>,
+    /// QUIT: close once the queue is written.
+    quit: bool,
+    /// The protocol `HELLO` chose: 2 (the default) or 3.
+    proto: u8,
+    /// A DEL is between its reads and its deletes: the commands after it
+    /// wait here, so that they see its effect as Redis's would.
+    held: VecDeque<Vec<Vec<u8>>>,
+    barrier: bool,
+}
+
+/// One command and the answers of the requests it was cut into.
+#[derive(Debug)]
+struct Command {
+    kind: Kind,
+    /// The keys (or members, for DBSIZE) its parts are about.
+    keys: Vec<Vec<u8>>,
+    /// Each part's answer, once in.
+    answers: Vec<Option<Body>>,
+    left: usize,
+    /// The reply, once known.
+    reply: Option<Value>,
+    /// DEL: how many of its keys had a value when read.
+    found: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Answered at once (the reply is set).
+    Ready,
+    Get,
+    MGet,
+    Exists,
+    /// Writes: SET (one part) and MSET (one per pair).
+    Set,
+    /// DEL and UNLINK: reading each key, then deleting it.
+    DelRead,
+    DelWrite,
+    DbSize,
+    /// TTL (false) or PTTL (true): no key expires yet.
+    Ttl,
+    /// PERSIST: nothing has an expiry to remove.
+    Persist,
+}
+
+impl Command {
+    fn ready(reply: Value) -> Command {
+        Command { kind: Kind::Ready, keys: Vec::new(), answers: Vec::new(), left: 0, reply: Some(reply), found: 0 }
+    }
+}
+
+impl RespConn {
+    fn command(&mut self, seq: u64) -> Option<&mut Command> {
+        let i = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        self.queue.get_mut(i)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.parts.len()
+    }
+}
+
+/// The first word of a command, upper-cased, for matching.
+fn name_of(args: &[Vec<u8>]) -> String {
+    args.first().map(|a| String::from_utf8_lossy(a).to_ascii_uppercase()).unwrap_or_default()
+}
+
+fn wrong_args(name: &str) -> Value {
+    Value::error(format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()))
+}
+
+/// A native error reply as Redis clients expect it: the quorum and
+/// availability failures are `TRYAGAIN`, which they retry.
+fn native_error(code: &ErrorCode, reason: &str) -> Value {
+    match code {
+        ErrorCode::TooLarge => Value::error(format!("ERR {reason}")),
+        ErrorCode::Auth => Value::error(format!("NOAUTH {reason}")),
+        ErrorCode::BadRequest | ErrorCode::Malformed => Value::error(format!("ERR {reason}")),
+        _ => Value::error(format!("TRYAGAIN {reason}")),
+    }
+}
+
+/// Commands that need the value they change, which last-writer-wins cannot give.
+const READ_MODIFY_WRITE: [&str; 22] = [
+    "INCR",
+    "DECR",
+    "INCRBY",
+    "DECRBY",
+    "INCRBYFLOAT",
+    "APPEND",
+    "SETNX",
+    "GETSET",
+    "GETDEL",
+    "GETEX",
+    "SETRANGE",
+    "MSETNX",
+    "RENAME",
+    "RENAMENX",
+    "SETBIT",
+    "LPUSH",
+    "RPUSH",
+    "SADD",
+    "HSET",
+    "ZADD",
+    "WATCH",
+    "MULTI",
+];
+
+impl Node {
+    /// A RESP connection was accepted.
+    pub(super) fn resp_opened(&mut self, conn: ConnId) {
+        let authed = self.cfg.keys.client.is_none();
+        self.resp.conns.insert(conn, RespConn { authed, proto: 2, ..RespConn::default() });
+    }
+
+    /// A RESP connection closed: its commands' late answers are dropped.
+    pub(super) fn resp_closed(&mut self, conn: ConnId) {
+        self.resp.conns.remove(&conn);
+    }
+
+    /// A command on a RESP connection.
+    pub(super) fn handle_resp(&mut self, rx: &mut impl NodeIo, conn: ConnId, request: Value) {
+        if !self.resp.conns.contains_key(&conn) {
+            self.resp_opened(conn);
+        }
+        let args: Vec<Vec<u8>> = match request {
+            Value::Array(items) => items.into_iter().filter_map(|v| v.as_bytes().map(<[u8]>::to_vec)).collect(),
+            _ => {
+                return self.resp_push(rx, conn, Command::ready(Value::error("ERR Protocol error: expected an array")))
+            }
+        };
+        if args.is_empty() {
+            return; // A blank inline line: Redis ignores it.
+        }
+        if let Some(c) = self.resp.conns.get_mut(&conn).filter(|c| c.barrier) {
+            // Counted against the in-flight cap like the requests it will make.
+            if c.held.len() + c.in_flight() < MAX_IN_FLIGHT {
+                c.held.push_back(args);
+                return;
+            }
+            let reply = Value::error(format!("BUSY more than {MAX_IN_FLIGHT} requests in flight on this connection"));
+            return self.resp_push(rx, conn, Command::ready(reply));
+        }
+        self.resp_run(rx, conn, args);
+    }
+
+    /// Runs one command of `conn`, in arrival order.
+    fn resp_run(&mut self, rx: &mut impl NodeIo, conn: ConnId, args: Vec<Vec<u8>>) {
+        let name = name_of(&args);
+        let authed = self.resp.conns.get(&conn).is_some_and(|c| c.authed);
+        if !authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+            return self.resp_push(rx, conn, Command::ready(Value::error("NOAUTH Authentication required.")));
+        }
+        let in_flight = self.resp.conns.get(&conn).map_or(0, RespConn::in_flight);
+        if in_flight + args.len() > MAX_IN_FLIGHT {
+            let reply = Value::error(format!("BUSY more than {MAX_IN_FLIGHT} requests in flight on this connection"));
+            return self.resp_push(rx, conn, Command::ready(reply));
+        }
+        let command = self.resp_command(rx, conn, &name, args);
+        if command.kind == Kind::DelRead {
+            if let Some(c) = self.resp.conns.get_mut(&conn) {
+                c.barrier = true;
+            }
+        }
+        self.resp_push(rx, conn, command);
+    }
+
+    /// A DEL finished: the commands held behind it run, up to the next DEL.
+    fn resp_release(&mut self, rx: &mut impl NodeIo, conn: ConnId) {
+        loop {
+            let Some(c) = self.resp.conns.get_mut(&conn) else { return };
+            c.barrier = false;
+            let Some(args) = c.held.pop_front() else { return };
+            self.resp_run(rx, conn, args);
+            if self.resp.conns.get(&conn).is_none_or(|c| c.barrier) {
+                return;
+            }
+        }
+    }
+
+    /// What a command is: answered at once, or the requests to make.
+    fn resp_command(&mut self, rx: &mut impl NodeIo, conn: ConnId, name: &str, mut args: Vec<Vec<u8>>) -> Command {
+        let argc = args.len();
+        let keyed = |kind: Kind, keys: Vec<Vec<u8>>| {
+            let n = keys.len();
+            Command { kind, keys, answers: vec![None; n], left: n, reply: None, found: 0 }
+        };
+        match name {
+            "PING" if argc <= 2 => {
+                Command::ready(args.pop().filter(|_| argc == 2).map_or(Value::Simple("PONG".into()), Value::Bulk))
+            }
+            "ECHO" if argc == 2 => Command::ready(Value::Bulk(args.swap_remove(1))),
+            "GET" if argc == 2 => keyed(Kind::Get, vec![args.swap_remove(1)]),
+            "MGET" if argc >= 2 => keyed(Kind::MGet, args.split_off(1)),
+            "EXISTS" if argc >= 2 => keyed(Kind::Exists, args.split_off(1)),
+            "DEL" | "UNLINK" if argc >= 2 => keyed(Kind::DelRead, args.split_off(1)),
+            "TTL" | "PTTL" if argc == 2 => keyed(Kind::Ttl, vec![args.swap_remove(1)]),
+            "PERSIST" if argc == 2 => keyed(Kind::Persist, vec![args.swap_remove(1)]),
+            "SET" if argc >= 3 => self.resp_set(args),
+            "MSET" if argc >= 3 && argc % 2 == 1 => {
+                let mut c = keyed(Kind::Set, args[1..].to_vec());
+                c.answers = vec![None; (argc - 1) / 2];
+                c.left = c.answers.len();
+                c
+            }
+            "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "EXPIRETIME" | "PEXPIRETIME" if argc >= 2 => {
+                Command::ready(Value::error("ERR key expiry is not supported by this build yet"))
+            }
+            "DBSIZE" if argc == 1 => {
+                let members: Vec<Vec<u8>> = self.table.as_ref().map_or_else(Vec::new, |t| {
+                    t.members
+                        .iter()
+                        .filter(|m| m.state == crate::table::NodeState::Up)
+                        .map(|m| m.id.to_be_bytes().to_vec())
+                        .collect()
+                });
+                if members.is_empty() {
+                    return Command::ready(Value::error("TRYAGAIN this node has no table yet"));
+                }
+                keyed(Kind::DbSize, members)
+            }
+            "SELECT" if argc == 2 => Command::ready(match args[1].as_slice() {
+                b"0" => Value::ok(),
+                _ => Value::error("ERR DB index is out of range"),
+            }),
+            "AUTH" if argc == 2 || argc == 3 => Command::ready(self.resp_auth(conn, None, &args[argc - 1])),
+            "HELLO" => Command::ready(self.resp_hello(conn, &args)),
+            "QUIT" => {
+                if let Some(c) = self.resp.conns.get_mut(&conn) {
+                    c.quit = true;
+                }
+                Command::ready(Value::ok())
+            }
+            "CLIENT" if argc >= 2 => Command::ready(self.resp_client(conn, &args)),
+            "CONFIG" if argc >= 3 && args[1].eq_ignore_ascii_case(b"GET") => Command::ready(config_get(&args[2..])),
+            "CONFIG" if argc == 2 && args[1].eq_ignore_ascii_case(b"RESETSTAT") => Command::ready(Value::ok()),
+            "CONFIG" if argc >= 2 => Command::ready(Value::error(
+                "ERR only CONFIG GET is served: a node is configured by its command line (gtstore-storage(8))",
+            )),
+            "COMMAND" => Command::ready(match args.get(1).map(|a| a.to_ascii_uppercase()) {
+                Some(sub) if sub == b"COUNT" => Value::Integer(0),
+                _ => Value::Array(Vec::new()),
+            }),
+            "INFO" => Command::ready(Value::Bulk(self.resp_info(rx, args.get(1)))),
+            n if READ_MODIFY_WRITE.contains(&n) => Command::ready(Value::error(format!(
+                "ERR {n} needs the value it changes, which last-writer-wins replication cannot give"
+            ))),
+            "PING" | "ECHO" | "GET" | "MGET" | "EXISTS" | "DEL" | "UNLINK" | "TTL" | "PTTL" | "PERSIST" | "SET"
+            | "MSET" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "DBSIZE" | "SELECT" | "AUTH" | "CLIENT"
+            | "CONFIG" => Command::ready(wrong_args(name)),
+            _ => Command::ready(unknown_command(&args)),
+        }
+    }
+
+    /// SET key value [options]: only the plain form; NX, XX, GET and the
+    /// expiry options are refused.
+    fn resp_set(&mut self, mut args: Vec<Vec<u8>>) -> Command {
+        if let Some(opt) = args.get(3) {
+            let opt = String::from_utf8_lossy(opt).to_ascii_uppercase();
+            let reply = match opt.as_str() {
+                "NX" | "XX" | "GET" => Value::error(format!(
+                    "ERR SET {opt} needs a compare-and-set, which last-writer-wins replication cannot give"
+                )),
+                "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => {
+                    Value::error("ERR key expiry is not supported by this build yet")
+                }
+                _ => Value::error("ERR syntax error"),
+            };
+            return Command::ready(reply);
+        }
+        args.truncate(3);
+        let keys = args.split_off(1);
+        Command { kind: Kind::Set, keys, answers: vec![None], left: 1, reply: None, found: 0 }
+    }
+
+    /// AUTH [user] password: the client key's bytes (a trailing newline of
+    /// the key file aside), compared in constant time.
+    fn resp_auth(&mut self, conn: ConnId, _user: Option<&[u8]>, password: &[u8]) -> Value {
+        let Some(key) = &self.cfg.keys.client else {
+            return Value::error(
+                "ERR AUTH <password> called without any password configured for the default user. Are you sure \
+                 your configuration is correct?",
+            );
+        };
+        if !key.matches_password(password) {
+            return Value::error("WRONGPASS invalid username-password pair or user is disabled.");
+        }
+        if let Some(c) = self.resp.conns.get_mut(&conn) {
+            c.authed = true;
+        }
+        Value::ok()
+    }
+
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 or RESP3.
+    fn resp_hello(&mut self, conn: ConnId, args: &[Vec<u8>]) -> Value {
+        let mut proto = None;
+        let mut i = 1;
+        if let Some(v) = args.get(1) {
+            proto = match v.as_slice() {
+                b"2" => Some(2),
+                b"3" => Some(3),
+                _ if v.iter().all(u8::is_ascii_digit) => {
+                    return Value::error("NOPROTO sorry, this protocol version is not supported")
+                }
+                _ => return Value::error("ERR Protocol version is not an integer or out of range"),
+            };
+            i = 2;
+        }
+        while i < args.len() {
+            let opt = args[i].to_ascii_uppercase();
+            if opt == b"AUTH" && i + 2 < args.len() {
+                let reply = self.resp_auth(conn, Some(&args[i + 1]), &args[i + 2]);
+                if matches!(reply, Value::Error(_)) {
+                    return reply;
+                }
+                i += 3;
+            } else if opt == b"SETNAME" && i + 1 < args.len() {
+                if let Some(c) = self.resp.conns.get_mut(&conn) {
+                    c.name = Some(args[i + 1].clone());
+                }
+                i += 2;
+            } else {
+                return Value::error("ERR syntax error in HELLO option");
+            }
+        }
+        let Some(c) = self.resp.conns.get_mut(&conn).filter(|c| c.authed) else {
+            return Value::error("NOAUTH HELLO must be called with the client authentication of this server.");
+        };
+        if let Some(p) = proto {
+            c.proto = p;
+        }
+        let pair = |k: &str, v: Value| (Value::bulk(k), v);
+        Value::Map(vec![
+            pair("server", Value::bulk("gtstore")),
+            pair("version", Value::bulk(env!("CARGO_PKG_VERSION"))),
+            pair("proto", Value::Integer(i64::from(c.proto))),
+            pair("id", Value::Integer(i64::from(self.cfg.id))),
+            pair("mode", Value::bulk("cluster")),
+            pair("role", Value::bulk("master")),
+            pair("modules", Value::Array(Vec::new())),
+        ])
+    }
+
+    /// CLIENT SETNAME / GETNAME / SETINFO / ID.
+    fn resp_client(&mut self, conn: ConnId, args: &[Vec<u8>]) -> Value {
+        let sub = args[1].to_ascii_uppercase();
+        let Some(c) = self.resp.conns.get_mut(&conn) else { return Value::ok() };
+        match (sub.as_slice(), args.len()) {
+            (b"SETNAME", 3) => {
+                if args[2].iter().any(|&b| b <= b' ' || b >= 0x7f) {
+                    return Value::error("ERR Client names cannot contain spaces, newlines or special characters.");
+                }
+                c.name = Some(args[2].clone()).filter(|n| !n.is_empty());
+                Value::ok()
+            }
+            (b"GETNAME", 2) => c.name.clone().map_or(Value::Nil, Value::Bulk),
+            (b"SETINFO", 4) => Value::ok(),
+            (b"ID", 2) => Value::Integer(i64::from(conn.parts().0 as u32)),
+            _ => Value::error(format!(
+                "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(&args[1])
+            )),
+        }
+    }
+
+    /// INFO [section]: this node's view (keys and sectors are its own copy).
+    fn resp_info(&self, rx: &impl NodeIo, section: Option<&Vec<u8>>) -> Vec<u8> {
+        let want = section.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+        let all = want.as_deref().is_none_or(|s| matches!(s, "all" | "everything" | "default"));
+        let mut out = String::new();
+        let mut add = |name: &str, lines: Vec<String>| {
+            if all || want.as_deref() == Some(name) {
+                let title = format!("{}{}", name[..1].to_ascii_uppercase(), &name[1..]);
+                out.push_str(&format!("# {title}\r\n"));
+                for l in lines {
+                    out.push_str(&l);
+                    out.push_str("\r\n");
+                }
+                out.push_str("\r\n");
+            }
+        };
+        let (epoch, members, up, rep) = self.table.as_ref().map_or((0, 0, 0, 0), |t| {
+            let up = t.members.iter().filter(|m| m.state == crate::table::NodeState::Up).count();
+            (t.epoch, t.members.len(), up, t.rep)
+        });
+        add(
+            "server",
+            vec![
+                "redis_version:7.0.0".into(),
+                format!("gtstore_version:{}", env!("CARGO_PKG_VERSION")),
+                "redis_mode:cluster".into(),
+                format!("process_id:{}", std::process::id()),
+                format!("tcp_port:{}", self.cfg.resp_listen.map_or(0, |a| a.port())),
+                format!("node_id:{}", self.cfg.id),
+            ],
+        );
+        add("clients", vec![format!("connected_clients:{}", self.resp.conns.len())]);
+        add("stats", vec![format!("wall_ms:{}", rx.wall_ms())]);
+        add(
+            "persistence",
+            vec!["loading:0".into(), format!("aof_enabled:1"), format!("gtstore_fsync:{}", self.cfg.fsync)],
+        );
+        add("keyspace", vec![format!("db0:keys={},expires=0,avg_ttl=0", self.store.total_live_keys())]);
+        add(
+            "cluster",
+            vec![
+                "cluster_enabled:0".into(),
+                format!("gtstore_members:{members}"),
+                format!("gtstore_members_up:{up}"),
+                format!("gtstore_replicas:{rep}"),
+                format!("gtstore_epoch:{epoch}"),
+                format!("gtstore_sectors_here:{}", self.table.as_ref().map_or(0, |t| t.owned_by(self.cfg.id))),
+                format!("gtstore_under_replicated_here:{}", self.missing_sectors()),
+            ],
+        );
+        out.into_bytes()
+    }
+
+    /// Queues `command` and makes its requests; answers what is ready.
+    fn resp_push(&mut self, rx: &mut impl NodeIo, conn: ConnId, command: Command) {
+        let Some(c) = self.resp.conns.get_mut(&conn) else { return };
+        let seq = c.first_seq + c.queue.len() as u64;
+        let (kind, keys) = (command.kind, command.keys.clone());
+        c.queue.push_back(command);
+        match kind {
+            Kind::Ready => {}
+            Kind::Set => {
+                for (part, pair) in keys.chunks(2).enumerate() {
+                    let body = Body::Put { key: pair[0].clone(), value: pair[1].clone() };
+                    self.resp_request(rx, conn, seq, part, body);
+                }
+            }
+            Kind::DbSize => {
+                for (part, member) in keys.iter().enumerate() {
+                    let id = member.as_slice().try_into().map_or(0, u32::from_be_bytes);
+                    self.resp_stats(rx, conn, seq, part, id);
+                }
+            }
+            _ => {
+                for (part, key) in keys.into_iter().enumerate() {
+                    self.resp_request(rx, conn, seq, part, Body::Get { key });
+                }
+            }
+        }
+        self.resp_flush(rx, conn);
+    }
+
+    /// Sends part `part` of command `seq` to this node's coordinator path.
+    fn resp_request(&mut self, rx: &mut impl NodeIo, conn: ConnId, seq: u64, part: usize, body: Body) {
+        let Some(c) = self.resp.conns.get_mut(&conn) else { return };
+        c.next_req += 1;
+        let req = c.next_req;
+        c.parts.insert(req, (seq, part));
+        let header = Header { req, deadline: rx.wall_ms() + REQUEST_MS, ..Header::default() };
+        self.handle_client(rx, conn, Message { header, body });
+    }
+
+    /// Asks member `id` (this node included) for its figures, for DBSIZE.
+    fn resp_stats(&mut self, rx: &mut impl NodeIo, conn: ConnId, seq: u64, part: usize, id: u32) {
+        let Some(c) = self.resp.conns.get_mut(&conn) else { return };
+        c.next_req += 1;
+        let req = c.next_req;
+        c.parts.insert(req, (seq, part));
+        let header = Header { req, deadline: rx.wall_ms() + REQUEST_MS, ..Header::default() };
+        if id == self.cfg.id {
+            self.handle_stats(rx, conn, header);
+        } else {
+            self.forward(rx, conn, header, id, Body::StatsReq);
+        }
+    }
+
+    /// A native answer for a RESP connection (see `answer_to`).
+    pub(super) fn resp_reply(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: &Message) {
+        let Some(c) = self.resp.conns.get_mut(&conn) else { return };
+        let Some((seq, part)) = c.parts.remove(&msg.header.req) else { return };
+        let Some(cmd) = c.command(seq) else { return };
+        if let Some(slot) = cmd.answers.get_mut(part).filter(|s| s.is_none()) {
+            *slot = Some(msg.body.clone());
+            cmd.left = cmd.left.saturating_sub(1);
+        }
+        if cmd.left == 0 {
+            self.resp_complete(rx, conn, seq);
+        }
+        // A DEL that ended (deleted, or failed) lets the commands behind it run.
+        let ended_del = self
+            .resp
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.command(seq))
+            .is_some_and(|cmd| matches!(cmd.kind, Kind::DelRead | Kind::DelWrite) && cmd.reply.is_some());
+        if ended_del {
+            self.resp_release(rx, conn);
+        }
+        self.resp_flush(rx, conn);
+    }
+
+    /// Every part of command `seq` answered: its reply, or (DEL) its next step.
+    fn resp_complete(&mut self, rx: &mut impl NodeIo, conn: ConnId, seq: u64) {
+        let rep = self.table.as_ref().map_or(1, |t| u64::from(t.rep.max(1)));
+        let Some(cmd) = self.resp.conns.get_mut(&conn).and_then(|c| c.command(seq)) else { return };
+        let answers: Vec<Body> = cmd.answers.iter_mut().map(|a| a.take().unwrap_or(Body::Ok)).collect();
+        let failed = answers.iter().find_map(|b| match b {
+            Body::Error { code, reason } => Some(native_error(code, reason)),
+            _ => None,
+        });
+        let found = |b: &Body| matches!(b, Body::Value { .. });
+        if let (Kind::DelRead, None) = (cmd.kind, &failed) {
+            // Each key was read; now each is deleted. The count is of the
+            // keys that had a value.
+            cmd.found = answers.iter().filter(|b| found(b)).count() as i64;
+            cmd.kind = Kind::DelWrite;
+            let keys = std::mem::take(&mut cmd.keys);
+            cmd.answers = vec![None; keys.len()];
+            cmd.left = keys.len();
+            for (part, key) in keys.into_iter().enumerate() {
+                self.resp_request(rx, conn, seq, part, Body::Del { key });
+            }
+            return;
+        }
+        let bulk = |b: Body| match b {
+            Body::Value { value, .. } => Value::Bulk(value),
+            _ => Value::Nil,
+        };
+        cmd.reply = Some(match (cmd.kind, failed) {
+            (_, Some(error)) => error,
+            (Kind::Get, None) => answers.into_iter().next().map_or(Value::Nil, bulk),
+            (Kind::MGet, None) => Value::Array(answers.into_iter().map(bulk).collect()),
+            (Kind::Exists, None) => Value::Integer(answers.iter().filter(|b| found(b)).count() as i64),
+            (Kind::Ttl, None) => Value::Integer(if answers.iter().any(found) { -1 } else { -2 }),
+            (Kind::Persist, None) => Value::Integer(0),
+            (Kind::Set, None) => Value::ok(),
+            (Kind::DelWrite | Kind::DelRead, None) => Value::Integer(cmd.found),
+            (Kind::DbSize, None) => {
+                let copies: u64 = answers
+                    .iter()
+                    .map(|b| match b {
+                        Body::StatsReply(Stats { keys, .. }) => *keys,
+                        _ => 0,
+                    })
+                    .sum();
+                // Every key has `rep` copies once the cluster is healthy.
+                Value::Integer(i64::try_from(copies.div_ceil(rep)).unwrap_or(i64::MAX))
+            }
+            (Kind::Ready, None) => return,
+        });
+    }
+
+    /// Writes the replies at the front of `conn`'s queue that are known.
+    fn resp_flush(&mut self, rx: &mut impl NodeIo, conn: ConnId) {
+        let Some(c) = self.resp.conns.get_mut(&conn) else { return };
+        let mut out = Vec::new();
+        while c.queue.front().is_some_and(|cmd| cmd.reply.is_some()) {
+            if let Some(reply) = c.queue.pop_front().and_then(|cmd| cmd.reply) {
+                out.push(reply);
+            }
+            c.first_seq += 1;
+        }
+        let quit = c.quit && c.queue.is_empty();
+        let last = out.len();
+        let resp3 = c.proto == 3;
+        for (i, reply) in out.into_iter().enumerate() {
+            let reply = if resp3 { reply.into_resp3() } else { reply.into_resp2() };
+            let msg = Message { header: Header::default(), body: Body::Resp(reply) };
+            if quit && i + 1 == last {
+                rx.send_and_close(conn, &msg);
+            } else {
+                rx.send(conn, &msg);
+            }
+        }
+    }
+
+    /// An answer to a client request: a native client's goes out as it
+    /// is (`early`: before the turn's fsync, see `Io::send_early`); a RESP
+    /// connection's goes to its command.
+    pub(super) fn answer_to(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: &Message, early: bool) {
+        if matches!(rx.data(conn), Some(Link::Resp)) {
+            self.resp_reply(rx, conn, msg);
+        } else if early {
+            rx.send_early(conn, msg);
+        } else {
+            rx.send(conn, msg);
+        }
+    }
+}
+
+/// CONFIG GET param...: the answers clients and redis-benchmark ask for
+/// (a map: a flat array on RESP2).
+fn config_get(params: &[Vec<u8>]) -> Value {
+    let known: [(&str, &str); 6] = [
+        ("save", ""),
+        ("appendonly", "yes"),
+        ("databases", "1"),
+        ("maxmemory", "0"),
+        ("timeout", "0"),
+        ("appendfsync", "always"),
+    ];
+    let mut out = Vec::new();
+    for p in params {
+        let p = String::from_utf8_lossy(p).to_ascii_lowercase();
+        for (name, value) in known {
+            if p == name || p == "*" {
+                out.push((Value::bulk(name), Value::bulk(value)));
+            }
+        }
+    }
+    Value::Map(out)
+}
+
+/// Redis's reply to a command it does not know.
+fn unknown_command(args: &[Vec<u8>]) -> Value {
+    let show = |a: &[u8]| String::from_utf8_lossy(&a[..a.len().min(128)]).into_owned();
+    let rest: String = args[1..].iter().take(8).map(|a| format!("'{}' ", show(a))).collect();
+    Value::error(format!("ERR unknown command '{}', with args beginning with: {rest}", show(&args[0])))
+}
