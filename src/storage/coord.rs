@@ -84,7 +84,7 @@ impl Node {
 
     pub(super) fn reply(&mut self, rx: &mut impl NodeIo, conn: ConnId, header: Header, body: Body) {
         let header = Header { node: self.cfg.id, ..header };
-        self.answer_to(rx, conn, &Message { header, body }, false);
+        self.answer_to(rx, conn, Message { header, body }, false);
     }
 
     /// A client's PUT, GET or DEL: refused, forwarded to the key's
@@ -439,7 +439,7 @@ impl Node {
         op.replied = true;
         let (client, header, durable) = (op.client, op.header, op.turn < self.coord.turn);
         let msg = Message { header: Header { node: self.cfg.id, ..header }, body };
-        self.answer_to(rx, client, &msg, durable);
+        self.answer_to(rx, client, msg, durable);
     }
 
     /// Drops an op once every replica answered (after repairing stale ones).
@@ -533,7 +533,7 @@ impl Node {
             let (client, header) = (op.client, op.header);
             let coord = msg.header.node;
             // The coordinator answered after its own fsync: relay it at once.
-            self.answer_to(rx, client, &Message { header: Header { node: coord, ..header }, body: msg.body }, true);
+            self.answer_to(rx, client, Message { header: Header { node: coord, ..header }, body: msg.body }, true);
             if let Some(op) = self.coord.ops.get_mut(&op_id) {
                 op.replied = true;
             }

@@ -472,14 +472,22 @@ impl Node {
     fn resp_push(&mut self, rx: &mut impl NodeIo, conn: ConnId, command: Command) {
         let Some(c) = self.resp.conns.get_mut(&conn) else { return };
         let seq = c.first_seq + c.queue.len() as u64;
-        let (kind, keys) = (command.kind, command.keys.clone());
+        let mut command = command;
+        // The keys go into the requests; only DEL needs them again.
+        let keys = match command.kind {
+            Kind::DelRead => command.keys.clone(),
+            _ => std::mem::take(&mut command.keys),
+        };
+        let kind = command.kind;
         c.queue.push_back(command);
         match kind {
             Kind::Ready => {}
             Kind::Set => {
-                for (part, pair) in keys.chunks(2).enumerate() {
-                    let body = Body::Put { key: pair[0].clone(), value: pair[1].clone() };
-                    self.resp_request(rx, conn, seq, part, body);
+                let mut pairs = keys.into_iter();
+                let mut part = 0;
+                while let (Some(key), Some(value)) = (pairs.next(), pairs.next()) {
+                    self.resp_request(rx, conn, seq, part, Body::Put { key, value });
+                    part += 1;
                 }
             }
             Kind::DbSize => {
@@ -522,12 +530,12 @@ impl Node {
     }
 
     /// A native answer for a RESP connection (see `answer_to`).
-    pub(super) fn resp_reply(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: &Message) {
+    pub(super) fn resp_reply(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message) {
         let Some(c) = self.resp.conns.get_mut(&conn) else { return };
         let Some((seq, part)) = c.parts.remove(&msg.header.req) else { return };
         let Some(cmd) = c.command(seq) else { return };
         if let Some(slot) = cmd.answers.get_mut(part).filter(|s| s.is_none()) {
-            *slot = Some(msg.body.clone());
+            *slot = Some(msg.body);
             cmd.left = cmd.left.saturating_sub(1);
         }
         if cmd.left == 0 {
@@ -624,13 +632,13 @@ impl Node {
     /// An answer to a client request: a native client's goes out as it
     /// is (`early`: before the turn's fsync, see `Io::send_early`); a RESP
     /// connection's goes to its command.
-    pub(super) fn answer_to(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: &Message, early: bool) {
+    pub(super) fn answer_to(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message, early: bool) {
         if matches!(rx.data(conn), Some(Link::Resp)) {
             self.resp_reply(rx, conn, msg);
         } else if early {
-            rx.send_early(conn, msg);
+            rx.send_early(conn, &msg);
         } else {
-            rx.send(conn, msg);
+            rx.send(conn, &msg);
         }
     }
 }
