@@ -214,6 +214,39 @@ fn auth_is_sent_first_and_a_wrong_password_is_exit_77() {
 }
 
 #[test]
+fn clients_are_spread_over_several_servers() {
+    let Some(a) = Redis::start("spread-a", &[]) else { return };
+    let Some(b) = Redis::start("spread-b", &[]) else { return };
+    let both = format!("{},{}", a.addr(), b.addr());
+    let args = [
+        "--resp",
+        &both,
+        "--quiet",
+        "--ops",
+        "2000",
+        "--clients",
+        "4",
+        "--keys",
+        "1000",
+        "--preload",
+        "--read-ratio",
+        "1",
+    ];
+    let out = run_bin("gtstore-bench", &args);
+    assert_clean(&out, 2000);
+    assert_eq!(fields(&stdout(&out), "label=")["resp"], both);
+    // The preload wrote each key once, through one of the clients, and the run only read (a key
+    // on the other server is a miss, not an error): half of the keys are on each server.
+    let size = |r: &Redis| -> u64 {
+        let reply = r.query("DBSIZE");
+        reply.trim().trim_start_matches(':').parse().unwrap_or_else(|_| panic!("DBSIZE: {reply:?}"))
+    };
+    let (na, nb) = (size(&a), size(&b));
+    assert_eq!(na + nb, 1000, "{na} + {nb}");
+    assert!(na >= 400 && nb >= 400, "{na} and {nb}");
+}
+
+#[test]
 fn resp_usage_errors_are_exit_64_and_no_server_is_exit_69() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
@@ -222,4 +255,5 @@ fn resp_usage_errors_are_exit_64_and_no_server_is_exit_69() {
     assert_exit(&run_bin("gtstore-bench", &["--resp", &addr, "--node-stats"]), 64);
     assert_exit(&run_bin("gtstore-bench", &["--resp", &addr, "--wait-cmd", "  "]), 64);
     assert_exit(&run_bin("gtstore-bench", &["--resp", &addr, "--resp-password-file", "/nonexistent/pw"]), 64);
+    assert_exit(&run_bin("gtstore-bench", &["--resp", &format!("{addr},"), "--ops", "10"]), 64);
 }

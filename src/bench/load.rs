@@ -15,7 +15,8 @@
 //! the percentiles instead of being hidden (coordinated omission).
 //!
 //! With `--resp` ([`Target::Resp`]) every client has one connection to one
-//! RESP2 server instead, and sends `GET key` and `SET key value` (each SET
+//! RESP2 server instead (client `c` to server `c mod N`, whatever the key),
+//! and sends `GET key` and `SET key value` (each SET
 //! followed by the wait command, if any); replies are matched to requests
 //! in order, per connection, by [`Outstanding`].
 //!
@@ -279,11 +280,11 @@ struct Engine<'a> {
 }
 
 impl Engine<'_> {
-    /// The address of node index `node` (the RESP server is node 0).
+    /// The address of node index `node` (a RESP server's index in `--resp`).
     fn addr(&self, node: usize) -> Option<SocketAddr> {
         match self.target {
             Target::Native { router, .. } => router.nodes.get(node).map(|&(_, a)| a),
-            Target::Resp(t) => Some(t.addr),
+            Target::Resp(t) => t.addrs.get(node).copied(),
         }
     }
 
@@ -294,7 +295,7 @@ impl Engine<'_> {
                 Some((id, addr)) => format!("server{id} at {addr}"),
                 None => format!("node index {node}"),
             },
-            Target::Resp(t) => t.addr.to_string(),
+            Target::Resp(t) => t.addrs.get(node).map_or_else(|| format!("server index {node}"), |a| a.to_string()),
         }
     }
 
@@ -330,11 +331,11 @@ impl Engine<'_> {
         (format!("key{k}").into_bytes(), read)
     }
 
-    /// The node (index) client requests for `key` go to now.
-    fn route(&self, key: &[u8], now: Instant) -> Option<usize> {
+    /// The node (index) client `c`'s request for `key` goes to now.
+    fn route(&self, c: usize, key: &[u8], now: Instant) -> Option<usize> {
         let cands = match self.target {
             Target::Native { router, .. } => router.candidates(key),
-            Target::Resp(_) => return Some(0),
+            Target::Resp(t) => return Some(c % t.addrs.len().max(1)),
         };
         let avoid = |n: usize| self.node_down_until[n].is_some_and(|t| t > now);
         cands.iter().copied().find(|&n| !avoid(n)).or_else(|| cands.first().copied())
@@ -345,7 +346,7 @@ impl Engine<'_> {
         let (key, read) = self.next_op();
         self.issued += 1;
         let now = Instant::now();
-        let Some(node) = self.route(&key, now) else {
+        let Some(node) = self.route(c, &key, now) else {
             let k = String::from_utf8_lossy(&key).into_owned();
             self.error(|| format!("no node holds {k} in the table"));
             return;
@@ -430,11 +431,11 @@ impl Engine<'_> {
 
     /// A reply on RESP connection `id`: the oldest command it has awaiting one is answered.
     fn on_resp_reply(&mut self, rx: &mut impl BenchIo, id: ConnId, body: Body) {
-        let answer = match (body, rx.data_mut(id)) {
-            (Body::Resp(v), Some(link)) => link.replies.on_reply(v),
+        let (answer, node) = match (body, rx.data_mut(id)) {
+            (Body::Resp(v), Some(link)) => (link.replies.on_reply(v), link.node),
             (_, None) => return,
             // The RESP framing yields nothing else; were it to, the connection is out of step.
-            (_, Some(_)) => Answer::Unasked,
+            (_, Some(link)) => (Answer::Unasked, link.node),
         };
         match answer {
             Answer::Done { req, result } => {
@@ -445,13 +446,13 @@ impl Engine<'_> {
             }
             Answer::Partial | Answer::Authed => {}
             Answer::AuthRefused(why) => {
-                let peer = self.peer_name(0);
+                let peer = self.peer_name(node);
                 self.refused = Some(format!("{peer} refused AUTH: {why}"));
                 rx.stop();
             }
             Answer::Unasked => {
                 if self.first_error.is_none() {
-                    self.first_error = Some(format!("{}: a reply to no command; closing", self.peer_name(0)));
+                    self.first_error = Some(format!("{}: a reply to no command; closing", self.peer_name(node)));
                 }
                 self.forget_conn(rx, id);
             }
@@ -666,7 +667,7 @@ pub fn run(w: &Workload, target: Target<'_>) -> Result<Outcome, String> {
     let now = Instant::now();
     let n = match target {
         Target::Native { router, .. } => router.nodes.len(),
-        Target::Resp(_) => 1,
+        Target::Resp(t) => t.addrs.len(),
     };
     let engine = Engine {
         w,

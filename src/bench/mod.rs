@@ -22,6 +22,7 @@ pub mod report;
 pub mod resp;
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ const RESP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 fn options() -> getopts::Options {
     let mut o = getopts::Options::new();
     o.optopt("", "manager", "cluster manager (default $GTSTORE_MANAGER, else 127.0.0.1:7000)", "ADDR");
-    o.optopt("", "resp", "no cluster: drive the RESP2 server at HOST:PORT with GET and SET", "HOST:PORT");
+    o.optopt("", "resp", "no cluster: GET and SET to RESP2 servers, client i to the (i mod N)th", "HOST:PORT[,...]");
     o.optopt("", "wait-cmd", "with --resp: send CMD after each SET; its reply ends the write", "CMD");
     o.optopt("", "resp-password-file", "with --resp: first send AUTH with the password in FILE (optional)", "FILE");
     o.optopt("", "ops", "operations in all (default 200000)", "N");
@@ -190,11 +191,14 @@ fn resp_target(m: &getopts::Matches) -> Result<Option<RespTarget>, Exit> {
     if let Some(flag) = CLUSTER_ONLY.into_iter().find(|f| m.opt_present(f)) {
         return Err(Exit::usage(format!("--{flag} is for a GTStore cluster; it excludes --resp")));
     }
-    let addr = cli::resolve(&addr)?;
+    let addrs = addr.split(',').map(|a| cli::resolve(a.trim())).collect::<Result<Vec<_>, Exit>>()?;
+    if addrs.len() > 1024 {
+        return Err(Exit::usage("--resp: at most 1024 servers"));
+    }
     let wait = m.opt_str("wait-cmd").map(|c| resp::wait_command(&c)).transpose().map_err(Exit::usage)?;
     let auth = m.opt_str("resp-password-file");
     let auth = auth.map(|p| resp::auth_command(Path::new(&p))).transpose().map_err(Exit::usage)?;
-    Ok(Some(RespTarget { addr, auth, wait }))
+    Ok(Some(RespTarget { addrs, auth, wait }))
 }
 
 /// Runs `gtstore-bench ARGS` (without the program name); returns the exit status.
@@ -273,8 +277,10 @@ pub fn main(args: &[String]) -> Result<i32, Exit> {
 /// `--resp`: the run against one RESP2 server.
 fn run_resp(a: &Args, t: &RespTarget) -> Result<i32, Exit> {
     // A server that is not there fails here, once, not as every operation.
-    std::net::TcpStream::connect_timeout(&t.addr, RESP_CONNECT_TIMEOUT)
-        .map_err(|e| Exit::new(EX_UNAVAILABLE, format!("cannot connect to {}: {e}", t.addr)))?;
+    for addr in &t.addrs {
+        std::net::TcpStream::connect_timeout(addr, RESP_CONNECT_TIMEOUT)
+            .map_err(|e| Exit::new(EX_UNAVAILABLE, format!("cannot connect to {addr}: {e}")))?;
+    }
     let label = a.label.clone().unwrap_or_else(|| "resp".into());
     let wait = match &t.wait {
         Some(crate::net::resp::Value::Array(words)) => words
@@ -283,7 +289,8 @@ fn run_resp(a: &Args, t: &RespTarget) -> Result<i32, Exit> {
             .map_or("-".into(), |w| cli::printable(&String::from_utf8_lossy(w)).replace(' ', "_")),
         _ => "-".into(),
     };
-    let who = format!("resp={} wait={wait}", t.addr);
+    let addrs: Vec<String> = t.addrs.iter().map(SocketAddr::to_string).collect();
+    let who = format!("resp={} wait={wait}", addrs.join(","));
     let o = measure(a, Target::Resp(t), &label, &who, None)?;
     Ok(status(&o))
 }

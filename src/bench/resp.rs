@@ -1,6 +1,7 @@
-//! `gtstore-bench --resp`: the load of [`super::load`] sent to one RESP2
-//! server (Redis, Valkey, or a GTStore node's `--resp-listen` port) as
-//! `SET key value` and `GET key`.
+//! `gtstore-bench --resp`: the load of [`super::load`] sent to RESP2
+//! servers (Redis, Valkey, or GTStore nodes' `--resp-listen` ports) as
+//! `SET key value` and `GET key`. With several servers (the nodes of one
+//! cluster) client `c` talks to server `c mod N` only.
 //!
 //! RESP replies carry no request id: a server answers each connection's
 //! commands in the order they came. [`Outstanding`] is that order for one
@@ -19,11 +20,11 @@ use crate::net::resp::Value;
 /// The largest password file `--resp-password-file` reads.
 pub const MAX_PASSWORD: usize = 64 * 1024;
 
-/// The server and the commands every connection to it sends besides GET and SET.
+/// The servers and the commands every connection sends besides GET and SET.
 #[derive(Clone, Debug)]
 pub struct RespTarget {
-    /// The server.
-    pub addr: SocketAddr,
+    /// The servers (at least one): client `c` talks to `addrs[c % len]`.
+    pub addrs: Vec<SocketAddr>,
     /// `AUTH <password>`, sent first on each connection.
     pub auth: Option<Value>,
     /// Sent after each SET (`--wait-cmd`); the write ends with its reply.
