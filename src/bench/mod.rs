@@ -33,7 +33,7 @@ use report::{NodeFigures, PidSource, Summary};
 use resp::RespTarget;
 
 const USAGE: &str = "Usage: gtstore-bench [options]
-       gtstore-bench --resp HOST:PORT [--wait-cmd CMD] [--resp-password-file FILE] [options]
+       gtstore-bench --resp HOST:PORT[,...] [--wait-cmd CMD] [--resp-password-file FILE] [options]
        gtstore-bench chart throughput|balance|peers IN.csv OUT.svg";
 
 /// The options that only a GTStore cluster has, refused with `--resp`.
@@ -61,7 +61,7 @@ fn options() -> getopts::Options {
     o.optflag("", "preload", "first write every key once, unmeasured");
     o.optflag("", "sequential", "operation i writes key<i>: --ops distinct inserts in order");
     o.optopt("", "csv", "append the result row to FILE (header if new)", "FILE");
-    o.optopt("", "label", "the label column of the CSV row (default NODESxREPLICAS)", "TEXT");
+    o.optopt("", "label", "the label column of the CSV row (default NODESxREPLICAS, or resp)", "TEXT");
     o.optflag("", "node-stats", "print each node's key count after the run");
     o.optopt("", "node-csv", "append each node's figures to FILE (implies --node-stats)", "FILE");
     o.optmulti("", "pidfile", "a storage node's pidfile, for its resident memory (repeatable)", "FILE");
