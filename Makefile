@@ -153,14 +153,18 @@ clean:
 #
 #   make bench        SPEC section 9 sequences 5 and 6 -> bench/results/{throughput,balance}.{csv,svg}
 #   make bench-redis  redis-benchmark against GTStore in one run -> bench/results/vs-redis.csv
+#   make bench-peers  Redis, Valkey with 2 replicas and GTStore (native and RESP), one load
+#                     generator, one run -> bench/results/vs-peers.{csv,svg} and the ratios
 #   make bench-scale  bytes per key, restart time, ops/s on 1..7 nodes -> bench/results/scale.csv
 #
 # BENCH_OPS (operations per run), BENCH_PORT (the clusters' BASE_PORT), BENCH_RUN_DIR,
-# REDIS_PORT and SCALE_KEYS override the defaults.
+# REDIS_PORT, VALKEY_PORT (the Valkey primary; its replicas on the next two) and SCALE_KEYS
+# override the defaults.
 BENCH_OPS     = 200000
 BENCH_PORT    = 7500
 BENCH_RUN_DIR = run-bench
 REDIS_PORT    = 7600
+VALKEY_PORT   = 7620
 SCALE_KEYS    = 1000000
 BENCH_ENV     = BIN="$(BIN)" BENCH_OPS=$(BENCH_OPS) BENCH_PORT=$(BENCH_PORT) BENCH_RUN_DIR="$(BENCH_RUN_DIR)"
 
@@ -179,13 +183,16 @@ sim-selftest:
 	$(CARGO) build --release --quiet --features planted-bugs --target-dir target/planted --bin gtstore-sim
 	target/planted/release/gtstore-sim --selftest --seeds $(SEEDS)
 
-.PHONY: bench bench-redis bench-scale
+.PHONY: bench bench-redis bench-peers bench-scale
 
 bench: build
 	@$(BENCH_ENV) scripts/bench-cluster.sh
 
 bench-redis: build
 	@$(BENCH_ENV) REDIS_PORT=$(REDIS_PORT) scripts/bench-redis.sh
+
+bench-peers: build
+	@$(BENCH_ENV) REDIS_PORT=$(REDIS_PORT) VALKEY_PORT=$(VALKEY_PORT) scripts/bench-peers.sh
 
 bench-scale: build
 	@$(BENCH_ENV) SCALE_KEYS=$(SCALE_KEYS) scripts/bench-scale.sh

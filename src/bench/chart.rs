@@ -6,6 +6,10 @@
 //! - `balance`: one bar per row of a node CSV (`--node-csv`), keys per
 //!   node, with the mean as a dashed line; also prints a text histogram on
 //!   standard output.
+//! - `peers`: one horizontal bar per row of `make bench-peers`'s
+//!   `vs-peers.csv` (`system,nodes,replicas,ops_per_s,p50_ms,p99_ms`),
+//!   ops/s, each bar named by its system and shape and labelled with its
+//!   ops/s and p99 latency.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,11 +19,13 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::cli::{Exit, EX_DATAERR, EX_OSERR};
 
-const USAGE: &str = "usage: gtstore-bench chart throughput|balance IN.csv OUT.svg";
+const USAGE: &str = "usage: gtstore-bench chart throughput|balance|peers IN.csv OUT.svg";
 const WIDTH: u32 = 900;
 const HEIGHT: u32 = 560;
 const BAR: RGBColor = RGBColor(0x3b, 0x6e, 0xa8);
 const MEAN: RGBColor = RGBColor(0xc0, 0x39, 0x2b);
+/// The bars of systems other than GTStore in the `peers` chart.
+const PEER: RGBColor = RGBColor(0x95, 0x9c, 0xa3);
 
 /// A CSV file read as a header and rows of fields (no quoting: the bench writes none).
 struct Csv {
@@ -73,6 +79,7 @@ pub fn main(args: &[String]) -> Result<i32, Exit> {
     match kind.as_str() {
         "throughput" => throughput(input, output)?,
         "balance" => balance(input, output)?,
+        "peers" => peers(input, output)?,
         other => return Err(Exit::usage(format!("unknown chart '{other}'; {USAGE}"))),
     }
     Ok(0)
@@ -243,5 +250,97 @@ fn balance(input: &Path, output: &Path) -> Result<(), Exit> {
     }
     println!("max/mean={:.3} min/mean={:.3}", max / mean, min / mean);
     println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// Height of one bar's row in the `peers` chart, in pixels.
+const PEER_ROW: u32 = 44;
+
+/// Ops/s of each system, from `vs-peers.csv`: horizontal bars, so that
+/// long names (`redis-benchmark:gtstore-resp 1x1`) stay readable.
+fn peers(input: &Path, output: &Path) -> Result<(), Exit> {
+    let csv = Csv::read(input)?;
+    let system = csv.column(input, "system")?;
+    let nodes = csv.column(input, "nodes")?;
+    let replicas = csv.column(input, "replicas")?;
+    let ops = csv.numbers(input, "ops_per_s")?;
+    let p99 = csv.numbers(input, "p99_ms")?;
+    let bars: Vec<Bar> = (0..ops.len())
+        .map(|i| Bar {
+            name: format!("{} {}x{}", system[i], nodes[i], replicas[i]),
+            value: ops[i],
+            notes: vec![format!("{} ops/s, p99 {:.2} ms", grouped(ops[i]), p99[i])],
+        })
+        .collect();
+    let ours: Vec<bool> = system.iter().map(|s| s.contains("gtstore")).collect();
+    let title = "Operations per second in one run, GTStore in blue; p99 latency on each bar";
+    hbar_chart(output, title, "operations per second (50/50 GET/SET)", &bars, &ours)?;
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// Draws a horizontal bar chart of `bars`, the first on top, each with its first note after it;
+/// the bars whose `highlight` is true in blue, the others in grey.
+fn hbar_chart(out: &Path, title: &str, x_desc: &str, bars: &[Bar], highlight: &[bool]) -> Result<(), Exit> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Exit::new(EX_OSERR, format!("{}: {e}", dir.display())))?;
+    }
+    let n = bars.len() as i32;
+    // Room on the right for the notes.
+    let xmax = bars.iter().map(|b| b.value).fold(0.0, f64::max).max(1.0) * 1.45;
+    let height = 140 + PEER_ROW * bars.len() as u32;
+    let root = SVGBackend::new(out, (WIDTH + 200, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw_err(out, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(50)
+        .y_label_area_size(260)
+        .build_cartesian_2d(0.0..xmax, (0..n - 1).into_segmented())
+        .map_err(|e| draw_err(out, e))?;
+    // Row i of the chart (counted from the bottom) shows bar n-1-i, so the first bar is on top.
+    let name_of = |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+            bars.get((n - 1 - *i) as usize).map(|b| b.name.clone()).unwrap_or_default()
+        }
+        SegmentValue::Last => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .light_line_style(WHITE)
+        .x_desc(x_desc)
+        .axis_desc_style(("sans-serif", 16))
+        .label_style(("sans-serif", 14))
+        .y_labels(bars.len())
+        .y_label_formatter(&name_of)
+        .x_label_formatter(&|v| grouped(*v))
+        .draw()
+        .map_err(|e| draw_err(out, e))?;
+    chart
+        .draw_series(
+            Histogram::horizontal(&chart)
+                .style_func(|seg, _| {
+                    let i = match seg {
+                        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => (n - 1 - *i) as usize,
+                        SegmentValue::Last => usize::MAX,
+                    };
+                    match highlight.get(i) {
+                        Some(true) => BAR.filled(),
+                        _ => PEER.filled(),
+                    }
+                })
+                .margin(8)
+                .data(bars.iter().enumerate().map(|(i, b)| (n - 1 - i as i32, b.value))),
+        )
+        .map_err(|e| draw_err(out, e))?;
+    let note_style = TextStyle::from(("sans-serif", 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, b) in bars.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(b.value, SegmentValue::CenterOf(n - 1 - i as i32)));
+        if let Some(note) = b.notes.first() {
+            root.draw(&Text::new(note.clone(), (x + 8, y), note_style.clone())).map_err(|e| draw_err(out, e))?;
+        }
+    }
+    root.present().map_err(|e| draw_err(out, e))?;
     Ok(())
 }

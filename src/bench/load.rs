@@ -14,12 +14,19 @@
 //! a stall of the cluster (operations waiting for a slot) shows in full in
 //! the percentiles instead of being hidden (coordinated omission).
 //!
-//! Failures count as errors, never as latencies: an `ERROR` reply, a request
-//! unanswered after the timeout, a refused or broken connection. A node
-//! whose connection broke is avoided (the next replica of the preference
-//! list is used) for a short while, and a client that lost a connection
-//! waits a little before sending again, so a dead node costs a bounded
-//! error rate, not a busy loop.
+//! With `--resp` ([`Target::Resp`]) every client has one connection to one
+//! RESP2 server instead (client `c` to server `c mod N`, whatever the key),
+//! and sends `GET key` and `SET key value` (each SET
+//! followed by the wait command, if any); replies are matched to requests
+//! in order, per connection, by [`Outstanding`].
+//!
+//! Failures count as errors, never as latencies: an `ERROR` reply (`-...`
+//! in RESP), a request unanswered after the timeout, a refused or broken
+//! connection. A node whose connection broke is avoided (the next replica
+//! of the preference list is used) for a short while, and a client that
+//! lost a connection waits a little before sending again, so a dead node
+//! costs a bounded error rate, not a busy loop. A RESP command cannot be
+//! taken back: a connection with one unanswered past the timeout is closed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,9 +35,11 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use nix::sys::signal::Signal;
 
+use super::resp::{Answer, Outstanding, RespTarget};
 use crate::net::auth::{Key, KeyKind, Keys};
 use crate::net::codec::{Body, Header, Limits, Message};
-use crate::net::{ConnId, Gate, Guarded, Handler, Io, Reactor};
+use crate::net::resp::{self, Value};
+use crate::net::{ConnId, Framing, Gate, Guarded, Handler, Io, Reactor};
 use crate::table::{NodeState, Table};
 
 /// The load generator's timers.
@@ -130,6 +139,19 @@ pub struct Outcome {
     pub first_error: Option<String>,
     /// The run was cut short by a signal.
     pub interrupted: bool,
+    /// Why the run stopped before its end, with no operation able to
+    /// succeed (the RESP server refused AUTH).
+    pub refused: Option<String>,
+}
+
+/// What the load is sent to.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// A GTStore cluster over the native protocol: each request goes to
+    /// its key's coordinator; `client_id` goes in every header.
+    Native { router: &'a Router, client_id: u64 },
+    /// One RESP2 server.
+    Resp(&'a RespTarget),
 }
 
 /// Where each key's requests go: the nodes that are up, and for each sector
@@ -170,11 +192,19 @@ impl Router {
     }
 }
 
-/// The per-connection data: which client, which node.
-#[derive(Debug, Clone, Copy)]
+/// The per-connection data: which client, which node, and on a RESP
+/// connection the commands awaiting their replies.
+#[derive(Debug)]
 pub struct Link {
     client: usize,
     node: usize,
+    replies: Outstanding,
+}
+
+impl Link {
+    fn new(client: usize, node: usize) -> Link {
+        Link { client, node, replies: Outstanding::default() }
+    }
 }
 
 /// One simulated client.
@@ -223,8 +253,7 @@ impl Rng {
 
 struct Engine<'a> {
     w: &'a Workload,
-    router: &'a Router,
-    client_id: u64,
+    target: Target<'a>,
     sims: Vec<Sim>,
     pending: HashMap<u64, Pending>,
     next_req: u64,
@@ -247,9 +276,29 @@ struct Engine<'a> {
     last_progress_done: u64,
     first_error: Option<String>,
     interrupted: bool,
+    refused: Option<String>,
 }
 
 impl Engine<'_> {
+    /// The address of node index `node` (a RESP server's index in `--resp`).
+    fn addr(&self, node: usize) -> Option<SocketAddr> {
+        match self.target {
+            Target::Native { router, .. } => router.nodes.get(node).map(|&(_, a)| a),
+            Target::Resp(t) => t.addrs.get(node).copied(),
+        }
+    }
+
+    /// Node index `node` for messages: `server3 at 127.0.0.1:7003`.
+    fn peer_name(&self, node: usize) -> String {
+        match self.target {
+            Target::Native { router, .. } => match router.nodes.get(node) {
+                Some((id, addr)) => format!("server{id} at {addr}"),
+                None => format!("node index {node}"),
+            },
+            Target::Resp(t) => t.addrs.get(node).map_or_else(|| format!("server index {node}"), |a| a.to_string()),
+        }
+    }
+
     /// The deadline of a request sent now: when the timeout gives it up.
     fn wall_deadline(&self, rx: &impl BenchIo) -> u64 {
         rx.wall_ms() + self.w.timeout.as_millis() as u64
@@ -282,9 +331,12 @@ impl Engine<'_> {
         (format!("key{k}").into_bytes(), read)
     }
 
-    /// The node (index) client requests for `key` go to now.
-    fn route(&self, key: &[u8], now: Instant) -> Option<usize> {
-        let cands = self.router.candidates(key);
+    /// The node (index) client `c`'s request for `key` goes to now.
+    fn route(&self, c: usize, key: &[u8], now: Instant) -> Option<usize> {
+        let cands = match self.target {
+            Target::Native { router, .. } => router.candidates(key),
+            Target::Resp(t) => return Some(c % t.addrs.len().max(1)),
+        };
         let avoid = |n: usize| self.node_down_until[n].is_some_and(|t| t > now);
         cands.iter().copied().find(|&n| !avoid(n)).or_else(|| cands.first().copied())
     }
@@ -294,39 +346,128 @@ impl Engine<'_> {
         let (key, read) = self.next_op();
         self.issued += 1;
         let now = Instant::now();
-        let Some(node) = self.route(&key, now) else {
+        let Some(node) = self.route(c, &key, now) else {
             let k = String::from_utf8_lossy(&key).into_owned();
             self.error(|| format!("no node holds {k} in the table"));
             return;
         };
         let conn = match self.sims[c].conns[node].filter(|&id| rx.is_open(id)) {
             Some(id) => id,
-            None => match rx.connect(self.router.nodes[node].1, Link { client: c, node }) {
+            None => match self.open(rx, c, node) {
                 Ok(id) => {
                     self.sims[c].conns[node] = Some(id);
                     id
                 }
                 Err(e) => {
-                    let (id, addr) = self.router.nodes[node];
+                    let peer = self.peer_name(node);
                     self.node_down_until[node] = Some(now + NODE_BACKOFF);
-                    self.error(|| format!("cannot connect to server{id} at {addr}: {e}"));
+                    self.error(|| format!("cannot connect to {peer}: {e}"));
                     self.pause(rx, c);
                     return;
                 }
             },
         };
         self.next_req += 1;
-        let body = if read { Body::Get { key } } else { Body::Put { key, value: self.value.clone() } };
-        let deadline = self.wall_deadline(rx);
-        let header = Header { client: self.client_id, req: self.next_req, deadline, ..Header::default() };
-        let msg = Message { header, body };
-        if !rx.send(conn, &msg) {
+        let sent = match self.target {
+            Target::Native { client_id, .. } => {
+                let body = if read { Body::Get { key } } else { Body::Put { key, value: self.value.clone() } };
+                let deadline = self.wall_deadline(rx);
+                let header = Header { client: client_id, req: self.next_req, deadline, ..Header::default() };
+                rx.send(conn, &Message { header, body })
+            }
+            Target::Resp(t) => self.send_resp(rx, conn, t, key, read),
+        };
+        if !sent {
             self.sims[c].conns[node] = None;
             self.error(|| "connection closed before the request could be sent".into());
             return;
         }
         self.sims[c].inflight += 1;
         self.pending.insert(self.next_req, Pending { client: c, conn, t0, sent: now });
+    }
+
+    /// Opens client `c`'s connection to node index `node`; a RESP one
+    /// starts with AUTH when there is a password.
+    fn open(&self, rx: &mut impl BenchIo, c: usize, node: usize) -> crate::net::Result<ConnId> {
+        let addr = self
+            .addr(node)
+            .ok_or_else(|| crate::net::Error::Io(std::io::Error::new(std::io::ErrorKind::NotFound, "no such node")))?;
+        let Target::Resp(t) = self.target else {
+            return rx.connect(addr, Link::new(c, node));
+        };
+        let id = rx.connect_framed(addr, Link::new(c, node), Framing::RespClient)?;
+        if let Some(auth) = &t.auth {
+            if rx.send(id, &resp_message(auth.clone())) {
+                if let Some(link) = rx.data_mut(id) {
+                    link.replies.auth();
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    /// Sends operation `next_req` as `GET key` or `SET key value` (and
+    /// the wait command) on RESP connection `conn`; false if it is gone.
+    fn send_resp(&self, rx: &mut impl BenchIo, conn: ConnId, t: &RespTarget, key: Vec<u8>, read: bool) -> bool {
+        let cmd = match read {
+            true => resp::command([b"GET".to_vec(), key]),
+            false => resp::command([b"SET".to_vec(), key, self.value.clone()]),
+        };
+        if !rx.send(conn, &resp_message(cmd)) {
+            return false;
+        }
+        let wait = t.wait.as_ref().filter(|_| !read);
+        if let Some(w) = wait {
+            rx.send(conn, &resp_message(w.clone()));
+        }
+        let Some(link) = rx.data_mut(conn) else { return false };
+        match read {
+            true => link.replies.get(self.next_req),
+            false => link.replies.set(self.next_req, wait.is_some()),
+        }
+        debug_assert!(link.replies.len() <= 2 * self.w.pipeline + 1, "more commands in flight than the pipeline");
+        true
+    }
+
+    /// A reply on RESP connection `id`: the oldest command it has awaiting one is answered.
+    fn on_resp_reply(&mut self, rx: &mut impl BenchIo, id: ConnId, body: Body) {
+        let (answer, node) = match (body, rx.data_mut(id)) {
+            (Body::Resp(v), Some(link)) => (link.replies.on_reply(v), link.node),
+            (_, None) => return,
+            // The RESP framing yields nothing else; were it to, the connection is out of step.
+            (_, Some(link)) => (Answer::Unasked, link.node),
+        };
+        match answer {
+            Answer::Done { req, result } => {
+                if result == Ok(false) {
+                    self.not_found += 1;
+                }
+                self.complete(rx, req, result.map(|_| ()));
+            }
+            Answer::Partial | Answer::Authed => {}
+            Answer::AuthRefused(why) => {
+                let peer = self.peer_name(node);
+                self.refused = Some(format!("{peer} refused AUTH: {why}"));
+                rx.stop();
+            }
+            Answer::Unasked => {
+                if self.first_error.is_none() {
+                    self.first_error = Some(format!("{}: a reply to no command; closing", self.peer_name(node)));
+                }
+                self.forget_conn(rx, id);
+            }
+        }
+    }
+
+    /// Closes `id` and stops using it at once (its requests fail when it
+    /// has closed, in `on_closed`).
+    fn forget_conn(&mut self, rx: &mut impl BenchIo, id: ConnId) {
+        if let Some(&Link { client, node, .. }) = rx.data(id) {
+            if let Some(slot) = self.sims.get_mut(client).and_then(|s| s.conns.get_mut(node)) {
+                *slot = None;
+            }
+        }
+        rx.close(id);
     }
 
     /// Makes client `c` wait [`CLIENT_BACKOFF`] before it sends again.
@@ -405,9 +546,18 @@ impl Engine<'_> {
     fn tick(&mut self, rx: &mut impl BenchIo) {
         let now = Instant::now();
         let timeout = self.w.timeout;
-        let late: Vec<u64> =
-            self.pending.iter().filter(|(_, p)| now.duration_since(p.sent) >= timeout).map(|(&r, _)| r).collect();
-        for req in late {
+        let late: Vec<(u64, ConnId)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.sent) >= timeout)
+            .map(|(&r, p)| (r, p.conn))
+            .collect();
+        for (req, conn) in late {
+            if matches!(self.target, Target::Resp(_)) {
+                // RESP cannot cancel a command, and its reply would still
+                // come first: the connection is given up.
+                self.forget_conn(rx, conn);
+            }
             self.complete(rx, req, Err(format!("no reply within {timeout:?}")));
         }
         if self.w.progress && now.duration_since(self.last_progress) >= Duration::from_secs(1) {
@@ -432,10 +582,13 @@ impl Handler for Engine<'_> {
 
     fn accepted(&mut self, _peer: Option<SocketAddr>, _framing: crate::net::Framing) -> Link {
         // The bench has no listener; this is never called.
-        Link { client: usize::MAX, node: usize::MAX }
+        Link::new(usize::MAX, usize::MAX)
     }
 
-    fn on_message<X: BenchIo>(&mut self, rx: &mut X, _id: ConnId, msg: Message) {
+    fn on_message<X: BenchIo>(&mut self, rx: &mut X, id: ConnId, msg: Message) {
+        if matches!(self.target, Target::Resp(_)) {
+            return self.on_resp_reply(rx, id, msg.body);
+        }
         let result = match msg.body {
             Body::Ok | Body::Value { .. } => Ok(()),
             Body::NotFound { .. } => {
@@ -478,12 +631,14 @@ impl Handler for Engine<'_> {
         if lost.is_empty() || self.finished() {
             return;
         }
-        let (node_id, addr) = self.router.nodes[link.node];
-        self.node_down_until[link.node] = Some(Instant::now() + NODE_BACKOFF);
+        let peer = self.peer_name(link.node);
+        if let Some(t) = self.node_down_until.get_mut(link.node) {
+            *t = Some(Instant::now() + NODE_BACKOFF);
+        }
         // Pause first, so that completing the lost requests does not resend at once.
         self.pause(rx, link.client);
         for req in lost {
-            self.complete(rx, req, Err(format!("connection to server{node_id} at {addr} failed or closed")));
+            self.complete(rx, req, Err(format!("connection to {peer} failed or closed")));
         }
     }
 
@@ -496,8 +651,13 @@ impl Handler for Engine<'_> {
     }
 }
 
-/// Runs `w` against the nodes of `router`; `client_id` goes in every header.
-pub fn run(w: &Workload, router: &Router, client_id: u64) -> Result<Outcome, String> {
+/// A RESP command as a message of the loop.
+fn resp_message(cmd: Value) -> Message {
+    Message { header: Header::default(), body: Body::Resp(cmd) }
+}
+
+/// Runs `w` against `target`.
+pub fn run(w: &Workload, target: Target<'_>) -> Result<Outcome, String> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, HIST_MAX_US, 3).map_err(|e| e.to_string())?;
     hist.auto(false);
     let mut rx: Reactor<Guarded<Link>, Timer> =
@@ -505,11 +665,13 @@ pub fn run(w: &Workload, router: &Router, client_id: u64) -> Result<Outcome, Str
     rx.max_conns = usize::MAX;
     rx.catch_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let now = Instant::now();
-    let n = router.nodes.len();
+    let n = match target {
+        Target::Native { router, .. } => router.nodes.len(),
+        Target::Resp(t) => t.addrs.len(),
+    };
     let engine = Engine {
         w,
-        router,
-        client_id,
+        target,
         sims: (0..w.clients.max(1)).map(|_| Sim { conns: vec![None; n], inflight: 0, paused: false }).collect(),
         pending: HashMap::new(),
         next_req: 0,
@@ -529,6 +691,7 @@ pub fn run(w: &Workload, router: &Router, client_id: u64) -> Result<Outcome, Str
         last_progress_done: 0,
         first_error: None,
         interrupted: false,
+        refused: None,
     };
     let keys = Keys { outbound: w.key.clone().map(|k| (KeyKind::Client, k)), ..Keys::default() };
     let mut gate = Gate::new(engine, keys);
@@ -554,5 +717,6 @@ pub fn run(w: &Workload, router: &Router, client_id: u64) -> Result<Outcome, Str
         hist: e.hist,
         first_error: e.first_error,
         interrupted: e.interrupted,
+        refused: e.refused,
     })
 }

@@ -6,7 +6,11 @@
 //! (`load`), with every simulated client's connections as outbound
 //! connections of that loop.
 //!
+//! With `--resp HOST:PORT` there is no cluster: the same load goes to one
+//! RESP2 server (Redis, Valkey, a node's RESP port) as GET and SET.
+//!
 //! - [`load`]: the load generator (closed and open loop).
+//! - [`resp`]: the RESP mode's commands and its matching of replies.
 //! - [`report`]: the report lines, CSV rows, key counts and resident memory.
 //! - [`chart`]: `gtstore-bench chart`: SVG bar charts from the CSV files.
 //!
@@ -15,22 +19,35 @@
 pub mod chart;
 pub mod load;
 pub mod report;
+pub mod resp;
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{self, opt_num, Exit, EX_OSERR, EX_SOFTWARE, EX_UNAVAILABLE};
+use crate::cli::{self, opt_num, Exit, EX_NOPERM, EX_OSERR, EX_SOFTWARE, EX_UNAVAILABLE};
 use crate::client::{Client, Config};
-use load::{KeyChoice, Router, Workload};
+use load::{KeyChoice, Outcome, Router, Target, Workload};
 use report::{NodeFigures, PidSource, Summary};
+use resp::RespTarget;
 
 const USAGE: &str = "Usage: gtstore-bench [options]
-       gtstore-bench chart throughput|balance IN.csv OUT.svg";
+       gtstore-bench --resp HOST:PORT[,...] [--wait-cmd CMD] [--resp-password-file FILE] [options]
+       gtstore-bench chart throughput|balance|peers IN.csv OUT.svg";
+
+/// The options that only a GTStore cluster has, refused with `--resp`.
+const CLUSTER_ONLY: [&str; 6] = ["manager", "key-file", "node-stats", "node-csv", "pidfile", "run-dir"];
+
+/// How long `--resp` waits for its server to accept a first connection.
+const RESP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn options() -> getopts::Options {
     let mut o = getopts::Options::new();
     o.optopt("", "manager", "cluster manager (default $GTSTORE_MANAGER, else 127.0.0.1:7000)", "ADDR");
+    o.optopt("", "resp", "no cluster: GET and SET to RESP2 servers, client i to the (i mod N)th", "HOST:PORT[,...]");
+    o.optopt("", "wait-cmd", "with --resp: send CMD after each SET; its reply ends the write", "CMD");
+    o.optopt("", "resp-password-file", "with --resp: first send AUTH with the password in FILE (optional)", "FILE");
     o.optopt("", "ops", "operations in all (default 200000)", "N");
     o.optopt("", "read-ratio", "fraction of reads, 0 to 1 (default 0.5)", "F");
     o.optopt("", "clients", "concurrent clients (default 50)", "N");
@@ -44,7 +61,7 @@ fn options() -> getopts::Options {
     o.optflag("", "preload", "first write every key once, unmeasured");
     o.optflag("", "sequential", "operation i writes key<i>: --ops distinct inserts in order");
     o.optopt("", "csv", "append the result row to FILE (header if new)", "FILE");
-    o.optopt("", "label", "the label column of the CSV row (default NODESxREPLICAS)", "TEXT");
+    o.optopt("", "label", "the label column of the CSV row (default NODESxREPLICAS, or resp)", "TEXT");
     o.optflag("", "node-stats", "print each node's key count after the run");
     o.optopt("", "node-csv", "append each node's figures to FILE (implies --node-stats)", "FILE");
     o.optmulti("", "pidfile", "a storage node's pidfile, for its resident memory (repeatable)", "FILE");
@@ -59,6 +76,8 @@ fn options() -> getopts::Options {
 /// The parsed command line of a run.
 struct Args {
     manager: String,
+    /// `--resp`: the RESP server, instead of the cluster of `manager`.
+    resp: Option<RespTarget>,
     w: Workload,
     preload: bool,
     csv: Option<PathBuf>,
@@ -130,8 +149,14 @@ fn parse(m: &getopts::Matches) -> Result<Args, Exit> {
         pids.extend(found);
     }
     let node_csv = m.opt_str("node-csv").map(PathBuf::from);
+    let resp = resp_target(m)?;
+    let key = match resp {
+        Some(_) => None,
+        None => crate::client::key_file(m.opt_str("key-file")).map_err(Exit::usage)?,
+    };
     Ok(Args {
         manager: cli::manager_addr(m.opt_str("manager")),
+        resp,
         w: Workload {
             ops,
             read_ratio,
@@ -144,7 +169,7 @@ fn parse(m: &getopts::Matches) -> Result<Args, Exit> {
             timeout: Duration::from_millis(timeout_ms),
             progress,
             phase: "run",
-            key: crate::client::key_file(m.opt_str("key-file")).map_err(Exit::usage)?,
+            key,
         },
         preload: m.opt_present("preload"),
         csv: m.opt_str("csv").map(PathBuf::from),
@@ -153,6 +178,27 @@ fn parse(m: &getopts::Matches) -> Result<Args, Exit> {
         node_csv,
         pids,
     })
+}
+
+/// `--resp` and the options that go with it.
+fn resp_target(m: &getopts::Matches) -> Result<Option<RespTarget>, Exit> {
+    let Some(addr) = m.opt_str("resp") else {
+        if let Some(flag) = ["wait-cmd", "resp-password-file"].into_iter().find(|f| m.opt_present(f)) {
+            return Err(Exit::usage(format!("--{flag} needs --resp")));
+        }
+        return Ok(None);
+    };
+    if let Some(flag) = CLUSTER_ONLY.into_iter().find(|f| m.opt_present(f)) {
+        return Err(Exit::usage(format!("--{flag} is for a GTStore cluster; it excludes --resp")));
+    }
+    let addrs = addr.split(',').map(|a| cli::resolve(a.trim())).collect::<Result<Vec<_>, Exit>>()?;
+    if addrs.len() > 1024 {
+        return Err(Exit::usage("--resp: at most 1024 servers"));
+    }
+    let wait = m.opt_str("wait-cmd").map(|c| resp::wait_command(&c)).transpose().map_err(Exit::usage)?;
+    let auth = m.opt_str("resp-password-file");
+    let auth = auth.map(|p| resp::auth_command(Path::new(&p))).transpose().map_err(Exit::usage)?;
+    Ok(Some(RespTarget { addrs, auth, wait }))
 }
 
 /// Runs `gtstore-bench ARGS` (without the program name); returns the exit status.
@@ -171,6 +217,9 @@ pub fn main(args: &[String]) -> Result<i32, Exit> {
         return Ok(0);
     }
     let mut a = parse(&m)?;
+    if let Some(t) = a.resp.clone() {
+        return run_resp(&a, &t);
+    }
     cli::resolve(&a.manager)?;
 
     let cfg = Config { manager: a.manager.clone(), key: a.w.key.clone(), ..Config::default() };
@@ -201,6 +250,63 @@ pub fn main(args: &[String]) -> Result<i32, Exit> {
         }
     }
 
+    let target = Target::Native { router: &router, client_id: client.id() };
+    let who = format!("nodes={nodes} replicas={}", table.rep);
+    let o = measure(&a, target, &label, &who, Some((nodes, table.rep)))?;
+
+    if a.node_stats {
+        for f in figures.iter_mut() {
+            match client.stats(f.node) {
+                Ok(st) => {
+                    f.keys = Some(st.keys);
+                    f.sectors = Some(st.sectors);
+                }
+                Err(e) => eprintln!("gtstore-bench: server{}: no stats: {e}", f.node),
+            }
+            f.rss_kb = a.pids.iter().find(|p| p.node == Some(f.node)).and_then(PidSource::rss_kb);
+            println!("{}", f.line());
+        }
+        if let Some(path) = &a.node_csv {
+            let rows: Vec<String> = figures.iter().map(|f| f.csv_row(&label)).collect();
+            report::append_csv(path, report::NODE_CSV_HEADER, &rows).map_err(|e| Exit::new(EX_OSERR, e))?;
+        }
+    }
+    Ok(status(&o))
+}
+
+/// `--resp`: the run against one RESP2 server.
+fn run_resp(a: &Args, t: &RespTarget) -> Result<i32, Exit> {
+    // A server that is not there fails here, once, not as every operation.
+    for addr in &t.addrs {
+        std::net::TcpStream::connect_timeout(addr, RESP_CONNECT_TIMEOUT)
+            .map_err(|e| Exit::new(EX_UNAVAILABLE, format!("cannot connect to {addr}: {e}")))?;
+    }
+    let label = a.label.clone().unwrap_or_else(|| "resp".into());
+    let wait = match &t.wait {
+        Some(crate::net::resp::Value::Array(words)) => words
+            .first()
+            .and_then(|w| w.as_bytes())
+            .map_or("-".into(), |w| cli::printable(&String::from_utf8_lossy(w)).replace(' ', "_")),
+        _ => "-".into(),
+    };
+    let addrs: Vec<String> = t.addrs.iter().map(SocketAddr::to_string).collect();
+    let who = format!("resp={} wait={wait}", addrs.join(","));
+    let o = measure(a, Target::Resp(t), &label, &who, None)?;
+    Ok(status(&o))
+}
+
+/// The exit status of a run that went to its end or was interrupted.
+fn status(o: &Outcome) -> i32 {
+    match o.interrupted {
+        true => 128 + nix::sys::signal::Signal::SIGINT as i32,
+        false => 0,
+    }
+}
+
+/// The preload, if asked for, then the measured run, its report lines
+/// (the workload's starting with `label=LABEL WHO`) and CSV row. `shape`:
+/// the nodes and replicas, when known.
+fn measure(a: &Args, target: Target<'_>, label: &str, who: &str, shape: Option<(usize, u32)>) -> Result<Outcome, Exit> {
     if a.preload {
         let w = Workload {
             ops: a.w.keys,
@@ -211,7 +317,10 @@ pub fn main(args: &[String]) -> Result<i32, Exit> {
             ..a.w.clone()
         };
         eprintln!("gtstore-bench: preloading {} keys (not measured)", w.ops);
-        let o = load::run(&w, &router, client.id()).map_err(|e| Exit::new(EX_OSERR, e))?;
+        let o = load::run(&w, target).map_err(|e| Exit::new(EX_OSERR, e))?;
+        if let Some(why) = o.refused {
+            return Err(Exit::new(EX_NOPERM, why));
+        }
         if o.interrupted {
             return Err(Exit::new(EX_SOFTWARE, "interrupted during the preload"));
         }
@@ -236,11 +345,14 @@ pub fn main(args: &[String]) -> Result<i32, Exit> {
     };
     let read_ratio = if matches!(a.w.choice, KeyChoice::Sequential) { 0.0 } else { a.w.read_ratio };
     println!(
-        "label={label} nodes={nodes} replicas={} clients={} pipeline={} read_ratio={read_ratio:.2} value_size={} {keys} loop={mode}",
-        table.rep, a.w.clients, a.w.pipeline, a.w.value_size
+        "label={label} {who} clients={} pipeline={} read_ratio={read_ratio:.2} value_size={} {keys} loop={mode}",
+        a.w.clients, a.w.pipeline, a.w.value_size
     );
-    let o = load::run(&a.w, &router, client.id()).map_err(|e| Exit::new(EX_OSERR, e))?;
-    let s = Summary::new(&label, nodes, table.rep, a.w.clients, a.w.pipeline, &o);
+    let o = load::run(&a.w, target).map_err(|e| Exit::new(EX_OSERR, e))?;
+    if let Some(why) = o.refused {
+        return Err(Exit::new(EX_NOPERM, why));
+    }
+    let s = Summary::new(label, shape, a.w.clients, a.w.pipeline, &o);
     println!("{}", s.line());
     if o.errors > 0 {
         eprintln!("gtstore-bench: {} operations failed; first: {}", o.errors, o.first_error.as_deref().unwrap_or("?"));
@@ -249,25 +361,5 @@ pub fn main(args: &[String]) -> Result<i32, Exit> {
         report::append_csv(path, report::RUN_CSV_HEADER, &[s.csv_row()]).map_err(|e| Exit::new(EX_OSERR, e))?;
     }
 
-    if a.node_stats {
-        for f in figures.iter_mut() {
-            match client.stats(f.node) {
-                Ok(st) => {
-                    f.keys = Some(st.keys);
-                    f.sectors = Some(st.sectors);
-                }
-                Err(e) => eprintln!("gtstore-bench: server{}: no stats: {e}", f.node),
-            }
-            f.rss_kb = a.pids.iter().find(|p| p.node == Some(f.node)).and_then(PidSource::rss_kb);
-            println!("{}", f.line());
-        }
-        if let Some(path) = &a.node_csv {
-            let rows: Vec<String> = figures.iter().map(|f| f.csv_row(&label)).collect();
-            report::append_csv(path, report::NODE_CSV_HEADER, &rows).map_err(|e| Exit::new(EX_OSERR, e))?;
-        }
-    }
-    if o.interrupted {
-        return Ok(128 + nix::sys::signal::Signal::SIGINT as i32);
-    }
-    Ok(0)
+    Ok(o)
 }

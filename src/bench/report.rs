@@ -23,10 +23,8 @@ pub const NODE_CSV_HEADER: &str = "label,node,keys,sectors,rss_kb,bytes_per_key"
 pub struct Summary {
     /// `--label`.
     pub label: String,
-    /// Storage nodes up in the table.
-    pub nodes: usize,
-    /// Replicas per key in the table.
-    pub replicas: u32,
+    /// Storage nodes up in the table, and replicas per key (unknown for `--resp`).
+    pub shape: Option<(usize, u32)>,
     /// Concurrent clients.
     pub clients: usize,
     /// Requests in flight per client.
@@ -51,14 +49,13 @@ pub struct Summary {
 
 impl Summary {
     /// The summary of `o`.
-    pub fn new(label: &str, nodes: usize, replicas: u32, clients: usize, pipeline: usize, o: &Outcome) -> Summary {
+    pub fn new(label: &str, shape: Option<(usize, u32)>, clients: usize, pipeline: usize, o: &Outcome) -> Summary {
         let seconds = o.elapsed.as_secs_f64();
         let ok = o.ops - o.errors;
         let ms = |q: f64| if o.hist.is_empty() { 0.0 } else { o.hist.value_at_quantile(q) as f64 / 1000.0 };
         Summary {
             label: label.to_string(),
-            nodes,
-            replicas,
+            shape,
             clients,
             pipeline,
             ops: o.ops,
@@ -80,13 +77,15 @@ impl Summary {
         )
     }
 
-    /// The CSV row, in the order of [`RUN_CSV_HEADER`].
+    /// The CSV row, in the order of [`RUN_CSV_HEADER`]; an unknown shape leaves nodes and replicas empty.
     pub fn csv_row(&self) -> String {
+        let (nodes, replicas) =
+            self.shape.map_or((String::new(), String::new()), |(n, r)| (n.to_string(), r.to_string()));
         format!(
             "{},{},{},{},{},{},{},{:.3},{:.0},{:.3},{:.3},{:.3},{:.3}",
             self.label,
-            self.nodes,
-            self.replicas,
+            nodes,
+            replicas,
             self.clients,
             self.pipeline,
             self.ops,
