@@ -167,7 +167,7 @@ impl Outstanding {
 fn get_result(v: Value) -> Result<bool, String> {
     match v {
         Value::Bulk(_) => Ok(true),
-        Value::Nil => Ok(false),
+        Value::Nil | Value::Null => Ok(false),
         Value::Error(e) => Err(format!("GET: {e}")),
         other => Err(format!("GET: unexpected reply {}", kind(&other))),
     }
@@ -192,6 +192,8 @@ fn kind(v: &Value) -> &'static str {
         Value::Nil => "nil",
         Value::Array(_) => "array",
         Value::NilArray => "nil array",
+        Value::Null => "null",
+        Value::Map(_) => "map",
     }
 }
 
