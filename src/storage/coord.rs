@@ -667,7 +667,12 @@ impl Node {
     pub(super) fn handle_stats(&mut self, rx: &mut impl NodeIo, conn: ConnId, h: Header) {
         let owned = self.table.as_ref().map_or(0, |t| t.owned_by(self.cfg.id));
         let missing = self.missing_sectors();
-        let stats = Stats { sectors: owned as u32, keys: self.store.total_live_keys() as u64, missing: missing as u32 };
+        let stats = Stats {
+            sectors: owned as u32,
+            keys: self.store.total_live_keys() as u64,
+            missing: missing as u32,
+            figures: None,
+        };
         self.reply(rx, conn, h, Body::StatsReply(stats));
     }
 }
