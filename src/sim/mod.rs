@@ -204,6 +204,7 @@ impl World {
             log_file: None,
             header_timeout: Duration::from_secs(10),
             keys: self.keys(),
+            metrics_listen: None,
         }
     }
 
@@ -229,6 +230,7 @@ impl World {
             max_output: self.plan.max_output,
             idle_timeout: Duration::ZERO,
             keys: self.keys(),
+            metrics_listen: None,
         }
     }
 

@@ -25,6 +25,7 @@
 mod coord;
 mod handoff;
 mod links;
+mod metrics;
 mod orphans;
 mod reap;
 mod stream;
@@ -139,6 +140,8 @@ pub struct Config {
     pub max_output: usize,
     /// An accepted connection idle this long is closed (zero: never).
     pub idle_timeout: Duration,
+    /// Where to serve Prometheus metrics (`--metrics-listen`; None: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl crate::daemon::DaemonPaths for Config {
@@ -209,6 +212,8 @@ pub struct Node {
     orphans: orphans::Orphans,
     /// Tombstones older than the grace being reaped.
     reaper: reap::Reaper,
+    /// Requests, errors, latencies and connections counted (`--metrics-listen`).
+    metrics: metrics::NodeMetrics,
 }
 
 /// What a request sent to a peer is waiting for; the reply (or the loss of
@@ -272,6 +277,7 @@ impl Node {
             streams: stream::Streams::default(),
             orphans: orphans::Orphans::default(),
             reaper: reap::Reaper::default(),
+            metrics: metrics::NodeMetrics::default(),
             cfg,
         }
     }
@@ -422,6 +428,7 @@ impl Node {
     /// A request from a client or a peer that connected to us.
     fn handle_inbound(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message) {
         let h = msg.header;
+        self.metrics.received(conn, &msg.body, rx.now());
         match msg.body {
             Body::Put { .. } | Body::Get { .. } | Body::Del { .. } => self.handle_client(rx, conn, msg),
             Body::Store { entry, hint_for, repair } => self.handle_store(rx, conn, h, entry, hint_for, repair),
@@ -436,6 +443,7 @@ impl Node {
                 rx.send(conn, &error_reply(h.req, ErrorCode::BadRequest, &reason));
             }
         }
+        self.metrics.handled();
     }
 
     /// HELLO or GET_TABLE from a client that could not reach the manager:
@@ -558,11 +566,13 @@ impl Handler for Node {
     type Timer = Timer;
 
     fn accepted(&mut self, _peer: Option<SocketAddr>, framing: crate::net::Framing) -> Link {
-        match framing {
+        let link = match framing {
             crate::net::Framing::RespServer => Link::Resp,
             crate::net::Framing::Http => Link::Metrics,
             _ => Link::Inbound,
-        }
+        };
+        self.metrics.opened(link);
+        link
     }
 
     fn on_message<X: NodeIo>(&mut self, rx: &mut X, conn: ConnId, msg: Message) {
@@ -585,7 +595,8 @@ impl Handler for Node {
             (Link::Manager, _) => {}
             (Link::Peer(_), body) => self.handle_from_peer(rx, Message { header: msg.header, body }),
             (Link::Inbound, body) => self.handle_inbound(rx, conn, Message { header: msg.header, body }),
-            // The RESP2 and metrics ports (their own framings): nothing served yet.
+            (Link::Metrics, Body::Http(req)) => self.serve_metrics(rx, conn, &req),
+            // The RESP2 port (its own framing): nothing served yet.
             (Link::Resp | Link::Metrics, _) => rx.close(conn),
         }
     }
@@ -636,6 +647,7 @@ impl Handler for Node {
     }
 
     fn on_closed<X: NodeIo>(&mut self, rx: &mut X, conn: ConnId, link: Link) {
+        self.metrics.closed(conn, link);
         match link {
             Link::Manager => {
                 if self.links.manager == Some(conn) {
@@ -663,6 +675,7 @@ impl Handler for Node {
     fn before_sleep<X: NodeIo>(&mut self, rx: &mut X) {
         if bugs::planted(Bug::AckBeforeFsync) {
             self.coord.turn += 1;
+            self.metrics.sent(rx.now());
             return;
         }
         let synced = self.store.sync_dirty().and_then(|_| self.handoff.hints.sync_dirty());
@@ -674,6 +687,7 @@ impl Handler for Node {
         }
         // Everything applied up to now is durable.
         self.coord.turn += 1;
+        self.metrics.sent(rx.now());
         if !self.compact_armed && (self.store.compaction_pending() || self.handoff.hints.compaction_pending()) {
             self.compact_armed = true;
             rx.add_timer(Duration::ZERO, Timer::Compact);
@@ -719,6 +733,12 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         Ok(v) => v,
         Err(e) => return Err(fail(ready, EX_OSERR, format!("cannot listen on {}: {e}", cfg.listen))),
     };
+    if let Some(addr) = cfg.metrics_listen {
+        match rx.listen_framed(addr, net::Framing::Http) {
+            Ok(at) => info!("node {}: metrics at http://{at}{}", cfg.id, crate::metrics::PATH),
+            Err(e) => return Err(fail(ready, EX_OSERR, format!("cannot listen on {addr} for metrics: {e}"))),
+        }
+    }
     println!("listening on {bound}");
     let _ = std::io::stdout().flush();
     info!("node {} listening on {bound}", cfg.id);
