@@ -130,13 +130,13 @@ impl Default for NodeMetrics {
 
 impl NodeMetrics {
     /// A request arrived on an accepted native connection: a client verb
-    /// is counted and becomes the current request; an internal verb shows
-    /// the connection to be a peer's.
-    pub(super) fn received(&mut self, conn: ConnId, body: &Body, now: Instant) {
+    /// is counted and becomes the current request, arrived `now()`; an
+    /// internal verb shows the connection to be a peer's (and reads no clock).
+    pub(super) fn received(&mut self, conn: ConnId, body: &Body, now: impl FnOnce() -> Instant) {
         match Verb::of(body) {
             Some(v) => {
                 self.requests[v.index()] += 1;
-                self.current = Some((v, now));
+                self.current = Some((v, now()));
             }
             None if VerbClass::of(body) == VerbClass::Internal => {
                 self.peers_in.insert(conn);
@@ -435,15 +435,15 @@ mod tests {
         let mut m = NodeMetrics::default();
         let t = Instant::now();
         let conn = ConnId::new(1, 1);
-        m.received(conn, &Body::Put { key: vec![], value: vec![] }, t);
+        m.received(conn, &Body::Put { key: vec![], value: vec![] }, || t);
         let (verb, at) = m.take_current(t + Duration::from_secs(9));
         assert_eq!((verb, at), (Some(Verb::Put), t), "an operation takes the request over");
         m.answered(verb, at, &Body::Ok, Some(t + Duration::from_millis(3)));
-        m.received(conn, &Body::Get { key: vec![] }, t);
+        m.received(conn, &Body::Get { key: vec![] }, || t);
         m.answered_now(&Body::error(ErrorCode::NoTable, "none"));
         m.handled();
         m.sent(t + Duration::from_millis(20));
-        m.received(conn, &Body::StatsReq, t);
+        m.received(conn, &Body::StatsReq, || t);
         m.answered_now(&Body::Ok);
         m.sent(t + Duration::from_secs(1));
         assert_eq!(m.requests, [1, 1, 0, 0, 1]);
@@ -451,7 +451,7 @@ mod tests {
         assert_eq!((m.latency[0].count(), m.latency[0].sum()), (1, 3_000));
         assert_eq!((m.latency[1].count(), m.latency[1].sum()), (1, 20_000), "timed after the turn's commit");
         assert!(m.parked.is_empty());
-        m.received(conn, &Body::Fetch { key: vec![] }, t);
+        m.received(conn, &Body::Fetch { key: vec![] }, || panic!("no clock for a peer's verb"));
         assert!(m.peers_in.contains(&conn) && m.current.is_none(), "a FETCH shows a peer");
         m.closed(conn, Link::Inbound);
         assert!(m.peers_in.is_empty());

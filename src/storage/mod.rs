@@ -428,7 +428,7 @@ impl Node {
     /// A request from a client or a peer that connected to us.
     fn handle_inbound(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message) {
         let h = msg.header;
-        self.metrics.received(conn, &msg.body, rx.now());
+        self.metrics.received(conn, &msg.body, || rx.now());
         match msg.body {
             Body::Put { .. } | Body::Get { .. } | Body::Del { .. } => self.handle_client(rx, conn, msg),
             Body::Store { entry, hint_for, repair } => self.handle_store(rx, conn, h, entry, hint_for, repair),
