@@ -14,6 +14,7 @@
 # first target that starts one; CLIENT_KEY=FILE also gives the nodes --client-key FILE.
 # BIN is where the binaries are taken from (default target/release). NOBUILD=1 skips the release
 # build in `start`; the test harness sets both, since `cargo test` already built the binaries.
+# Prometheus metrics: http://127.0.0.1:BASE_PORT+200/metrics for the manager, BASE_PORT+200+i for node i.
 
 NODES         = 1
 REP           = 1
@@ -51,6 +52,7 @@ node_pid = $(RUN_DIR)/node$(1)/gtstore-storage.pid
 # The manager's command line, shared by start and restart-manager.
 MANAGER_CMD = $(KEY_CMD) && mkdir -p -m 0700 "$(RUN_DIR)/manager" && \
 	$(BIN)/gtstore-manager --daemon --listen $(MANAGER) --cluster-key "$(CLUSTER_KEY)" \
+	--metrics-listen 127.0.0.1:$$(($(BASE_PORT) + 200)) \
 	--data-dir "$(RUN_DIR)/manager" --log "$(RUN_DIR)/manager/manager.log" --rep $(REP) \
 	$(if $(R),--read-quorum $(R)) $(if $(W),--write-quorum $(W)) $(MANAGER_FLAGS)
 
@@ -58,6 +60,7 @@ MANAGER_CMD = $(KEY_CMD) && mkdir -p -m 0700 "$(RUN_DIR)/manager" && \
 # shared by start, restart and add.
 node_cmd = $(KEY_CMD) && mkdir -p -m 0700 "$(RUN_DIR)/node$(1)" && \
 	$(BIN)/gtstore-storage --daemon --id $(1) --listen 127.0.0.1:$$(($(BASE_PORT) + $(1))) \
+	--metrics-listen 127.0.0.1:$$(($(BASE_PORT) + 200 + $(1))) \
 	--cluster-key "$(CLUSTER_KEY)" $(if $(CLIENT_KEY),--client-key "$(CLIENT_KEY)") \
 	--manager $(MANAGER) --data-dir "$(RUN_DIR)/node$(1)" --log "$(RUN_DIR)/node$(1)/storage.log" \
 	$(if $(RESP),--resp-listen 127.0.0.1:$$(($(BASE_PORT) + 100 + $(1)))) --fsync $(FSYNC) $(NODE_FLAGS)

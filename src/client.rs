@@ -258,7 +258,8 @@ impl Client {
         }
     }
 
-    /// Sector and key counts of node `node`.
+    /// Sector and key counts of node `node`, and (from a node of this
+    /// version or newer) the rest of its figures.
     pub fn stats(&mut self, node: u32) -> Result<Stats> {
         let m = self.ask_node(node, Body::StatsReq)?;
         match m.body {

@@ -469,6 +469,31 @@ pub fn check_listen(addr: std::net::SocketAddr, flag: &str, keys: &Keys) -> Resu
     Ok(addr)
 }
 
+/// Adds `--metrics-listen` to a daemon's options.
+pub fn metrics_option(o: &mut getopts::Options) {
+    o.optopt("", "metrics-listen", "serve Prometheus metrics at http://ADDR/metrics (default: off)", "ADDR");
+}
+
+/// The `--metrics-listen` address, if given: as `--listen`, an address that
+/// can be dialled, and without a cluster key a loopback one (the metrics
+/// tell who the members are and how the node is loaded).
+pub fn metrics_listen(m: &getopts::Matches, keys: &Keys) -> Result<Option<std::net::SocketAddr>, Exit> {
+    let Some(given) = m.opt_str("metrics-listen") else { return Ok(None) };
+    let addr = crate::cli::resolve(&given)?;
+    if addr.ip().is_unspecified() {
+        return Err(Exit::usage(format!(
+            "--metrics-listen {given}: an unspecified address is refused; give this host's own address"
+        )));
+    }
+    if keys.cluster.is_none() && !addr.ip().is_loopback() {
+        return Err(Exit::usage(format!(
+            "--metrics-listen {addr} is not a loopback address, and without --cluster-key the daemon listens only \
+             on loopback; give every daemon --cluster-key FILE"
+        )));
+    }
+    Ok(Some(addr))
+}
+
 /// The paths every daemon configuration has.
 pub trait DaemonPaths {
     /// The data directory (created if missing; it holds the pidfile).

@@ -20,6 +20,8 @@
 //! - [`sim`]: `gtstore-sim`, deterministic simulation of whole clusters and its checker.
 //! - [`bugs`]: planted bugs for the simulator's selftest (feature `planted-bugs`).
 //! - [`bench`]: the load generator behind `gtstore-bench` and its charts.
+//! - [`metrics`]: counters, fixed-bucket histograms and the Prometheus text
+//!   exposition the daemons serve on `--metrics-listen`.
 
 pub mod bench;
 pub mod bugs;
@@ -30,6 +32,7 @@ pub mod hlc;
 pub mod idmap;
 pub mod invariant;
 pub mod manager;
+pub mod metrics;
 pub mod net;
 pub mod sim;
 pub mod storage;

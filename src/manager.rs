@@ -79,6 +79,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// The keys its connections are checked against (`net::auth`).
     pub keys: crate::net::auth::Keys,
+    /// Where to serve Prometheus metrics (`--metrics-listen`; None: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl crate::daemon::DaemonPaths for Config {
@@ -96,6 +98,8 @@ impl crate::daemon::DaemonPaths for Config {
 pub struct Peer {
     /// The node id, once the peer has registered.
     node: Option<u32>,
+    /// A scrape of the metrics port (`--metrics-listen`).
+    metrics: bool,
 }
 
 /// The manager's state.
@@ -120,6 +124,8 @@ pub struct Manager {
     /// Nodes heard from since this manager started (not just given the
     /// restart grace).
     heard: BTreeSet<u32>,
+    /// Accepted connections open: on the native port, on the metrics port.
+    open_conns: [u64; 2],
 }
 
 /// The largest node id (versions store it in 16 bits).
@@ -175,6 +181,7 @@ impl Manager {
             node_conns: BTreeMap::new(),
             last_heard: BTreeMap::new(),
             heard: BTreeSet::new(),
+            open_conns: [0; 2],
         })
     }
 
@@ -489,8 +496,10 @@ impl Handler for Manager {
     type Data = Peer;
     type Timer = Timer;
 
-    fn accepted(&mut self, _peer: Option<SocketAddr>, _framing: crate::net::Framing) -> Peer {
-        Peer::default()
+    fn accepted(&mut self, _peer: Option<SocketAddr>, framing: crate::net::Framing) -> Peer {
+        let metrics = framing == crate::net::Framing::Http;
+        self.open_conns[usize::from(metrics)] += 1;
+        Peer { node: None, metrics }
     }
 
     fn on_message<X: Io<Data = Peer, Timer = Timer>>(&mut self, rx: &mut X, id: ConnId, msg: Message) {
@@ -505,6 +514,11 @@ impl Handler for Manager {
             Body::Heartbeat { epoch } => self.handle_heartbeat(rx, id, req, epoch),
             Body::Leave => self.handle_leave(rx, id, req),
             Body::Synced { epoch } => self.handle_synced(rx, id, epoch),
+            Body::Http(req) if rx.data(id).is_some_and(|p| p.metrics) => {
+                let reply = crate::metrics::serve(&req, || self.render_metrics());
+                rx.send_and_close(id, &Message { header: Header::default(), body: Body::Raw(reply) });
+            }
+            Body::Http(_) | Body::Resp(_) => rx.close(id),
             Body::Ok => {}
             other => {
                 let reason = format!("{} is not a manager request", other.verb());
@@ -538,11 +552,62 @@ impl Handler for Manager {
     }
 
     fn on_closed<X: Io<Data = Peer, Timer = Timer>>(&mut self, _rx: &mut X, id: ConnId, data: Peer) {
+        let kind = usize::from(data.metrics);
+        self.open_conns[kind] = self.open_conns[kind].saturating_sub(1);
         if let Some(node) = data.node {
             if self.node_conns.get(&node) == Some(&id) {
                 self.node_conns.remove(&node);
             }
         }
+    }
+}
+
+impl Manager {
+    /// The text exposition of the manager's metrics (gtstore-manager(8), METRICS).
+    fn render_metrics(&self) -> String {
+        use crate::metrics::{Exposition, Kind};
+        let mut e = Exposition::new();
+        e.family(
+            "gtstore_manager_members",
+            Kind::Gauge,
+            "Members of the current partition table, by state (up, down).",
+        );
+        for state in [NodeState::Up, NodeState::Down] {
+            let n = self.table.members.iter().filter(|m| m.state == state).count();
+            e.sample("gtstore_manager_members", &[("state", state.name())], n as u64);
+        }
+        e.single("gtstore_manager_epoch", Kind::Gauge, "Epoch of the current partition table.", self.table.epoch);
+        e.single(
+            "gtstore_manager_pending_epoch",
+            Kind::Gauge,
+            "Epoch of the table the cluster is moving to (0: no move).",
+            self.pending.as_ref().map_or(0, |p| p.epoch),
+        );
+        e.single(
+            "gtstore_manager_move_pending",
+            Kind::Gauge,
+            "1 while a pending table waits for its gainers to receive their sectors, else 0.",
+            u64::from(self.pending.is_some()),
+        );
+        e.single(
+            "gtstore_manager_move_gainers_left",
+            Kind::Gauge,
+            "Nodes of the pending table that have not reported SYNCED yet.",
+            self.waiting.len() as u64,
+        );
+        e.single("gtstore_manager_sectors", Kind::Gauge, "Sectors of the hash space.", u64::from(self.table.sectors()));
+        let nodes = self.node_conns.len() as u64;
+        e.family(
+            "gtstore_connections",
+            Kind::Gauge,
+            "Open connections by kind: registered nodes, other clients of the native port, metrics scrapes.",
+        );
+        for (kind, n) in
+            [("node", nodes), ("client", self.open_conns[0].saturating_sub(nodes)), ("metrics", self.open_conns[1])]
+        {
+            e.sample("gtstore_connections", &[("kind", kind)], n);
+        }
+        e.finish()
     }
 }
 
@@ -606,6 +671,16 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), crate::cli::Exit> {
             return Err(Exit::new(EX_OSERR, msg));
         }
     };
+    if let Some(addr) = cfg.metrics_listen {
+        match rx.listen_framed(addr, crate::net::Framing::Http) {
+            Ok(at) => info!("metrics at http://{at}{}", crate::metrics::PATH),
+            Err(e) => {
+                let msg = format!("cannot listen on {addr} for metrics: {e}");
+                ready.fail(EX_OSERR, &msg);
+                return Err(Exit::new(EX_OSERR, msg));
+            }
+        }
+    }
     let mut gate = Gate::new(mgr, cfg.keys.clone());
     gate.drive(&mut rx, |mgr, io| mgr.start(io));
     println!("listening on {bound}");
@@ -636,6 +711,7 @@ mod tests {
             log_file: None,
             header_timeout: Duration::from_secs(10),
             keys: Default::default(),
+            metrics_listen: None,
         }
     }
 

@@ -780,14 +780,14 @@ fn reaped_tombstones_stay_dead(base_port: u16, victim: u16, outage: &str) {
 /// Issue #10 item 10: a killed replica restarted after its deletes' tombstones passed the grace.
 #[test]
 fn item10_reaped_tombstones_stay_dead_when_a_killed_replica_restarts() {
-    reaped_tombstones_stay_dead(28200, 2, "kill");
+    reaped_tombstones_stay_dead(28400, 2, "kill");
 }
 
 /// Issue #10 item 10: a replica stopped (SIGSTOP) past the grace while still an up member, then
 /// resumed with its stale values.
 #[test]
 fn item10_reaped_tombstones_stay_dead_when_a_stopped_replica_resumes() {
-    reaped_tombstones_stay_dead(28210, 3, "stop");
+    reaped_tombstones_stay_dead(28410, 3, "stop");
 }
 
 // ----- item 3: hints --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use gtstore::hlc::Version;
 use gtstore::manager::encode_state;
-use gtstore::net::codec::{self, Body, Entry, ErrorCode, Header, Message};
+use gtstore::net::codec::{self, Body, Entry, ErrorCode, Figures, Header, Message, Stats};
 use gtstore::store::record;
 use gtstore::table::Table;
 
@@ -78,6 +78,15 @@ fn main() {
     write("codec", "chunk", &msg(Body::Chunk { sector: 17, entries: vec![entry.clone(), tomb.clone()], last: true }));
     write("codec", "reap", &msg(Body::Reap { epoch: 3, sector: 9, entries: vec![tomb] }));
     write("codec", "register", &msg(Body::Register { id: 4, addr: "127.0.0.1:7004".into() }));
+    let figures = Figures {
+        held: 3,
+        tombstones: 1,
+        requests: [5, 4, 1, 0, 2],
+        latency: [[5, 900, 2400]; 3],
+        ..Figures::default()
+    };
+    let stats = Stats { sectors: 3, keys: 99, missing: 0, figures: Some(Box::new(figures)) };
+    write("codec", "stats_reply", &msg(Body::StatsReply(stats)));
     let mut two = msg(Body::Heartbeat { epoch: 9 });
     two.extend(msg(Body::Pull { sector: 17, digest: u64::MAX }));
     write("codec", "two_messages", &two);

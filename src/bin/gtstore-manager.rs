@@ -29,6 +29,7 @@ fn options() -> getopts::Options {
         "SECS",
     );
     daemon::key_options(&mut o, false);
+    daemon::metrics_option(&mut o);
     o.optflag("", "daemon", "detach; return once listening");
     o.optopt("", "log", "log file (reopened on SIGHUP; default standard error)", "FILE");
     o.optopt("", "pidfile", "pidfile, locked while running (default DIR/gtstore-manager.pid)", "FILE");
@@ -69,8 +70,10 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         return Err(Exit::usage("--header-timeout must be at most 86400"));
     }
     let keys = daemon::keys(m, listen)?;
+    let metrics_listen = daemon::metrics_listen(m, &keys)?;
     Ok(Config {
         keys,
+        metrics_listen,
         header_timeout: Duration::from_secs(header_timeout),
         listen,
         rep,

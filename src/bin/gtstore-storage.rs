@@ -42,6 +42,7 @@ fn options() -> getopts::Options {
     o.optopt("", "idle-timeout", "close a client connection idle this long; 0: never (default 0)", "SECS");
     o.optopt("", "resp-listen", "also serve RESP2 (Redis clients) on this address (default: off)", "ADDR");
     daemon::key_options(&mut o, true);
+    daemon::metrics_option(&mut o);
     o.optflag("", "daemon", "detach; return once the node has joined and received its sectors");
     o.optopt("", "log", "log file (reopened on SIGHUP; default standard error)", "FILE");
     o.optopt("", "pidfile", "pidfile, locked while running (default DIR/gtstore-storage.pid)", "FILE");
@@ -88,9 +89,11 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         Some(a) => Some(daemon::check_listen(cli::resolve_listen(&a)?, "--resp-listen", &keys)?),
         None => None,
     };
+    let metrics_listen = daemon::metrics_listen(m, &keys)?;
     Ok(Config {
         keys,
         resp_listen,
+        metrics_listen,
         header_timeout: Duration::from_secs(header_timeout),
         idle_timeout: Duration::from_secs(opt_num::<u64>(m, "idle-timeout")?.unwrap_or(0).min(365 * 86_400)),
         max_output: max("max-output", gtstore::net::DEFAULT_MAX_OUTPUT, 1 << 30)?.max(64 * 1024),

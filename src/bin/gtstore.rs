@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gtstore::cli::{self, opt_num, Exit, EX_DATAERR, EX_NOPERM, EX_NOT_FOUND, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE};
 use gtstore::client::{self, Client};
-use gtstore::net::codec::ErrorCode;
+use gtstore::net::codec::{ErrorCode, FIGURE_VERBS};
 
 const PROG: &str = "gtstore";
 /// The largest value read from standard input with `--val -`.
@@ -17,7 +17,7 @@ fn options() -> getopts::Options {
     o.optopt("", "val", "the value to store; - reads it from standard input", "VALUE");
     o.optopt("", "get", "print the value of KEY", "KEY");
     o.optopt("", "del", "delete KEY", "KEY");
-    o.optopt("", "node", "with inspect: the node to ask", "I");
+    o.optopt("", "node", "with inspect and stats: the node to ask", "I");
     o.optopt(
         "",
         "manager",
@@ -37,6 +37,7 @@ const USAGE: &str = "Usage: gtstore [options] --put KEY --val VALUE
        gtstore [options] --get KEY
        gtstore [options] --del KEY
        gtstore [options] status
+       gtstore [options] stats --node I
        gtstore [options] inspect --node I KEY";
 
 /// One CLI invocation's work.
@@ -45,13 +46,14 @@ enum Command {
     Get(Vec<u8>),
     Del(Vec<u8>),
     Status,
+    Stats(u32),
     Inspect(u32, Vec<u8>),
 }
 
 fn command(m: &getopts::Matches) -> Result<Command, Exit> {
     let picked = ["put", "get", "del"].iter().filter(|o| m.opt_present(o)).count() + usize::from(!m.free.is_empty());
     if picked != 1 {
-        return Err(Exit::usage("give exactly one of --put, --get, --del, status, inspect (see --help)"));
+        return Err(Exit::usage("give exactly one of --put, --get, --del, status, stats, inspect (see --help)"));
     }
     if let Some(key) = m.opt_str("put") {
         let val =
@@ -70,6 +72,7 @@ fn command(m: &getopts::Matches) -> Result<Command, Exit> {
     }
     match m.free.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["status"] => Ok(Command::Status),
+        ["stats"] => Ok(Command::Stats(opt_num(m, "node")?.ok_or_else(|| Exit::usage("stats needs --node I"))?)),
         ["inspect", key] => {
             let node = opt_num(m, "node")?.ok_or_else(|| Exit::usage("inspect needs --node I"))?;
             Ok(Command::Inspect(node, key.as_bytes().to_vec()))
@@ -160,6 +163,51 @@ fn status(c: &mut Client, manager: &str, out: &mut impl Write) -> Result<(), Exi
     Ok(())
 }
 
+/// `gtstore stats --node I`: node I's figures, a few lines for people.
+fn stats(c: &mut Client, node: u32, out: &mut impl Write) -> Result<(), Exit> {
+    let member = c.table().member(node).map(|m| (gtstore::cli::printable(&m.addr), m.state.name()));
+    let Some((addr, state)) = member else {
+        return Err(Exit::new(EX_UNAVAILABLE, format!("server{node} is not a member of the cluster")));
+    };
+    let s = c.stats(node).map_err(|e| match e {
+        client::Error::Refused { code: ErrorCode::Auth, reason } => Exit::new(EX_NOPERM, reason),
+        client::Error::Refused { reason, .. } => Exit::new(EX_DATAERR, format!("server{node}: {reason}")),
+        e => Exit::new(EX_UNAVAILABLE, format!("server{node}: {e}")),
+    })?;
+    let mut text = format!("server{node} {addr} {state}\nkeys {}\n", s.keys);
+    let Some(f) = s.figures else {
+        text += &format!(
+            "sectors owned {}, under-replicated {}\n(an older node: no other figures)\n",
+            s.sectors, s.missing
+        );
+        return out.write_all(text.as_bytes()).map_err(|e| Exit::new(EX_SOFTWARE, format!("cannot write output: {e}")));
+    };
+    let per_verb = |v: &[u64; 5]| -> String {
+        let items: Vec<String> = FIGURE_VERBS.iter().zip(v).map(|(verb, n)| format!("{verb} {n}")).collect();
+        items.join(", ")
+    };
+    text += &format!("tombstones {}\n", f.tombstones);
+    text += &format!("sectors held {}, owned {}, under-replicated {}\n", f.held, s.sectors, s.missing);
+    text += &format!("hints pending {}\npulls in flight {}\noperations in flight {}\n", f.hints, f.pulls, f.ops);
+    text += &format!("requests {}\nerrors {}\n", per_verb(&f.requests), per_verb(&f.errors));
+    for (verb, [n, p50, p99]) in FIGURE_VERBS.iter().zip(f.latency) {
+        text += &match n {
+            0 => format!("latency {verb} none yet\n"),
+            n => format!("latency {verb} p50 {}, p99 {} ({n} answers)\n", duration(p50), duration(p99)),
+        };
+    }
+    out.write_all(text.as_bytes()).map_err(|e| Exit::new(EX_SOFTWARE, format!("cannot write output: {e}")))
+}
+
+/// Microseconds for people: `850 us`, `1.25 ms`, `2.50 s`.
+fn duration(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} us"),
+        1_000..1_000_000 => format!("{:.2} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
 fn run(cmd: Command, cfg: client::Config) -> Result<(), Exit> {
     let manager = cfg.manager.clone();
     let mut c = Client::connect(cfg).map_err(|e| Exit::new(EX_UNAVAILABLE, e.to_string()))?;
@@ -182,6 +230,7 @@ fn run(cmd: Command, cfg: client::Config) -> Result<(), Exit> {
             print_line(&mut out, &[b"OK", format!("server{node}").as_bytes()])
         }
         Command::Status => status(&mut c, &manager, &mut out),
+        Command::Stats(node) => stats(&mut c, node, &mut out),
         Command::Inspect(node, key) => match c.inspect(node, &key).map_err(|e| fail(e, &key))? {
             Some(l) => {
                 let value = l.value.unwrap_or_else(|| b"(deleted)".to_vec());

@@ -195,7 +195,7 @@ pub struct Entry {
     pub value: Option<Vec<u8>>,
 }
 
-/// Per-node figures for `gtstore status`.
+/// Per-node figures for `gtstore status` and `gtstore stats`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Sectors the node holds on disk.
@@ -204,6 +204,37 @@ pub struct Stats {
     pub keys: u64,
     /// Sectors it should hold but has not received yet.
     pub missing: u32,
+    /// The rest of its figures, after the three above on the wire; absent
+    /// from the replies of nodes older than them. Boxed: every message
+    /// would carry its size otherwise.
+    pub figures: Option<Box<Figures>>,
+}
+
+/// The verbs [`Figures`] counts, in their order there.
+pub const FIGURE_VERBS: [&str; 5] = ["PUT", "GET", "DEL", "INSPECT", "STATS"];
+
+/// A node's figures for people (`gtstore stats`), since it started; a
+/// fixed layout of 180 bytes on the wire.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Sectors of its preference lists whose copy on the node is complete.
+    pub held: u32,
+    /// Keys whose newest entry here is a tombstone.
+    pub tombstones: u64,
+    /// Writes held here for other nodes (hinted handoff).
+    pub hints: u64,
+    /// Sector pulls in flight.
+    pub pulls: u32,
+    /// Client operations this node coordinates or forwards now.
+    pub ops: u32,
+    /// Requests received, per verb of [`FIGURE_VERBS`].
+    pub requests: [u64; 5],
+    /// ERROR replies sent to clients, per verb of [`FIGURE_VERBS`].
+    pub errors: [u64; 5],
+    /// For PUT, GET and DEL: answers timed, and the median and 99th
+    /// percentile of their latency in microseconds (estimated from the
+    /// buckets of the latency histogram).
+    pub latency: [[u64; 3]; 3],
 }
 
 /// The payload of a message, one variant per verb.
@@ -739,6 +770,29 @@ fn read_table(r: &mut Reader<'_>) -> Result<Table, DecodeError> {
     Ok(Table { epoch, rep, read_quorum, write_quorum, members, owners })
 }
 
+/// The figures block of STATS_REPLY: fixed fields, no lengths.
+fn write_figures<S: Sink>(s: &mut S, f: &Figures) {
+    s.u32(f.held);
+    s.u64(f.tombstones);
+    s.u64(f.hints);
+    s.u32(f.pulls);
+    s.u32(f.ops);
+    for v in f.requests.iter().chain(&f.errors).chain(f.latency.iter().flatten()) {
+        s.u64(*v);
+    }
+}
+
+/// Reads what [`write_figures`] wrote.
+fn read_figures(r: &mut Reader<'_>) -> Result<Figures, DecodeError> {
+    let mut f =
+        Figures { held: r.u32()?, tombstones: r.u64()?, hints: r.u64()?, pulls: r.u32()?, ..Figures::default() };
+    f.ops = r.u32()?;
+    for v in f.requests.iter_mut().chain(&mut f.errors).chain(f.latency.iter_mut().flatten()) {
+        *v = r.u64()?;
+    }
+    Ok(f)
+}
+
 /// Every verb's payload, in field order (`gtstore-protocol(5)` has the
 /// same list); [`parse_body`] below reads the same fields back.
 fn write_body<S: Sink>(body: &Body, s: &mut S) {
@@ -769,6 +823,9 @@ fn write_body<S: Sink>(body: &Body, s: &mut S) {
             s.u32(st.sectors);
             s.u64(st.keys);
             s.u32(st.missing);
+            if let Some(f) = &st.figures {
+                write_figures(s, f);
+            }
         }
         Body::Register { id, addr } => {
             s.u32(*id);
@@ -834,7 +891,11 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
         }
         "NOT_FOUND" => Body::NotFound { version: if r.flag()? { Some(r.version()?) } else { None } },
         "ERROR" => Body::Error { code: r.code()?, reason: r.string()? },
-        "STATS_REPLY" => Body::StatsReply(Stats { sectors: r.u32()?, keys: r.u64()?, missing: r.u32()? }),
+        "STATS_REPLY" => {
+            let (sectors, keys, missing) = (r.u32()?, r.u64()?, r.u32()?);
+            let figures = if r.pos < r.buf.len() { Some(Box::new(read_figures(r)?)) } else { None };
+            Body::StatsReply(Stats { sectors, keys, missing, figures })
+        }
         "REGISTER" => Body::Register { id: r.u32()?, addr: r.string()? },
         "HEARTBEAT" => Body::Heartbeat { epoch: r.u64()? },
         "SYNCED" => Body::Synced { epoch: r.u64()? },
@@ -903,7 +964,22 @@ mod tests {
             Body::NotFound { version: Some(v) },
             Body::Error { code: ErrorCode::Retry, reason: "no quorum".into() },
             Body::Error { code: ErrorCode::Other("NEWER_CODE_2".into()), reason: String::new() },
-            Body::StatsReply(Stats { sectors: 3, keys: 99, missing: 1 }),
+            Body::StatsReply(Stats { sectors: 3, keys: 99, missing: 1, figures: None }),
+            Body::StatsReply(Stats {
+                sectors: 3,
+                keys: 99,
+                missing: 1,
+                figures: Some(Box::new(Figures {
+                    held: 4,
+                    tombstones: 5,
+                    hints: 6,
+                    pulls: 7,
+                    ops: 8,
+                    requests: [9, 10, 11, 12, 13],
+                    errors: [14, 15, 16, 17, 18],
+                    latency: [[19, 20, 21], [22, 23, 24], [25, 26, 27]],
+                })),
+            }),
             Body::Hello,
             Body::GetTable,
             Body::Register { id: 4, addr: "127.0.0.1:7004".into() },
@@ -1058,6 +1134,22 @@ mod tests {
             b"OK 0 0 1 1\nx",
         ] {
             assert!(matches!(parse(wire), Err(DecodeError::BadPayload(_))), "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn a_stats_reply_has_its_figures_whole_or_not_at_all() {
+        let old = b"STATS_REPLY 0 1 16 1\n\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00\x63\x00\x00\x00\x01";
+        let want = Stats { sectors: 3, keys: 99, missing: 1, figures: None };
+        assert_eq!(parse(old).map(|m| m.body), Ok(Body::StatsReply(want.clone())), "a reply of an older node");
+        let full = to_bytes(&msg(Body::StatsReply(Stats { figures: Some(Box::default()), ..want })));
+        let body_at = full.iter().position(|&b| b == b'\n').unwrap() + 1;
+        assert_eq!(full.len() - body_at, 16 + 180);
+        // A figures block cut anywhere (with a header that says so) is malformed.
+        for cut in 1..180 {
+            let mut wire = format!("STATS_REPLY 0 1 {} 1\n", 16 + cut).into_bytes();
+            wire.extend_from_slice(&full[body_at..body_at + 16 + cut]);
+            assert!(matches!(parse(&wire), Err(DecodeError::BadPayload(_))), "cut at {cut}");
         }
     }
 

@@ -868,6 +868,10 @@ impl<D, T> Io for Reactor<D, T> {
         self.conn(id).map_or(0, Conn::pending_output)
     }
 
+    fn loop_turns(&self) -> Option<&crate::metrics::Histogram> {
+        self.turns.as_ref().map(TurnWatch::histogram)
+    }
+
     fn add_timer(&mut self, delay: Duration, timer: T) -> TimerId {
         self.timers.add(Instant::now(), delay, timer)
     }

@@ -369,6 +369,10 @@ where
         self.io.pending_output(id) + held
     }
 
+    fn loop_turns(&self) -> Option<&crate::metrics::Histogram> {
+        self.io.loop_turns()
+    }
+
     fn add_timer(&mut self, delay: Duration, timer: T) -> TimerId {
         self.io.add_timer(delay, timer)
     }

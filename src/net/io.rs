@@ -57,6 +57,11 @@ pub trait Io {
     fn pending_output(&self, _id: ConnId) -> usize {
         0
     }
+    /// The durations of the loop's turns since it started, if the driver
+    /// times them (the real loop with `Reactor::turns` set).
+    fn loop_turns(&self) -> Option<&crate::metrics::Histogram> {
+        None
+    }
     /// Arms `timer` to fire after `delay`.
     fn add_timer(&mut self, delay: Duration, timer: Self::Timer) -> TimerId;
     /// Disarms a timer; harmless if it already fired.

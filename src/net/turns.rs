@@ -43,6 +43,8 @@ pub struct TurnWatch {
     /// much longer than its CPU time waited for the disk or was preempted.
     cpu: Duration,
     cpu_ever: Duration,
+    /// Every turn's duration since start, for `--metrics-listen`.
+    all: crate::metrics::Histogram,
 }
 
 impl TurnWatch {
@@ -58,6 +60,7 @@ impl TurnWatch {
             longest_ever: Duration::ZERO,
             cpu: Duration::ZERO,
             cpu_ever: Duration::ZERO,
+            all: crate::metrics::Histogram::durations(),
         }
     }
 
@@ -67,6 +70,7 @@ impl TurnWatch {
         self.cpu = self.cpu.max(cpu);
         self.cpu_ever = self.cpu_ever.max(cpu);
         let total = marks[5].saturating_duration_since(marks[0]);
+        self.all.observe_duration(total);
         let bucket = BUCKETS.iter().position(|&b| total < b).unwrap_or(BUCKETS.len());
         if let Some(c) = self.counts.get_mut(bucket) {
             *c += 1;
@@ -93,6 +97,11 @@ impl TurnWatch {
     /// The longest turn since the loop started.
     pub fn longest_ever(&self) -> Duration {
         self.longest_ever
+    }
+
+    /// The duration of every turn since the loop started.
+    pub fn histogram(&self) -> &crate::metrics::Histogram {
+        &self.all
     }
 
     /// The most CPU time a turn used since the loop started.
@@ -141,6 +150,7 @@ mod tests {
         assert_eq!(w.cpu_ever(), Duration::from_millis(5));
         assert_eq!(w.longest_ever(), Duration::from_millis(71));
         assert_eq!(w.counts, [1, 1, 0, 1, 0, 0]);
+        assert_eq!(w.histogram().count(), 3);
         assert_eq!(w.phases[3], Duration::from_millis(70));
         assert!(w.summary().contains("before sleep 70.0ms"), "{}", w.summary());
     }

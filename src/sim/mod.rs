@@ -204,6 +204,7 @@ impl World {
             log_file: None,
             header_timeout: Duration::from_secs(10),
             keys: self.keys(),
+            metrics_listen: None,
         }
     }
 
@@ -230,6 +231,7 @@ impl World {
             idle_timeout: Duration::ZERO,
             resp_listen: None,
             keys: self.keys(),
+            metrics_listen: None,
         }
     }
 

@@ -57,6 +57,9 @@ pub(super) struct Op {
     deadline: Instant,
     /// The loop turn the op began in (see `Node::turn`).
     turn: u64,
+    /// The client's verb and when its request arrived (metrics).
+    verb: Option<super::metrics::Verb>,
+    began: Instant,
 }
 
 /// Client operations this node coordinates or forwards.
@@ -83,6 +86,7 @@ impl Node {
     // ----- client requests ----------------------------------------------
 
     pub(super) fn reply(&mut self, rx: &mut impl NodeIo, conn: ConnId, header: Header, body: Body) {
+        self.metrics.answered_now(&body);
         let header = Header { node: self.cfg.id, ..header };
         self.answer_to(rx, conn, Message { header, body }, false);
     }
@@ -169,6 +173,7 @@ impl Node {
     ) -> u64 {
         let id = self.next_id();
         let deadline = now + OP_DEADLINE;
+        let (verb, began) = self.metrics.take_current(now);
         let op = Op {
             kind,
             client,
@@ -188,6 +193,8 @@ impl Node {
             reqs: Vec::new(),
             deadline,
             turn: self.coord.turn,
+            verb,
+            began,
         };
         self.coord.ops.insert(id, op);
         id
@@ -438,6 +445,7 @@ impl Node {
         crate::invariant::check(!op.replied, || format!("op {op_id} answered twice"));
         op.replied = true;
         let (client, header, durable) = (op.client, op.header, op.turn < self.coord.turn);
+        self.metrics.answered(op.verb, op.began, &body, durable.then(|| rx.now()));
         let msg = Message { header: Header { node: self.cfg.id, ..header }, body };
         self.answer_to(rx, client, msg, durable);
     }
@@ -532,6 +540,7 @@ impl Node {
         if let OpKind::Forward = op.kind {
             let (client, header) = (op.client, op.header);
             let coord = msg.header.node;
+            self.metrics.answered(op.verb, op.began, &msg.body, Some(rx.now()));
             // The coordinator answered after its own fsync: relay it at once.
             self.answer_to(rx, client, Message { header: Header { node: coord, ..header }, body: msg.body }, true);
             if let Some(op) = self.coord.ops.get_mut(&op_id) {
@@ -663,7 +672,12 @@ impl Node {
     pub(super) fn handle_stats(&mut self, rx: &mut impl NodeIo, conn: ConnId, h: Header) {
         let owned = self.table.as_ref().map_or(0, |t| t.owned_by(self.cfg.id));
         let missing = self.missing_sectors();
-        let stats = Stats { sectors: owned as u32, keys: self.store.total_live_keys() as u64, missing: missing as u32 };
+        let stats = Stats {
+            sectors: owned as u32,
+            keys: self.store.total_live_keys() as u64,
+            missing: missing as u32,
+            figures: Some(Box::new(self.figures())),
+        };
         self.reply(rx, conn, h, Body::StatsReply(stats));
     }
 }

@@ -25,6 +25,7 @@
 mod coord;
 mod handoff;
 mod links;
+mod metrics;
 mod orphans;
 mod reap;
 mod resp;
@@ -142,6 +143,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Where the RESP2 front end listens (`--resp-listen`), if anywhere.
     pub resp_listen: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics (`--metrics-listen`; None: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl crate::daemon::DaemonPaths for Config {
@@ -214,6 +217,8 @@ pub struct Node {
     resp: resp::RespFront,
     /// Tombstones older than the grace being reaped.
     reaper: reap::Reaper,
+    /// Requests, errors, latencies and connections counted (`--metrics-listen`).
+    metrics: metrics::NodeMetrics,
 }
 
 /// What a request sent to a peer is waiting for; the reply (or the loss of
@@ -278,6 +283,7 @@ impl Node {
             orphans: orphans::Orphans::default(),
             resp: resp::RespFront::default(),
             reaper: reap::Reaper::default(),
+            metrics: metrics::NodeMetrics::default(),
             cfg,
         }
     }
@@ -428,6 +434,7 @@ impl Node {
     /// A request from a client or a peer that connected to us.
     fn handle_inbound(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message) {
         let h = msg.header;
+        self.metrics.received(conn, &msg.body, || rx.now());
         match msg.body {
             Body::Put { .. } | Body::Get { .. } | Body::Del { .. } => self.handle_client(rx, conn, msg),
             Body::Store { entry, hint_for, repair } => self.handle_store(rx, conn, h, entry, hint_for, repair),
@@ -442,6 +449,7 @@ impl Node {
                 rx.send(conn, &error_reply(h.req, ErrorCode::BadRequest, &reason));
             }
         }
+        self.metrics.handled();
     }
 
     /// HELLO or GET_TABLE from a client that could not reach the manager:
@@ -564,11 +572,13 @@ impl Handler for Node {
     type Timer = Timer;
 
     fn accepted(&mut self, _peer: Option<SocketAddr>, framing: crate::net::Framing) -> Link {
-        match framing {
+        let link = match framing {
             crate::net::Framing::RespServer => Link::Resp,
             crate::net::Framing::Http => Link::Metrics,
             _ => Link::Inbound,
-        }
+        };
+        self.metrics.opened(link);
+        link
     }
 
     fn on_message<X: NodeIo>(&mut self, rx: &mut X, conn: ConnId, msg: Message) {
@@ -592,7 +602,7 @@ impl Handler for Node {
             (Link::Peer(_), body) => self.handle_from_peer(rx, Message { header: msg.header, body }),
             (Link::Inbound, body) => self.handle_inbound(rx, conn, Message { header: msg.header, body }),
             (Link::Resp, Body::Resp(request)) => self.handle_resp(rx, conn, request),
-            // The metrics port: nothing served yet.
+            (Link::Metrics, Body::Http(req)) => self.serve_metrics(rx, conn, &req),
             (Link::Resp | Link::Metrics, _) => rx.close(conn),
         }
     }
@@ -643,6 +653,7 @@ impl Handler for Node {
     }
 
     fn on_closed<X: NodeIo>(&mut self, rx: &mut X, conn: ConnId, link: Link) {
+        self.metrics.closed(conn, link);
         match link {
             Link::Manager => {
                 if self.links.manager == Some(conn) {
@@ -671,6 +682,7 @@ impl Handler for Node {
     fn before_sleep<X: NodeIo>(&mut self, rx: &mut X) {
         if bugs::planted(Bug::AckBeforeFsync) {
             self.coord.turn += 1;
+            self.metrics.sent(rx.now());
             return;
         }
         let synced = self.store.sync_dirty().and_then(|_| self.handoff.hints.sync_dirty());
@@ -682,6 +694,7 @@ impl Handler for Node {
         }
         // Everything applied up to now is durable.
         self.coord.turn += 1;
+        self.metrics.sent(rx.now());
         if !self.compact_armed && (self.store.compaction_pending() || self.handoff.hints.compaction_pending()) {
             self.compact_armed = true;
             rx.add_timer(Duration::ZERO, Timer::Compact);
@@ -731,6 +744,12 @@ pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
         Ok(v) => v,
         Err(e) => return Err(fail(ready, EX_OSERR, format!("cannot listen on {}: {e}", cfg.listen))),
     };
+    if let Some(addr) = cfg.metrics_listen {
+        match rx.listen_framed(addr, net::Framing::Http) {
+            Ok(at) => info!("node {}: metrics at http://{at}{}", cfg.id, crate::metrics::PATH),
+            Err(e) => return Err(fail(ready, EX_OSERR, format!("cannot listen on {addr} for metrics: {e}"))),
+        }
+    }
     println!("listening on {bound}");
     let _ = std::io::stdout().flush();
     info!("node {} listening on {bound}", cfg.id);

@@ -16,6 +16,7 @@ pub mod disk;
 pub mod error;
 pub mod index;
 pub mod log;
+pub mod meter;
 pub mod record;
 pub mod recovery;
 pub mod sector;
@@ -104,6 +105,10 @@ pub struct Store {
     to_compact: IdSet<u32>,
     /// The sector whose compaction is under way.
     compacting: Option<u32>,
+    /// Bytes written, WAL sync times and group-commit sizes (metrics).
+    meter: Rc<meter::StoreMeter>,
+    /// WAL frames appended since the last commit (a group commit's size).
+    batch: u64,
 }
 
 /// WAL size at which the sectors are synced and the WAL emptied.
@@ -119,6 +124,8 @@ impl Store {
 
     /// Opens the store in `dir` on `disk` (see [`Store::open`]).
     pub fn open_on(disk: Rc<dyn Disk>, dir: &Path, policy: FsyncPolicy) -> Result<Store> {
+        let meter = Rc::new(meter::StoreMeter::default());
+        let disk: Rc<dyn Disk> = Rc::new(meter::Metered::new(disk, meter.clone()));
         let root = dir.join("sectors");
         if !disk.is_dir(&root) {
             disk.create_dir_all(&root)?;
@@ -147,6 +154,8 @@ impl Store {
             unsynced: IdSet::default(),
             to_compact: IdSet::default(),
             compacting: None,
+            meter,
+            batch: 0,
         };
         // Last-writer-wins makes the order of replay irrelevant.
         let mut wals = Vec::new();
@@ -221,6 +230,7 @@ impl Store {
             self.seq += 1;
             w.reset(self.seq)?;
         }
+        self.batch = 0;
         Ok(())
     }
 
@@ -303,8 +313,10 @@ impl Store {
                 [] => wal.append(sector, key, value, version),
                 encoded => wal.append_encoded(sector, encoded),
             }
+            self.batch += 1;
             if self.policy == FsyncPolicy::Always {
                 if let Err(e) = wal.commit() {
+                    self.batch -= 1;
                     // Not durable, so not visible: the write is taken back
                     // from the WAL and from the sector before the error is
                     // returned, and a later commit does not make it durable.
@@ -314,6 +326,7 @@ impl Store {
                     s.undo(key, undo)?;
                     return Err(e);
                 }
+                self.meter.committed(std::mem::take(&mut self.batch));
             }
         }
         // Compaction is left to `compact_step`, out of the write's way.
@@ -378,6 +391,9 @@ impl Store {
         self.sync_drops()?;
         let Some(wal) = self.wal.as_mut() else { return Ok(false) };
         let committed = wal.commit()?;
+        if committed {
+            self.meter.committed(std::mem::take(&mut self.batch));
+        }
         self.checkpoint_step()?;
         Ok(committed)
     }
@@ -410,6 +426,7 @@ impl Store {
         if let Some(w) = self.wal.as_mut() {
             // Committed with the turn: a replay drops the sector again.
             w.append_drop(sector);
+            self.batch += 1;
         }
         self.unsynced.remove(&sector);
         self.to_compact.remove(&sector);
@@ -453,6 +470,25 @@ impl Store {
     /// Keys of `sector` in its index, tombstones included.
     pub fn len_of(&self, sector: u32) -> usize {
         self.sectors.get(&sector).map_or(0, Sector::len)
+    }
+
+    /// Bytes written, WAL sync times and group-commit sizes since open.
+    pub fn meter(&self) -> &meter::StoreMeter {
+        &self.meter
+    }
+
+    /// Live keys and tombstones (keys whose newest entry is one) over all
+    /// sectors held, in one pass over the indexes.
+    pub fn key_counts(&self) -> (usize, usize) {
+        self.sectors.values().fold((0, 0), |(live, dead), s| {
+            let here = s.live_keys();
+            (live + here, dead + s.len().saturating_sub(here))
+        })
+    }
+
+    /// Entries over all sectors held, tombstones included.
+    pub fn total_entries(&self) -> usize {
+        self.sectors.values().map(Sector::len).sum()
     }
 
     /// Live keys over all sectors held.
@@ -648,6 +684,32 @@ mod tests {
         assert_eq!(never.total_live_keys(), 11);
         never.apply(0, b"k", v(100), Some(b"z"))?;
         assert!(!never.sync_dirty()?);
+        Ok(())
+    }
+
+    #[test]
+    fn the_meter_counts_group_commits_wal_syncs_and_bytes() -> Result<()> {
+        let dir = TestDir::new("store-meter");
+        let mut store = Store::open(dir.path(), FsyncPolicy::Batch)?;
+        let syncs_at_open = store.meter().wal_syncs.borrow().count();
+        let wal_at_open = store.meter().wal_bytes.get();
+        for i in 0..5u64 {
+            store.apply(1, &i.to_be_bytes(), v(i + 1), Some(b"x"))?;
+        }
+        store.apply(1, b"gone", v(9), None)?;
+        store.sync_dirty()?;
+        store.apply(2, b"one", v(10), Some(b"y"))?;
+        store.sync_dirty()?;
+        assert!(!store.sync_dirty()?, "nothing new to commit");
+        let m = store.meter();
+        let batches = m.batches.borrow();
+        assert_eq!((batches.count(), batches.sum()), (2, 7), "a commit of 6 writes, then one of 1");
+        assert_eq!(m.wal_syncs.borrow().count(), syncs_at_open + 2);
+        assert!(m.wal_bytes.get() > wal_at_open + 7 * 20, "every frame reached the WAL");
+        assert_eq!((store.key_counts(), store.total_entries()), ((6, 1), 7));
+        drop(batches);
+        store.checkpoint()?;
+        assert!(store.meter().segment_bytes.get() > 7 * 20, "the checkpoint wrote the sectors' segments");
         Ok(())
     }
 
