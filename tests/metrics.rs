@@ -4,7 +4,7 @@
 //! holds, HTTP errors are answered and closed, and `gtstore stats --node I` prints a node's
 //! figures.
 //!
-//! Ports: 31000–31099 (a cluster on BASE_PORT uses BASE_PORT..=BASE_PORT+n, its metrics
+//! Ports: 32000–32099 (a cluster on BASE_PORT uses BASE_PORT..=BASE_PORT+n, its metrics
 //! BASE_PORT+200..=BASE_PORT+200+n).
 
 mod common;
@@ -115,7 +115,7 @@ fn curl_reads_metrics_that_move_with_traffic_and_gtstore_stats_prints_a_nodes_fi
     if !have_curl() {
         return;
     }
-    let c = Cluster::start(31000, 3, 3);
+    let c = Cluster::start(32000, 3, 3);
     let before = scrape_nodes(&c);
     let put = "gtstore_requests_total{verb=\"PUT\"}";
     let get_ = "gtstore_requests_total{verb=\"GET\"}";
@@ -257,7 +257,7 @@ fn metrics_listen_is_checked_like_listen() {
             args.splice(0..0, ["--id", "1"]);
         }
         for (addr, why) in
-            [("0.0.0.0:31090", "unspecified"), ("192.0.2.1:31090", "loopback"), ("not-an-address", "HOST:PORT")]
+            [("0.0.0.0:32090", "unspecified"), ("192.0.2.1:32090", "loopback"), ("not-an-address", "HOST:PORT")]
         {
             let mut a = args.clone();
             a.push(addr);
