@@ -316,7 +316,11 @@ impl Engine<'_> {
             },
         };
         self.next_req += 1;
-        let body = if read { Body::Get { key } } else { Body::Put { key, value: self.value.clone() } };
+        let body = if read {
+            Body::Get { key }
+        } else {
+            Body::Put { key, value: self.value.clone(), expiry: Default::default() }
+        };
         let deadline = self.wall_deadline(rx);
         let header = Header { client: self.client_id, req: self.next_req, deadline, ..Header::default() };
         let msg = Message { header, body };

@@ -239,8 +239,12 @@ impl Node {
             .batches
             .iter()
             .map(|(sector, tombstones)| {
-                let entries =
-                    tombstones.iter().map(|(key, version)| Entry { key: key.clone(), version: *version, value: None });
+                let entries = tombstones.iter().map(|(key, version)| Entry {
+                    key: key.clone(),
+                    version: *version,
+                    value: None,
+                    expires: 0,
+                });
                 Body::Reap { epoch, sector: *sector, entries: entries.collect() }
             })
             .collect();

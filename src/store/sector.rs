@@ -129,12 +129,23 @@ impl Sector {
     /// (`value` `None` = tombstone). Returns whether it was applied; an
     /// older or equal version writes nothing.
     pub fn apply(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<bool> {
-        Ok(self.apply_undoable(key, version, value)?.is_some())
+        self.apply_expiring(key, version, value, 0)
     }
 
-    /// [`Sector::apply`], returning what [`Sector::undo`] needs to take the
-    /// write back (`None`: not applied).
-    pub fn apply_undoable(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<Option<Undo>> {
+    /// [`Sector::apply`] of a value that expires at `expires` (wall ms; 0 = never).
+    pub fn apply_expiring(&mut self, key: &[u8], version: Version, value: Option<&[u8]>, expires: u64) -> Result<bool> {
+        Ok(self.apply_undoable(key, version, value, expires)?.is_some())
+    }
+
+    /// [`Sector::apply_expiring`], returning what [`Sector::undo`] needs to
+    /// take the write back (`None`: not applied).
+    pub fn apply_undoable(
+        &mut self,
+        key: &[u8],
+        version: Version,
+        value: Option<&[u8]>,
+        expires: u64,
+    ) -> Result<Option<Undo>> {
         let prev = self.index.get(key).copied();
         if prev.is_some_and(|e| version <= e.version()) {
             return Ok(None);
@@ -142,8 +153,8 @@ impl Sector {
         let (live_bytes, dead_bytes, dirty) = (self.live_bytes, self.dead_bytes, self.dirty);
         // The entry is checked before anything is appended, so a write that
         // cannot be indexed leaves no record behind.
-        let entry = Entry::new(self.writer.next_loc(key, value)?, version, value.is_none())?;
-        let loc = self.writer.append_parts(key, value, version)?;
+        let entry = Entry::new(self.writer.next_loc(key, value, expires)?, version, value.is_none())?;
+        let loc = self.writer.append_parts(key, value, expires, version)?;
         // An overwrite updates the entry in place: no new key allocation.
         match self.index.get_mut(key) {
             Some(old) => {
@@ -232,7 +243,7 @@ impl Sector {
         })?;
         match record::decode(bytes) {
             record::Decoded::Record { record, .. } if record.key == key && record.version == e.version() => {
-                Ok(Item { version: e.version(), value: record.value })
+                Ok(Item { version: e.version(), value: record.value, expires: record.expires })
             }
             _ => Err(Error::Corrupt { sector: self.id, gen: e.loc().gen, offset: e.loc().pos }),
         }
@@ -441,7 +452,7 @@ impl Sector {
             if e.loc() != loc {
                 continue;
             }
-            let to = writer.next_loc(&rec.key, rec.value.as_deref())?;
+            let to = writer.next_loc(&rec.key, rec.value.as_deref(), rec.expires)?;
             let moved = Entry::new(to, e.version(), e.tombstone())?;
             writer.append(&rec)?;
             *e = moved;
@@ -478,8 +489,11 @@ impl Sector {
 
     /// The item for index entry `e` of `key`.
     fn item(&self, key: &[u8], e: &Entry) -> Result<Item> {
-        let value = if e.tombstone() { None } else { self.read(key, e)?.value };
-        Ok(Item { version: e.version(), value })
+        if e.tombstone() {
+            return Ok(Item { version: e.version(), value: None, expires: 0 });
+        }
+        let rec = self.read(key, e)?;
+        Ok(Item { version: e.version(), value: rec.value, expires: rec.expires })
     }
 
     /// Reads the record of entry `e` and checks it is the one indexed.
@@ -547,7 +561,7 @@ mod tests {
         assert!(s.apply(b"k", v(6), None)?, "tombstone beats older put");
         assert!(!s.apply(b"k", v(5), Some(b"stale"))?, "stale put stays deleted");
         let item = s.get(b"k")?.unwrap();
-        assert_eq!(item, Item { version: v(6), value: None });
+        assert_eq!(item, Item { version: v(6), value: None, expires: 0 });
         assert_eq!(s.live_keys(), 0);
         assert_eq!(s.len(), 1);
 
@@ -581,7 +595,7 @@ mod tests {
         drop(s);
         let s = Sector::open(os(), &path, 3)?;
         assert_eq!(value_of(&s, b"a"), Some(b"alpha".to_vec()));
-        assert_eq!(s.get(b"b")?, Some(Item { version: v(3), value: None }));
+        assert_eq!(s.get(b"b")?, Some(Item { version: v(3), value: None, expires: 0 }));
         assert_eq!(s.get(b"c")?, None);
         assert_eq!(s.keys_with_versions(), vec![(b"a".to_vec(), v(1)), (b"b".to_vec(), v(3))]);
         Ok(())
@@ -597,8 +611,8 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (b"x".to_vec(), Item { version: v(1), value: Some(b"1".to_vec()) }),
-                (b"y".to_vec(), Item { version: v(2), value: None }),
+                (b"x".to_vec(), Item { version: v(1), value: Some(b"1".to_vec()), expires: 0 }),
+                (b"y".to_vec(), Item { version: v(2), value: None, expires: 0 }),
             ]
         );
         Ok(())
@@ -623,14 +637,14 @@ mod tests {
         // never the value it deleted.
         drop(s);
         let mut s = Sector::open(os(), &path, 4)?;
-        assert_eq!(s.get(b"gone")?, Some(Item { version: v(2), value: None }));
+        assert_eq!(s.get(b"gone")?, Some(Item { version: v(2), value: None, expires: 0 }));
         assert!(s.reap(b"gone", v(2)));
         s.compact()?;
         drop(s);
         let s = Sector::open(os(), &path, 4)?;
         assert_eq!(s.get(b"gone")?, None, "compaction left both records behind");
         assert_eq!(value_of(&s, b"live"), Some(b"here".to_vec()));
-        assert_eq!(s.get(b"newer")?, Some(Item { version: v(4), value: None }));
+        assert_eq!(s.get(b"newer")?, Some(Item { version: v(4), value: None, expires: 0 }));
         Ok(())
     }
 
@@ -666,7 +680,7 @@ mod tests {
         for k in 0..10u8 {
             assert_eq!(value_of(&s, &[k]), Some(big.clone()));
         }
-        assert_eq!(s.get(b"dead")?, Some(Item { version: v(ms + 1), value: None }));
+        assert_eq!(s.get(b"dead")?, Some(Item { version: v(ms + 1), value: None, expires: 0 }));
         assert_eq!(value_of(&s, b"last"), Some(b"final".to_vec()));
         assert_eq!(dir_size(&path), after);
         assert!(!s.apply(b"dead", v(ms), Some(b"zombie"))?);
