@@ -231,3 +231,101 @@ fn expire_persist_keepttl_and_ttl_through_resp() {
     assert!(is_error(&r.cmd(&["TTL"]), "ERR wrong number of arguments"));
     assert_eq!(r.cmd(&["GET", "x"]), Value::Nil);
 }
+
+/// One node's copy of a key, as `gtstore inspect` shows it.
+#[derive(Debug, PartialEq, Eq)]
+enum Copy {
+    Value(String),
+    Deleted,
+    Expired,
+    Missing,
+}
+
+fn copy_on(c: &Cluster, node: u16, key: &str) -> Copy {
+    let out = c.cli(&["inspect", "--node", &node.to_string(), key]);
+    match out.status.code() {
+        Some(0) if stdout(&out).contains(", (deleted), ") => Copy::Deleted,
+        Some(0) => Copy::Value(stdout(&out)),
+        Some(1) if stderr(&out).contains("expired") => Copy::Expired,
+        Some(1) => Copy::Missing,
+        _ => panic!("inspect --node {node} {key}: {}", stderr(&out)),
+    }
+}
+
+/// Issue #12 item 2 with reclamation (`--tombstone-grace 2`): keys put on 3 nodes (REP=3) without
+/// a TTL; node 3 stopped with SIGSTOP (still an up member, so it misses the next writes and
+/// refuses them as late when it resumes); the keys written again with `--ttl 1`, acknowledged by
+/// nodes 1 and 2. Once node 3 is back with its older live values, every read says not found the
+/// whole time (the expired newest version wins), and within 60 s every copy is forgotten
+/// (inspect finds no entry on any node: the reaper put a tombstone of the expired version over
+/// node 3's older value, then forgot both). They stay gone after node 3 is killed and
+/// restarted on its data.
+#[test]
+fn values_expired_past_the_grace_are_reclaimed_and_older_values_do_not_come_back() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let grace = ("NODE_FLAGS", "--tombstone-grace 2");
+    let c = Cluster::start_with(32020, 3, 3, &[grace, ("MANAGER_FLAGS", "--dead-after-ms 30000")]);
+    let keys: Vec<String> = (0..4).map(|i| format!("reclaim{i}")).collect();
+    for k in &keys {
+        assert_ok(&c.cli(&["--put", k, "--val", "older", "--deadline-ms", "20000"]));
+    }
+    thread::sleep(Duration::from_millis(500));
+    for k in &keys {
+        for n in 1..=3 {
+            assert!(matches!(copy_on(&c, n, k), Copy::Value(v) if v.contains(", older, ")), "{k} on node {n}");
+        }
+    }
+    let pid = c.node_pid(3).expect("node 3 runs");
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    for k in &keys {
+        let out = c.cli(&["--put", k, "--val", "short-lived", "--ttl", "1", "--deadline-ms", "20000"]);
+        if !out.status.success() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+            panic!("put {k} --ttl 1 with node 3 stopped: {}", stderr(&out));
+        }
+    }
+    // Past the expiry and the grace, and long enough for node 3 to refuse the writes as late.
+    thread::sleep(Duration::from_secs(4));
+    kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
+
+    let started = std::time::Instant::now();
+    let mut bad = Vec::new();
+    let reclaimed = loop {
+        let mut all_missing = true;
+        for k in &keys {
+            let read = c.cli(&["--get", k]);
+            if read.status.code() != Some(1) {
+                bad.push(format!("{k} after {:?}: read {}", started.elapsed(), stdout(&read)));
+            }
+            let copies: Vec<Copy> = (1..=3).map(|n| copy_on(&c, n, k)).collect();
+            if copies.iter().any(|cp| matches!(cp, Copy::Value(_))) && started.elapsed() > Duration::from_secs(20) {
+                bad.push(format!("{k}: a live copy 20 s after node 3 came back: {copies:?}"));
+            }
+            all_missing &= copies.iter().all(|cp| *cp == Copy::Missing);
+        }
+        if !bad.is_empty() || all_missing {
+            break bad.is_empty();
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let seen: Vec<Vec<Copy>> = keys.iter().map(|k| (1..=3).map(|n| copy_on(&c, n, k)).collect()).collect();
+            println!("not reclaimed within 60 s: {seen:?}");
+            break false;
+        }
+        thread::sleep(Duration::from_millis(500));
+    };
+    assert!(bad.is_empty(), "expired keys came back: {bad:#?}");
+    assert!(reclaimed, "the expired values were not reclaimed on every node within 60 s");
+    println!("every expired value reclaimed {:?} after node 3 came back", started.elapsed());
+
+    c.kill_node(3);
+    assert_ok(&c.make("restart", &[("NODE", "3"), grace]));
+    thread::sleep(Duration::from_secs(2));
+    for k in &keys {
+        assert_eq!(c.cli(&["--get", k]).status.code(), Some(1), "{k} after node 3 restarted");
+        for n in 1..=3 {
+            let cp = copy_on(&c, n, k);
+            assert!(matches!(cp, Copy::Missing | Copy::Expired | Copy::Deleted), "{k} on node {n}: {cp:?}");
+        }
+    }
+}

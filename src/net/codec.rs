@@ -1040,6 +1040,28 @@ mod tests {
     }
 
     #[test]
+    fn the_protocol_page_examples_are_what_the_codec_writes() {
+        let put = Message {
+            header: Header { client: 3, node: 0, req: 1, deadline: 0 },
+            body: Body::Put { key: b"key1".to_vec(), value: b"value1".to_vec(), expiry: Expiry::Never },
+        };
+        let wire = to_bytes(&put);
+        assert!(wire.starts_with(b"PUT 3 0 27 1\n"));
+        assert_eq!(wire.len(), 40);
+        let value = Message {
+            header: Header { client: 3, node: 2, req: 2, deadline: 0 },
+            body: Body::Value {
+                value: b"value1".to_vec(),
+                version: Version { ms: 1_795_564_800_000, counter: 0, node: 2 },
+                expires: 0,
+            },
+        };
+        let wire = to_bytes(&value);
+        assert!(wire.starts_with(b"VALUE 3 2 34 2\n"));
+        assert_eq!(&wire[15..23], &[0, 0, 1, 0xa2, 0x10, 0, 0x88, 0]);
+    }
+
+    #[test]
     fn bad_expiries_are_malformed() {
         // PUT "a" "" with each (kind, n); only (0, 0), (1, n>0), (2, n>0) parse.
         for (kind, n, ok) in

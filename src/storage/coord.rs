@@ -490,14 +490,16 @@ impl Node {
         if overwrite {
             newest.version = self.clock.tick(rx.wall_ms());
         }
-        // A tombstone past the grace may be reaped any time: a replica that
-        // has no entry for the key has reaped it or never had the key, and
-        // copying the tombstone back would only undo the reaping (the
-        // reaping rounds put it over every older value; see `reap`).
+        // A tombstone past the grace (or a value expired past it) may be
+        // reaped any time: a replica that has no entry for the key has
+        // reaped it or never had the key, and copying it back would only
+        // undo the reaping (the reaping rounds put a tombstone of its
+        // version over every older value; see `reap`).
         let grace_ms = u64::try_from(self.cfg.tombstone_grace.as_millis()).unwrap_or(u64::MAX);
+        let past_grace = |ms: u64| ms.saturating_add(grace_ms) < rx.wall_ms();
         let reapable = !self.cfg.tombstone_grace.is_zero()
-            && newest.value.is_none()
-            && newest.version.ms.saturating_add(grace_ms) < rx.wall_ms();
+            && past_grace(newest.version.ms)
+            && (newest.value.is_none() || newest.expires != 0 && past_grace(newest.expires));
         for &(node, version) in &op.answers {
             if version.is_some_and(|v| v >= newest.version) || (reapable && version.is_none()) {
                 continue;

@@ -468,14 +468,17 @@ impl Store {
         }
     }
 
-    /// Up to `limit` tombstones of `sector` made before `before_ms`.
+    /// Up to `limit` tombstones of `sector` made before `before_ms`, and
+    /// values made and expired before it (see [`Sector::old_tombstones`]):
+    /// the reaper treats such a value as a tombstone of its version.
     pub fn old_tombstones(&self, sector: u32, before_ms: u64, limit: usize) -> Vec<(Vec<u8>, Version)> {
         self.sectors.get(&sector).map_or_else(Vec::new, |s| s.old_tombstones(before_ms, limit))
     }
 
     /// Forgets `key` of `sector` if its newest entry is the tombstone
-    /// `version` (see [`Sector::reap`]); returns whether it did. Compaction
-    /// then leaves the tombstone's record behind.
+    /// `version`, or an expiring value of that version (see
+    /// [`Sector::reap`]); returns whether it did. Compaction then leaves
+    /// its record behind.
     pub fn reap(&mut self, sector: u32, key: &[u8], version: Version) -> bool {
         let Some(s) = self.sectors.get_mut(&sector) else { return false };
         let reaped = s.reap(key, version);

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use super::disk::Disk;
-use super::index::{Entry, Index, IndexKey};
+use super::index::{Entry, Expiries, Index, IndexKey};
 use super::log::{self, Loc, SegmentIter, SegmentWriter};
 use super::record::{self, Record};
 use super::recovery::{self, Stats};
@@ -38,6 +38,8 @@ const FIRST_GEN: u64 = 1;
 #[derive(Clone, Copy, Debug)]
 pub struct Undo {
     prev: Option<Entry>,
+    /// The key's expiry before the write (0: none).
+    prev_expires: u64,
     loc: Loc,
     live_bytes: u64,
     dead_bytes: u64,
@@ -51,6 +53,8 @@ pub struct Sector {
     disk: Rc<dyn Disk>,
     dir: PathBuf,
     index: Index,
+    /// The expiries of the keys whose newest entry is a value with one.
+    expiries: Expiries,
     writer: SegmentWriter,
     live_bytes: u64,
     dead_bytes: u64,
@@ -104,6 +108,7 @@ impl Sector {
             disk,
             dir: dir.to_path_buf(),
             index: replayed.index,
+            expiries: replayed.expiries,
             writer,
             live_bytes: replayed.stats.live_bytes,
             dead_bytes: replayed.stats.dead_bytes,
@@ -169,7 +174,17 @@ impl Sector {
         }
         self.live_bytes = self.live_bytes.saturating_add(u64::from(loc.len));
         self.dirty = true;
-        Ok(Some(Undo { prev, loc, live_bytes, dead_bytes, dirty }))
+        let prev_expires = self.set_expiry(key, if value.is_some() { expires } else { 0 });
+        Ok(Some(Undo { prev, prev_expires, loc, live_bytes, dead_bytes, dirty }))
+    }
+
+    /// Records `key`'s expiry (0: none); returns the one it had.
+    fn set_expiry(&mut self, key: &[u8], expires: u64) -> u64 {
+        let prev = match expires {
+            0 => self.expiries.remove(key),
+            at => self.expiries.insert(key.to_vec(), at),
+        };
+        prev.unwrap_or(0)
     }
 
     /// Takes back the write to `key` that [`Sector::apply_undoable`] just
@@ -189,6 +204,7 @@ impl Sector {
                 self.index.remove(key);
             }
         }
+        self.set_expiry(key, undo.prev_expires);
         self.live_bytes = undo.live_bytes;
         self.dead_bytes = undo.dead_bytes;
         self.dirty = undo.dirty;
@@ -258,8 +274,9 @@ impl Sector {
     }
 
     /// Up to `limit` keys whose newest entry is a tombstone made before
-    /// `before_ms` (wall ms), with their versions, sorted by key: the
-    /// candidates for reaping (see `Store::reap`).
+    /// `before_ms` (wall ms), or a value made and expired before it, with
+    /// their versions, sorted by key: the candidates for reaping (see
+    /// `Store::reap`), an expired value as a tombstone of its version.
     pub fn old_tombstones(&self, before_ms: u64, limit: usize) -> Vec<(Vec<u8>, Version)> {
         let mut out: Vec<(Vec<u8>, Version)> = self
             .index
@@ -267,23 +284,32 @@ impl Sector {
             .filter(|(_, e)| e.tombstone() && e.version().ms < before_ms)
             .map(|(k, e)| (k.as_slice().to_vec(), e.version()))
             .collect();
+        for key in self.expiries.iter().filter(|(_, &at)| at < before_ms).map(|(k, _)| k) {
+            match self.index.get(&key[..]) {
+                Some(e) if !e.tombstone() && e.version().ms < before_ms => out.push((key.clone(), e.version())),
+                _ => {}
+            }
+        }
         out.sort_unstable();
         out.truncate(limit);
         out
     }
 
-    /// Forgets `key` if its newest entry is the tombstone `version`: the
-    /// record becomes dead bytes, which compaction leaves behind. Nothing
-    /// is written: after a restart the tombstone's record, still in its
-    /// segment until compaction, brings it back, which is harmless.
-    /// Returns whether it was forgotten.
+    /// Forgets `key` if its newest entry is the tombstone `version`, or a
+    /// value of that version with an expiry (the reaper only offers one
+    /// expired past the grace): the record becomes dead bytes, which
+    /// compaction leaves behind. Nothing is written: after a restart the
+    /// record, still in its segment until compaction, brings it back,
+    /// which is harmless. Returns whether it was forgotten.
     pub fn reap(&mut self, key: &[u8], version: Version) -> bool {
         let Some(e) = self.index.get(key) else { return false };
-        if !e.tombstone() || e.version() != version {
+        let expiring = !e.tombstone() && self.expiries.contains_key(key);
+        if !(e.tombstone() || expiring) || e.version() != version {
             return false;
         }
         let len = u64::from(e.loc().len);
         self.index.remove(key);
+        self.expiries.remove(key);
         self.live_bytes = self.live_bytes.saturating_sub(len);
         self.dead_bytes = self.dead_bytes.saturating_add(len);
         true
@@ -645,6 +671,56 @@ mod tests {
         assert_eq!(s.get(b"gone")?, None, "compaction left both records behind");
         assert_eq!(value_of(&s, b"live"), Some(b"here".to_vec()));
         assert_eq!(s.get(b"newer")?, Some(Item { version: v(4), value: None, expires: 0 }));
+        Ok(())
+    }
+
+    #[test]
+    fn a_value_expired_past_the_grace_is_reaped_like_a_tombstone_and_stays_gone() -> Result<()> {
+        let dir = TestDir::new("sector-reap-expired");
+        let path = dir.path().join("5");
+        let mut s = Sector::open(os(), &path, 5)?;
+        s.apply(b"ttl", v(1), Some(b"old"))?;
+        s.apply_expiring(b"ttl", v(2), Some(b"short"), 10)?;
+        s.apply_expiring(b"later", v(3), Some(b"long"), 1_000)?;
+        s.apply_expiring(b"rewritten", v(4), Some(b"was short"), 10)?;
+        s.apply(b"rewritten", v(5), Some(b"no ttl"))?;
+        s.apply(b"plain", v(6), Some(b"kept"))?;
+        assert_eq!(s.old_tombstones(10, 10), vec![], "not expired before 10 ms");
+        assert_eq!(s.old_tombstones(11, 10), vec![(b"ttl".to_vec(), v(2))], "only the value expired before 11 ms");
+        for _ in 0..2 {
+            // Replay rebuilds the expiries: the same candidates after a reopen.
+            drop(s);
+            s = Sector::open(os(), &path, 5)?;
+            assert_eq!(s.old_tombstones(11, 10), vec![(b"ttl".to_vec(), v(2))]);
+        }
+        assert!(!s.reap(b"ttl", v(1)), "not the newest version");
+        assert!(!s.reap(b"plain", v(6)), "a value without an expiry is never reaped");
+        assert!(!s.reap(b"rewritten", v(5)), "nor one rewritten without its expiry");
+        assert!(s.reap(b"ttl", v(2)));
+        assert_eq!(s.get(b"ttl")?, None, "forgotten");
+        assert!(s.old_tombstones(u64::MAX, 10).iter().all(|(k, _)| k != b"ttl"));
+        assert_eq!(s.old_tombstones(u64::MAX, 10), vec![(b"later".to_vec(), v(3))]);
+        s.compact()?;
+        drop(s);
+        let s = Sector::open(os(), &path, 5)?;
+        assert_eq!(s.get(b"ttl")?, None, "compaction left the expired value and the one before it behind");
+        assert_eq!(s.get(b"later")?.map(|i| i.expires), Some(1_000));
+        assert_eq!(value_of(&s, b"rewritten"), Some(b"no ttl".to_vec()));
+        Ok(())
+    }
+
+    #[test]
+    fn an_undone_write_gives_the_key_its_expiry_back() -> Result<()> {
+        let dir = TestDir::new("sector-undo-expiry");
+        let mut s = Sector::open(os(), &dir.path().join("6"), 6)?;
+        s.apply_expiring(b"k", v(1), Some(b"v"), 10)?;
+        let undo = s.apply_undoable(b"k", v(2), Some(b"w"), 0)?.unwrap();
+        assert_eq!(s.old_tombstones(u64::MAX, 10), vec![]);
+        s.undo(b"k", undo)?;
+        assert_eq!(s.old_tombstones(u64::MAX, 10), vec![(b"k".to_vec(), v(1))]);
+        let undo = s.apply_undoable(b"new", v(3), Some(b"x"), 5)?.unwrap();
+        s.undo(b"new", undo)?;
+        assert_eq!(s.old_tombstones(u64::MAX, 10), vec![(b"k".to_vec(), v(1))]);
         Ok(())
     }
 
