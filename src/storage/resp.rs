@@ -498,7 +498,8 @@ impl Node {
             "persistence",
             vec!["loading:0".into(), format!("aof_enabled:1"), format!("gtstore_fsync:{}", self.cfg.fsync)],
         );
-        add("keyspace", vec![format!("db0:keys={},expires=0,avg_ttl=0", self.store.total_live_keys())]);
+        let (keys, expiring) = (self.store.total_live_keys(), self.store.total_expiring_keys());
+        add("keyspace", vec![format!("db0:keys={keys},expires={expiring},avg_ttl=0")]);
         add(
             "cluster",
             vec![

@@ -498,9 +498,15 @@ impl Store {
         self.sectors.get(&sector).map_or(0, Sector::len)
     }
 
-    /// Live keys over all sectors held.
+    /// Live keys over all sectors held (values expired but not reaped
+    /// yet included).
     pub fn total_live_keys(&self) -> usize {
         self.sectors.values().map(Sector::live_keys).sum()
+    }
+
+    /// Keys with an expiry (passed or not) over all sectors held.
+    pub fn total_expiring_keys(&self) -> usize {
+        self.sectors.values().map(Sector::expiring_keys).sum()
     }
 
     /// Every entry of `sector`, tombstones included, sorted by key, with

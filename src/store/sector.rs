@@ -320,6 +320,11 @@ impl Sector {
         self.index.values().filter(|e| !e.tombstone()).count()
     }
 
+    /// Keys whose newest entry is a value with an expiry (passed or not).
+    pub fn expiring_keys(&self) -> usize {
+        self.expiries.len()
+    }
+
     /// Keys in the index, tombstones included.
     pub fn len(&self) -> usize {
         self.index.len()
@@ -700,6 +705,7 @@ mod tests {
         assert_eq!(s.get(b"ttl")?, None, "forgotten");
         assert!(s.old_tombstones(u64::MAX, 10).iter().all(|(k, _)| k != b"ttl"));
         assert_eq!(s.old_tombstones(u64::MAX, 10), vec![(b"later".to_vec(), v(3))]);
+        assert_eq!(s.expiring_keys(), 1, "only later still has an expiry");
         s.compact()?;
         drop(s);
         let s = Sector::open(os(), &path, 5)?;
