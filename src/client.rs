@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::hlc::Version;
 use crate::net::auth::{self, Key, KeyKind, NONCE_LEN};
+pub use crate::net::codec::Expiry;
 use crate::net::codec::{self, Body, ErrorCode, Header, Limits, Message, Stats};
 use crate::net::gate::HANDSHAKE_REQ;
 use crate::table::{NodeState, Table};
@@ -96,6 +97,17 @@ pub struct Local {
     pub value: Option<Vec<u8>>,
     /// Its version.
     pub version: Version,
+    /// When the value expires, wall-clock ms since the epoch; 0 = never.
+    /// The node answers an expired copy as it is: [`Local::expired_at`]
+    /// judges it.
+    pub expires: u64,
+}
+
+impl Local {
+    /// Whether the value has expired by wall time `now_ms`.
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        self.value.is_some() && self.expires != 0 && self.expires <= now_ms
+    }
 }
 
 /// A connected client.
@@ -226,7 +238,15 @@ impl Client {
 
     /// Stores `value` under `key`; returns the coordinating node.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u32> {
-        let body = Body::Put { key: key.to_vec(), value: value.to_vec() };
+        self.put_expiring(key, value, Expiry::Never)
+    }
+
+    /// Stores `value` under `key`, expiring as `expiry` says; returns the
+    /// coordinating node. [`Expiry::After`] counts from when the
+    /// coordinator stamps the write, by its clock, which turns it into the
+    /// absolute expiry every replica stores.
+    pub fn put_expiring(&mut self, key: &[u8], value: &[u8], expiry: Expiry) -> Result<u32> {
+        let body = Body::Put { key: key.to_vec(), value: value.to_vec(), expiry };
         let m = self.request(key, body)?;
         expect_ok(m)
     }
@@ -251,8 +271,8 @@ impl Client {
     pub fn inspect(&mut self, node: u32, key: &[u8]) -> Result<Option<Local>> {
         let m = self.ask_node(node, Body::Inspect { key: key.to_vec() })?;
         match m.body {
-            Body::Value { value, version } => Ok(Some(Local { value: Some(value), version })),
-            Body::NotFound { version: Some(version) } => Ok(Some(Local { value: None, version })),
+            Body::Value { value, version, expires } => Ok(Some(Local { value: Some(value), version, expires })),
+            Body::NotFound { version: Some(version) } => Ok(Some(Local { value: None, version, expires: 0 })),
             Body::NotFound { version: None } => Ok(None),
             other => Err(unexpected(&other)),
         }

@@ -33,7 +33,7 @@ fn msg(req: u64, body: Body) -> Message {
 }
 
 fn put(req: u64, key: &str, value: &str) -> Message {
-    msg(req, Body::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec() })
+    msg(req, Body::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), expiry: Default::default() })
 }
 
 fn get(req: u64, key: &str) -> Message {
@@ -294,6 +294,7 @@ fn a_replica_write_from_the_future_is_refused() {
         key: b"fut-key".to_vec(),
         version: Version { ms: wall_ms() + ten_years, counter: 0, node: 9 },
         value: Some(b"from-the-future".to_vec()),
+        expires: 0,
     };
     for (req, repair) in [(1, false), (2, true)] {
         let forged = Message {

@@ -116,7 +116,8 @@ fn a_store_over_the_record_limits_is_refused_as_too_large() {
     let mut s = c.connect_as_daemon(&c.node_addr(1));
     let mut buf = Vec::new();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let entry = Entry { key: vec![b'k'; 70_000], version: Version { ms: now, counter: 0, node: 9 }, value: None };
+    let entry =
+        Entry { key: vec![b'k'; 70_000], version: Version { ms: now, counter: 0, node: 9 }, value: None, expires: 0 };
     let msg = Message {
         header: Header { node: 9, req: 1, deadline: now + 2_000, ..Header::default() },
         body: Body::Store { entry, hint_for: 0, repair: true },
@@ -344,6 +345,7 @@ fn without_the_cluster_key_a_forged_store_or_register_changes_nothing() {
         key: b"victim".to_vec(),
         version: Version { ms: now + 10 * 365 * 24 * 3600 * 1000, counter: 0, node: 1 },
         value: Some(b"forged".to_vec()),
+        expires: 0,
     };
     let store = |req| Message {
         header: Header { node: 1, req, deadline: now + 4_000, ..Header::default() },

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use gtstore::hlc::Version;
 use gtstore::manager::encode_state;
-use gtstore::net::codec::{self, Body, Entry, ErrorCode, Figures, Header, Message, Stats};
+use gtstore::net::codec::{self, Body, Entry, ErrorCode, Expiry, Figures, Header, Message, Stats};
 use gtstore::store::record;
 use gtstore::table::Table;
 
@@ -28,8 +28,12 @@ fn msg(body: Body) -> Vec<u8> {
 }
 
 fn rec(key: &[u8], value: Option<&[u8]>, ms: u64) -> Vec<u8> {
+    rec_expiring(key, value, 0, ms)
+}
+
+fn rec_expiring(key: &[u8], value: Option<&[u8]>, expires: u64, ms: u64) -> Vec<u8> {
     let mut out = Vec::new();
-    record::encode_parts(key, value, Version { ms, ..V }, &mut out);
+    record::encode_parts(key, value, expires, Version { ms, ..V }, &mut out);
     out
 }
 
@@ -59,23 +63,30 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
 }
 
 fn main() {
-    let entry = Entry { key: b"k\xff\x00".to_vec(), version: V, value: Some(b"v\n".to_vec()) };
-    let tomb = Entry { key: b"gone".to_vec(), version: V, value: None };
+    let entry = Entry { key: b"k\xff\x00".to_vec(), version: V, value: Some(b"v\n".to_vec()), expires: 0 };
+    let expiring = Entry { key: b"soon".to_vec(), version: V, value: Some(b"v".to_vec()), expires: 1_800_000_000_000 };
+    let tomb = Entry { key: b"gone".to_vec(), version: V, value: None, expires: 0 };
     let t = table(8, 2);
     let mut moving = t.clone();
     moving.assign_join(3, "127.0.0.1:7003");
 
-    write("codec", "put", &msg(Body::Put { key: b"key1".to_vec(), value: b"value1".to_vec() }));
+    write("codec", "put", &msg(Body::Put { key: b"key1".to_vec(), value: b"value1".to_vec(), expiry: Expiry::Never }));
+    let put_ttl = Body::Put { key: b"key1".to_vec(), value: b"value1".to_vec(), expiry: Expiry::After(1_000) };
+    write("codec", "put_ttl", &msg(put_ttl));
     write("codec", "get", &msg(Body::Get { key: b"key1".to_vec() }));
     let deadline =
         Message { header: Header { client: 1, node: 0, req: 5, deadline: 1_796_083_200_300 }, body: Body::Ok };
     write("codec", "ok_deadline", &codec::to_bytes(&deadline));
-    write("codec", "value", &msg(Body::Value { value: vec![0, 1, 2], version: V }));
+    write("codec", "value", &msg(Body::Value { value: vec![0, 1, 2], version: V, expires: 1_800_000_000_000 }));
     write("codec", "not_found", &msg(Body::NotFound { version: Some(V) }));
     write("codec", "error", &msg(Body::error(ErrorCode::Retry, "no quorum")));
     write("codec", "table", &msg(Body::TableMsg { table: t.clone(), pending: Some(moving.clone()), contact: 2 }));
     write("codec", "store", &msg(Body::Store { entry: entry.clone(), hint_for: 5, repair: true }));
-    write("codec", "chunk", &msg(Body::Chunk { sector: 17, entries: vec![entry.clone(), tomb.clone()], last: true }));
+    write(
+        "codec",
+        "chunk",
+        &msg(Body::Chunk { sector: 17, entries: vec![entry.clone(), expiring, tomb.clone()], last: true }),
+    );
     write("codec", "reap", &msg(Body::Reap { epoch: 3, sector: 9, entries: vec![tomb] }));
     write("codec", "register", &msg(Body::Register { id: 4, addr: "127.0.0.1:7004".into() }));
     let figures = Figures {
@@ -94,6 +105,7 @@ fn main() {
     write("record", "put", &rec(b"key", Some(b"some value"), 5));
     write("record", "tombstone", &rec(b"gone", None, 7));
     write("record", "empty", &rec(b"", Some(b""), 0));
+    write("record", "expiring", &rec_expiring(b"key", Some(b"v"), 1_800_000_000_000, 5));
     let mut seq = rec(b"a", Some(b"1"), 1);
     seq.extend(rec(b"b", None, 2));
     seq.extend(rec(b"a", Some(b"22"), 3));

@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
         record.encode(&mut bytes);
         assert_eq!(bytes.len(), record.encoded_len());
         assert_eq!(bytes, rest[..len], "{record:?}");
-        assert!(record::check_lengths(record.key.len(), record.value.as_ref().map_or(0, Vec::len)).is_ok());
+        let section = record::value_section_len(record.value.as_deref(), record.expires);
+        assert!(record::check_lengths(record.key.len(), section).is_ok());
         rest = &rest[len..];
     }
 });

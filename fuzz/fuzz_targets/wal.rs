@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
             let (mut copy, none) = Wal::open(&disk, dir, WAL_FILES[1]).unwrap();
             assert!(none.is_empty());
             for (sector, rec) in &frames {
-                copy.append(*sector, &rec.key, rec.value.as_deref(), rec.version);
+                copy.append(*sector, &rec.key, rec.value.as_deref(), rec.expires, rec.version);
             }
             copy.commit().unwrap();
             assert_eq!(disk.contents(&dir.join(WAL_FILES[1])).unwrap(), kept);

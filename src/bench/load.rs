@@ -370,7 +370,11 @@ impl Engine<'_> {
         self.next_req += 1;
         let sent = match self.target {
             Target::Native { client_id, .. } => {
-                let body = if read { Body::Get { key } } else { Body::Put { key, value: self.value.clone() } };
+                let body = if read {
+                    Body::Get { key }
+                } else {
+                    Body::Put { key, value: self.value.clone(), expiry: Default::default() }
+                };
                 let deadline = self.wall_deadline(rx);
                 let header = Header { client: client_id, req: self.next_req, deadline, ..Header::default() };
                 rx.send(conn, &Message { header, body })

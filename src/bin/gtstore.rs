@@ -4,17 +4,20 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use gtstore::cli::{self, opt_num, Exit, EX_DATAERR, EX_NOPERM, EX_NOT_FOUND, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE};
-use gtstore::client::{self, Client};
+use gtstore::client::{self, Client, Expiry};
 use gtstore::net::codec::{ErrorCode, FIGURE_VERBS};
 
 const PROG: &str = "gtstore";
 /// The largest value read from standard input with `--val -`.
 const MAX_STDIN_VALUE: u64 = 16 << 20;
+/// The longest `--ttl`, in seconds: about 100 years.
+const MAX_TTL_S: u64 = 100 * 366 * 24 * 3600;
 
 fn options() -> getopts::Options {
     let mut o = getopts::Options::new();
     o.optopt("", "put", "store a value under KEY (with --val)", "KEY");
     o.optopt("", "val", "the value to store; - reads it from standard input", "VALUE");
+    o.optopt("", "ttl", "with --put: the key expires SECONDS after the write (by the coordinator's clock)", "SECONDS");
     o.optopt("", "get", "print the value of KEY", "KEY");
     o.optopt("", "del", "delete KEY", "KEY");
     o.optopt("", "node", "with inspect and stats: the node to ask", "I");
@@ -33,7 +36,7 @@ fn options() -> getopts::Options {
     o
 }
 
-const USAGE: &str = "Usage: gtstore [options] --put KEY --val VALUE
+const USAGE: &str = "Usage: gtstore [options] --put KEY --val VALUE [--ttl SECONDS]
        gtstore [options] --get KEY
        gtstore [options] --del KEY
        gtstore [options] status
@@ -42,7 +45,7 @@ const USAGE: &str = "Usage: gtstore [options] --put KEY --val VALUE
 
 /// One CLI invocation's work.
 enum Command {
-    Put(Vec<u8>, Option<Vec<u8>>),
+    Put(Vec<u8>, Option<Vec<u8>>, Expiry),
     Get(Vec<u8>),
     Del(Vec<u8>),
     Status,
@@ -59,10 +62,15 @@ fn command(m: &getopts::Matches) -> Result<Command, Exit> {
         let val =
             m.opt_str("val").ok_or_else(|| Exit::usage("--put needs --val VALUE (or --val - for standard input)"))?;
         let value = if val == "-" { None } else { Some(val.into_bytes()) };
-        return Ok(Command::Put(key.into_bytes(), value));
+        let expiry = match opt_num::<u64>(m, "ttl")? {
+            None => Expiry::Never,
+            Some(s) if (1..=MAX_TTL_S).contains(&s) => Expiry::After(s * 1000),
+            Some(_) => return Err(Exit::usage(format!("--ttl: give whole seconds from 1 to {MAX_TTL_S}"))),
+        };
+        return Ok(Command::Put(key.into_bytes(), value, expiry));
     }
-    if m.opt_present("val") {
-        return Err(Exit::usage("--val goes with --put"));
+    if m.opt_present("val") || m.opt_present("ttl") {
+        return Err(Exit::usage("--val and --ttl go with --put"));
     }
     if let Some(key) = m.opt_str("get") {
         return Ok(Command::Get(key.into_bytes()));
@@ -213,12 +221,12 @@ fn run(cmd: Command, cfg: client::Config) -> Result<(), Exit> {
     let mut c = Client::connect(cfg).map_err(|e| Exit::new(EX_UNAVAILABLE, e.to_string()))?;
     let mut out = std::io::stdout().lock();
     match cmd {
-        Command::Put(key, value) => {
+        Command::Put(key, value, expiry) => {
             let value = match value {
                 Some(v) => v,
                 None => read_stdin_value()?,
             };
-            let node = c.put(&key, &value).map_err(|e| fail(e, &key))?;
+            let node = c.put_expiring(&key, &value, expiry).map_err(|e| fail(e, &key))?;
             print_line(&mut out, &[b"OK", format!("server{node}").as_bytes()])
         }
         Command::Get(key) => {
@@ -232,12 +240,25 @@ fn run(cmd: Command, cfg: client::Config) -> Result<(), Exit> {
         Command::Status => status(&mut c, &manager, &mut out),
         Command::Stats(node) => stats(&mut c, node, &mut out),
         Command::Inspect(node, key) => match c.inspect(node, &key).map_err(|e| fail(e, &key))? {
+            // Judged by this client's clock: the node shows its copy as it is.
+            Some(l) if l.expired_at(client::wall_ms_after(Duration::ZERO)) => Err(Exit::new(
+                EX_NOT_FOUND,
+                format!(
+                    "{}: not found on server{node} (expired at {} ms, version={})",
+                    String::from_utf8_lossy(&key),
+                    l.expires,
+                    l.version
+                ),
+            )),
             Some(l) => {
+                let expires = (l.expires != 0).then(|| format!("expires={}", l.expires));
                 let value = l.value.unwrap_or_else(|| b"(deleted)".to_vec());
-                print_line(
-                    &mut out,
-                    &[&key, &value, format!("version={}", l.version).as_bytes(), format!("server{node}").as_bytes()],
-                )
+                let version = format!("version={}", l.version);
+                let server = format!("server{node}");
+                let mut parts: Vec<&[u8]> = vec![&key, &value, version.as_bytes()];
+                parts.extend(expires.as_ref().map(String::as_bytes));
+                parts.push(server.as_bytes());
+                print_line(&mut out, &parts)
             }
             None => {
                 Err(Exit::new(EX_NOT_FOUND, format!("{}: not found on server{node}", String::from_utf8_lossy(&key))))

@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn verb_classes_gate_what_each_proof_allows() {
-        let put = Body::Put { key: b"k".to_vec(), value: b"v".to_vec() };
+        let put = Body::Put { key: b"k".to_vec(), value: b"v".to_vec(), expiry: Default::default() };
         let reg = Body::Register { id: 1, addr: "127.0.0.1:1".into() };
         let open = Keys::default();
         assert!(open.allows(None, &put) && open.allows(None, &reg), "no keys: loopback, all open");

@@ -193,6 +193,53 @@ pub struct Entry {
     pub version: Version,
     /// The value, or `None` for a tombstone.
     pub value: Option<Vec<u8>>,
+    /// When the value expires, wall-clock ms since the epoch; 0 = never
+    /// (always 0 for a tombstone). A copy carries it unchanged.
+    pub expires: u64,
+}
+
+/// When the value of a PUT expires.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Expiry {
+    /// Never.
+    #[default]
+    Never,
+    /// This many ms (at least 1) after the coordinator stamps the write,
+    /// by the coordinator's wall clock.
+    After(u64),
+    /// At this wall-clock time, ms since the Unix epoch (at least 1).
+    At(u64),
+}
+
+impl Expiry {
+    /// The absolute expiry to store for a write stamped at wall time
+    /// `now_ms`: wall ms since the epoch, 0 for never.
+    pub fn absolute(self, now_ms: u64) -> u64 {
+        match self {
+            Expiry::Never => 0,
+            Expiry::After(ms) => now_ms.saturating_add(ms).max(1),
+            Expiry::At(at) => at.max(1),
+        }
+    }
+
+    /// The wire form: a kind byte (0 never, 1 after, 2 at) and a u64.
+    fn wire(self) -> (u8, u64) {
+        match self {
+            Expiry::Never => (0, 0),
+            Expiry::After(ms) => (1, ms),
+            Expiry::At(at) => (2, at),
+        }
+    }
+
+    fn from_wire(kind: u8, n: u64) -> Result<Expiry, DecodeError> {
+        match (kind, n) {
+            (0, 0) => Ok(Expiry::Never),
+            (1 | 2, 0) => Err(DecodeError::BadPayload("expiry of 0")),
+            (1, ms) => Ok(Expiry::After(ms)),
+            (2, at) => Ok(Expiry::At(at)),
+            _ => Err(DecodeError::BadPayload("expiry kind")),
+        }
+    }
 }
 
 /// Per-node figures for `gtstore status` and `gtstore stats`.
@@ -241,8 +288,8 @@ pub struct Figures {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
     // Client requests to a storage node.
-    /// Store `value` under `key`.
-    Put { key: Vec<u8>, value: Vec<u8> },
+    /// Store `value` under `key`, expiring as `expiry` says.
+    Put { key: Vec<u8>, value: Vec<u8>, expiry: Expiry },
     /// Read `key`.
     Get { key: Vec<u8> },
     /// Delete `key`.
@@ -254,8 +301,10 @@ pub enum Body {
     // Replies.
     /// Success.
     Ok,
-    /// A read's value and its version.
-    Value { value: Vec<u8>, version: Version },
+    /// A read's value, its version and its expiry (wall ms since the
+    /// epoch, 0 = never). A replica's answer to FETCH may be expired: the
+    /// coordinator judges, after picking the newest version.
+    Value { value: Vec<u8>, version: Version, expires: u64 },
     /// No live value; `version` is the tombstone's, if there is one.
     NotFound { version: Option<Version> },
     /// An error: a code for programs and a reason for people.
@@ -692,16 +741,30 @@ impl Sink for Vec<u8> {
 
 // ----- payload layouts: each writer next to its reader ------------------
 
-/// Entry: key bytes, version, flag, then the value bytes if the flag is 1
-/// (0 is a tombstone).
+/// Entry: key bytes, version, a kind byte (0 a tombstone, 1 a value, 2 a
+/// value with an expiry), the expiry u64 if the kind is 2, then the value
+/// bytes unless the kind is 0.
 fn write_entry<S: Sink>(s: &mut S, e: &Entry) {
     s.bytes(&e.key);
     s.version(&e.version);
-    s.flag(e.value.is_some());
-    if let Some(v) = &e.value {
-        s.bytes(v);
+    match &e.value {
+        None => s.u8(ENTRY_TOMBSTONE),
+        Some(v) if e.expires != 0 => {
+            s.u8(ENTRY_EXPIRING);
+            s.u64(e.expires);
+            s.bytes(v);
+        }
+        Some(v) => {
+            s.u8(ENTRY_VALUE);
+            s.bytes(v);
+        }
     }
 }
+
+/// The kind bytes of an entry (see [`write_entry`]).
+const ENTRY_TOMBSTONE: u8 = 0;
+const ENTRY_VALUE: u8 = 1;
+const ENTRY_EXPIRING: u8 = 2;
 
 /// A count, then that many entries (CHUNK, REAP).
 fn write_entries<S: Sink>(s: &mut S, entries: &[Entry]) {
@@ -722,8 +785,16 @@ fn read_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, DecodeError> {
 fn read_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeError> {
     let key = r.bytes()?;
     let version = r.version()?;
-    let value = if r.flag()? { Some(r.bytes()?) } else { None };
-    Ok(Entry { key, version, value })
+    let (value, expires) = match r.u8()? {
+        ENTRY_TOMBSTONE => (None, 0),
+        ENTRY_VALUE => (Some(r.bytes()?), 0),
+        ENTRY_EXPIRING => match r.u64()? {
+            0 => return Err(DecodeError::BadPayload("expiry of 0")),
+            at => (Some(r.bytes()?), at),
+        },
+        _ => return Err(DecodeError::BadPayload("entry kind")),
+    };
+    Ok(Entry { key, version, value, expires })
 }
 
 /// The smallest encoded entry (empty key, tombstone).
@@ -797,16 +868,20 @@ fn read_figures(r: &mut Reader<'_>) -> Result<Figures, DecodeError> {
 /// same list); [`parse_body`] below reads the same fields back.
 fn write_body<S: Sink>(body: &Body, s: &mut S) {
     match body {
-        Body::Put { key, value } => {
+        Body::Put { key, value, expiry } => {
             s.bytes(key);
             s.bytes(value);
+            let (kind, n) = expiry.wire();
+            s.u8(kind);
+            s.u64(n);
         }
         Body::Get { key } | Body::Del { key } | Body::Inspect { key } | Body::Fetch { key } => s.bytes(key),
         Body::StatsReq | Body::Ok | Body::Hello | Body::GetTable | Body::Leave | Body::Unknown(_) => {}
         // Written by their own framing (`frame::encode`), never natively.
         Body::Resp(_) | Body::Http(_) | Body::Raw(_) => {}
-        Body::Value { value, version } => {
+        Body::Value { value, version, expires } => {
             s.version(version);
+            s.u64(*expires);
             s.bytes(value);
         }
         Body::NotFound { version } => {
@@ -875,7 +950,11 @@ fn write_body<S: Sink>(body: &Body, s: &mut S) {
 /// Reads the payload of `verb`; the twin of [`write_body`], arm for arm.
 fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
     Ok(match verb {
-        "PUT" => Body::Put { key: r.bytes()?, value: r.bytes()? },
+        "PUT" => {
+            let (key, value) = (r.bytes()?, r.bytes()?);
+            let kind = r.u8()?;
+            Body::Put { key, value, expiry: Expiry::from_wire(kind, r.u64()?)? }
+        }
         "GET" => Body::Get { key: r.bytes()? },
         "DEL" => Body::Del { key: r.bytes()? },
         "INSPECT" => Body::Inspect { key: r.bytes()? },
@@ -887,7 +966,8 @@ fn parse_body(verb: &str, r: &mut Reader<'_>) -> Result<Body, DecodeError> {
         "LEAVE" => Body::Leave,
         "VALUE" => {
             let version = r.version()?;
-            Body::Value { version, value: r.bytes()? }
+            let expires = r.u64()?;
+            Body::Value { version, expires, value: r.bytes()? }
         }
         "NOT_FOUND" => Body::NotFound { version: if r.flag()? { Some(r.version()?) } else { None } },
         "ERROR" => Body::Error { code: r.code()?, reason: r.string()? },
@@ -947,19 +1027,24 @@ mod tests {
 
     fn every_variant() -> Vec<Message> {
         let v = Version { ms: 1_700_000_000_000, counter: 2, node: 3 };
-        let entry = Entry { key: b"k\xff\x00".to_vec(), version: v, value: Some(b"v\n".to_vec()) };
-        let tomb = Entry { key: b"gone".to_vec(), version: v, value: None };
+        let entry = Entry { key: b"k\xff\x00".to_vec(), version: v, value: Some(b"v\n".to_vec()), expires: 0 };
+        let expiring =
+            Entry { key: b"soon".to_vec(), version: v, value: Some(b"v".to_vec()), expires: 1_800_000_000_000 };
+        let tomb = Entry { key: b"gone".to_vec(), version: v, value: None, expires: 0 };
         let mut table = Table::new(8, 3, 2, 2);
         table.assign_join(1, "127.0.0.1:7001");
         table.assign_join(2, "127.0.0.1:7002");
         vec![
-            Body::Put { key: b"key1".to_vec(), value: b"value1".to_vec() },
+            Body::Put { key: b"key1".to_vec(), value: b"value1".to_vec(), expiry: Expiry::Never },
+            Body::Put { key: b"k".to_vec(), value: vec![], expiry: Expiry::After(1_500) },
+            Body::Put { key: b"k".to_vec(), value: b"v".to_vec(), expiry: Expiry::At(u64::MAX) },
             Body::Get { key: b"key1".to_vec() },
             Body::Del { key: vec![] },
             Body::Inspect { key: b"x".to_vec() },
             Body::StatsReq,
             Body::Ok,
-            Body::Value { value: vec![0, 1, 2], version: v },
+            Body::Value { value: vec![0, 1, 2], version: v, expires: 0 },
+            Body::Value { value: vec![], version: v, expires: 1_800_000_000_000 },
             Body::NotFound { version: None },
             Body::NotFound { version: Some(v) },
             Body::Error { code: ErrorCode::Retry, reason: "no quorum".into() },
@@ -989,13 +1074,18 @@ mod tests {
             Body::TableMsg { table: table.clone(), pending: Some(table), contact: 0 },
             Body::Store { entry: entry.clone(), hint_for: 0, repair: false },
             Body::Store { entry: tomb.clone(), hint_for: 5, repair: true },
+            Body::Store { entry: expiring.clone(), hint_for: 0, repair: true },
             Body::Fetch { key: b"k".to_vec() },
             Body::Pull { sector: 17, digest: u64::MAX },
-            Body::Chunk { sector: 17, entries: vec![entry, tomb], last: true },
+            Body::Chunk { sector: 17, entries: vec![entry, expiring, tomb], last: true },
             Body::Chunk { sector: 1, entries: vec![], last: false },
             Body::Synced { epoch: 12 },
             Body::Reaped { overwritten: 2 },
-            Body::Reap { epoch: 3, sector: 9, entries: vec![Entry { key: b"x".to_vec(), version: v, value: None }] },
+            Body::Reap {
+                epoch: 3,
+                sector: 9,
+                entries: vec![Entry { key: b"x".to_vec(), version: v, value: None, expires: 0 }],
+            },
             Body::Auth { kind: KeyKind::Client, nonce: [3; 32] },
             Body::Challenge { nonce: [4; 32], proof: [5; 32] },
             Body::Prove { proof: [6; 32] },
@@ -1018,11 +1108,60 @@ mod tests {
     fn golden_put_wire_form() {
         let m = Message {
             header: Header { client: 1, node: 0, req: 5, deadline: 1_796_083_200_300 },
-            body: Body::Put { key: b"a".to_vec(), value: b"bc".to_vec() },
+            body: Body::Put { key: b"a".to_vec(), value: b"bc".to_vec(), expiry: Expiry::After(1000) },
         };
-        let wire = b"PUT 1 0 11 5 1796083200300\n\x00\x00\x00\x01a\x00\x00\x00\x02bc";
+        let wire = b"PUT 1 0 20 5 1796083200300\n\x00\x00\x00\x01a\x00\x00\x00\x02bc\x01\0\0\0\0\0\0\x03\xe8";
         assert_eq!(to_bytes(&m), wire);
         assert_eq!(parse(wire), Ok(m));
+    }
+
+    #[test]
+    fn the_protocol_page_examples_are_what_the_codec_writes() {
+        let put = Message {
+            header: Header { client: 3, node: 0, req: 1, deadline: 0 },
+            body: Body::Put { key: b"key1".to_vec(), value: b"value1".to_vec(), expiry: Expiry::Never },
+        };
+        let wire = to_bytes(&put);
+        assert!(wire.starts_with(b"PUT 3 0 27 1\n"));
+        assert_eq!(wire.len(), 40);
+        let value = Message {
+            header: Header { client: 3, node: 2, req: 2, deadline: 0 },
+            body: Body::Value {
+                value: b"value1".to_vec(),
+                version: Version { ms: 1_795_564_800_000, counter: 0, node: 2 },
+                expires: 0,
+            },
+        };
+        let wire = to_bytes(&value);
+        assert!(wire.starts_with(b"VALUE 3 2 34 2\n"));
+        assert_eq!(&wire[15..23], &[0, 0, 1, 0xa2, 0x10, 0, 0x88, 0]);
+    }
+
+    #[test]
+    fn bad_expiries_are_malformed() {
+        // PUT "a" "" with each (kind, n); only (0, 0), (1, n>0), (2, n>0) parse.
+        for (kind, n, ok) in
+            [(0u8, 0u64, true), (0, 5, false), (1, 0, false), (2, 0, false), (3, 1, false), (2, 9, true)]
+        {
+            let mut payload = b"\x00\x00\x00\x01a\x00\x00\x00\x00".to_vec();
+            payload.push(kind);
+            payload.extend_from_slice(&n.to_be_bytes());
+            let mut wire = format!("PUT 0 0 {} 1\n", payload.len()).into_bytes();
+            wire.extend_from_slice(&payload);
+            assert_eq!(parse(&wire).is_ok(), ok, "kind {kind} n {n}");
+        }
+        // A STORE entry of kind 2 with a zero expiry, and of an unknown kind.
+        for (kind, expiry) in [(2u8, 0u64), (3, 1)] {
+            let mut payload = vec![0, 0, 0, 0, 1];
+            payload.extend_from_slice(b"\x00\x00\x00\x01k");
+            payload.extend_from_slice(&[0; 16]);
+            payload.push(kind);
+            payload.extend_from_slice(&expiry.to_be_bytes());
+            payload.extend_from_slice(b"\x00\x00\x00\x01v");
+            let mut wire = format!("STORE 0 0 {} 1\n", payload.len()).into_bytes();
+            wire.extend_from_slice(&payload);
+            assert!(matches!(parse(&wire), Err(DecodeError::BadPayload(_))), "kind {kind}");
+        }
     }
 
     #[test]

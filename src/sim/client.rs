@@ -147,6 +147,7 @@ impl SimClient {
             key: key.to_vec(),
             version: crate::hlc::Version { ms, counter: 0, node },
             value: Some(format!("forged-by-client{}", self.ix).into_bytes()),
+            expires: 0,
         };
         self.send_to(net, Some(node), Body::Store { entry, hint_for: 0, repair: true });
     }
@@ -355,7 +356,7 @@ impl SimClient {
             Kind::Put => {
                 self.puts += 1;
                 let v = format!("c{}-{}", self.ix, self.puts).into_bytes();
-                (Body::Put { key: key.clone(), value: v.clone() }, Some(v))
+                (Body::Put { key: key.clone(), value: v.clone(), expiry: Default::default() }, Some(v))
             }
             Kind::Get => (Body::Get { key: key.clone() }, None),
             Kind::Del => (Body::Del { key: key.clone() }, None),

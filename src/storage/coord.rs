@@ -7,11 +7,11 @@ use log::{error, info, warn};
 use std::time::Instant;
 
 use super::reap::TRANSFER_MS;
-use super::{Node, NodeIo, OP_DEADLINE};
+use super::{apply_entry, entry_of, Node, NodeIo, OP_DEADLINE};
 use crate::bugs::{self, Bug};
 use crate::hlc::{Version, MAX_SKEW_MS};
 use crate::idmap::IdMap;
-use crate::net::codec::{Body, Entry, ErrorCode, Header, Message, Stats};
+use crate::net::codec::{Body, Entry, ErrorCode, Expiry, Header, Message, Stats};
 use crate::net::ConnId;
 use crate::store::record;
 
@@ -96,7 +96,7 @@ impl Node {
     pub(super) fn handle_client(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message) {
         let h = msg.header;
         let (key, value_len) = match &msg.body {
-            Body::Put { key, value } => (key, value.len()),
+            Body::Put { key, value, .. } => (key, value.len()),
             Body::Get { key } | Body::Del { key } => (key, 0),
             _ => return,
         };
@@ -135,8 +135,10 @@ impl Node {
             return self.reply(rx, conn, h, Body::error(ErrorCode::Retry, "node is leaving the cluster"));
         }
         match msg.body {
-            Body::Put { key, value } => self.start_write(rx, conn, h, sector, replicas, key, Some(value)),
-            Body::Del { key } => self.start_write(rx, conn, h, sector, replicas, key, None),
+            Body::Put { key, value, expiry } => {
+                self.start_write(rx, conn, h, sector, replicas, key, Some(value), expiry)
+            }
+            Body::Del { key } => self.start_write(rx, conn, h, sector, replicas, key, None, Expiry::Never),
             Body::Get { key } => self.start_read(rx, conn, h, sector, replicas, key),
             _ => {}
         }
@@ -210,6 +212,7 @@ impl Node {
         replicas: Vec<u32>,
         key: Vec<u8>,
         value: Option<Vec<u8>>,
+        expiry: Expiry,
     ) {
         // The whole preference list is asked: a member marked down is
         // replaced by a stand-in with a hint, so W copies always means W
@@ -235,7 +238,10 @@ impl Node {
             return self.reply(rx, conn, h, Body::error(ErrorCode::Expired, reason));
         }
         log::debug!("coordinating a write of sector {sector} at {version}; preference {preference:?}");
-        let fresh = match self.store.apply(sector, &key, version, value.as_deref()) {
+        // A relative expiry counts from now by this clock; the stored
+        // expiry is absolute, and every copy carries it unchanged.
+        let expires = if value.is_some() { expiry.absolute(rx.wall_ms()) } else { 0 };
+        let fresh = match self.store.apply_expiring(sector, &key, version, value.as_deref(), expires) {
             Ok(fresh) => fresh,
             Err(e) => {
                 error!("write to sector {sector} failed: {e}");
@@ -253,7 +259,7 @@ impl Node {
             return self.reply(rx, conn, h, Body::Ok);
         }
         let op = self.new_op(rx.now(), OpKind::Write, conn, h, sector, key.clone(), need, preference.len());
-        let entry = Entry { key, version, value };
+        let entry = Entry { key, version, value, expires };
         self.count_answer(rx, op, self.cfg.id, Some(version), None);
         if bugs::planted(Bug::DoubleCountedAck) {
             self.count_answer(rx, op, self.cfg.id, Some(version), None);
@@ -318,7 +324,7 @@ impl Node {
         }
         for n in missing {
             log::debug!("node {n} did not acknowledge a write of sector {}: a hint is kept here", op.sector);
-            if let Err(e) = self.handoff.hints.apply(n, &entry.key, entry.version, entry.value.as_deref()) {
+            if let Err(e) = apply_entry(&mut self.handoff.hints, n, entry) {
                 warn!("cannot keep a hint for node {n}: {e}");
             }
         }
@@ -346,7 +352,10 @@ impl Node {
         let need = self.read_quorum().max(1);
         if need == 1 && replicas == [self.cfg.id] && self.is_synced(sector) {
             let body = match self.store.get(sector, &key) {
-                Ok(Some(crate::store::Item { value: Some(value), version })) => Body::Value { value, version },
+                Ok(Some(item)) if item.live_value(rx.wall_ms()).is_some() => match item.value {
+                    Some(value) => Body::Value { value, version: item.version, expires: item.expires },
+                    None => Body::NotFound { version: None },
+                },
                 Ok(_) => Body::NotFound { version: None },
                 Err(e) => Body::error(ErrorCode::Storage, format!("storage error: {e}")),
             };
@@ -363,7 +372,7 @@ impl Node {
             // A copy still catching up does not count towards R.
             _ if !self.is_synced(sector) => self.count_failure(rx, op),
             Ok(item) => {
-                let local = item.map(|i| Entry { key: key.clone(), version: i.version, value: i.value });
+                let local = item.map(|i| entry_of(key.clone(), i));
                 self.count_answer(rx, op, self.cfg.id, local.as_ref().map(|e| e.version), local);
             }
             Err(e) => {
@@ -410,10 +419,18 @@ impl Node {
             }
         }
         if !op.replied && op.ok >= op.need {
+            // The newest version wins first; then its expiry is judged by
+            // this node's clock: an expired newest value is not found, even
+            // if an older replica answered with a live older value.
+            let now = rx.wall_ms();
             let body = match op.kind {
                 OpKind::Write => Body::Ok,
                 _ => match &op.newest {
-                    Some(Entry { value: Some(v), version, .. }) => Body::Value { value: v.clone(), version: *version },
+                    Some(Entry { value: Some(v), version, expires, .. })
+                        if !crate::store::Item::is_expired_at(*expires, now) =>
+                    {
+                        Body::Value { value: v.clone(), version: *version, expires: *expires }
+                    }
                     _ => Body::NotFound { version: None },
                 },
             };
@@ -481,20 +498,22 @@ impl Node {
         if overwrite {
             newest.version = self.clock.tick(rx.wall_ms());
         }
-        // A tombstone past the grace may be reaped any time: a replica that
-        // has no entry for the key has reaped it or never had the key, and
-        // copying the tombstone back would only undo the reaping (the
-        // reaping rounds put it over every older value; see `reap`).
+        // A tombstone past the grace (or a value expired past it) may be
+        // reaped any time: a replica that has no entry for the key has
+        // reaped it or never had the key, and copying it back would only
+        // undo the reaping (the reaping rounds put a tombstone of its
+        // version over every older value; see `reap`).
         let grace_ms = u64::try_from(self.cfg.tombstone_grace.as_millis()).unwrap_or(u64::MAX);
+        let past_grace = |ms: u64| ms.saturating_add(grace_ms) < rx.wall_ms();
         let reapable = !self.cfg.tombstone_grace.is_zero()
-            && newest.value.is_none()
-            && newest.version.ms.saturating_add(grace_ms) < rx.wall_ms();
+            && past_grace(newest.version.ms)
+            && (newest.value.is_none() || newest.expires != 0 && past_grace(newest.expires));
         for &(node, version) in &op.answers {
             if version.is_some_and(|v| v >= newest.version) || (reapable && version.is_none()) {
                 continue;
             }
             if node == self.cfg.id {
-                let _ = self.store.apply(op.sector, &op.key, newest.version, newest.value.as_deref());
+                let _ = apply_entry(&mut self.store, op.sector, &newest);
                 continue;
             }
             if let Some(conn) = self.peer(rx, node) {
@@ -550,12 +569,12 @@ impl Node {
         }
         match msg.body {
             Body::Ok => self.count_answer(rx, op_id, node, None, None),
-            Body::Value { value, version } => {
-                let entry = Entry { key: op.key.clone(), version, value: Some(value) };
+            Body::Value { value, version, expires } => {
+                let entry = Entry { key: op.key.clone(), version, value: Some(value), expires };
                 self.count_answer(rx, op_id, node, Some(version), Some(entry));
             }
             Body::NotFound { version } => {
-                let entry = version.map(|v| Entry { key: op.key.clone(), version: v, value: None });
+                let entry = version.map(|v| Entry { key: op.key.clone(), version: v, value: None, expires: 0 });
                 self.count_answer(rx, op_id, node, version, entry);
             }
             // A refused write goes to a stand-in, as an unreachable replica's.
@@ -584,7 +603,8 @@ impl Node {
             return self.reply(rx, conn, h, Body::error(ErrorCode::NoTable, "no table yet"));
         };
         let sector = table.sector_of(&entry.key);
-        if let Err(e) = record::check_lengths(entry.key.len(), entry.value.as_ref().map_or(0, Vec::len)) {
+        let section = record::value_section_len(entry.value.as_deref(), entry.expires);
+        if let Err(e) = record::check_lengths(entry.key.len(), section) {
             // Checked before anything else, so the reason is the real one.
             return self.reply(rx, conn, h, Body::error(ErrorCode::TooLarge, e.to_string()));
         }
@@ -618,9 +638,9 @@ impl Node {
         self.clock.observe(entry.version);
         let hinted = hint_for != 0 && hint_for != self.cfg.id;
         let applied = if hinted {
-            self.handoff.hints.apply(hint_for, &entry.key, entry.version, entry.value.as_deref())
+            apply_entry(&mut self.handoff.hints, hint_for, &entry)
         } else {
-            self.store.apply(sector, &entry.key, entry.version, entry.value.as_deref())
+            apply_entry(&mut self.store, sector, &entry)
         };
         match applied {
             Ok(fresh) => {
@@ -638,7 +658,10 @@ impl Node {
     }
 
     /// FETCH (a coordinator's replica read; refused while the sector is
-    /// catching up) or INSPECT (an operator's look at the local copy).
+    /// catching up) or INSPECT (an operator's look at the local copy). An
+    /// expired value is answered as it is, with its expiry: the coordinator
+    /// judges expiry after picking the newest version, and `gtstore
+    /// inspect` says an expired copy is not found.
     pub(super) fn handle_fetch(
         &mut self,
         rx: &mut impl NodeIo,
@@ -657,7 +680,7 @@ impl Node {
         }
         let body = match self.store.get(sector, &key) {
             Ok(Some(item)) => match item.value {
-                Some(value) => Body::Value { value, version: item.version },
+                Some(value) => Body::Value { value, version: item.version, expires: item.expires },
                 None => Body::NotFound { version: Some(item.version) },
             },
             Ok(None) => Body::NotFound { version: None },

@@ -95,7 +95,7 @@ impl Node {
 
     fn push_sector(&mut self, rx: &mut impl NodeIo, s: u32, done: BatchDone) {
         let entries = match self.store.scan(s) {
-            Ok(items) => items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect(),
+            Ok(items) => items.into_iter().map(|(key, i)| super::entry_of(key, i)).collect(),
             Err(e) => {
                 warn!("cannot read sector {s} to hand it over: {e}");
                 return;
@@ -129,7 +129,7 @@ impl Node {
     /// Sends the hints held for `target` to the live holders of each key.
     pub(super) fn send_hints(&mut self, rx: &mut impl NodeIo, target: u32) {
         let entries: Vec<Entry> = match self.handoff.hints.scan(target) {
-            Ok(items) => items.into_iter().map(|(key, i)| Entry { key, version: i.version, value: i.value }).collect(),
+            Ok(items) => items.into_iter().map(|(key, i)| super::entry_of(key, i)).collect(),
             Err(e) => {
                 warn!("cannot read hints for node {target}: {e}");
                 return;
@@ -162,7 +162,7 @@ impl Node {
             batch.unrouted |= holders.is_empty();
             for node in holders {
                 if node == self.cfg.id {
-                    if self.store.apply(s, &e.key, e.version, e.value.as_deref()).is_err() {
+                    if super::apply_entry(&mut self.store, s, &e).is_err() {
                         batch.failed = true;
                     }
                     continue;

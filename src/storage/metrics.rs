@@ -435,7 +435,7 @@ mod tests {
         let mut m = NodeMetrics::default();
         let t = Instant::now();
         let conn = ConnId::new(1, 1);
-        m.received(conn, &Body::Put { key: vec![], value: vec![] }, || t);
+        m.received(conn, &Body::Put { key: vec![], value: vec![], expiry: Default::default() }, || t);
         let (verb, at) = m.take_current(t + Duration::from_secs(9));
         assert_eq!((verb, at), (Some(Verb::Put), t), "an operation takes the request over");
         m.answered(verb, at, &Body::Ok, Some(t + Duration::from_millis(3)));

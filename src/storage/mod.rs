@@ -703,6 +703,18 @@ impl Handler for Node {
 }
 
 /// Runs a storage node until it has left the cluster (SIGTERM or SIGINT).
+/// The wire entry of a stored item: every copy of it (replication, moves,
+/// hints, hand-overs) carries its expiry.
+pub(super) fn entry_of(key: Vec<u8>, item: crate::store::Item) -> net::codec::Entry {
+    net::codec::Entry { key, version: item.version, value: item.value, expires: item.expires }
+}
+
+/// Applies a copy of entry `e` to `store` (sector `sector`), its expiry
+/// included; see [`Store::apply_expiring`].
+pub(super) fn apply_entry(store: &mut Store, sector: u32, e: &net::codec::Entry) -> crate::store::Result<bool> {
+    store.apply_expiring(sector, &e.key, e.version, e.value.as_deref(), e.expires)
+}
+
 pub fn run(cfg: Config, ready: Readiness) -> Result<(), Exit> {
     let fail = |ready: Readiness, code: i32, msg: String| {
         ready.fail(code, &msg);

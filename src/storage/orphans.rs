@@ -74,7 +74,7 @@ impl Node {
             Ok(items) => items
                 .into_iter()
                 .filter(|(_, i)| i.version.node == me && i.version.ms >= from)
-                .map(|(key, i)| Entry { key, version: i.version, value: i.value })
+                .map(|(key, i)| super::entry_of(key, i))
                 .collect(),
             Err(e) => {
                 warn!("cannot read sector {s} to send its recent writes to its holders: {e}");

@@ -35,6 +35,15 @@
 //!
 //! Every node reaps its own tombstones; a member that has forgotten one
 //! answers a later round for it like one that never saw the key.
+//!
+//! A value that expired (see `--ttl`, RESP `EXPIRE`) reads like a
+//! tombstone of its version, and is reclaimed like one: once it was made
+//! and expired before the grace, the rounds carry a tombstone of its
+//! version, which members put over any older value of the key (a member
+//! holding the same expired version leaves it to its own reaper), and the
+//! node then forgets the value. Compaction never drops an expired record
+//! on its own: another replica may hold an older value of the key, which
+//! would then win again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -239,8 +248,12 @@ impl Node {
             .batches
             .iter()
             .map(|(sector, tombstones)| {
-                let entries =
-                    tombstones.iter().map(|(key, version)| Entry { key: key.clone(), version: *version, value: None });
+                let entries = tombstones.iter().map(|(key, version)| Entry {
+                    key: key.clone(),
+                    version: *version,
+                    value: None,
+                    expires: 0,
+                });
                 Body::Reap { epoch, sector: *sector, entries: entries.collect() }
             })
             .collect();

@@ -6,7 +6,9 @@
 //! into, and whether the connection proved the client key (`AUTH`). A
 //! command becomes requests to this node's own coordinator — `GET` one
 //! native GET, `MGET` one per key, `DEL` a GET then a DEL per key (for the
-//! count Redis returns), `DBSIZE` a STATS to every member — sent through
+//! count Redis returns), `SET ... KEEPTTL`, `EXPIRE` and `PERSIST` a GET
+//! then a PUT of the value read with the new expiry (a versioned rewrite,
+//! like any write), `DBSIZE` a STATS to every member — sent through
 //! [`Node::handle_client`] exactly as a native client's would be, so they
 //! are coordinated here or forwarded, with the same limits, quorums and
 //! deadlines. Their replies come back through [`Node::answer_to`], which
@@ -16,13 +18,17 @@
 //!
 //! Last-writer-wins cannot give compare-and-set, so SET NX/XX, INCR and the
 //! other read-modify-write commands are refused with a reason; a failed
-//! quorum is `-TRYAGAIN`, which clients may retry.
+//! quorum is `-TRYAGAIN`, which clients may retry. The commands that read
+//! before they write (DEL, KEEPTTL, EXPIRE, PERSIST) hold the commands
+//! after them on the connection until they are done, so those see their
+//! effect; a write to the same key by another client between the read and
+//! the write is overwritten, as last-writer-wins orders the two.
 
 use std::collections::VecDeque;
 
 use super::{Link, Node, NodeIo};
 use crate::idmap::IdMap;
-use crate::net::codec::{Body, ErrorCode, Header, Message, Stats};
+use crate::net::codec::{Body, ErrorCode, Expiry, Header, Message, Stats};
 use crate::net::resp::Value;
 use crate::net::ConnId;
 
@@ -72,8 +78,15 @@ struct Command {
     left: usize,
     /// The reply, once known.
     reply: Option<Value>,
-    /// DEL: how many of its keys had a value when read.
+    /// DEL: how many of its keys had a value when read; EXPIRE and
+    /// PERSIST: the integer to answer once the rewrite is done.
     found: i64,
+    /// SET: the expiry of its write; EXPIRE: the new expiry.
+    expiry: Expiry,
+    /// EXPIRE with a time already past: delete the key instead.
+    delete: bool,
+    /// SET ... KEEPTTL: the value to write once the key is read.
+    value: Vec<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,15 +102,70 @@ enum Kind {
     DelRead,
     DelWrite,
     DbSize,
-    /// TTL (false) or PTTL (true): no key expires yet.
+    /// TTL, PTTL, EXPIRETIME, PEXPIRETIME: one read.
     Ttl,
-    /// PERSIST: nothing has an expiry to remove.
-    Persist,
+    PTtl,
+    ExpireTime,
+    PExpireTime,
+    /// SET ... KEEPTTL: reading the key's expiry, then writing (`SetKept`).
+    SetKeepRead,
+    SetKept,
+    /// EXPIRE and its kin, PERSIST: reading the key, then rewriting its
+    /// value with the new expiry (or deleting it), `Rewrite`.
+    ExpireRead,
+    PersistRead,
+    Rewrite,
+}
+
+impl Kind {
+    /// A command that reads before it writes: it and its second stage
+    /// hold the commands behind it on the connection.
+    fn holds(self) -> bool {
+        matches!(
+            self,
+            Kind::DelRead
+                | Kind::DelWrite
+                | Kind::SetKeepRead
+                | Kind::SetKept
+                | Kind::ExpireRead
+                | Kind::PersistRead
+                | Kind::Rewrite
+        )
+    }
+
+    /// The first stage of such a command (its keys are needed again).
+    fn reads_first(self) -> bool {
+        matches!(self, Kind::DelRead | Kind::SetKeepRead | Kind::ExpireRead | Kind::PersistRead)
+    }
 }
 
 impl Command {
     fn ready(reply: Value) -> Command {
-        Command { kind: Kind::Ready, keys: Vec::new(), answers: Vec::new(), left: 0, reply: Some(reply), found: 0 }
+        Command::new(Kind::Ready, Vec::new(), 0, Some(reply))
+    }
+
+    /// A command of `parts` native requests about `keys`.
+    fn new(kind: Kind, keys: Vec<Vec<u8>>, parts: usize, reply: Option<Value>) -> Command {
+        Command {
+            kind,
+            keys,
+            answers: vec![None; parts],
+            left: parts,
+            reply,
+            found: 0,
+            expiry: Expiry::Never,
+            delete: false,
+            value: Vec::new(),
+        }
+    }
+}
+
+/// Seconds or milliseconds to ms, as an expiry option gives them.
+fn to_ms(n: i64, seconds: bool) -> Option<i64> {
+    if seconds {
+        n.checked_mul(1000)
+    } else {
+        Some(n)
     }
 }
 
@@ -209,7 +277,7 @@ impl Node {
             return self.resp_push(rx, conn, Command::ready(reply));
         }
         let command = self.resp_command(rx, conn, &name, args);
-        if command.kind == Kind::DelRead {
+        if command.kind.reads_first() {
             if let Some(c) = self.resp.conns.get_mut(&conn) {
                 c.barrier = true;
             }
@@ -235,7 +303,7 @@ impl Node {
         let argc = args.len();
         let keyed = |kind: Kind, keys: Vec<Vec<u8>>| {
             let n = keys.len();
-            Command { kind, keys, answers: vec![None; n], left: n, reply: None, found: 0 }
+            Command::new(kind, keys, n, None)
         };
         match name {
             "PING" if argc <= 2 => {
@@ -246,18 +314,17 @@ impl Node {
             "MGET" if argc >= 2 => keyed(Kind::MGet, args.split_off(1)),
             "EXISTS" if argc >= 2 => keyed(Kind::Exists, args.split_off(1)),
             "DEL" | "UNLINK" if argc >= 2 => keyed(Kind::DelRead, args.split_off(1)),
-            "TTL" | "PTTL" if argc == 2 => keyed(Kind::Ttl, vec![args.swap_remove(1)]),
-            "PERSIST" if argc == 2 => keyed(Kind::Persist, vec![args.swap_remove(1)]),
-            "SET" if argc >= 3 => self.resp_set(args),
-            "MSET" if argc >= 3 && argc % 2 == 1 => {
-                let mut c = keyed(Kind::Set, args[1..].to_vec());
-                c.answers = vec![None; (argc - 1) / 2];
-                c.left = c.answers.len();
-                c
-            }
-            "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "EXPIRETIME" | "PEXPIRETIME" if argc >= 2 => {
-                Command::ready(Value::error("ERR key expiry is not supported by this build yet"))
-            }
+            "TTL" if argc == 2 => keyed(Kind::Ttl, vec![args.swap_remove(1)]),
+            "PTTL" if argc == 2 => keyed(Kind::PTtl, vec![args.swap_remove(1)]),
+            "EXPIRETIME" if argc == 2 => keyed(Kind::ExpireTime, vec![args.swap_remove(1)]),
+            "PEXPIRETIME" if argc == 2 => keyed(Kind::PExpireTime, vec![args.swap_remove(1)]),
+            "PERSIST" if argc == 2 => keyed(Kind::PersistRead, vec![args.swap_remove(1)]),
+            "SET" if argc >= 3 => resp_set(args),
+            "MSET" if argc >= 3 && argc % 2 == 1 => Command::new(Kind::Set, args[1..].to_vec(), (argc - 1) / 2, None),
+            "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if argc == 3 => resp_expire(rx.wall_ms(), name, args),
+            "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if argc > 3 => Command::ready(Value::error(format!(
+                "ERR {name} NX/XX/GT/LT compare the current expiry, which last-writer-wins replication cannot give"
+            ))),
             "DBSIZE" if argc == 1 => {
                 let members: Vec<Vec<u8>> = self.table.as_ref().map_or_else(Vec::new, |t| {
                     t.members
@@ -298,31 +365,10 @@ impl Node {
                 "ERR {n} needs the value it changes, which last-writer-wins replication cannot give"
             ))),
             "PING" | "ECHO" | "GET" | "MGET" | "EXISTS" | "DEL" | "UNLINK" | "TTL" | "PTTL" | "PERSIST" | "SET"
-            | "MSET" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "DBSIZE" | "SELECT" | "AUTH" | "CLIENT"
-            | "CONFIG" => Command::ready(wrong_args(name)),
+            | "MSET" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "EXPIRETIME" | "PEXPIRETIME" | "DBSIZE"
+            | "SELECT" | "AUTH" | "CLIENT" | "CONFIG" => Command::ready(wrong_args(name)),
             _ => Command::ready(unknown_command(&args)),
         }
-    }
-
-    /// SET key value [options]: only the plain form; NX, XX, GET and the
-    /// expiry options are refused.
-    fn resp_set(&mut self, mut args: Vec<Vec<u8>>) -> Command {
-        if let Some(opt) = args.get(3) {
-            let opt = String::from_utf8_lossy(opt).to_ascii_uppercase();
-            let reply = match opt.as_str() {
-                "NX" | "XX" | "GET" => Value::error(format!(
-                    "ERR SET {opt} needs a compare-and-set, which last-writer-wins replication cannot give"
-                )),
-                "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => {
-                    Value::error("ERR key expiry is not supported by this build yet")
-                }
-                _ => Value::error("ERR syntax error"),
-            };
-            return Command::ready(reply);
-        }
-        args.truncate(3);
-        let keys = args.split_off(1);
-        Command { kind: Kind::Set, keys, answers: vec![None], left: 1, reply: None, found: 0 }
     }
 
     /// AUTH [user] password: the client key's bytes (a trailing newline of
@@ -452,7 +498,8 @@ impl Node {
             "persistence",
             vec!["loading:0".into(), format!("aof_enabled:1"), format!("gtstore_fsync:{}", self.cfg.fsync)],
         );
-        add("keyspace", vec![format!("db0:keys={},expires=0,avg_ttl=0", self.store.total_live_keys())]);
+        let (keys, expiring) = (self.store.total_live_keys(), self.store.total_expiring_keys());
+        add("keyspace", vec![format!("db0:keys={keys},expires={expiring},avg_ttl=0")]);
         add(
             "cluster",
             vec![
@@ -473,12 +520,13 @@ impl Node {
         let Some(c) = self.resp.conns.get_mut(&conn) else { return };
         let seq = c.first_seq + c.queue.len() as u64;
         let mut command = command;
-        // The keys go into the requests; only DEL needs them again.
-        let keys = match command.kind {
-            Kind::DelRead => command.keys.clone(),
-            _ => std::mem::take(&mut command.keys),
+        // The keys go into the requests; only the commands that read
+        // before they write need them again.
+        let keys = match command.kind.reads_first() {
+            true => command.keys.clone(),
+            false => std::mem::take(&mut command.keys),
         };
-        let kind = command.kind;
+        let (kind, expiry) = (command.kind, command.expiry);
         c.queue.push_back(command);
         match kind {
             Kind::Ready => {}
@@ -486,7 +534,7 @@ impl Node {
                 let mut pairs = keys.into_iter();
                 let mut part = 0;
                 while let (Some(key), Some(value)) = (pairs.next(), pairs.next()) {
-                    self.resp_request(rx, conn, seq, part, Body::Put { key, value });
+                    self.resp_request(rx, conn, seq, part, Body::Put { key, value, expiry });
                     part += 1;
                 }
             }
@@ -547,7 +595,7 @@ impl Node {
             .conns
             .get_mut(&conn)
             .and_then(|c| c.command(seq))
-            .is_some_and(|cmd| matches!(cmd.kind, Kind::DelRead | Kind::DelWrite) && cmd.reply.is_some());
+            .is_some_and(|cmd| cmd.kind.holds() && cmd.reply.is_some());
         if ended_del {
             self.resp_release(rx, conn);
         }
@@ -564,6 +612,40 @@ impl Node {
             _ => None,
         });
         let found = |b: &Body| matches!(b, Body::Value { .. });
+        if let (Kind::SetKeepRead | Kind::ExpireRead | Kind::PersistRead, None) = (cmd.kind, &failed) {
+            // The key was read; now it is written with the expiry it keeps
+            // or gets (the coordinator answers an expired key as not found).
+            let key = std::mem::take(&mut cmd.keys).into_iter().next().unwrap_or_default();
+            let current = match answers.into_iter().next() {
+                Some(Body::Value { value, expires, .. }) => Some((value, expires)),
+                _ => None,
+            };
+            let body = match (cmd.kind, current) {
+                (Kind::SetKeepRead, current) => {
+                    cmd.kind = Kind::SetKept;
+                    let expiry = match current {
+                        Some((_, at)) if at != 0 => Expiry::At(at),
+                        _ => Expiry::Never,
+                    };
+                    Body::Put { key, value: std::mem::take(&mut cmd.value), expiry }
+                }
+                (Kind::ExpireRead, Some(_)) if cmd.delete => Body::Del { key },
+                (Kind::ExpireRead, Some((value, _))) => Body::Put { key, value, expiry: cmd.expiry },
+                (Kind::PersistRead, Some((value, at))) if at != 0 => Body::Put { key, value, expiry: Expiry::Never },
+                _ => {
+                    cmd.reply = Some(Value::Integer(0));
+                    return;
+                }
+            };
+            if cmd.kind != Kind::SetKept {
+                cmd.kind = Kind::Rewrite;
+                cmd.found = 1;
+            }
+            cmd.answers = vec![None];
+            cmd.left = 1;
+            self.resp_request(rx, conn, seq, 0, body);
+            return;
+        }
         if let (Kind::DelRead, None) = (cmd.kind, &failed) {
             // Each key was read; now each is deleted. The count is of the
             // keys that had a value.
@@ -581,15 +663,29 @@ impl Node {
             Body::Value { value, .. } => Value::Bulk(value),
             _ => Value::Nil,
         };
+        let now = rx.wall_ms();
+        // TTL and its kin: what the read found, by this node's clock.
+        let expiry_of = |b: Option<&Body>| match b {
+            Some(Body::Value { expires: 0, .. }) => Err(-1),
+            Some(Body::Value { expires, .. }) if *expires > now => Ok(*expires),
+            _ => Err(-2),
+        };
+        let int = |n: u64| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
         cmd.reply = Some(match (cmd.kind, failed) {
             (_, Some(error)) => error,
+            (Kind::Ttl, None) => {
+                expiry_of(answers.first()).map_or_else(Value::Integer, |at| int((at - now + 500) / 1000))
+            }
+            (Kind::PTtl, None) => expiry_of(answers.first()).map_or_else(Value::Integer, |at| int(at - now)),
+            (Kind::ExpireTime, None) => expiry_of(answers.first()).map_or_else(Value::Integer, |at| int(at / 1000)),
+            (Kind::PExpireTime, None) => expiry_of(answers.first()).map_or_else(Value::Integer, int),
             (Kind::Get, None) => answers.into_iter().next().map_or(Value::Nil, bulk),
             (Kind::MGet, None) => Value::Array(answers.into_iter().map(bulk).collect()),
             (Kind::Exists, None) => Value::Integer(answers.iter().filter(|b| found(b)).count() as i64),
-            (Kind::Ttl, None) => Value::Integer(if answers.iter().any(found) { -1 } else { -2 }),
-            (Kind::Persist, None) => Value::Integer(0),
-            (Kind::Set, None) => Value::ok(),
-            (Kind::DelWrite | Kind::DelRead, None) => Value::Integer(cmd.found),
+            (Kind::Set | Kind::SetKept | Kind::SetKeepRead, None) => Value::ok(),
+            (Kind::DelWrite | Kind::DelRead | Kind::Rewrite | Kind::ExpireRead | Kind::PersistRead, None) => {
+                Value::Integer(cmd.found)
+            }
             (Kind::DbSize, None) => {
                 let copies: u64 = answers
                     .iter()
@@ -641,6 +737,77 @@ impl Node {
             rx.send(conn, &msg);
         }
     }
+}
+
+/// SET key value [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]: NX, XX and
+/// GET are refused (they need a compare-and-set).
+fn resp_set(mut args: Vec<Vec<u8>>) -> Command {
+    let mut expiry = None;
+    let mut keep = false;
+    let mut i = 3;
+    while let Some(opt) = args.get(i) {
+        let opt = String::from_utf8_lossy(opt).to_ascii_uppercase();
+        let timed = matches!(opt.as_str(), "EX" | "PX" | "EXAT" | "PXAT");
+        if timed && (expiry.is_some() || keep) || opt == "KEEPTTL" && (expiry.is_some() || keep) {
+            return Command::ready(Value::error("ERR syntax error"));
+        }
+        match opt.as_str() {
+            "NX" | "XX" | "GET" => {
+                return Command::ready(Value::error(format!(
+                    "ERR SET {opt} needs a compare-and-set, which last-writer-wins replication cannot give"
+                )))
+            }
+            "KEEPTTL" => keep = true,
+            _ if timed => {
+                let Some(n) = args.get(i + 1) else { return Command::ready(Value::error("ERR syntax error")) };
+                let Some(n) = std::str::from_utf8(n).ok().and_then(|s| s.parse::<i64>().ok()) else {
+                    return Command::ready(Value::error("ERR value is not an integer or out of range"));
+                };
+                let ms = to_ms(n, opt == "EX" || opt == "EXAT").filter(|&ms| ms > 0);
+                let Some(ms) = ms.and_then(|ms| u64::try_from(ms).ok()) else {
+                    return Command::ready(Value::error("ERR invalid expire time in 'set' command"));
+                };
+                expiry = Some(if opt.ends_with("AT") { Expiry::At(ms) } else { Expiry::After(ms) });
+                i += 1;
+            }
+            _ => return Command::ready(Value::error("ERR syntax error")),
+        }
+        i += 1;
+    }
+    args.truncate(3);
+    if keep {
+        let value = args.pop().unwrap_or_default();
+        let mut c = Command::new(Kind::SetKeepRead, args.split_off(1), 1, None);
+        c.value = value;
+        return c;
+    }
+    let mut c = Command::new(Kind::Set, args.split_off(1), 1, None);
+    c.expiry = expiry.unwrap_or(Expiry::Never);
+    c
+}
+
+/// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT key time, at wall time `now` (ms):
+/// a read, then a rewrite of the value with the new expiry; a time not in
+/// the future deletes the key, as Redis does.
+fn resp_expire(now: u64, name: &str, mut args: Vec<Vec<u8>>) -> Command {
+    let Some(n) = args.get(2).and_then(|n| std::str::from_utf8(n).ok()).and_then(|s| s.parse::<i64>().ok()) else {
+        return Command::ready(Value::error("ERR value is not an integer or out of range"));
+    };
+    let Some(ms) = to_ms(n, !name.starts_with('P')) else {
+        return Command::ready(Value::error(format!("ERR invalid expire time in '{}' command", name.to_lowercase())));
+    };
+    let absolute = name.ends_with("AT");
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let (expiry, delete) = match (absolute, u64::try_from(ms)) {
+        (false, Ok(ms)) if ms > 0 => (Expiry::After(ms), false),
+        (true, Ok(at)) if ms > now => (Expiry::At(at), false),
+        _ => (Expiry::Never, true),
+    };
+    args.truncate(2);
+    let mut c = Command::new(Kind::ExpireRead, args.split_off(1), 1, None);
+    c.expiry = expiry;
+    c.delete = delete;
+    c
 }
 
 /// CONFIG GET param...: the answers clients and redis-benchmark ask for

@@ -148,7 +148,7 @@ impl Node {
                 break;
             }
             bytes += size;
-            entries.push(Entry { key: key.clone(), version: item.version, value: item.value });
+            entries.push(super::entry_of(key.clone(), item));
             st.next += 1;
         }
         let last = st.next >= st.keys.len();

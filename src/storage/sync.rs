@@ -389,7 +389,8 @@ impl Node {
         }
         let bad = entries.iter().find_map(|e| {
             let wrong_sector = self.table.as_ref().is_some_and(|t| t.sector_of(&e.key) != sector);
-            let lengths = crate::store::record::check_lengths(e.key.len(), e.value.as_ref().map_or(0, Vec::len));
+            let section = crate::store::record::value_section_len(e.value.as_deref(), e.expires);
+            let lengths = crate::store::record::check_lengths(e.key.len(), section);
             match (wrong_sector, lengths) {
                 (true, _) => Some("a key of another sector".to_string()),
                 (false, Err(err)) => Some(err.to_string()),
@@ -406,7 +407,7 @@ impl Node {
         }
         for e in entries {
             self.clock.observe(e.version);
-            if let Err(err) = self.store.apply(sector, &e.key, e.version, e.value.as_deref()) {
+            if let Err(err) = super::apply_entry(&mut self.store, sector, &e) {
                 error!("cannot store a streamed record of sector {sector}: {err}");
                 self.pull_ended(rx, req, false);
                 return;

@@ -142,6 +142,12 @@ impl std::fmt::Debug for IndexKey {
 /// A sector's index: key → newest entry.
 pub type Index = HashMap<IndexKey, Entry>;
 
+/// The expiry (wall ms) of each key whose newest entry is a value with one:
+/// kept beside the index, so the packed entries of the keys without one
+/// stay 24 bytes, and so the reaper finds expired values without reading
+/// their records.
+pub type Expiries = HashMap<Vec<u8>, u64>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,16 +110,17 @@ impl SegmentWriter {
 
     /// Appends `rec`, returning where it was written.
     pub fn append(&mut self, rec: &Record) -> Result<Loc> {
-        self.append_parts(&rec.key, rec.value.as_deref(), rec.version)
+        self.append_parts(&rec.key, rec.value.as_deref(), rec.expires, rec.version)
     }
 
-    /// Appends a record given by its parts (`value` `None` = tombstone).
+    /// Appends a record given by its parts (`value` `None` = tombstone;
+    /// `expires` in wall ms, 0 = never).
     ///
     /// On an error nothing changed: no position was handed out, and the
     /// records buffered before stay buffered (and readable) for the next
     /// flush, so every location given out matches the file.
-    pub fn append_parts(&mut self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<Loc> {
-        let loc = self.next_loc(key, value)?;
+    pub fn append_parts(&mut self, key: &[u8], value: Option<&[u8]>, expires: u64, version: Version) -> Result<Loc> {
+        let loc = self.next_loc(key, value, expires)?;
         // Write out what came before this record first: if that fails, the
         // new record was never added. The new one stays buffered for
         // `last_record`.
@@ -127,17 +128,17 @@ impl SegmentWriter {
             self.flushed_write()?;
         }
         self.last_start = self.buf.len();
-        record::encode_parts(key, value, version, &mut self.buf);
+        record::encode_parts(key, value, expires, version, &mut self.buf);
         debug_assert_eq!(self.buf.len() - self.last_start, loc.len as usize);
         self.pos = loc.end();
         Ok(loc)
     }
 
-    /// Where a record with this key and value would be appended, without
-    /// appending it; an error if it may not be stored.
-    pub fn next_loc(&self, key: &[u8], value: Option<&[u8]>) -> Result<Loc> {
-        record::check_lengths(key.len(), value.map_or(0, <[u8]>::len))?;
-        let encoded = record::encoded_len(key.len(), value);
+    /// Where a record with this key, value and expiry would be appended,
+    /// without appending it; an error if it may not be stored.
+    pub fn next_loc(&self, key: &[u8], value: Option<&[u8]>, expires: u64) -> Result<Loc> {
+        record::check_lengths(key.len(), record::value_section_len(value, expires))?;
+        let encoded = record::encoded_len(key.len(), value, expires);
         let len = u32::try_from(encoded).map_err(|_| too_large("record", encoded))?;
         if self.pos.checked_add(u64::from(len)).is_none() {
             return Err(too_large("segment", encoded));
@@ -384,7 +385,7 @@ mod tests {
         let dir = TestDir::new("log-big");
         let mut w = SegmentWriter::create(&OsDisk, dir.path(), 0, 1)?;
         let key = vec![0u8; record::MAX_KEY + 1];
-        assert!(matches!(w.append_parts(&key, None, v(1)), Err(Error::TooLarge { what: "key", .. })));
+        assert!(matches!(w.append_parts(&key, None, 0, v(1)), Err(Error::TooLarge { what: "key", .. })));
         assert_eq!(w.pos(), 0);
         assert_eq!(fs::metadata(segment_path(dir.path(), 1))?.len(), 0);
         Ok(())

@@ -78,6 +78,26 @@ pub struct Item {
     pub version: Version,
     /// The value; `None` means the key is deleted.
     pub value: Option<Vec<u8>>,
+    /// When the value expires, wall-clock ms since the epoch; 0 = never.
+    /// The store keeps an expired value as it is (it still wins over older
+    /// versions): readers judge expiry with [`Item::live_value`].
+    pub expires: u64,
+}
+
+impl Item {
+    /// Whether a value with this expiry is expired at wall time `now_ms`.
+    pub fn is_expired_at(expires: u64, now_ms: u64) -> bool {
+        expires != 0 && expires <= now_ms
+    }
+
+    /// The value as a reader at wall time `now_ms` sees it: `None` if the
+    /// key is deleted or its value has expired.
+    pub fn live_value(&self, now_ms: u64) -> Option<&[u8]> {
+        match Item::is_expired_at(self.expires, now_ms) {
+            true => None,
+            false => self.value.as_deref(),
+        }
+    }
 }
 
 /// A node's sectors, opened from its data directory.
@@ -179,7 +199,12 @@ impl Store {
                     wal::Frame::Seq(_) => {}
                     wal::Frame::Drop(s) => store.drop_sector(s)?,
                     wal::Frame::Write(s, rec) => {
-                        store.sector_mut(s)?.apply(&rec.key, rec.version, rec.value.as_deref())?;
+                        store.sector_mut(s)?.apply_expiring(
+                            &rec.key,
+                            rec.version,
+                            rec.value.as_deref(),
+                            rec.expires,
+                        )?;
                         store.unsynced.insert(s);
                     }
                 }
@@ -297,20 +322,35 @@ impl Store {
         Some(self.sectors.get(&sector)?.entry(key)?.version())
     }
 
-    /// Applies a write (`value` `None` = delete) if `version` is newer than
-    /// the key's current one; returns whether it did. Creates the sector on
-    /// its first write. The record goes to the sector's log and to the WAL;
-    /// durability follows the policy: `Always` commits the WAL before
-    /// returning, `Batch` leaves it to [`Store::sync_dirty`].
+    /// Applies a write without an expiry: [`Store::apply_expiring`] with 0.
     pub fn apply(&mut self, sector: u32, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<bool> {
-        let Some(undo) = self.sector_mut(sector)?.apply_undoable(key, version, value)? else {
+        self.apply_expiring(sector, key, version, value, 0)
+    }
+
+    /// Applies a write (`value` `None` = delete; `expires` in wall ms, 0 =
+    /// never, ignored for a delete) if `version` is newer than the key's
+    /// current one; returns whether it did. The expiry does not take part
+    /// in the order: an expired value still wins over older versions.
+    /// Creates the sector on its first write. The record goes to the
+    /// sector's log and to the WAL; durability follows the policy: `Always`
+    /// commits the WAL before returning, `Batch` leaves it to
+    /// [`Store::sync_dirty`].
+    pub fn apply_expiring(
+        &mut self,
+        sector: u32,
+        key: &[u8],
+        version: Version,
+        value: Option<&[u8]>,
+        expires: u64,
+    ) -> Result<bool> {
+        let Some(undo) = self.sector_mut(sector)?.apply_undoable(key, version, value, expires)? else {
             return Ok(false);
         };
         self.unsynced.insert(sector);
         if let (Some(wal), Some(s)) = (self.wal.as_mut(), self.sectors.get_mut(&sector)) {
             let mark = wal.mark();
             match s.last_record() {
-                [] => wal.append(sector, key, value, version),
+                [] => wal.append(sector, key, value, expires, version),
                 encoded => wal.append_encoded(sector, encoded),
             }
             self.batch += 1;
@@ -445,14 +485,17 @@ impl Store {
         }
     }
 
-    /// Up to `limit` tombstones of `sector` made before `before_ms`.
+    /// Up to `limit` tombstones of `sector` made before `before_ms`, and
+    /// values made and expired before it (see [`Sector::old_tombstones`]):
+    /// the reaper treats such a value as a tombstone of its version.
     pub fn old_tombstones(&self, sector: u32, before_ms: u64, limit: usize) -> Vec<(Vec<u8>, Version)> {
         self.sectors.get(&sector).map_or_else(Vec::new, |s| s.old_tombstones(before_ms, limit))
     }
 
     /// Forgets `key` of `sector` if its newest entry is the tombstone
-    /// `version` (see [`Sector::reap`]); returns whether it did. Compaction
-    /// then leaves the tombstone's record behind.
+    /// `version`, or an expiring value of that version (see
+    /// [`Sector::reap`]); returns whether it did. Compaction then leaves
+    /// its record behind.
     pub fn reap(&mut self, sector: u32, key: &[u8], version: Version) -> bool {
         let Some(s) = self.sectors.get_mut(&sector) else { return false };
         let reaped = s.reap(key, version);
@@ -491,9 +534,15 @@ impl Store {
         self.sectors.values().map(Sector::len).sum()
     }
 
-    /// Live keys over all sectors held.
+    /// Live keys over all sectors held (values expired but not reaped
+    /// yet included).
     pub fn total_live_keys(&self) -> usize {
         self.sectors.values().map(Sector::live_keys).sum()
+    }
+
+    /// Keys with an expiry (passed or not) over all sectors held.
+    pub fn total_expiring_keys(&self) -> usize {
+        self.sectors.values().map(Sector::expiring_keys).sum()
     }
 
     /// Every entry of `sector`, tombstones included, sorted by key, with
@@ -590,6 +639,56 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_key_reads_as_not_found_keeps_its_version_and_survives_recovery() -> Result<()> {
+        let dir = TestDir::new("store-expiry");
+        let at = 1_800_000_000_000;
+        for policy in [FsyncPolicy::Batch, FsyncPolicy::Never] {
+            {
+                let mut store = Store::open(dir.path(), policy)?;
+                assert!(store.apply(4, b"old", v(1), Some(b"old"))?);
+                assert!(store.apply_expiring(4, b"old", v(2), Some(b"ttl"), at)?);
+                assert!(store.apply_expiring(4, b"plain", v(3), Some(b"kept"), 0)?);
+                assert!(store.apply_expiring(4, b"gone", v(4), None, at)?, "a delete ignores the expiry");
+                // The expiry does not take part in the order: an older
+                // value does not come back over an expired newer one.
+                assert!(!store.apply(4, b"old", v(1), Some(b"older"))?);
+                store.sync_dirty()?;
+            }
+            // Replayed from the WAL (Batch) or the sector log (Never), then
+            // from the sector log after the checkpoint of the first reopen.
+            for _ in 0..2 {
+                let store = Store::open(dir.path(), policy)?;
+                let item = store.get(4, b"old")?.unwrap();
+                assert_eq!(item, Item { version: v(2), value: Some(b"ttl".to_vec()), expires: at });
+                assert_eq!(item.live_value(at - 1), Some(&b"ttl"[..]));
+                assert_eq!(item.live_value(at), None, "expired at its expiry");
+                assert_eq!(store.get(4, b"plain")?.unwrap().live_value(u64::MAX), Some(&b"kept"[..]));
+                assert_eq!(store.get(4, b"gone")?, Some(Item { version: v(4), value: None, expires: 0 }));
+                assert_eq!(store.scan(4)?.iter().find(|(k, _)| k == b"old").map(|(_, i)| i.expires), Some(at));
+            }
+            let _ = fs::remove_dir_all(dir.path().join("sectors"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn compaction_keeps_expiries() -> Result<()> {
+        let dir = TestDir::new("sector-expiry-compaction");
+        let mut s = Sector::open(Rc::new(OsDisk), &dir.path().join("s"), 1)?;
+        s.apply_expiring(b"k", v(1), Some(b"v"), 77)?;
+        let big = vec![0u8; 64 * 1024];
+        for ms in 2..40 {
+            s.apply(b"filler", v(ms), Some(&big))?;
+        }
+        assert!(s.maybe_compact()?);
+        assert_eq!(s.get(b"k")?.map(|i| i.expires), Some(77));
+        drop(s);
+        let s = Sector::open(Rc::new(OsDisk), &dir.path().join("s"), 1)?;
+        assert_eq!(s.get(b"k")?.map(|i| i.expires), Some(77));
+        Ok(())
+    }
+
+    #[test]
     fn policy_parses_and_prints() {
         for p in [FsyncPolicy::Always, FsyncPolicy::Batch, FsyncPolicy::Never] {
             assert_eq!(p.to_string().parse::<FsyncPolicy>(), Ok(p));
@@ -643,7 +742,7 @@ mod tests {
         assert_eq!(store.sector_ids(), vec![5, 900]);
         assert_eq!(value(&store, 5, b"k1"), Some(b"v1".to_vec()));
         assert_eq!(value(&store, 900, b"k2"), Some(b"v2".to_vec()));
-        assert_eq!(store.get(900, b"k3")?, Some(Item { version: v(3), value: None }));
+        assert_eq!(store.get(900, b"k3")?, Some(Item { version: v(3), value: None, expires: 0 }));
         assert_eq!(store.get(5, b"k2")?, None);
         assert_eq!(store.get(6, b"k1")?, None);
         assert_eq!(store.version_of(900, b"k3"), Some(v(3)));
@@ -770,14 +869,14 @@ mod tests {
         // Whatever reached the sector files after the checkpoint is lost too.
         let seg = dir.path().join("sectors/7");
         let file = std::fs::read_dir(&seg)?.next().unwrap()?.path();
-        let synced_len = crate::store::record::encoded_len(4, Some(b"1")) as u64;
+        let synced_len = crate::store::record::encoded_len(4, Some(b"1"), 0) as u64;
         std::fs::OpenOptions::new().write(true).open(&file)?.set_len(synced_len)?;
         std::fs::remove_dir_all(dir.path().join("sectors/8"))?;
 
         let store = Store::open(dir.path(), FsyncPolicy::Batch)?;
         assert_eq!(value(&store, 7, b"kept"), Some(b"1".to_vec()));
         assert_eq!(value(&store, 7, b"late"), Some(b"2".to_vec()));
-        assert_eq!(store.get(8, b"gone")?, Some(Item { version: v(3), value: None }));
+        assert_eq!(store.get(8, b"gone")?, Some(Item { version: v(3), value: None, expires: 0 }));
         Ok(())
     }
 
@@ -905,7 +1004,7 @@ mod tests {
             let val = if i % 6 == 1 { None } else { Some(value(ms, len)) };
             let sector = if i % 4 == 3 { 7 } else { (i % 3) as u32 };
             if store.apply(sector, &key, v(ms), val.as_deref())? {
-                unsynced.push(((sector, key.to_vec()), Item { version: v(ms), value: val }));
+                unsynced.push(((sector, key.to_vec()), Item { version: v(ms), value: val, expires: 0 }));
             }
         }
         if reach_files {
@@ -1077,7 +1176,7 @@ mod tests {
             assert!(matches!(store.apply(1, b"k", v(2), Some(b"new")), Err(Error::Io(_))));
             assert!(matches!(store.apply(1, b"fresh", v(3), Some(b"x")), Ok(true)), "the next write goes through");
             let check = |store: &Store| -> Result<()> {
-                assert_eq!(store.get(1, b"k")?, Some(Item { version: v(1), value: Some(b"old".to_vec()) }));
+                assert_eq!(store.get(1, b"k")?, Some(Item { version: v(1), value: Some(b"old".to_vec()), expires: 0 }));
                 assert_eq!(value(store, 1, b"fresh"), Some(b"x".to_vec()));
                 Ok(())
             };

@@ -3,12 +3,16 @@
 //! Layout, integers big-endian:
 //!
 //! ```text
-//! crc32 u32 | flags u8 | key_len u32 | val_len u32 | version 16 B | key | value
+//! crc32 u32 | flags u8 | key_len u32 | val_len u32 | version 16 B | key | [expires u64] value
 //! ```
 //!
 //! The CRC covers every byte after the CRC field, the rest of the header
 //! included, so a damaged length is caught as surely as a damaged value.
-//! Bit 0 of `flags` marks a tombstone, whose `val_len` must be 0. Lengths
+//! Bit 0 of `flags` marks a tombstone, whose `val_len` must be 0. Bit 1
+//! marks a value with an expiry: the value section (counted by `val_len`)
+//! then starts with the absolute expiry, wall-clock ms since the epoch,
+//! which is never 0; a tombstone never has one, and records without the
+//! bit (every record written before expiry existed) have none. Lengths
 //! are checked against [`MAX_KEY`] and [`MAX_VALUE`] before anything is
 //! allocated, because the bytes on disk are untrusted. The decoder tells a
 //! clean end of data from a torn (short) record and from a corrupt one.
@@ -30,6 +34,10 @@ pub const MAX_VALUE: usize = 16 * 1024 * 1024;
 pub const MAX_RECORD: usize = HEADER_LEN + MAX_KEY + MAX_VALUE;
 /// Flag bit: the record is a tombstone (a versioned delete).
 pub const FLAG_TOMBSTONE: u8 = 1;
+/// Flag bit: the value section starts with an 8-byte expiry.
+pub const FLAG_EXPIRES: u8 = 2;
+/// Bytes of the expiry in the value section of a record that has one.
+pub const EXPIRY_LEN: usize = 8;
 
 /// One write as stored on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +48,9 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
     /// The write's version (last-writer-wins order).
     pub version: Version,
+    /// When the value expires, wall-clock ms since the epoch; 0 = never
+    /// (always 0 for a tombstone).
+    pub expires: u64,
 }
 
 /// What the decoder found at the current position.
@@ -63,27 +74,43 @@ pub enum Decoded {
 impl Record {
     /// A put of `value` under `key`.
     pub fn put(key: &[u8], value: &[u8], version: Version) -> Record {
-        Record { key: key.to_vec(), value: Some(value.to_vec()), version }
+        Record { key: key.to_vec(), value: Some(value.to_vec()), version, expires: 0 }
+    }
+
+    /// A put of `value` under `key` that expires at `expires` (wall ms; 0 = never).
+    pub fn put_expiring(key: &[u8], value: &[u8], version: Version, expires: u64) -> Record {
+        Record { key: key.to_vec(), value: Some(value.to_vec()), version, expires }
     }
 
     /// A tombstone (versioned delete) for `key`.
     pub fn tombstone(key: &[u8], version: Version) -> Record {
-        Record { key: key.to_vec(), value: None, version }
+        Record { key: key.to_vec(), value: None, version, expires: 0 }
     }
 
     /// The encoded length in bytes.
     pub fn encoded_len(&self) -> usize {
-        encoded_len(self.key.len(), self.value.as_deref())
+        encoded_len(self.key.len(), self.value.as_deref(), self.expires)
     }
 
     /// Appends the encoding to `out`. Callers check the sizes first with
     /// [`check_lengths`]; an oversized record would not decode.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        encode_parts(&self.key, self.value.as_deref(), self.version, out);
+        encode_parts(&self.key, self.value.as_deref(), self.expires, self.version, out);
     }
 }
 
-/// Fails with `TooLarge` unless a record with these lengths may be stored.
+/// The length of the value section of a record: the value, and the
+/// expiry if it has one (a tombstone has neither).
+pub fn value_section_len(value: Option<&[u8]>, expires: u64) -> usize {
+    match value {
+        None => 0,
+        Some(v) if expires != 0 => v.len().saturating_add(EXPIRY_LEN),
+        Some(v) => v.len(),
+    }
+}
+
+/// Fails with `TooLarge` unless a record with these lengths may be stored
+/// (`val_len` is the value section's, see [`value_section_len`]).
 pub fn check_lengths(key_len: usize, val_len: usize) -> Result<()> {
     check_one("key", key_len, MAX_KEY)?;
     check_one("value", val_len, MAX_VALUE)
@@ -96,31 +123,44 @@ fn check_one(what: &'static str, len: usize, limit: usize) -> Result<()> {
     Ok(())
 }
 
-/// The encoded length of a record with this key length and value.
-pub fn encoded_len(key_len: usize, value: Option<&[u8]>) -> usize {
-    HEADER_LEN.saturating_add(key_len).saturating_add(value.map_or(0, <[u8]>::len))
+/// The encoded length of a record with this key length, value and expiry.
+pub fn encoded_len(key_len: usize, value: Option<&[u8]>, expires: u64) -> usize {
+    HEADER_LEN.saturating_add(key_len).saturating_add(value_section_len(value, expires))
 }
 
 /// Appends the encoding of a record given by its parts, without copying
-/// them into a [`Record`] first.
-pub fn encode_parts(key: &[u8], value: Option<&[u8]>, version: Version, out: &mut Vec<u8>) {
+/// them into a [`Record`] first. `expires` (wall ms, 0 = never) is
+/// ignored for a tombstone.
+pub fn encode_parts(key: &[u8], value: Option<&[u8]>, expires: u64, version: Version, out: &mut Vec<u8>) {
     let val = value.unwrap_or(&[]);
-    let flags = if value.is_none() { FLAG_TOMBSTONE } else { 0 };
+    let expiry = (value.is_some() && expires != 0).then(|| expires.to_be_bytes());
+    let flags = match (value.is_none(), expiry.is_some()) {
+        (true, _) => FLAG_TOMBSTONE,
+        (false, true) => FLAG_EXPIRES,
+        (false, false) => 0,
+    };
+    let section = value_section_len(value, expires);
     let mut head = Vec::with_capacity(HEADER_LEN - 4);
     head.push(flags);
     put_u32(&mut head, len_u32(key.len()));
-    put_u32(&mut head, len_u32(val.len()));
+    put_u32(&mut head, len_u32(section));
     version.encode(&mut head);
 
     let mut crc = crc32fast::Hasher::new();
     crc.update(&head);
     crc.update(key);
+    if let Some(e) = &expiry {
+        crc.update(e);
+    }
     crc.update(val);
 
-    out.reserve(encoded_len(key.len(), value));
+    out.reserve(encoded_len(key.len(), value, expires));
     put_u32(out, crc.finalize());
     out.extend_from_slice(&head);
     out.extend_from_slice(key);
+    if let Some(e) = &expiry {
+        out.extend_from_slice(e);
+    }
     out.extend_from_slice(val);
 }
 
@@ -140,6 +180,7 @@ fn len_u32(len: usize) -> u32 {
 struct Header {
     crc: u32,
     tombstone: bool,
+    expires: bool,
     key_len: usize,
     val_len: usize,
     version: Version,
@@ -155,7 +196,7 @@ impl Header {
         let key_len = r.read_u32::<BigEndian>().map_err(short)? as usize;
         let val_len = r.read_u32::<BigEndian>().map_err(short)? as usize;
         let version = Version::decode(r).ok_or("short header")?;
-        if flags & !FLAG_TOMBSTONE != 0 {
+        if flags & !(FLAG_TOMBSTONE | FLAG_EXPIRES) != 0 {
             return Err("unknown flag bits");
         }
         if key_len > MAX_KEY {
@@ -168,7 +209,14 @@ impl Header {
         if tombstone && val_len != 0 {
             return Err("tombstone with a value");
         }
-        Ok(Header { crc, tombstone, key_len, val_len, version })
+        let expires = flags & FLAG_EXPIRES != 0;
+        if expires && tombstone {
+            return Err("tombstone with an expiry");
+        }
+        if expires && val_len < EXPIRY_LEN {
+            return Err("expiry cut short");
+        }
+        Ok(Header { crc, tombstone, expires, key_len, val_len, version })
     }
 
     /// The length of key plus value (both capped by `parse`).
@@ -190,9 +238,18 @@ impl Header {
         let Ok(len) = u32::try_from(HEADER_LEN.saturating_add(body.len())) else {
             return Decoded::Corrupt("record length");
         };
-        let value = body.split_off(self.key_len);
+        let mut value = body.split_off(self.key_len);
+        let mut expires = 0;
+        if self.expires {
+            // `parse` made sure the section holds the expiry.
+            expires = value.get(..EXPIRY_LEN).map_or(0, BigEndian::read_u64);
+            if expires == 0 {
+                return Decoded::Corrupt("zero expiry");
+            }
+            value.drain(..EXPIRY_LEN);
+        }
         let value = if self.tombstone { None } else { Some(value) };
-        let record = Record { key: body, value, version: self.version };
+        let record = Record { key: body, value, version: self.version, expires };
         Decoded::Record { record, len }
     }
 }
@@ -297,6 +354,61 @@ mod tests {
             let len = bytes.len() as u32;
             assert_eq!(decode(&bytes), Decoded::Record { record: rec, len });
         }
+    }
+
+    #[test]
+    fn an_expiring_put_round_trips_and_old_records_have_no_expiry() {
+        let rec = Record::put_expiring(b"key", b"value", v(5), 1_800_000_000_000);
+        let bytes = encoded(&rec);
+        assert_eq!(bytes.len(), HEADER_LEN + 3 + EXPIRY_LEN + 5);
+        assert_eq!(bytes[4], FLAG_EXPIRES);
+        assert_eq!(&bytes[9..13], &((EXPIRY_LEN + 5) as u32).to_be_bytes(), "val_len counts the expiry");
+        let len = bytes.len() as u32;
+        assert_eq!(decode(&bytes), Decoded::Record { record: rec.clone(), len });
+        // An empty value with an expiry, and a tombstone given an expiry (dropped).
+        let empty = Record::put_expiring(b"k", b"", v(6), 1);
+        let len = encoded(&empty).len() as u32;
+        assert_eq!(decode(&encoded(&empty)), Decoded::Record { record: empty, len });
+        let mut tomb = Record::tombstone(b"k", v(7));
+        tomb.expires = 99;
+        let bytes = encoded(&tomb);
+        tomb.expires = 0;
+        assert_eq!(decode(&bytes), Decoded::Record { record: tomb, len: bytes.len() as u32 });
+        // A record without the flag (as every build before expiry wrote it) reads with none.
+        let plain = encoded(&Record::put(b"key", b"value", v(5)));
+        assert!(matches!(decode(&plain), Decoded::Record { record, .. } if record.expires == 0));
+    }
+
+    #[test]
+    fn damaged_expiring_records_are_caught() {
+        let bytes = encoded(&Record::put_expiring(b"key", b"value", v(3), 1_800_000_000_000));
+        for cut in 1..bytes.len() {
+            assert_eq!(decode(&bytes[..cut]), Decoded::Torn, "cut at {cut}");
+        }
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut bad = bytes.clone();
+                bad[i] ^= 1 << bit;
+                let got = decode(&bad);
+                assert!(matches!(got, Decoded::Corrupt(_) | Decoded::Torn), "byte {i} bit {bit}: {got:?}");
+            }
+        }
+        // Headers whose CRC matches but whose fields cannot be.
+        assert_eq!(decode(&raw_header(FLAG_EXPIRES, 1, 7)), Decoded::Corrupt("expiry cut short"));
+        assert_eq!(
+            decode(&raw_header(FLAG_EXPIRES | FLAG_TOMBSTONE, 1, 0)),
+            Decoded::Corrupt("tombstone with an expiry")
+        );
+        let mut zero = raw_header(FLAG_EXPIRES, 1, 9);
+        let mut body = b"k".to_vec();
+        body.extend_from_slice(&0u64.to_be_bytes());
+        body.push(b'v');
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&zero[4..]);
+        crc.update(&body);
+        zero[..4].copy_from_slice(&crc.finalize().to_be_bytes());
+        zero.extend_from_slice(&body);
+        assert_eq!(decode(&zero), Decoded::Corrupt("zero expiry"));
     }
 
     #[test]

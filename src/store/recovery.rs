@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use super::disk::{Disk, OpenMode};
-use super::index::{Entry, Index, IndexKey};
+use super::index::{Entry, Expiries, Index, IndexKey};
 use super::log::{self, Loc, SegmentIter};
 use super::record::Record;
 use super::{Error, Result};
@@ -36,6 +36,8 @@ pub struct Stats {
 pub struct Replayed {
     /// The newest entry of every key, tombstones included.
     pub index: Index,
+    /// The expiry of every key whose newest entry is a value with one.
+    pub expiries: Expiries,
     /// Counts gathered during the replay.
     pub stats: Stats,
     /// Generations found, oldest first.
@@ -94,10 +96,24 @@ fn insert(out: &mut Replayed, loc: Loc, rec: Record) {
             stats.live_bytes = stats.live_bytes.saturating_sub(old_len).saturating_add(len);
             stats.dead_bytes = stats.dead_bytes.saturating_add(old_len);
             *old = entry;
+            set_expiry(&mut out.expiries, &rec);
         }
         None => {
             stats.live_bytes = stats.live_bytes.saturating_add(len);
             out.index.insert(IndexKey::new(&rec.key), entry);
+            set_expiry(&mut out.expiries, &rec);
+        }
+    }
+}
+
+/// Keeps `rec`'s expiry, the newest entry of its key, in `expiries`.
+fn set_expiry(expiries: &mut Expiries, rec: &Record) {
+    match (rec.value.is_some(), rec.expires) {
+        (true, at) if at != 0 => {
+            expiries.insert(rec.key.clone(), at);
+        }
+        _ => {
+            expiries.remove(&rec.key);
         }
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use super::disk::Disk;
-use super::index::{Entry, Index, IndexKey};
+use super::index::{Entry, Expiries, Index, IndexKey};
 use super::log::{self, Loc, SegmentIter, SegmentWriter};
 use super::record::{self, Record};
 use super::recovery::{self, Stats};
@@ -38,6 +38,8 @@ const FIRST_GEN: u64 = 1;
 #[derive(Clone, Copy, Debug)]
 pub struct Undo {
     prev: Option<Entry>,
+    /// The key's expiry before the write (0: none).
+    prev_expires: u64,
     loc: Loc,
     live_bytes: u64,
     dead_bytes: u64,
@@ -51,6 +53,8 @@ pub struct Sector {
     disk: Rc<dyn Disk>,
     dir: PathBuf,
     index: Index,
+    /// The expiries of the keys whose newest entry is a value with one.
+    expiries: Expiries,
     writer: SegmentWriter,
     live_bytes: u64,
     dead_bytes: u64,
@@ -104,6 +108,7 @@ impl Sector {
             disk,
             dir: dir.to_path_buf(),
             index: replayed.index,
+            expiries: replayed.expiries,
             writer,
             live_bytes: replayed.stats.live_bytes,
             dead_bytes: replayed.stats.dead_bytes,
@@ -129,12 +134,23 @@ impl Sector {
     /// (`value` `None` = tombstone). Returns whether it was applied; an
     /// older or equal version writes nothing.
     pub fn apply(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<bool> {
-        Ok(self.apply_undoable(key, version, value)?.is_some())
+        self.apply_expiring(key, version, value, 0)
     }
 
-    /// [`Sector::apply`], returning what [`Sector::undo`] needs to take the
-    /// write back (`None`: not applied).
-    pub fn apply_undoable(&mut self, key: &[u8], version: Version, value: Option<&[u8]>) -> Result<Option<Undo>> {
+    /// [`Sector::apply`] of a value that expires at `expires` (wall ms; 0 = never).
+    pub fn apply_expiring(&mut self, key: &[u8], version: Version, value: Option<&[u8]>, expires: u64) -> Result<bool> {
+        Ok(self.apply_undoable(key, version, value, expires)?.is_some())
+    }
+
+    /// [`Sector::apply_expiring`], returning what [`Sector::undo`] needs to
+    /// take the write back (`None`: not applied).
+    pub fn apply_undoable(
+        &mut self,
+        key: &[u8],
+        version: Version,
+        value: Option<&[u8]>,
+        expires: u64,
+    ) -> Result<Option<Undo>> {
         let prev = self.index.get(key).copied();
         if prev.is_some_and(|e| version <= e.version()) {
             return Ok(None);
@@ -142,8 +158,8 @@ impl Sector {
         let (live_bytes, dead_bytes, dirty) = (self.live_bytes, self.dead_bytes, self.dirty);
         // The entry is checked before anything is appended, so a write that
         // cannot be indexed leaves no record behind.
-        let entry = Entry::new(self.writer.next_loc(key, value)?, version, value.is_none())?;
-        let loc = self.writer.append_parts(key, value, version)?;
+        let entry = Entry::new(self.writer.next_loc(key, value, expires)?, version, value.is_none())?;
+        let loc = self.writer.append_parts(key, value, expires, version)?;
         // An overwrite updates the entry in place: no new key allocation.
         match self.index.get_mut(key) {
             Some(old) => {
@@ -158,7 +174,17 @@ impl Sector {
         }
         self.live_bytes = self.live_bytes.saturating_add(u64::from(loc.len));
         self.dirty = true;
-        Ok(Some(Undo { prev, loc, live_bytes, dead_bytes, dirty }))
+        let prev_expires = self.set_expiry(key, if value.is_some() { expires } else { 0 });
+        Ok(Some(Undo { prev, prev_expires, loc, live_bytes, dead_bytes, dirty }))
+    }
+
+    /// Records `key`'s expiry (0: none); returns the one it had.
+    fn set_expiry(&mut self, key: &[u8], expires: u64) -> u64 {
+        let prev = match expires {
+            0 => self.expiries.remove(key),
+            at => self.expiries.insert(key.to_vec(), at),
+        };
+        prev.unwrap_or(0)
     }
 
     /// Takes back the write to `key` that [`Sector::apply_undoable`] just
@@ -178,6 +204,7 @@ impl Sector {
                 self.index.remove(key);
             }
         }
+        self.set_expiry(key, undo.prev_expires);
         self.live_bytes = undo.live_bytes;
         self.dead_bytes = undo.dead_bytes;
         self.dirty = undo.dirty;
@@ -232,7 +259,7 @@ impl Sector {
         })?;
         match record::decode(bytes) {
             record::Decoded::Record { record, .. } if record.key == key && record.version == e.version() => {
-                Ok(Item { version: e.version(), value: record.value })
+                Ok(Item { version: e.version(), value: record.value, expires: record.expires })
             }
             _ => Err(Error::Corrupt { sector: self.id, gen: e.loc().gen, offset: e.loc().pos }),
         }
@@ -247,8 +274,9 @@ impl Sector {
     }
 
     /// Up to `limit` keys whose newest entry is a tombstone made before
-    /// `before_ms` (wall ms), with their versions, sorted by key: the
-    /// candidates for reaping (see `Store::reap`).
+    /// `before_ms` (wall ms), or a value made and expired before it, with
+    /// their versions, sorted by key: the candidates for reaping (see
+    /// `Store::reap`), an expired value as a tombstone of its version.
     pub fn old_tombstones(&self, before_ms: u64, limit: usize) -> Vec<(Vec<u8>, Version)> {
         let mut out: Vec<(Vec<u8>, Version)> = self
             .index
@@ -256,23 +284,32 @@ impl Sector {
             .filter(|(_, e)| e.tombstone() && e.version().ms < before_ms)
             .map(|(k, e)| (k.as_slice().to_vec(), e.version()))
             .collect();
+        for key in self.expiries.iter().filter(|(_, &at)| at < before_ms).map(|(k, _)| k) {
+            match self.index.get(&key[..]) {
+                Some(e) if !e.tombstone() && e.version().ms < before_ms => out.push((key.clone(), e.version())),
+                _ => {}
+            }
+        }
         out.sort_unstable();
         out.truncate(limit);
         out
     }
 
-    /// Forgets `key` if its newest entry is the tombstone `version`: the
-    /// record becomes dead bytes, which compaction leaves behind. Nothing
-    /// is written: after a restart the tombstone's record, still in its
-    /// segment until compaction, brings it back, which is harmless.
-    /// Returns whether it was forgotten.
+    /// Forgets `key` if its newest entry is the tombstone `version`, or a
+    /// value of that version with an expiry (the reaper only offers one
+    /// expired past the grace): the record becomes dead bytes, which
+    /// compaction leaves behind. Nothing is written: after a restart the
+    /// record, still in its segment until compaction, brings it back,
+    /// which is harmless. Returns whether it was forgotten.
     pub fn reap(&mut self, key: &[u8], version: Version) -> bool {
         let Some(e) = self.index.get(key) else { return false };
-        if !e.tombstone() || e.version() != version {
+        let expiring = !e.tombstone() && self.expiries.contains_key(key);
+        if !(e.tombstone() || expiring) || e.version() != version {
             return false;
         }
         let len = u64::from(e.loc().len);
         self.index.remove(key);
+        self.expiries.remove(key);
         self.live_bytes = self.live_bytes.saturating_sub(len);
         self.dead_bytes = self.dead_bytes.saturating_add(len);
         true
@@ -281,6 +318,11 @@ impl Sector {
     /// Keys whose newest entry is not a tombstone.
     pub fn live_keys(&self) -> usize {
         self.index.values().filter(|e| !e.tombstone()).count()
+    }
+
+    /// Keys whose newest entry is a value with an expiry (passed or not).
+    pub fn expiring_keys(&self) -> usize {
+        self.expiries.len()
     }
 
     /// Keys in the index, tombstones included.
@@ -441,7 +483,7 @@ impl Sector {
             if e.loc() != loc {
                 continue;
             }
-            let to = writer.next_loc(&rec.key, rec.value.as_deref())?;
+            let to = writer.next_loc(&rec.key, rec.value.as_deref(), rec.expires)?;
             let moved = Entry::new(to, e.version(), e.tombstone())?;
             writer.append(&rec)?;
             *e = moved;
@@ -478,8 +520,11 @@ impl Sector {
 
     /// The item for index entry `e` of `key`.
     fn item(&self, key: &[u8], e: &Entry) -> Result<Item> {
-        let value = if e.tombstone() { None } else { self.read(key, e)?.value };
-        Ok(Item { version: e.version(), value })
+        if e.tombstone() {
+            return Ok(Item { version: e.version(), value: None, expires: 0 });
+        }
+        let rec = self.read(key, e)?;
+        Ok(Item { version: e.version(), value: rec.value, expires: rec.expires })
     }
 
     /// Reads the record of entry `e` and checks it is the one indexed.
@@ -547,7 +592,7 @@ mod tests {
         assert!(s.apply(b"k", v(6), None)?, "tombstone beats older put");
         assert!(!s.apply(b"k", v(5), Some(b"stale"))?, "stale put stays deleted");
         let item = s.get(b"k")?.unwrap();
-        assert_eq!(item, Item { version: v(6), value: None });
+        assert_eq!(item, Item { version: v(6), value: None, expires: 0 });
         assert_eq!(s.live_keys(), 0);
         assert_eq!(s.len(), 1);
 
@@ -581,7 +626,7 @@ mod tests {
         drop(s);
         let s = Sector::open(os(), &path, 3)?;
         assert_eq!(value_of(&s, b"a"), Some(b"alpha".to_vec()));
-        assert_eq!(s.get(b"b")?, Some(Item { version: v(3), value: None }));
+        assert_eq!(s.get(b"b")?, Some(Item { version: v(3), value: None, expires: 0 }));
         assert_eq!(s.get(b"c")?, None);
         assert_eq!(s.keys_with_versions(), vec![(b"a".to_vec(), v(1)), (b"b".to_vec(), v(3))]);
         Ok(())
@@ -597,8 +642,8 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (b"x".to_vec(), Item { version: v(1), value: Some(b"1".to_vec()) }),
-                (b"y".to_vec(), Item { version: v(2), value: None }),
+                (b"x".to_vec(), Item { version: v(1), value: Some(b"1".to_vec()), expires: 0 }),
+                (b"y".to_vec(), Item { version: v(2), value: None, expires: 0 }),
             ]
         );
         Ok(())
@@ -623,14 +668,65 @@ mod tests {
         // never the value it deleted.
         drop(s);
         let mut s = Sector::open(os(), &path, 4)?;
-        assert_eq!(s.get(b"gone")?, Some(Item { version: v(2), value: None }));
+        assert_eq!(s.get(b"gone")?, Some(Item { version: v(2), value: None, expires: 0 }));
         assert!(s.reap(b"gone", v(2)));
         s.compact()?;
         drop(s);
         let s = Sector::open(os(), &path, 4)?;
         assert_eq!(s.get(b"gone")?, None, "compaction left both records behind");
         assert_eq!(value_of(&s, b"live"), Some(b"here".to_vec()));
-        assert_eq!(s.get(b"newer")?, Some(Item { version: v(4), value: None }));
+        assert_eq!(s.get(b"newer")?, Some(Item { version: v(4), value: None, expires: 0 }));
+        Ok(())
+    }
+
+    #[test]
+    fn a_value_expired_past_the_grace_is_reaped_like_a_tombstone_and_stays_gone() -> Result<()> {
+        let dir = TestDir::new("sector-reap-expired");
+        let path = dir.path().join("5");
+        let mut s = Sector::open(os(), &path, 5)?;
+        s.apply(b"ttl", v(1), Some(b"old"))?;
+        s.apply_expiring(b"ttl", v(2), Some(b"short"), 10)?;
+        s.apply_expiring(b"later", v(3), Some(b"long"), 1_000)?;
+        s.apply_expiring(b"rewritten", v(4), Some(b"was short"), 10)?;
+        s.apply(b"rewritten", v(5), Some(b"no ttl"))?;
+        s.apply(b"plain", v(6), Some(b"kept"))?;
+        assert_eq!(s.old_tombstones(10, 10), vec![], "not expired before 10 ms");
+        assert_eq!(s.old_tombstones(11, 10), vec![(b"ttl".to_vec(), v(2))], "only the value expired before 11 ms");
+        for _ in 0..2 {
+            // Replay rebuilds the expiries: the same candidates after a reopen.
+            drop(s);
+            s = Sector::open(os(), &path, 5)?;
+            assert_eq!(s.old_tombstones(11, 10), vec![(b"ttl".to_vec(), v(2))]);
+        }
+        assert!(!s.reap(b"ttl", v(1)), "not the newest version");
+        assert!(!s.reap(b"plain", v(6)), "a value without an expiry is never reaped");
+        assert!(!s.reap(b"rewritten", v(5)), "nor one rewritten without its expiry");
+        assert!(s.reap(b"ttl", v(2)));
+        assert_eq!(s.get(b"ttl")?, None, "forgotten");
+        assert!(s.old_tombstones(u64::MAX, 10).iter().all(|(k, _)| k != b"ttl"));
+        assert_eq!(s.old_tombstones(u64::MAX, 10), vec![(b"later".to_vec(), v(3))]);
+        assert_eq!(s.expiring_keys(), 1, "only later still has an expiry");
+        s.compact()?;
+        drop(s);
+        let s = Sector::open(os(), &path, 5)?;
+        assert_eq!(s.get(b"ttl")?, None, "compaction left the expired value and the one before it behind");
+        assert_eq!(s.get(b"later")?.map(|i| i.expires), Some(1_000));
+        assert_eq!(value_of(&s, b"rewritten"), Some(b"no ttl".to_vec()));
+        Ok(())
+    }
+
+    #[test]
+    fn an_undone_write_gives_the_key_its_expiry_back() -> Result<()> {
+        let dir = TestDir::new("sector-undo-expiry");
+        let mut s = Sector::open(os(), &dir.path().join("6"), 6)?;
+        s.apply_expiring(b"k", v(1), Some(b"v"), 10)?;
+        let undo = s.apply_undoable(b"k", v(2), Some(b"w"), 0)?.unwrap();
+        assert_eq!(s.old_tombstones(u64::MAX, 10), vec![]);
+        s.undo(b"k", undo)?;
+        assert_eq!(s.old_tombstones(u64::MAX, 10), vec![(b"k".to_vec(), v(1))]);
+        let undo = s.apply_undoable(b"new", v(3), Some(b"x"), 5)?.unwrap();
+        s.undo(b"new", undo)?;
+        assert_eq!(s.old_tombstones(u64::MAX, 10), vec![(b"k".to_vec(), v(1))]);
         Ok(())
     }
 
@@ -666,7 +762,7 @@ mod tests {
         for k in 0..10u8 {
             assert_eq!(value_of(&s, &[k]), Some(big.clone()));
         }
-        assert_eq!(s.get(b"dead")?, Some(Item { version: v(ms + 1), value: None }));
+        assert_eq!(s.get(b"dead")?, Some(Item { version: v(ms + 1), value: None, expires: 0 }));
         assert_eq!(value_of(&s, b"last"), Some(b"final".to_vec()));
         assert_eq!(dir_size(&path), after);
         assert!(!s.apply(b"dead", v(ms), Some(b"zombie"))?);

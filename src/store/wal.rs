@@ -40,7 +40,7 @@ pub const SEQ_SECTOR: u32 = u32::MAX;
 
 /// Bytes of a sequence frame: what a WAL holds right after a reset.
 pub fn seq_frame_len() -> u64 {
-    (8 + record::encoded_len(0, None)) as u64
+    (8 + record::encoded_len(0, None, 0)) as u64
 }
 
 /// What a frame means to a replay.
@@ -81,10 +81,10 @@ pub fn seq_of(frames: &[(u32, Record)]) -> u64 {
 }
 
 /// Appends one frame: the sector twice (plain, then inverted) and the record.
-fn push_frame(out: &mut Vec<u8>, sector: u32, key: &[u8], value: Option<&[u8]>, version: Version) {
+fn push_frame(out: &mut Vec<u8>, sector: u32, key: &[u8], value: Option<&[u8]>, expires: u64, version: Version) {
     out.extend_from_slice(&sector.to_be_bytes());
     out.extend_from_slice(&(!sector).to_be_bytes());
-    record::encode_parts(key, value, version, out);
+    record::encode_parts(key, value, expires, version, out);
 }
 
 /// The end of a WAL at one moment (see [`Wal::mark`]).
@@ -153,13 +153,13 @@ impl Wal {
     }
 
     /// Appends one write to the buffer (nothing reaches the disk yet).
-    pub fn append(&mut self, sector: u32, key: &[u8], value: Option<&[u8]>, version: Version) {
-        push_frame(&mut self.buf, sector, key, value, version);
+    pub fn append(&mut self, sector: u32, key: &[u8], value: Option<&[u8]>, expires: u64, version: Version) {
+        push_frame(&mut self.buf, sector, key, value, expires, version);
     }
 
     /// Appends a drop frame for `sector` (see [`Frame::Drop`]).
     pub fn append_drop(&mut self, sector: u32) {
-        self.append(sector, b"", None, Version::default());
+        self.append(sector, b"", None, 0, Version::default());
     }
 
     /// Appends one write already encoded as a record (see [`super::record`]).
@@ -237,7 +237,7 @@ impl Wal {
     pub fn reset(&mut self, seq: u64) -> Result<()> {
         self.commit()?;
         let mut frame = Vec::new();
-        push_frame(&mut frame, SEQ_SECTOR, b"", None, Version { ms: seq, counter: 0, node: 0 });
+        push_frame(&mut frame, SEQ_SECTOR, b"", None, 0, Version { ms: seq, counter: 0, node: 0 });
         self.file.set_len(0)?;
         self.file.write_at(&frame, 0)?;
         self.file.sync_data()?;
@@ -326,12 +326,12 @@ mod tests {
         let dir = TestDir::new("wal");
         let (mut wal, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
         assert!(frames.is_empty());
-        wal.append(3, b"a", Some(b"1"), v(1));
-        wal.append(700, b"b", None, v(2));
+        wal.append(3, b"a", Some(b"1"), 0, v(1));
+        wal.append(700, b"b", None, 0, v(2));
         assert!(wal.commit()?);
         assert!(!wal.commit()?);
         let full = wal.len();
-        wal.append(4, b"c", Some(b"33"), v(3));
+        wal.append(4, b"c", Some(b"33"), 1_000, v(3));
         wal.commit()?;
         drop(wal);
         // Cut the last frame at every offset: the first two always survive.
@@ -348,6 +348,7 @@ mod tests {
         std::fs::write(&path, &bytes)?;
         let (mut wal, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
         assert_eq!(frames.len(), 3);
+        assert_eq!(frames[2].1.expires, 1_000, "the expiry comes back with the frame");
         wal.reset(7)?;
         assert!(wal.is_empty());
         let (_, frames) = Wal::open(&OsDisk, dir.path(), WAL_FILES[0])?;
@@ -363,7 +364,7 @@ mod tests {
         let mut starts = [0u64; 3];
         for (i, key) in [b"a", b"b", b"c"].iter().enumerate() {
             starts[i] = wal.len();
-            wal.append(i as u32 + 1, *key, Some(b"value"), v(i as u64 + 1));
+            wal.append(i as u32 + 1, *key, Some(b"value"), 0, v(i as u64 + 1));
             wal.commit()?;
         }
         drop(wal);
