@@ -14,7 +14,8 @@
 //! deadlines. Their replies come back through [`Node::answer_to`], which
 //! hands those of RESP connections to [`Node::resp_reply`]; replies are
 //! written in command order (RESP has no request ids) once a command's
-//! last answer is in, after the turn's fsync like every acknowledgement.
+//! last answer is in: after the turn's fsync if an answer acknowledges a write of
+//! this turn, as a native reply would, else before it.
 //!
 //! Last-writer-wins cannot give compare-and-set, so SET NX/XX, INCR and the
 //! other read-modify-write commands are refused with a reason; a failed
@@ -78,6 +79,10 @@ struct Command {
     left: usize,
     /// The reply, once known.
     reply: Option<Value>,
+    /// Some answer it got acknowledges what this turn's fsync makes
+    /// durable: its reply waits for that fsync (`Io::send`), as the native
+    /// reply would; otherwise it may leave before it (`Io::send_early`).
+    after_fsync: bool,
     /// DEL: how many of its keys had a value when read; EXPIRE and
     /// PERSIST: the integer to answer once the rewrite is done.
     found: i64,
@@ -156,6 +161,7 @@ impl Command {
             expiry: Expiry::Never,
             delete: false,
             value: Vec::new(),
+            after_fsync: false,
         }
     }
 }
@@ -578,10 +584,11 @@ impl Node {
     }
 
     /// A native answer for a RESP connection (see `answer_to`).
-    pub(super) fn resp_reply(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message) {
+    pub(super) fn resp_reply(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message, early: bool) {
         let Some(c) = self.resp.conns.get_mut(&conn) else { return };
         let Some((seq, part)) = c.parts.remove(&msg.header.req) else { return };
         let Some(cmd) = c.command(seq) else { return };
+        cmd.after_fsync |= !early;
         if let Some(slot) = cmd.answers.get_mut(part).filter(|s| s.is_none()) {
             *slot = Some(msg.body);
             cmd.left = cmd.left.saturating_sub(1);
@@ -706,21 +713,25 @@ impl Node {
         let Some(c) = self.resp.conns.get_mut(&conn) else { return };
         let mut out = Vec::new();
         while c.queue.front().is_some_and(|cmd| cmd.reply.is_some()) {
-            if let Some(reply) = c.queue.pop_front().and_then(|cmd| cmd.reply) {
-                out.push(reply);
+            if let Some((Some(reply), after_fsync)) = c.queue.pop_front().map(|cmd| (cmd.reply, cmd.after_fsync)) {
+                out.push((reply, after_fsync));
             }
             c.first_seq += 1;
         }
         let quit = c.quit && c.queue.is_empty();
         let last = out.len();
         let resp3 = c.proto == 3;
-        for (i, reply) in out.into_iter().enumerate() {
+        for (i, (reply, after_fsync)) in out.into_iter().enumerate() {
             let reply = if resp3 { reply.into_resp3() } else { reply.into_resp2() };
             let msg = Message { header: Header::default(), body: Body::Resp(reply) };
+            // Output sent plainly earlier in the turn holds an early one
+            // back, so the replies keep their order.
             if quit && i + 1 == last {
                 rx.send_and_close(conn, &msg);
-            } else {
+            } else if after_fsync {
                 rx.send(conn, &msg);
+            } else {
+                rx.send_early(conn, &msg);
             }
         }
     }
@@ -730,7 +741,7 @@ impl Node {
     /// connection's goes to its command.
     pub(super) fn answer_to(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message, early: bool) {
         if matches!(rx.data(conn), Some(Link::Resp)) {
-            self.resp_reply(rx, conn, msg);
+            self.resp_reply(rx, conn, msg, early);
         } else if early {
             rx.send_early(conn, &msg);
         } else {
