@@ -458,36 +458,31 @@ pub fn keys(m: &getopts::Matches, listen: std::net::SocketAddr) -> Result<Keys, 
     Ok(Keys::daemon(cluster, load("client-key")?))
 }
 
-/// `addr` for a second listener (`flag`: `--resp-listen`, `--metrics-listen`):
-/// as for `--listen`, a daemon without a cluster key serves only loopback.
-pub fn check_listen(addr: std::net::SocketAddr, flag: &str, keys: &Keys) -> Result<std::net::SocketAddr, Exit> {
-    if keys.cluster.is_none() && !addr.ip().is_loopback() {
-        return Err(Exit::usage(format!(
-            "{flag} {addr} is not a loopback address; without --cluster-key a daemon listens only on loopback"
-        )));
-    }
-    Ok(addr)
-}
-
 /// Adds `--metrics-listen` to a daemon's options.
 pub fn metrics_option(o: &mut getopts::Options) {
     o.optopt("", "metrics-listen", "serve Prometheus metrics at http://ADDR/metrics (default: off)", "ADDR");
 }
 
-/// The `--metrics-listen` address, if given: as `--listen`, an address that
-/// can be dialled, and without a cluster key a loopback one (the metrics
-/// tell who the members are and how the node is loaded).
+/// The `--metrics-listen` address, if given (the metrics tell who the
+/// members are and how the node is loaded); see [`extra_listen`].
 pub fn metrics_listen(m: &getopts::Matches, keys: &Keys) -> Result<Option<std::net::SocketAddr>, Exit> {
-    let Some(given) = m.opt_str("metrics-listen") else { return Ok(None) };
+    extra_listen(m, "metrics-listen", keys)
+}
+
+/// The address of a second listener (`--resp-listen`, `--metrics-listen`),
+/// if given: as for `--listen`, one that can be dialled, and without a
+/// cluster key a loopback one.
+pub fn extra_listen(m: &getopts::Matches, name: &str, keys: &Keys) -> Result<Option<std::net::SocketAddr>, Exit> {
+    let Some(given) = m.opt_str(name) else { return Ok(None) };
     let addr = crate::cli::resolve(&given)?;
     if addr.ip().is_unspecified() {
         return Err(Exit::usage(format!(
-            "--metrics-listen {given}: an unspecified address is refused; give this host's own address"
+            "--{name} {given}: an unspecified address is refused; give this host's own address"
         )));
     }
     if keys.cluster.is_none() && !addr.ip().is_loopback() {
         return Err(Exit::usage(format!(
-            "--metrics-listen {addr} is not a loopback address, and without --cluster-key the daemon listens only \
+            "--{name} {addr} is not a loopback address, and without --cluster-key the daemon listens only \
              on loopback; give every daemon --cluster-key FILE"
         )));
     }

@@ -85,10 +85,7 @@ fn config(m: &getopts::Matches) -> Result<Config, Exit> {
         return Err(Exit::usage("--header-timeout must be at most 86400"));
     }
     let keys = daemon::keys(m, listen)?;
-    let resp_listen = match m.opt_str("resp-listen") {
-        Some(a) => Some(daemon::check_listen(cli::resolve_listen(&a)?, "--resp-listen", &keys)?),
-        None => None,
-    };
+    let resp_listen = daemon::extra_listen(m, "resp-listen", &keys)?;
     let metrics_listen = daemon::metrics_listen(m, &keys)?;
     Ok(Config {
         keys,

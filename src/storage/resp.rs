@@ -559,23 +559,25 @@ impl Node {
         self.resp_flush(rx, conn);
     }
 
-    /// Sends part `part` of command `seq` to this node's coordinator path.
-    fn resp_request(&mut self, rx: &mut impl NodeIo, conn: ConnId, seq: u64, part: usize, body: Body) {
-        let Some(c) = self.resp.conns.get_mut(&conn) else { return };
+    /// The header of part `part` of command `seq`: a fresh request id,
+    /// noted so that its answer finds the command.
+    fn resp_header(&mut self, rx: &impl NodeIo, conn: ConnId, seq: u64, part: usize) -> Option<Header> {
+        let c = self.resp.conns.get_mut(&conn)?;
         c.next_req += 1;
         let req = c.next_req;
         c.parts.insert(req, (seq, part));
-        let header = Header { req, deadline: rx.wall_ms() + REQUEST_MS, ..Header::default() };
+        Some(Header { req, deadline: rx.wall_ms() + REQUEST_MS, ..Header::default() })
+    }
+
+    /// Sends part `part` of command `seq` to this node's coordinator path.
+    fn resp_request(&mut self, rx: &mut impl NodeIo, conn: ConnId, seq: u64, part: usize, body: Body) {
+        let Some(header) = self.resp_header(rx, conn, seq, part) else { return };
         self.handle_client(rx, conn, Message { header, body });
     }
 
     /// Asks member `id` (this node included) for its figures, for DBSIZE.
     fn resp_stats(&mut self, rx: &mut impl NodeIo, conn: ConnId, seq: u64, part: usize, id: u32) {
-        let Some(c) = self.resp.conns.get_mut(&conn) else { return };
-        c.next_req += 1;
-        let req = c.next_req;
-        c.parts.insert(req, (seq, part));
-        let header = Header { req, deadline: rx.wall_ms() + REQUEST_MS, ..Header::default() };
+        let Some(header) = self.resp_header(rx, conn, seq, part) else { return };
         if id == self.cfg.id {
             self.handle_stats(rx, conn, header);
         } else {
