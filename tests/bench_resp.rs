@@ -236,14 +236,16 @@ fn clients_are_spread_over_several_servers() {
     assert_clean(&out, 2000);
     assert_eq!(fields(&stdout(&out), "label=")["resp"], both);
     // The preload wrote each key once, through one of the clients, and the run only read (a key
-    // on the other server is a miss, not an error): half of the keys are on each server.
+    // on the other server is a miss, not an error). Each key goes to whichever client is free
+    // (one sequence for all), so the split follows the two servers' speed: both get a share,
+    // not exactly half (a CI run saw 396 and 604).
     let size = |r: &Redis| -> u64 {
         let reply = r.query("DBSIZE");
         reply.trim().trim_start_matches(':').parse().unwrap_or_else(|_| panic!("DBSIZE: {reply:?}"))
     };
     let (na, nb) = (size(&a), size(&b));
     assert_eq!(na + nb, 1000, "{na} + {nb}");
-    assert!(na >= 400 && nb >= 400, "{na} and {nb}");
+    assert!(na >= 100 && nb >= 100, "{na} and {nb}");
 }
 
 #[test]
