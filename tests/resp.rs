@@ -282,3 +282,67 @@ print(r2.get("nope"), r2.get("py-42").decode())
     assert_ok(&out);
     assert_eq!(stdout(&out), "v42\n['v1', None, 'v99']\n1 1\nTrue 99\nNone v42\n");
 }
+
+/// Freezes node `i` with SIGSTOP for `d`, in a thread that sends SIGCONT after it.
+fn freeze(c: &Cluster, i: u16, d: Duration) -> std::thread::JoinHandle<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(c.node_pid(i).expect("the node runs"));
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    std::thread::spawn(move || {
+        std::thread::sleep(d);
+        let _ = kill(pid, Signal::SIGCONT);
+    })
+}
+
+#[test]
+fn a_replica_stalled_for_a_second_and_a_half_delays_commands_instead_of_failing_them() {
+    // Two nodes, two copies of each key: every write and read needs both. The manager is told
+    // not to declare a silent node down, so the stalled one stays in the preference lists.
+    let c = Cluster::start_with(31050, 2, 2, &[("MANAGER_FLAGS", "--dead-after-ms 30000")]);
+    let port = resp_port(&c, 1);
+    let (_, r) = exchange(port, &wire(&[&["SET", "before", "1"]]), 1);
+    assert_eq!(r, [Value::ok()]);
+
+    // Longer than a request's 1 s deadline, shorter than the 5 s a command is retried.
+    let thaw = freeze(&c, 2, Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let (_, r) = exchange(
+        port,
+        &wire(&[&["SET", "a", "1"], &["MSET", "b", "2", "c", "3"], &["GET", "before"], &["EXISTS", "d"]]),
+        4,
+    );
+    let waited = started.elapsed();
+    thaw.join().unwrap();
+    assert_eq!(r, [Value::ok(), Value::ok(), Value::bulk("1"), Value::Integer(0)], "after {waited:?}");
+    assert!(waited >= Duration::from_millis(1400), "the answers waited for the stalled replica: {waited:?}");
+
+    // Two writes of one key in one pipeline: a retry of the first could land after the second,
+    // so a failed request is not sent again while another command is about its key. Whatever
+    // is acknowledged, the last acknowledged write is what a read finds.
+    let thaw = freeze(&c, 2, Duration::from_millis(1500));
+    let (_, r) = exchange(port, &wire(&[&["SET", "x", "first"], &["SET", "x", "second"]]), 2);
+    thaw.join().unwrap();
+    let (_, read) = exchange(port, &wire(&[&["GET", "x"]]), 1);
+    println!("SET x first: {:?}; SET x second: {:?}; GET x: {:?}", r[0], r[1], read[0]);
+    if r[1] == Value::ok() {
+        assert_eq!(read[0], Value::bulk("second"), "the later acknowledged write wins");
+    } else if r[0] == Value::ok() {
+        assert_eq!(read[0], Value::bulk("first"), "the only acknowledged write is read");
+    }
+    for reply in &r {
+        assert!(*reply == Value::ok() || matches!(reply, Value::Error(e) if e.starts_with("TRYAGAIN")), "{r:?}");
+    }
+
+    // A stall longer than the retry budget ends in TRYAGAIN: a command is retried for 5 s, and
+    // its last try ends within a request deadline (1 s) and the settling margin after that.
+    let thaw = freeze(&c, 2, Duration::from_millis(8000));
+    let started = std::time::Instant::now();
+    let (_, r) = exchange(port, &wire(&[&["SET", "late", "1"]]), 1);
+    let waited = started.elapsed();
+    thaw.join().unwrap();
+    assert!(matches!(&r[0], Value::Error(e) if e.starts_with("TRYAGAIN")), "{r:?}");
+    assert!(waited >= Duration::from_millis(4500) && waited < Duration::from_millis(7500), "{waited:?}");
+    let (_, r) = exchange(port, &wire(&[&["SET", "after", "1"], &["GET", "a"]]), 2);
+    assert_eq!(r, [Value::ok(), Value::bulk("1")], "served again once the replica is back");
+}

@@ -69,7 +69,13 @@ pub(super) struct Coordinator {
     pub(super) ops: IdMap<u64, Op>,
     /// Loop turns completed; everything applied in an earlier turn is on disk.
     pub(super) turn: u64,
+    /// Ops timed out since the last line about them, and when it was logged.
+    timeouts: u64,
+    timeout_logged: Option<Instant>,
 }
+
+/// Timed-out ops are logged at most this often.
+const TIMEOUT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A coordinator's write older than this (milliseconds) when it reaches a
 /// replica is refused: twice the coordinator's own deadline.
@@ -543,6 +549,16 @@ impl Node {
             return;
         };
         let reason = format!("timed out: {} of {} replicas answered", op.ok, op.need);
+        let silent: Vec<u32> = op.reqs.iter().filter_map(|r| self.awaiting.get(r).map(|a| a.node())).collect();
+        let now = rx.now();
+        self.coord.timeouts += 1;
+        if self.coord.timeout_logged.is_none_or(|t| now.duration_since(t) >= TIMEOUT_LOG_EVERY) {
+            // One line a second at most: a stalled peer times out every op that waits on it.
+            let n = std::mem::take(&mut self.coord.timeouts);
+            let (kind, sector) = (&op.kind, op.sector);
+            warn!("{n} op(s) timed out; latest: {kind:?} of sector {sector}, {reason}, none from {silent:?}");
+            self.coord.timeout_logged = Some(now);
+        }
         for req in op.reqs.clone() {
             self.awaiting.remove(&req);
         }

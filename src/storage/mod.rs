@@ -628,6 +628,7 @@ impl Handler for Node {
             Timer::OpSweep => {
                 self.sweep_ops(rx);
                 self.sweep_pulls(rx);
+                self.resp_resend_due(rx);
                 rx.add_timer(OP_SWEEP, Timer::OpSweep);
             }
         }

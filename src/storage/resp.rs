@@ -18,8 +18,18 @@
 //! this turn, as a native reply would, else before it.
 //!
 //! Last-writer-wins cannot give compare-and-set, so SET NX/XX, INCR and the
-//! other read-modify-write commands are refused with a reason; a failed
-//! quorum is `-TRYAGAIN`, which clients may retry. The commands that read
+//! other read-modify-write commands are refused with a reason.
+//!
+//! A request that fails in a way the native client would retry (a quorum
+//! not reached in time, a table moving) is sent again here, as the native
+//! client does, for up to [`RETRY_BUDGET_MS`] from its command's arrival:
+//! a disk that stalls for a second does not become an error. Only a key
+//! that no other command on the connection touches is retried (so a retry
+//! cannot land after a later command about it), the commands that arrive
+//! meanwhile wait, and a write whose failed attempt may still apply is sent
+//! again only once that attempt's deadline is past, so that whatever the
+//! client does next gets a newer version. Past the budget, or where a
+//! retry is not safe, the failure is `-TRYAGAIN`. The commands that read
 //! before they write (DEL, KEEPTTL, EXPIRE, PERSIST) hold the commands
 //! after them on the connection until they are done, so those see their
 //! effect; a write to the same key by another client between the read and
@@ -28,6 +38,8 @@
 use std::collections::VecDeque;
 
 use super::{Link, Node, NodeIo};
+use crate::client::{leaves_nothing, retry_policy, Retry};
+use crate::hlc::MAX_SKEW_MS;
 use crate::idmap::IdMap;
 use crate::net::codec::{Body, ErrorCode, Expiry, Header, Message, Stats};
 use crate::net::resp::Value;
@@ -38,11 +50,42 @@ use crate::net::ConnId;
 const MAX_IN_FLIGHT: usize = 16 * 1024;
 /// The deadline of each native request a command is cut into.
 const REQUEST_MS: u64 = 1_000;
+/// How long after a command's arrival its failed requests are sent again:
+/// the native client's default deadline (`gtstore --deadline`).
+pub(super) const RETRY_BUDGET_MS: u64 = 5_000;
+/// The pause before a failed request is sent again.
+const RETRY_PAUSE_MS: u64 = 100;
+/// A failed request is retried only on a connection with at most this many
+/// commands waiting (checking that no other is about its key is linear).
+const RETRY_SCAN: usize = 4096;
 
 /// Every RESP connection's state.
 #[derive(Debug, Default)]
 pub(super) struct RespFront {
     conns: IdMap<ConnId, RespConn>,
+    /// Failed requests to send again, each once its time (wall ms) comes.
+    retries: Vec<Resend>,
+}
+
+/// A failed request to send again.
+#[derive(Debug, Clone, Copy)]
+struct Resend {
+    due: u64,
+    conn: ConnId,
+    seq: u64,
+    part: usize,
+}
+
+/// What a native request in flight is for.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    /// The command (its sequence number) and which of its requests.
+    seq: u64,
+    part: usize,
+    /// The request's deadline (wall ms).
+    deadline: u64,
+    /// A failed request sent again (counted in `RespConn::retrying`).
+    resent: bool,
 }
 
 /// One RESP connection.
@@ -51,8 +94,8 @@ struct RespConn {
     /// Commands not answered yet, oldest first; `first_seq` numbers the front.
     queue: VecDeque<Command>,
     first_seq: u64,
-    /// Native request id → (command seq, part).
-    parts: IdMap<u64, (u64, usize)>,
+    /// Native request id → what it is for.
+    parts: IdMap<u64, Part>,
     next_req: u64,
     /// The client key was proved with AUTH (or none is set).
     authed: bool,
@@ -66,6 +109,9 @@ struct RespConn {
     /// wait here, so that they see its effect as Redis's would.
     held: VecDeque<Vec<Vec<u8>>>,
     barrier: bool,
+    /// Failed requests waiting to be sent again or sent again and not yet
+    /// answered: the commands that arrive meanwhile wait in `held` too.
+    retrying: usize,
 }
 
 /// One command and the answers of the requests it was cut into.
@@ -92,6 +138,9 @@ struct Command {
     delete: bool,
     /// SET ... KEEPTTL: the value to write once the key is read.
     value: Vec<u8>,
+    /// When it arrived (wall ms): its requests are retried until
+    /// `RETRY_BUDGET_MS` after it.
+    arrived: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +191,22 @@ impl Kind {
     fn reads_first(self) -> bool {
         matches!(self, Kind::DelRead | Kind::SetKeepRead | Kind::ExpireRead | Kind::PersistRead)
     }
+
+    /// A command of one stage, whose failed requests are sent again (it
+    /// keeps its keys and values for that until it is answered).
+    fn retries(self) -> bool {
+        matches!(
+            self,
+            Kind::Get
+                | Kind::MGet
+                | Kind::Exists
+                | Kind::Set
+                | Kind::Ttl
+                | Kind::PTtl
+                | Kind::ExpireTime
+                | Kind::PExpireTime
+        )
+    }
 }
 
 impl Command {
@@ -162,6 +227,37 @@ impl Command {
             delete: false,
             value: Vec::new(),
             after_fsync: false,
+            arrived: 0,
+        }
+    }
+
+    /// The key that part `part` is about, for the commands whose failed
+    /// requests are retried.
+    fn key_of(&self, part: usize) -> Option<&[u8]> {
+        match self.kind {
+            Kind::Set => self.keys.get(2 * part).map(Vec::as_slice),
+            k if k.retries() => self.keys.get(part).map(Vec::as_slice),
+            _ => None,
+        }
+    }
+
+    /// The native request of part `part`, to send it again.
+    fn request(&self, part: usize) -> Option<Body> {
+        let key = self.key_of(part)?.to_vec();
+        Some(match self.kind {
+            Kind::Set => Body::Put { key, value: self.keys.get(2 * part + 1)?.clone(), expiry: self.expiry },
+            _ => Body::Get { key },
+        })
+    }
+
+    /// True if some part other than `skip` (of this command) is about `key`;
+    /// the commands whose keys are not kept count as about every key.
+    fn touches(&self, key: &[u8], skip: Option<usize>) -> bool {
+        match self.kind {
+            Kind::Ready | Kind::DbSize => false,
+            Kind::Set => self.keys.chunks(2).enumerate().any(|(i, pair)| Some(i) != skip && pair[0] == key),
+            k if k.retries() => self.keys.iter().enumerate().any(|(i, k)| Some(i) != skip && k == key),
+            _ => true,
         }
     }
 }
@@ -183,6 +279,18 @@ impl RespConn {
 
     fn in_flight(&self) -> usize {
         self.parts.len()
+    }
+
+    /// True if the failed part `part` of command `seq` may be sent again:
+    /// no command is between its read and its write, and no other part of
+    /// any command waiting on this connection is about the same key.
+    fn may_retry(&self, seq: u64, part: usize) -> bool {
+        if self.barrier || self.queue.len() > RETRY_SCAN {
+            return false;
+        }
+        let Some(i) = seq.checked_sub(self.first_seq).and_then(|i| usize::try_from(i).ok()) else { return false };
+        let Some(key) = self.queue.get(i).and_then(|cmd| cmd.key_of(part)) else { return false };
+        self.queue.iter().enumerate().all(|(j, cmd)| !cmd.touches(key, (j == i).then_some(part)))
     }
 }
 
@@ -258,7 +366,7 @@ impl Node {
         if args.is_empty() {
             return; // A blank inline line: Redis ignores it.
         }
-        if let Some(c) = self.resp.conns.get_mut(&conn).filter(|c| c.barrier) {
+        if let Some(c) = self.resp.conns.get_mut(&conn).filter(|c| c.barrier || c.retrying > 0) {
             // Counted against the in-flight cap like the requests it will make.
             if c.held.len() + c.in_flight() < MAX_IN_FLIGHT {
                 c.held.push_back(args);
@@ -291,14 +399,18 @@ impl Node {
         self.resp_push(rx, conn, command);
     }
 
-    /// A DEL finished: the commands held behind it run, up to the next DEL.
+    /// A DEL finished, or the last retry: the commands held behind it
+    /// run, up to the next DEL.
     fn resp_release(&mut self, rx: &mut impl NodeIo, conn: ConnId) {
         loop {
             let Some(c) = self.resp.conns.get_mut(&conn) else { return };
             c.barrier = false;
+            if c.retrying > 0 {
+                return;
+            }
             let Some(args) = c.held.pop_front() else { return };
             self.resp_run(rx, conn, args);
-            if self.resp.conns.get(&conn).is_none_or(|c| c.barrier) {
+            if self.resp.conns.get(&conn).is_none_or(|c| c.barrier || c.retrying > 0) {
                 return;
             }
         }
@@ -528,10 +640,11 @@ impl Node {
         let mut command = command;
         // The keys go into the requests; only the commands that read
         // before they write need them again.
-        let keys = match command.kind.reads_first() {
+        let keys = match command.kind.reads_first() || command.kind.retries() {
             true => command.keys.clone(),
             false => std::mem::take(&mut command.keys),
         };
+        command.arrived = rx.wall_ms();
         let (kind, expiry) = (command.kind, command.expiry);
         c.queue.push_back(command);
         match kind {
@@ -561,23 +674,24 @@ impl Node {
 
     /// The header of part `part` of command `seq`: a fresh request id,
     /// noted so that its answer finds the command.
-    fn resp_header(&mut self, rx: &impl NodeIo, conn: ConnId, seq: u64, part: usize) -> Option<Header> {
+    fn resp_header(&mut self, rx: &impl NodeIo, conn: ConnId, seq: u64, part: usize, resent: bool) -> Option<Header> {
         let c = self.resp.conns.get_mut(&conn)?;
         c.next_req += 1;
         let req = c.next_req;
-        c.parts.insert(req, (seq, part));
-        Some(Header { req, deadline: rx.wall_ms() + REQUEST_MS, ..Header::default() })
+        let deadline = rx.wall_ms() + REQUEST_MS;
+        c.parts.insert(req, Part { seq, part, deadline, resent });
+        Some(Header { req, deadline, ..Header::default() })
     }
 
     /// Sends part `part` of command `seq` to this node's coordinator path.
     fn resp_request(&mut self, rx: &mut impl NodeIo, conn: ConnId, seq: u64, part: usize, body: Body) {
-        let Some(header) = self.resp_header(rx, conn, seq, part) else { return };
+        let Some(header) = self.resp_header(rx, conn, seq, part, false) else { return };
         self.handle_client(rx, conn, Message { header, body });
     }
 
     /// Asks member `id` (this node included) for its figures, for DBSIZE.
     fn resp_stats(&mut self, rx: &mut impl NodeIo, conn: ConnId, seq: u64, part: usize, id: u32) {
-        let Some(header) = self.resp_header(rx, conn, seq, part) else { return };
+        let Some(header) = self.resp_header(rx, conn, seq, part, false) else { return };
         if id == self.cfg.id {
             self.handle_stats(rx, conn, header);
         } else {
@@ -587,8 +701,18 @@ impl Node {
 
     /// A native answer for a RESP connection (see `answer_to`).
     pub(super) fn resp_reply(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message, early: bool) {
+        let now = rx.wall_ms();
         let Some(c) = self.resp.conns.get_mut(&conn) else { return };
-        let Some((seq, part)) = c.parts.remove(&msg.header.req) else { return };
+        let Some(p) = c.parts.remove(&msg.header.req) else { return };
+        if p.resent {
+            debug_assert!(c.retrying > 0, "a resent request is counted until answered");
+            c.retrying = c.retrying.saturating_sub(1);
+        }
+        if self.resp_retry_later(conn, p, &msg.body, now) {
+            return;
+        }
+        let (seq, part) = (p.seq, p.part);
+        let Some(c) = self.resp.conns.get_mut(&conn) else { return };
         let Some(cmd) = c.command(seq) else { return };
         cmd.after_fsync |= !early;
         if let Some(slot) = cmd.answers.get_mut(part).filter(|s| s.is_none()) {
@@ -605,10 +729,60 @@ impl Node {
             .get_mut(&conn)
             .and_then(|c| c.command(seq))
             .is_some_and(|cmd| cmd.kind.holds() && cmd.reply.is_some());
-        if ended_del {
+        // The last retry answered: the commands that came meanwhile run.
+        let retries_done = p.resent && self.resp.conns.get(&conn).is_some_and(|c| c.retrying == 0 && !c.barrier);
+        if ended_del || retries_done {
             self.resp_release(rx, conn);
         }
         self.resp_flush(rx, conn);
+    }
+
+    /// If `answer` is a failure the native client would retry, and part
+    /// `p` may be sent again (see the module's comment), notes it for
+    /// sending again and returns true.
+    fn resp_retry_later(&mut self, conn: ConnId, p: Part, answer: &Body, now: u64) -> bool {
+        let Body::Error { code, .. } = answer else { return false };
+        if retry_policy(code) == Retry::Fail {
+            return false;
+        }
+        let Some(c) = self.resp.conns.get_mut(&conn) else { return false };
+        let Some(cmd) = c.command(p.seq) else { return false };
+        if !cmd.kind.retries() || now >= cmd.arrived + RETRY_BUDGET_MS {
+            return false;
+        }
+        // A write that may still apply (with a version made before its
+        // deadline) is sent again once it cannot: the versions made after
+        // are then newer, whichever node's clock makes them.
+        let settled = match cmd.kind == Kind::Set && !leaves_nothing(code) {
+            true => p.deadline + 2 * MAX_SKEW_MS,
+            false => 0,
+        };
+        if !c.may_retry(p.seq, p.part) {
+            return false;
+        }
+        c.retrying += 1;
+        let due = (now + RETRY_PAUSE_MS).max(settled);
+        self.resp.retries.push(Resend { due, conn, seq: p.seq, part: p.part });
+        true
+    }
+
+    /// Sends again the failed requests whose time has come (every op sweep).
+    pub(super) fn resp_resend_due(&mut self, rx: &mut impl NodeIo) {
+        if self.resp.retries.is_empty() {
+            return;
+        }
+        let now = rx.wall_ms();
+        let (due, waiting): (Vec<Resend>, Vec<Resend>) = self.resp.retries.iter().partition(|r| r.due <= now);
+        self.resp.retries = waiting;
+        for r in due {
+            let Some(c) = self.resp.conns.get_mut(&r.conn) else { continue };
+            let Some(body) = c.command(r.seq).and_then(|cmd| cmd.request(r.part)) else {
+                c.retrying = c.retrying.saturating_sub(1);
+                continue;
+            };
+            let Some(header) = self.resp_header(rx, r.conn, r.seq, r.part, true) else { continue };
+            self.handle_client(rx, r.conn, Message { header, body });
+        }
     }
 
     /// Every part of command `seq` answered: its reply, or (DEL) its next step.
@@ -851,4 +1025,56 @@ fn unknown_command(args: &[Vec<u8>]) -> Value {
     let show = |a: &[u8]| String::from_utf8_lossy(&a[..a.len().min(128)]).into_owned();
     let rest: String = args[1..].iter().take(8).map(|a| format!("'{}' ", show(a))).collect();
     Value::error(format!("ERR unknown command '{}', with args beginning with: {rest}", show(&args[0])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn_with(commands: Vec<Command>) -> RespConn {
+        RespConn { queue: commands.into(), first_seq: 7, ..RespConn::default() }
+    }
+
+    fn keys(list: &[&str]) -> Vec<Vec<u8>> {
+        list.iter().map(|k| k.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_failed_request_is_retried_only_if_nothing_else_waiting_is_about_its_key() {
+        let set = |pairs: &[&str]| Command::new(Kind::Set, keys(pairs), pairs.len() / 2, None);
+        let get = |k: &[&str]| Command::new(Kind::MGet, keys(k), k.len(), None);
+        // SET x, then GET y and PING: x may be sent again.
+        let c = conn_with(vec![set(&["x", "1"]), get(&["y"]), Command::ready(Value::ok())]);
+        assert!(c.may_retry(7, 0));
+        assert!(c.may_retry(8, 0));
+        // SET x, then GET x: neither (a retried SET would land after the read, a retried read
+        // would see a later write).
+        let c = conn_with(vec![set(&["x", "1"]), get(&["x"])]);
+        assert!(!c.may_retry(7, 0) && !c.may_retry(8, 0));
+        // MSET x 1 x 2: the pairs are about one key; a value equal to a key does not count.
+        let c = conn_with(vec![set(&["x", "1", "x", "2"]), set(&["y", "x"])]);
+        assert!(!c.may_retry(7, 0) && !c.may_retry(7, 1) && c.may_retry(8, 0));
+        // A DEL waiting (its keys are not kept once it deletes) counts as about every key.
+        let c = conn_with(vec![set(&["x", "1"]), Command::new(Kind::DelWrite, Vec::new(), 1, None)]);
+        assert!(!c.may_retry(7, 0));
+        // Between a DEL's read and its delete, nothing is retried.
+        let mut c = conn_with(vec![set(&["x", "1"])]);
+        c.barrier = true;
+        assert!(!c.may_retry(7, 0));
+        // A command not on the queue, or a part it does not have.
+        let c = conn_with(vec![set(&["x", "1"])]);
+        assert!(!c.may_retry(6, 0) && !c.may_retry(8, 0) && !c.may_retry(7, 1));
+    }
+
+    #[test]
+    fn a_retried_part_is_the_request_it_was() {
+        let mut set = Command::new(Kind::Set, keys(&["a", "1", "b", "2"]), 2, None);
+        set.expiry = Expiry::At(99);
+        let want = Body::Put { key: b"b".to_vec(), value: b"2".to_vec(), expiry: Expiry::At(99) };
+        assert_eq!(set.request(1), Some(want));
+        assert_eq!(set.request(2), None);
+        let get = Command::new(Kind::Exists, keys(&["a", "b"]), 2, None);
+        assert_eq!(get.request(1), Some(Body::Get { key: b"b".to_vec() }));
+        assert_eq!(Command::new(Kind::DelRead, keys(&["a"]), 1, None).request(0), None);
+    }
 }
