@@ -85,6 +85,19 @@ fn inspect_all(c: &Cluster, key: &str) -> Vec<std::process::Output> {
     (1..=c.nodes).map(|i| c.cli(&["inspect", "--node", &i.to_string(), key])).collect()
 }
 
+/// Every node's INFO keyspace line has `line`, and DBSIZE through every node is `keys`.
+fn keyspace_is(c: &Cluster, line: &str, keys: i64) {
+    for node in 1..=c.nodes {
+        let mut r = Resp::connect(c, node);
+        let info = match r.cmd(&["INFO", "keyspace"]) {
+            Value::Bulk(b) => String::from_utf8(b).unwrap(),
+            other => panic!("INFO: {other:?}"),
+        };
+        assert!(info.contains(line), "node {node}: {info}");
+        assert_eq!(r.int(&["DBSIZE"]), keys, "DBSIZE through node {node}");
+    }
+}
+
 #[test]
 fn a_ttl_from_the_cli_or_set_ex_is_readable_at_once_and_gone_after_it_on_every_node() {
     let c = Cluster::start(32000, 3, 3);
@@ -111,6 +124,8 @@ fn a_ttl_from_the_cli_or_set_ex_is_readable_at_once_and_gone_after_it_on_every_n
             assert!(stdout(out).contains(", expires="), "node {}: {}", i + 1, stdout(out));
         }
     }
+
+    keyspace_is(&c, "db0:keys=4,expires=2,", 4);
 
     thread::sleep(Duration::from_millis(1500));
     for key in ["cli-ttl", "resp-ttl"] {
@@ -145,14 +160,9 @@ fn a_ttl_from_the_cli_or_set_ex_is_readable_at_once_and_gone_after_it_on_every_n
     assert_eq!(r2.int(&["TTL", "rewritten"]), -1);
     assert_eq!(r2.int(&["TTL", "plain"]), -1);
 
-    // INFO's keyspace counts this node's copies, the expired ones not reclaimed yet included.
-    for node in 1..=c.nodes {
-        let info = match Resp::connect(&c, node).cmd(&["INFO", "keyspace"]) {
-            Value::Bulk(b) => String::from_utf8(b).unwrap(),
-            other => panic!("INFO: {other:?}"),
-        };
-        assert!(info.contains("db0:keys=4,expires=2,"), "node {node}: {info}");
-    }
+    // INFO's keyspace counts this node's copies and DBSIZE the cluster's keys, both without
+    // the expired ones (not reclaimed yet, but read as not found).
+    keyspace_is(&c, "db0:keys=2,expires=0,", 2);
 
     // A new write after expiry brings the key back, as any newer version would.
     assert_ok(&c.cli(&["--put", "cli-ttl", "--val", "again"]));

@@ -713,7 +713,8 @@ impl Node {
         let missing = self.missing_sectors();
         let stats = Stats {
             sectors: owned as u32,
-            keys: self.store.total_live_keys() as u64,
+            // Live: neither deleted nor expired by this node's clock.
+            keys: self.store.total_live_keys().saturating_sub(self.store.total_expired_keys(rx.wall_ms())) as u64,
             missing: missing as u32,
             figures: Some(Box::new(self.figures())),
         };

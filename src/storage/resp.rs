@@ -616,7 +616,10 @@ impl Node {
             "persistence",
             vec!["loading:0".into(), format!("aof_enabled:1"), format!("gtstore_fsync:{}", self.cfg.fsync)],
         );
-        let (keys, expiring) = (self.store.total_live_keys(), self.store.total_expiring_keys());
+        // Redis counts keys with a value not expired yet, and those of them with an expiry.
+        let expired = self.store.total_expired_keys(rx.wall_ms());
+        let keys = self.store.total_live_keys().saturating_sub(expired);
+        let expiring = self.store.total_expiring_keys().saturating_sub(expired);
         add("keyspace", vec![format!("db0:keys={keys},expires={expiring},avg_ttl=0")]);
         add(
             "cluster",

@@ -545,6 +545,13 @@ impl Store {
         self.sectors.values().map(Sector::expiring_keys).sum()
     }
 
+    /// Keys whose value is expired at wall time `now_ms` but not reclaimed
+    /// yet, over all sectors held: counted in [`Store::total_live_keys`],
+    /// read as not found.
+    pub fn total_expired_keys(&self, now_ms: u64) -> usize {
+        self.sectors.values().map(|s| s.expired_keys(now_ms)).sum()
+    }
+
     /// Every entry of `sector`, tombstones included, sorted by key, with
     /// values read from disk: what is streamed when the sector moves.
     pub fn scan(&self, sector: u32) -> Result<Vec<(Vec<u8>, Item)>> {

@@ -325,6 +325,12 @@ impl Sector {
         self.expiries.len()
     }
 
+    /// Keys whose newest entry is a value expired at wall time `now_ms`
+    /// (kept until reclaimed, but read as not found).
+    pub fn expired_keys(&self, now_ms: u64) -> usize {
+        self.expiries.values().filter(|&&at| Item::is_expired_at(at, now_ms)).count()
+    }
+
     /// Keys in the index, tombstones included.
     pub fn len(&self) -> usize {
         self.index.len()
