@@ -85,9 +85,23 @@ fn inspect_all(c: &Cluster, key: &str) -> Vec<std::process::Output> {
     (1..=c.nodes).map(|i| c.cli(&["inspect", "--node", &i.to_string(), key])).collect()
 }
 
-/// Every node's INFO keyspace line has `line`, and DBSIZE through every node is `keys`.
-fn keyspace_is(c: &Cluster, line: &str, keys: i64) {
+/// Gauge `name` of node `node`'s `/metrics` (BASE_PORT+200+i), read over a plain socket.
+fn gauge(c: &Cluster, node: u16, name: &str) -> f64 {
+    let mut s = TcpStream::connect(("127.0.0.1", c.base_port + 200 + node)).expect("connect to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read /metrics");
+    let line = text.lines().find(|l| l.split(' ').next() == Some(name));
+    line.and_then(|l| l.split(' ').nth(1)?.parse().ok()).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// Every node's INFO keyspace line has `line`, DBSIZE through every node is `keys`, and every
+/// node's gauges count `keys` live and `expired` expired keys (every node holds every key).
+fn keyspace_is(c: &Cluster, line: &str, keys: i64, expired: i64) {
     for node in 1..=c.nodes {
+        assert_eq!(gauge(c, node, "gtstore_keys"), keys as f64, "node {node}: gtstore_keys");
+        assert_eq!(gauge(c, node, "gtstore_expired_keys"), expired as f64, "node {node}");
         let mut r = Resp::connect(c, node);
         let info = match r.cmd(&["INFO", "keyspace"]) {
             Value::Bulk(b) => String::from_utf8(b).unwrap(),
@@ -125,7 +139,7 @@ fn a_ttl_from_the_cli_or_set_ex_is_readable_at_once_and_gone_after_it_on_every_n
         }
     }
 
-    keyspace_is(&c, "db0:keys=4,expires=2,", 4);
+    keyspace_is(&c, "db0:keys=4,expires=2,", 4, 0);
 
     thread::sleep(Duration::from_millis(1500));
     for key in ["cli-ttl", "resp-ttl"] {
@@ -162,7 +176,7 @@ fn a_ttl_from_the_cli_or_set_ex_is_readable_at_once_and_gone_after_it_on_every_n
 
     // INFO's keyspace counts this node's copies and DBSIZE the cluster's keys, both without
     // the expired ones (not reclaimed yet, but read as not found).
-    keyspace_is(&c, "db0:keys=2,expires=0,", 2);
+    keyspace_is(&c, "db0:keys=2,expires=0,", 2, 2);
 
     // A new write after expiry brings the key back, as any newer version would.
     assert_ok(&c.cli(&["--put", "cli-ttl", "--val", "again"]));

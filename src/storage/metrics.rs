@@ -283,7 +283,7 @@ impl Node {
             "Client operations this node coordinates or forwards, waiting for replicas.",
             self.coord.ops.len() as u64,
         );
-        self.render_store(&mut e);
+        self.render_store(&mut e, rx.wall_ms());
         self.render_cluster(&mut e);
         self.render_connections(&mut e, rx);
         if let Some(turns) = rx.loop_turns() {
@@ -298,7 +298,7 @@ impl Node {
     }
 
     /// The disk's figures, over the sector store and the hint store.
-    fn render_store(&self, e: &mut Exposition) {
+    fn render_store(&self, e: &mut Exposition, now_ms: u64) {
         let (ours, hints) = (self.store.meter(), self.handoff.hints.meter());
         let mut syncs = ours.wal_syncs.borrow().clone();
         syncs.merge(&hints.wal_syncs.borrow());
@@ -329,7 +329,15 @@ impl Node {
             ours.segment_bytes.get().saturating_add(hints.segment_bytes.get()),
         );
         let (live, tombstones) = self.store.key_counts();
-        e.single("gtstore_keys", Kind::Gauge, "Live keys in the sectors this node holds.", live as u64);
+        let expired = self.store.total_expired_keys(now_ms);
+        let help = "Live keys (neither deleted nor expired) in the sectors this node holds.";
+        e.single("gtstore_keys", Kind::Gauge, help, live.saturating_sub(expired) as u64);
+        e.single(
+            "gtstore_expired_keys",
+            Kind::Gauge,
+            "Keys whose value has expired, read as not found, not yet reclaimed by the reaper.",
+            expired as u64,
+        );
         e.single(
             "gtstore_tombstones",
             Kind::Gauge,
