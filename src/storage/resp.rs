@@ -20,22 +20,23 @@
 //! Last-writer-wins cannot give compare-and-set, so SET NX/XX, INCR and the
 //! other read-modify-write commands are refused with a reason.
 //!
-//! A request that fails in a way the native client would retry (a quorum
-//! not reached in time, a table moving) is sent again here, as the native
-//! client does, for up to [`RETRY_BUDGET_MS`] from its command's arrival:
-//! a disk that stalls for a second does not become an error. Only a key
-//! that no other command on the connection touches is retried (so a retry
-//! cannot land after a later command about it), the commands that arrive
-//! meanwhile wait, and a write whose failed attempt may still apply is sent
-//! again only once that attempt's deadline is past, so that whatever the
-//! client does next gets a newer version. Past the budget, or where a
-//! retry is not safe, the failure is `-TRYAGAIN`. The commands that read
+//! The requests of one connection about one key go one at a time, in
+//! command order: a request waits (`RespConn::keys`) until the one before
+//! it about the same key is answered, while requests about other keys go
+//! at once. So a request that fails in a way the native client would retry
+//! (a quorum not reached in time, a table moving) can be sent again, as the
+//! native client does, for up to [`RETRY_BUDGET_MS`] after its command
+//! arrived, without a later command about its key overtaking it: a disk or
+//! replica that stalls for a second delays a command instead of failing
+//! it. A write whose failed attempt may still apply is sent again only once
+//! that attempt's deadline is past, so that the versions made after it are
+//! newer. Past the budget the failure is `-TRYAGAIN`. The commands that read
 //! before they write (DEL, KEEPTTL, EXPIRE, PERSIST) hold the commands
 //! after them on the connection until they are done, so those see their
 //! effect; a write to the same key by another client between the read and
 //! the write is overwritten, as last-writer-wins orders the two.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use super::{Link, Node, NodeIo};
 use crate::client::{leaves_nothing, retry_policy, Retry};
@@ -55,9 +56,6 @@ const REQUEST_MS: u64 = 1_000;
 pub(super) const RETRY_BUDGET_MS: u64 = 5_000;
 /// The pause before a failed request is sent again.
 const RETRY_PAUSE_MS: u64 = 100;
-/// A failed request is retried only on a connection with at most this many
-/// commands waiting (checking that no other is about its key is linear).
-const RETRY_SCAN: usize = 4096;
 
 /// Every RESP connection's state.
 #[derive(Debug, Default)]
@@ -67,25 +65,27 @@ pub(super) struct RespFront {
     retries: Vec<Resend>,
 }
 
-/// A failed request to send again.
-#[derive(Debug, Clone, Copy)]
+/// A failed request to send again at `due` (wall ms).
+#[derive(Debug)]
 struct Resend {
     due: u64,
     conn: ConnId,
-    seq: u64,
-    part: usize,
+    request: Request,
 }
 
-/// What a native request in flight is for.
-#[derive(Debug, Clone, Copy)]
-struct Part {
-    /// The command (its sequence number) and which of its requests.
+/// One native request of a command: part `part` of command `seq`.
+#[derive(Debug, Clone)]
+struct Request {
     seq: u64,
     part: usize,
-    /// The request's deadline (wall ms).
+    body: Body,
+}
+
+/// A request in flight, and its deadline (wall ms).
+#[derive(Debug)]
+struct Sent {
+    request: Request,
     deadline: u64,
-    /// A failed request sent again (counted in `RespConn::retrying`).
-    resent: bool,
 }
 
 /// One RESP connection.
@@ -94,8 +94,13 @@ struct RespConn {
     /// Commands not answered yet, oldest first; `first_seq` numbers the front.
     queue: VecDeque<Command>,
     first_seq: u64,
-    /// Native request id → what it is for.
-    parts: IdMap<u64, Part>,
+    /// Native request id → the request in flight.
+    parts: IdMap<u64, Sent>,
+    /// The keys with a request in flight (or waiting to be sent again),
+    /// each with the later requests about it, which wait their turn.
+    keys: HashMap<Vec<u8>, VecDeque<Request>>,
+    /// Requests waiting in `keys`.
+    waiting: usize,
     next_req: u64,
     /// The client key was proved with AUTH (or none is set).
     authed: bool,
@@ -109,9 +114,6 @@ struct RespConn {
     /// wait here, so that they see its effect as Redis's would.
     held: VecDeque<Vec<Vec<u8>>>,
     barrier: bool,
-    /// Failed requests waiting to be sent again or sent again and not yet
-    /// answered: the commands that arrive meanwhile wait in `held` too.
-    retrying: usize,
 }
 
 /// One command and the answers of the requests it was cut into.
@@ -138,7 +140,7 @@ struct Command {
     delete: bool,
     /// SET ... KEEPTTL: the value to write once the key is read.
     value: Vec<u8>,
-    /// When it arrived (wall ms): its requests are retried until
+    /// When it arrived (wall ms): its failed requests are sent again until
     /// `RETRY_BUDGET_MS` after it.
     arrived: u64,
 }
@@ -191,22 +193,6 @@ impl Kind {
     fn reads_first(self) -> bool {
         matches!(self, Kind::DelRead | Kind::SetKeepRead | Kind::ExpireRead | Kind::PersistRead)
     }
-
-    /// A command of one stage, whose failed requests are sent again (it
-    /// keeps its keys and values for that until it is answered).
-    fn retries(self) -> bool {
-        matches!(
-            self,
-            Kind::Get
-                | Kind::MGet
-                | Kind::Exists
-                | Kind::Set
-                | Kind::Ttl
-                | Kind::PTtl
-                | Kind::ExpireTime
-                | Kind::PExpireTime
-        )
-    }
 }
 
 impl Command {
@@ -230,36 +216,6 @@ impl Command {
             arrived: 0,
         }
     }
-
-    /// The key that part `part` is about, for the commands whose failed
-    /// requests are retried.
-    fn key_of(&self, part: usize) -> Option<&[u8]> {
-        match self.kind {
-            Kind::Set => self.keys.get(2 * part).map(Vec::as_slice),
-            k if k.retries() => self.keys.get(part).map(Vec::as_slice),
-            _ => None,
-        }
-    }
-
-    /// The native request of part `part`, to send it again.
-    fn request(&self, part: usize) -> Option<Body> {
-        let key = self.key_of(part)?.to_vec();
-        Some(match self.kind {
-            Kind::Set => Body::Put { key, value: self.keys.get(2 * part + 1)?.clone(), expiry: self.expiry },
-            _ => Body::Get { key },
-        })
-    }
-
-    /// True if some part other than `skip` (of this command) is about `key`;
-    /// the commands whose keys are not kept count as about every key.
-    fn touches(&self, key: &[u8], skip: Option<usize>) -> bool {
-        match self.kind {
-            Kind::Ready | Kind::DbSize => false,
-            Kind::Set => self.keys.chunks(2).enumerate().any(|(i, pair)| Some(i) != skip && pair[0] == key),
-            k if k.retries() => self.keys.iter().enumerate().any(|(i, k)| Some(i) != skip && k == key),
-            _ => true,
-        }
-    }
 }
 
 /// Seconds or milliseconds to ms, as an expiry option gives them.
@@ -277,20 +233,57 @@ impl RespConn {
         self.queue.get_mut(i)
     }
 
-    fn in_flight(&self) -> usize {
-        self.parts.len()
+    /// When to send `sent` again, if `answer` is a failure the native
+    /// client would retry and its command's retry budget is not spent.
+    fn retry_at(&mut self, sent: &Sent, answer: &Body, now: u64) -> Option<u64> {
+        let Body::Error { code, .. } = answer else { return None };
+        let arrived = self.command(sent.request.seq)?.arrived;
+        if retry_policy(code) == Retry::Fail || now >= arrived + RETRY_BUDGET_MS {
+            return None;
+        }
+        // A write that may still apply (with a version made before its
+        // deadline) is sent again once it cannot: the versions made after
+        // are then newer, whichever node's clock makes them.
+        let write = matches!(sent.request.body, Body::Put { .. } | Body::Del { .. });
+        let settled = if write && !leaves_nothing(code) { sent.deadline + 2 * MAX_SKEW_MS } else { 0 };
+        Some((now + RETRY_PAUSE_MS).max(settled))
     }
 
-    /// True if the failed part `part` of command `seq` may be sent again:
-    /// no command is between its read and its write, and no other part of
-    /// any command waiting on this connection is about the same key.
-    fn may_retry(&self, seq: u64, part: usize) -> bool {
-        if self.barrier || self.queue.len() > RETRY_SCAN {
-            return false;
+    /// Requests sent and not answered, or waiting their turn.
+    fn in_flight(&self) -> usize {
+        self.parts.len() + self.waiting
+    }
+
+    /// Takes `request` in its key's turn: it is given back if it may go
+    /// now, or kept until the one before it about that key is answered.
+    fn take_turn(&mut self, request: Request) -> Option<Request> {
+        match self.keys.get_mut(key_of(&request.body)) {
+            Some(queue) => {
+                queue.push_back(request);
+                self.waiting += 1;
+                None
+            }
+            None => {
+                self.keys.insert(key_of(&request.body).to_vec(), VecDeque::new());
+                Some(request)
+            }
         }
-        let Some(i) = seq.checked_sub(self.first_seq).and_then(|i| usize::try_from(i).ok()) else { return false };
-        let Some(key) = self.queue.get(i).and_then(|cmd| cmd.key_of(part)) else { return false };
-        self.queue.iter().enumerate().all(|(j, cmd)| !cmd.touches(key, (j == i).then_some(part)))
+    }
+
+    /// The request about `key` answered for good: the next one waiting
+    /// for it, which now goes (the key stays taken), if any.
+    fn end_turn(&mut self, key: &[u8]) -> Option<Request> {
+        let queue = self.keys.get_mut(key)?;
+        match queue.pop_front() {
+            Some(next) => {
+                self.waiting -= 1;
+                Some(next)
+            }
+            None => {
+                self.keys.remove(key);
+                None
+            }
+        }
     }
 }
 
@@ -366,7 +359,7 @@ impl Node {
         if args.is_empty() {
             return; // A blank inline line: Redis ignores it.
         }
-        if let Some(c) = self.resp.conns.get_mut(&conn).filter(|c| c.barrier || c.retrying > 0) {
+        if let Some(c) = self.resp.conns.get_mut(&conn).filter(|c| c.barrier) {
             // Counted against the in-flight cap like the requests it will make.
             if c.held.len() + c.in_flight() < MAX_IN_FLIGHT {
                 c.held.push_back(args);
@@ -399,18 +392,14 @@ impl Node {
         self.resp_push(rx, conn, command);
     }
 
-    /// A DEL finished, or the last retry: the commands held behind it
-    /// run, up to the next DEL.
+    /// A DEL finished: the commands held behind it run, up to the next DEL.
     fn resp_release(&mut self, rx: &mut impl NodeIo, conn: ConnId) {
         loop {
             let Some(c) = self.resp.conns.get_mut(&conn) else { return };
             c.barrier = false;
-            if c.retrying > 0 {
-                return;
-            }
             let Some(args) = c.held.pop_front() else { return };
             self.resp_run(rx, conn, args);
-            if self.resp.conns.get(&conn).is_none_or(|c| c.barrier || c.retrying > 0) {
+            if self.resp.conns.get(&conn).is_none_or(|c| c.barrier) {
                 return;
             }
         }
@@ -643,12 +632,12 @@ impl Node {
         let mut command = command;
         // The keys go into the requests; only the commands that read
         // before they write need them again.
-        let keys = match command.kind.reads_first() || command.kind.retries() {
+        let keys = match command.kind.reads_first() {
             true => command.keys.clone(),
             false => std::mem::take(&mut command.keys),
         };
-        command.arrived = rx.wall_ms();
         let (kind, expiry) = (command.kind, command.expiry);
+        command.arrived = rx.wall_ms();
         c.queue.push_back(command);
         match kind {
             Kind::Ready => {}
@@ -677,24 +666,35 @@ impl Node {
 
     /// The header of part `part` of command `seq`: a fresh request id,
     /// noted so that its answer finds the command.
-    fn resp_header(&mut self, rx: &impl NodeIo, conn: ConnId, seq: u64, part: usize, resent: bool) -> Option<Header> {
+    fn resp_header(&mut self, rx: &impl NodeIo, conn: ConnId, request: Request) -> Option<Header> {
         let c = self.resp.conns.get_mut(&conn)?;
         c.next_req += 1;
         let req = c.next_req;
         let deadline = rx.wall_ms() + REQUEST_MS;
-        c.parts.insert(req, Part { seq, part, deadline, resent });
+        c.parts.insert(req, Sent { request, deadline });
         Some(Header { req, deadline, ..Header::default() })
     }
 
-    /// Sends part `part` of command `seq` to this node's coordinator path.
+    /// Sends part `part` of command `seq` to this node's coordinator path,
+    /// once the requests before it about the same key are answered.
     fn resp_request(&mut self, rx: &mut impl NodeIo, conn: ConnId, seq: u64, part: usize, body: Body) {
-        let Some(header) = self.resp_header(rx, conn, seq, part, false) else { return };
+        let Some(c) = self.resp.conns.get_mut(&conn) else { return };
+        if let Some(now) = c.take_turn(Request { seq, part, body }) {
+            self.resp_send(rx, conn, now);
+        }
+    }
+
+    /// Sends `request` now (its key's turn is taken).
+    fn resp_send(&mut self, rx: &mut impl NodeIo, conn: ConnId, request: Request) {
+        let body = request.body.clone();
+        let Some(header) = self.resp_header(rx, conn, request) else { return };
         self.handle_client(rx, conn, Message { header, body });
     }
 
     /// Asks member `id` (this node included) for its figures, for DBSIZE.
     fn resp_stats(&mut self, rx: &mut impl NodeIo, conn: ConnId, seq: u64, part: usize, id: u32) {
-        let Some(header) = self.resp_header(rx, conn, seq, part, false) else { return };
+        let request = Request { seq, part, body: Body::StatsReq };
+        let Some(header) = self.resp_header(rx, conn, request) else { return };
         if id == self.cfg.id {
             self.handle_stats(rx, conn, header);
         } else {
@@ -706,20 +706,44 @@ impl Node {
     pub(super) fn resp_reply(&mut self, rx: &mut impl NodeIo, conn: ConnId, msg: Message, early: bool) {
         let now = rx.wall_ms();
         let Some(c) = self.resp.conns.get_mut(&conn) else { return };
-        let Some(p) = c.parts.remove(&msg.header.req) else { return };
-        if p.resent {
-            debug_assert!(c.retrying > 0, "a resent request is counted until answered");
-            c.retrying = c.retrying.saturating_sub(1);
-        }
-        if self.resp_retry_later(conn, p, &msg.body, now) {
+        let Some(sent) = c.parts.remove(&msg.header.req) else { return };
+        let (seq, part) = (sent.request.seq, sent.request.part);
+        if !matches!(sent.request.body, Body::StatsReq) {
+            let Some(due) = c.retry_at(&sent, &msg.body, now) else {
+                // Answered for good: the next request about its key goes.
+                if let Some(next) = c.end_turn(key_of(&sent.request.body)) {
+                    self.resp_send(rx, conn, next);
+                }
+                return self.resp_answered(rx, conn, seq, part, msg.body, early);
+            };
+            // The key's turn stays taken until it is sent again.
+            self.resp.retries.push(Resend { due, conn, request: sent.request });
             return;
         }
-        let (seq, part) = (p.seq, p.part);
+        self.resp_answered(rx, conn, seq, part, msg.body, early);
+    }
+
+    /// Sends again the failed requests whose time has come (every op sweep).
+    pub(super) fn resp_resend_due(&mut self, rx: &mut impl NodeIo) {
+        if self.resp.retries.is_empty() {
+            return;
+        }
+        let now = rx.wall_ms();
+        let (due, later): (Vec<Resend>, Vec<Resend>) =
+            std::mem::take(&mut self.resp.retries).into_iter().partition(|r| r.due <= now);
+        self.resp.retries = later;
+        for r in due {
+            self.resp_send(rx, r.conn, r.request);
+        }
+    }
+
+    /// The answer of part `part` of command `seq`.
+    fn resp_answered(&mut self, rx: &mut impl NodeIo, conn: ConnId, seq: u64, part: usize, body: Body, early: bool) {
         let Some(c) = self.resp.conns.get_mut(&conn) else { return };
         let Some(cmd) = c.command(seq) else { return };
         cmd.after_fsync |= !early;
         if let Some(slot) = cmd.answers.get_mut(part).filter(|s| s.is_none()) {
-            *slot = Some(msg.body);
+            *slot = Some(body);
             cmd.left = cmd.left.saturating_sub(1);
         }
         if cmd.left == 0 {
@@ -732,60 +756,10 @@ impl Node {
             .get_mut(&conn)
             .and_then(|c| c.command(seq))
             .is_some_and(|cmd| cmd.kind.holds() && cmd.reply.is_some());
-        // The last retry answered: the commands that came meanwhile run.
-        let retries_done = p.resent && self.resp.conns.get(&conn).is_some_and(|c| c.retrying == 0 && !c.barrier);
-        if ended_del || retries_done {
+        if ended_del {
             self.resp_release(rx, conn);
         }
         self.resp_flush(rx, conn);
-    }
-
-    /// If `answer` is a failure the native client would retry, and part
-    /// `p` may be sent again (see the module's comment), notes it for
-    /// sending again and returns true.
-    fn resp_retry_later(&mut self, conn: ConnId, p: Part, answer: &Body, now: u64) -> bool {
-        let Body::Error { code, .. } = answer else { return false };
-        if retry_policy(code) == Retry::Fail {
-            return false;
-        }
-        let Some(c) = self.resp.conns.get_mut(&conn) else { return false };
-        let Some(cmd) = c.command(p.seq) else { return false };
-        if !cmd.kind.retries() || now >= cmd.arrived + RETRY_BUDGET_MS {
-            return false;
-        }
-        // A write that may still apply (with a version made before its
-        // deadline) is sent again once it cannot: the versions made after
-        // are then newer, whichever node's clock makes them.
-        let settled = match cmd.kind == Kind::Set && !leaves_nothing(code) {
-            true => p.deadline + 2 * MAX_SKEW_MS,
-            false => 0,
-        };
-        if !c.may_retry(p.seq, p.part) {
-            return false;
-        }
-        c.retrying += 1;
-        let due = (now + RETRY_PAUSE_MS).max(settled);
-        self.resp.retries.push(Resend { due, conn, seq: p.seq, part: p.part });
-        true
-    }
-
-    /// Sends again the failed requests whose time has come (every op sweep).
-    pub(super) fn resp_resend_due(&mut self, rx: &mut impl NodeIo) {
-        if self.resp.retries.is_empty() {
-            return;
-        }
-        let now = rx.wall_ms();
-        let (due, waiting): (Vec<Resend>, Vec<Resend>) = self.resp.retries.iter().partition(|r| r.due <= now);
-        self.resp.retries = waiting;
-        for r in due {
-            let Some(c) = self.resp.conns.get_mut(&r.conn) else { continue };
-            let Some(body) = c.command(r.seq).and_then(|cmd| cmd.request(r.part)) else {
-                c.retrying = c.retrying.saturating_sub(1);
-                continue;
-            };
-            let Some(header) = self.resp_header(rx, r.conn, r.seq, r.part, true) else { continue };
-            self.handle_client(rx, r.conn, Message { header, body });
-        }
     }
 
     /// Every part of command `seq` answered: its reply, or (DEL) its next step.
@@ -929,6 +903,14 @@ impl Node {
     }
 }
 
+/// The key a native request is about (none for STATS).
+fn key_of(body: &Body) -> &[u8] {
+    match body {
+        Body::Put { key, .. } | Body::Get { key } | Body::Del { key } => key,
+        _ => &[],
+    }
+}
+
 /// SET key value [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]: NX, XX and
 /// GET are refused (they need a compare-and-set).
 fn resp_set(mut args: Vec<Vec<u8>>) -> Command {
@@ -1034,50 +1016,50 @@ fn unknown_command(args: &[Vec<u8>]) -> Value {
 mod tests {
     use super::*;
 
-    fn conn_with(commands: Vec<Command>) -> RespConn {
-        RespConn { queue: commands.into(), first_seq: 7, ..RespConn::default() }
-    }
-
-    fn keys(list: &[&str]) -> Vec<Vec<u8>> {
-        list.iter().map(|k| k.as_bytes().to_vec()).collect()
+    fn get(seq: u64, key: &str) -> Request {
+        Request { seq, part: 0, body: Body::Get { key: key.as_bytes().to_vec() } }
     }
 
     #[test]
-    fn a_failed_request_is_retried_only_if_nothing_else_waiting_is_about_its_key() {
-        let set = |pairs: &[&str]| Command::new(Kind::Set, keys(pairs), pairs.len() / 2, None);
-        let get = |k: &[&str]| Command::new(Kind::MGet, keys(k), k.len(), None);
-        // SET x, then GET y and PING: x may be sent again.
-        let c = conn_with(vec![set(&["x", "1"]), get(&["y"]), Command::ready(Value::ok())]);
-        assert!(c.may_retry(7, 0));
-        assert!(c.may_retry(8, 0));
-        // SET x, then GET x: neither (a retried SET would land after the read, a retried read
-        // would see a later write).
-        let c = conn_with(vec![set(&["x", "1"]), get(&["x"])]);
-        assert!(!c.may_retry(7, 0) && !c.may_retry(8, 0));
-        // MSET x 1 x 2: the pairs are about one key; a value equal to a key does not count.
-        let c = conn_with(vec![set(&["x", "1", "x", "2"]), set(&["y", "x"])]);
-        assert!(!c.may_retry(7, 0) && !c.may_retry(7, 1) && c.may_retry(8, 0));
-        // A DEL waiting (its keys are not kept once it deletes) counts as about every key.
-        let c = conn_with(vec![set(&["x", "1"]), Command::new(Kind::DelWrite, Vec::new(), 1, None)]);
-        assert!(!c.may_retry(7, 0));
-        // Between a DEL's read and its delete, nothing is retried.
-        let mut c = conn_with(vec![set(&["x", "1"])]);
-        c.barrier = true;
-        assert!(!c.may_retry(7, 0));
-        // A command not on the queue, or a part it does not have.
-        let c = conn_with(vec![set(&["x", "1"])]);
-        assert!(!c.may_retry(6, 0) && !c.may_retry(8, 0) && !c.may_retry(7, 1));
+    fn requests_about_one_key_take_turns_and_others_go_at_once() {
+        let mut c = RespConn::default();
+        assert!(c.take_turn(get(1, "x")).is_some(), "the first about x goes");
+        assert!(c.take_turn(get(2, "y")).is_some(), "another key goes at once");
+        assert!(c.take_turn(get(3, "x")).is_none(), "the second about x waits");
+        assert!(c.take_turn(get(4, "x")).is_none());
+        assert_eq!(c.in_flight(), 2, "the waiting ones count against the cap");
+        assert_eq!(c.end_turn(b"x").map(|r| r.seq), Some(3), "in command order");
+        assert_eq!(c.end_turn(b"x").map(|r| r.seq), Some(4));
+        assert!(c.end_turn(b"x").is_none(), "the last one frees the key");
+        assert!(c.end_turn(b"y").is_none());
+        assert!(c.keys.is_empty() && c.waiting == 0);
+        assert!(c.take_turn(get(5, "x")).is_some(), "a freed key goes at once again");
     }
 
     #[test]
-    fn a_retried_part_is_the_request_it_was() {
-        let mut set = Command::new(Kind::Set, keys(&["a", "1", "b", "2"]), 2, None);
-        set.expiry = Expiry::At(99);
-        let want = Body::Put { key: b"b".to_vec(), value: b"2".to_vec(), expiry: Expiry::At(99) };
-        assert_eq!(set.request(1), Some(want));
-        assert_eq!(set.request(2), None);
-        let get = Command::new(Kind::Exists, keys(&["a", "b"]), 2, None);
-        assert_eq!(get.request(1), Some(Body::Get { key: b"b".to_vec() }));
-        assert_eq!(Command::new(Kind::DelRead, keys(&["a"]), 1, None).request(0), None);
+    fn failures_a_retry_may_cure_are_sent_again_within_the_budget_and_writes_once_settled() {
+        let mut c = RespConn::default();
+        let mut cmd = Command::new(Kind::Set, Vec::new(), 1, None);
+        cmd.arrived = 10_000;
+        c.queue.push_back(cmd);
+        let put = Request {
+            seq: 0,
+            part: 0,
+            body: Body::Put { key: b"k".to_vec(), value: Vec::new(), expiry: Expiry::Never },
+        };
+        let sent = Sent { request: put, deadline: 11_000 };
+        let timed_out = Body::error(ErrorCode::Retry, "timed out");
+        // A timed-out write may still apply: sent again once its deadline and the skew margin pass.
+        assert_eq!(c.retry_at(&sent, &timed_out, 11_010), Some(11_000 + 2 * MAX_SKEW_MS));
+        // A refusal that left nothing is sent again after the pause.
+        let refused = Body::error(ErrorCode::NoTable, "no table");
+        assert_eq!(c.retry_at(&sent, &refused, 10_100), Some(10_100 + RETRY_PAUSE_MS));
+        // A read is never settled.
+        let read = Sent { request: get(0, "k"), deadline: 11_000 };
+        assert_eq!(c.retry_at(&read, &timed_out, 11_010), Some(11_010 + RETRY_PAUSE_MS));
+        // Past the budget, a final refusal, or a success: not sent again.
+        assert_eq!(c.retry_at(&sent, &timed_out, 10_000 + RETRY_BUDGET_MS), None);
+        assert_eq!(c.retry_at(&sent, &Body::error(ErrorCode::TooLarge, "big"), 10_100), None);
+        assert_eq!(c.retry_at(&sent, &Body::Ok, 10_100), None);
     }
 }
