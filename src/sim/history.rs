@@ -2,6 +2,7 @@
 //! asked, when it asked, when it heard back and what it heard.
 
 use super::host::Time;
+use crate::net::codec::Expiry;
 
 /// What an operation did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub struct Op {
     pub key: Vec<u8>,
     /// A PUT's value (unique in the run).
     pub value: Option<Vec<u8>>,
+    /// A PUT's expiry, as the client sent it.
+    pub expiry: Expiry,
     /// When the client invoked it.
     pub invoke: Time,
     /// When the client heard the outcome (None while pending).
@@ -74,8 +77,25 @@ pub struct History {
 impl History {
     /// Records an invocation; returns its id.
     pub fn invoke(&mut self, client: usize, kind: Kind, key: Vec<u8>, value: Option<Vec<u8>>, now: Time) -> usize {
-        self.ops.push(Op { client, kind, key, value, invoke: now, end: None, node: 0, outcome: Outcome::Pending });
+        self.ops.push(Op {
+            client,
+            kind,
+            key,
+            value,
+            expiry: Expiry::Never,
+            invoke: now,
+            end: None,
+            node: 0,
+            outcome: Outcome::Pending,
+        });
         self.ops.len() - 1
+    }
+
+    /// Records the expiry operation `id` (a PUT) carries.
+    pub fn set_expiry(&mut self, id: usize, expiry: Expiry) {
+        if let Some(op) = self.ops.get_mut(id) {
+            op.expiry = expiry;
+        }
     }
 
     /// Records how operation `id` ended.

@@ -12,7 +12,8 @@
 //!
 //! Layout: `host` (a process and its `Io`), `net` (links, partitions, the
 //! event queue), `client` (simulated clients), `history`, `checker`,
-//! `plan` (what a seed draws), this file (the world and a run).
+//! `plan` (what a seed draws), `ttl` (key expiry: what puts carry and
+//! when it takes effect), this file (the world and a run).
 
 pub mod checker;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod history;
 pub mod host;
 pub mod net;
 pub mod plan;
+pub mod ttl;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -36,7 +38,6 @@ use host::{ConnState, Host, HostIo, Input, Time};
 use net::{Event, Net, NetConfig, Proc};
 use plan::{Fault, Plan};
 
-use crate::hlc::Version;
 use crate::manager::{self, Manager};
 use crate::net::auth::{Key, Keys};
 use crate::net::{ConnId, Gate, Handler, SplitMix};
@@ -782,7 +783,8 @@ impl World {
         let active_until = self.plan.clients_until;
         for i in 0..self.plan.clients {
             let seed = self.rng.next_u64();
-            self.clients.push(SimClient::new(i, manager_addr(), self.plan.keys, self.plan.think, active_until, seed));
+            let p = &self.plan;
+            self.clients.push(SimClient::new(i, manager_addr(), p.keys, p.think, p.ttl_one_in, active_until, seed));
         }
         self.run_until(self.plan.clients_start);
         for c in &mut self.clients {
@@ -888,15 +890,16 @@ impl World {
             // A delete after the put, whose tombstone was reaped, leaves
             // nothing behind: that is the put superseded, not lost, if no
             // node holds a live newer value and rule (b) allows the absence.
+            // A value expired on every clock reads as absent: it may be
+            // reclaimed as a tombstone of its version, then forgotten.
+            let now = self.net.now;
             let live = |node: &Node| {
-                node.store()
-                    .get(sector, &op.key)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|i| i.value.is_some() && i.version >= version)
+                node.store().get(sector, &op.key).ok().flatten().is_some_and(|i| {
+                    i.value.is_some() && !ttl::certainly_expired(i.expires, now) && i.version >= version
+                })
             };
             let reaped = !self.nodes.values().filter_map(|h| h.running()).any(live)
-                && checker::check_copy(&self.history, &op.key, &checker::Copy::Absent, "reaped").is_none();
+                && checker::check_copy_at(&self.history, &op.key, &checker::Copy::Absent, "reaped", now).is_none();
             if held < w && !reaped {
                 bad.push(format!(
                     "{}: version {version} (or newer) held by {held} running nodes after healing, W={w}",
@@ -918,18 +921,26 @@ impl World {
         for &(id, version) in &self.acked {
             let Some(op) = self.history.ops.get(id) else { continue };
             let sector = t.sector_of(&op.key);
-            let copy_of = |node: &Node| node.store().get(sector, &op.key).ok().flatten().map(|i| i.version);
-            let running: Vec<(u32, Option<Version>)> = t
+            let now = self.net.now;
+            let copy_of = |node: &Node| node.store().get(sector, &op.key).ok().flatten();
+            let running: Vec<(u32, Option<crate::store::Item>)> = t
                 .preference(sector)
                 .into_iter()
                 .filter_map(|n| Some((n, copy_of(self.nodes.get(&n)?.running()?))))
                 .collect();
             // A delete after the put whose tombstone was reaped leaves no
-            // copy anywhere (see check_still_held).
-            let reaped = running.iter().all(|(_, v)| v.is_none())
-                && checker::check_copy(&self.history, &op.key, &checker::Copy::Absent, "reaped").is_none();
+            // copy anywhere (see check_still_held); a value of the put's
+            // version or newer, expired on every clock, may have been
+            // reclaimed on some replicas and not yet on others.
+            let gone = |i: &Option<crate::store::Item>| {
+                i.as_ref()
+                    .is_none_or(|i| i.value.is_some() && i.version >= version && ttl::certainly_expired(i.expires, now))
+            };
+            let reaped = running.iter().all(|(_, i)| gone(i))
+                && checker::check_copy_at(&self.history, &op.key, &checker::Copy::Absent, "reaped", now).is_none();
             let short: Vec<String> = running
                 .iter()
+                .map(|(n, i)| (n, i.as_ref().map(|i| i.version)))
                 .filter(|(_, v)| v.is_none_or(|v| v < version))
                 .map(|(n, v)| format!("node{n} {}", v.map_or("none".into(), |v| v.to_string())))
                 .collect();
@@ -974,7 +985,7 @@ impl World {
     /// each must succeed, and its value obeys (a) and (b).
     fn final_reads(&mut self, from: Time) -> Vec<String> {
         let ix = self.clients.len();
-        let mut c = SimClient::new(ix, manager_addr(), self.plan.keys, MS, 0, self.rng.next_u64());
+        let mut c = SimClient::new(ix, manager_addr(), self.plan.keys, MS, 0, 0, self.rng.next_u64());
         c.script = (0..self.plan.keys).rev().map(|k| format!("k{k}").into_bytes()).collect();
         c.start(&mut self.net);
         self.clients.push(c);
@@ -997,7 +1008,8 @@ impl World {
                     continue;
                 }
             };
-            bad.extend(checker::check_copy(&self.history, &op.key, &copy, "final quorum read"));
+            let at = op.end.unwrap_or(self.net.now);
+            bad.extend(checker::check_copy_at(&self.history, &op.key, &copy, "final quorum read", at));
         }
         bad
     }
@@ -1042,7 +1054,8 @@ impl World {
                         continue;
                     }
                 };
-                bad.extend(checker::check_copy(&self.history, &key, &copy, &format!("node {n}'s copy")));
+                let what = format!("node {n}'s copy");
+                bad.extend(checker::check_copy_at(&self.history, &key, &copy, &what, self.net.now));
             }
         }
         bad
