@@ -20,6 +20,8 @@
 //!   it certainly expired; no value, or no copy, is allowed as soon as V
 //!   possibly expired (the same rule (b) absence as after a delete); an
 //!   older value V overwrote stays overwritten (rule (a) is unchanged).
+//! - A read begun in a settled cluster returns no version older than its
+//!   floor (see `floor`).
 
 use std::collections::BTreeMap;
 
@@ -182,6 +184,43 @@ mod tests {
         assert!(check_copy(&h, b"k", &Copy::Value(b"v1".to_vec()), "read").is_none(), "within its deadline");
         put(&mut h, 1, "v3", op_deadline() + 1, op_deadline() + 100_000, true);
         assert!(check_copy(&h, b"k", &Copy::Value(b"v1".to_vec()), "read").is_some(), "past its deadline");
+    }
+
+    fn expiring(h: &mut History, v: &str, invoke: Time, end: Time, expiry: crate::net::codec::Expiry) {
+        put(h, 0, v, invoke, end, true);
+        h.set_expiry(h.ops.len() - 1, expiry);
+    }
+
+    #[test]
+    fn an_expired_value_may_be_absent_but_not_what_it_overwrote() {
+        use crate::net::codec::Expiry;
+        let mut h = History::default();
+        put(&mut h, 0, "v1", 0, 100_000, true);
+        expiring(&mut h, "v2", 200_000, 300_000, Expiry::After(1_000));
+        let (before, after) = (1_000_000, 1_500_000);
+        assert!(check_copy_at(&h, b"k", &Copy::Absent, "read", before).is_some(), "not expired yet");
+        assert!(check_copy_at(&h, b"k", &Copy::Absent, "read", after).is_none(), "may have expired");
+        assert!(check_copy_at(&h, b"k", &Copy::Value(b"v2".to_vec()), "copy", after).is_none(), "kept expired");
+        assert!(check_copy_at(&h, b"k", &Copy::Value(b"v1".to_vec()), "read", after).is_some(), "resurrected");
+        // A later put without an expiry is not excused by the earlier expiry.
+        put(&mut h, 1, "v3", 2_000_000, 2_100_000, true);
+        assert!(check_copy_at(&h, b"k", &Copy::Absent, "read", 9_000_000).is_some(), "v3 was lost");
+    }
+
+    #[test]
+    fn a_read_of_a_value_surely_expired_is_caught() {
+        use crate::net::codec::Expiry;
+        let mut h = History::default();
+        let at = super::ttl::wall_ms(2_000_000);
+        expiring(&mut h, "v1", 0, 100_000, Expiry::At(at));
+        let read = |h: &mut History, invoke: Time| {
+            let id = h.invoke(1, Kind::Get, b"k".to_vec(), None, invoke);
+            h.complete(id, Outcome::Value(b"v1".to_vec()), 1, invoke + 10_000);
+        };
+        read(&mut h, 1_990_000);
+        assert!(check_reads(&h).is_empty(), "within the skew of its expiry");
+        read(&mut h, 2_100_000);
+        assert_eq!(check_reads(&h).len(), 1, "past it on every clock");
     }
 
     #[test]

@@ -259,7 +259,10 @@ impl SimClient {
         }
         let outcome = match body {
             Body::Ok => Outcome::Acked,
-            Body::Value { value, .. } => Outcome::Value(value),
+            Body::Value { value, version, .. } => {
+                hist.set_seen(r.hist, version);
+                Outcome::Value(value)
+            }
             Body::NotFound { .. } => Outcome::NotFound,
             Body::Error { code, reason } => match client::retry_policy(&code) {
                 client::Retry::Next { refresh_table } => {

@@ -2,6 +2,7 @@
 //! asked, when it asked, when it heard back and what it heard.
 
 use super::host::Time;
+use crate::hlc::Version;
 use crate::net::codec::Expiry;
 
 /// What an operation did.
@@ -51,6 +52,8 @@ pub struct Op {
     pub node: u32,
     /// The outcome.
     pub outcome: Outcome,
+    /// The version a GET's value came with.
+    pub seen: Option<Version>,
 }
 
 impl Op {
@@ -72,6 +75,10 @@ pub struct History {
     pub ops: Vec<Op>,
     /// Writes acknowledged since the world last looked (their ids).
     pub just_acked: Vec<usize>,
+    /// GETs invoked since the world last looked.
+    pub just_invoked: Vec<usize>,
+    /// GETs that found a value since the world last looked.
+    pub just_read: Vec<usize>,
 }
 
 impl History {
@@ -84,11 +91,22 @@ impl History {
             value,
             expiry: Expiry::Never,
             invoke: now,
+            seen: None,
             end: None,
             node: 0,
             outcome: Outcome::Pending,
         });
+        if kind == Kind::Get {
+            self.just_invoked.push(self.ops.len() - 1);
+        }
         self.ops.len() - 1
+    }
+
+    /// Records the version a GET's value came with.
+    pub fn set_seen(&mut self, id: usize, version: Version) {
+        if let Some(op) = self.ops.get_mut(id) {
+            op.seen = Some(version);
+        }
     }
 
     /// Records the expiry operation `id` (a PUT) carries.
@@ -102,6 +120,9 @@ impl History {
     pub fn complete(&mut self, id: usize, outcome: Outcome, node: u32, now: Time) {
         if outcome == Outcome::Acked {
             self.just_acked.push(id);
+        }
+        if matches!(outcome, Outcome::Value(_)) {
+            self.just_read.push(id);
         }
         if let Some(op) = self.ops.get_mut(id) {
             debug_assert_eq!(op.outcome, Outcome::Pending, "an operation ends once");

@@ -11,12 +11,14 @@
 //! [`checker`] judges the history and the replicas' final state.
 //!
 //! Layout: `host` (a process and its `Io`), `net` (links, partitions, the
-//! event queue), `client` (simulated clients), `history`, `checker`,
+//! event queue), `client` (simulated clients), `history`, `checker`, `floor`
+//! (what a read must at least see),
 //! `plan` (what a seed draws), `ttl` (key expiry: what puts carry and
 //! when it takes effect), this file (the world and a run).
 
 pub mod checker;
 pub mod client;
+pub mod floor;
 pub mod history;
 pub mod host;
 pub mod net;
@@ -143,6 +145,8 @@ pub struct World {
     disks: BTreeMap<Proc, SimDisk>,
     /// Acknowledged puts and the version found for each at the ack.
     acked: Vec<(usize, crate::hlc::Version)>,
+    /// The least version each read begun in a settled cluster may return.
+    floors: floor::Floors,
 }
 
 /// One copy of a key as the W-copies rule sees it: its version, whether it
@@ -188,6 +192,7 @@ impl World {
             faults: 0,
             aborted: Vec::new(),
             acked: Vec::new(),
+            floors: Default::default(),
             disks: BTreeMap::new(),
         }
     }
@@ -371,6 +376,7 @@ impl World {
             Proc::Client(_) => {}
         }
         self.net.reset_all_of(p);
+        self.floors.crashed();
     }
 
     /// Delivers `input` to process `to`.
@@ -397,9 +403,23 @@ impl World {
                     Input::Closed(id) => c.on_closed(net, id),
                     Input::Accept { .. } | Input::Signal(_) => {}
                 }
-                for op in std::mem::take(&mut self.history.just_acked) {
-                    self.check_ack(op);
-                }
+                self.after_client();
+            }
+        }
+    }
+
+    /// Looks at what a client just did: acknowledged writes (W copies),
+    /// reads begun (their floors) and reads that found a value.
+    fn after_client(&mut self) {
+        for op in std::mem::take(&mut self.history.just_acked) {
+            self.check_ack(op);
+        }
+        for op in std::mem::take(&mut self.history.just_invoked) {
+            self.floors.begin(op, &self.history, &self.manager, &self.nodes);
+        }
+        for op in std::mem::take(&mut self.history.just_read) {
+            if let Some(bad) = self.floors.end(op, &self.history, &self.manager, &self.nodes) {
+                self.aborted.push(bad);
             }
         }
     }
@@ -430,9 +450,7 @@ impl World {
                     c.on_timer(net, hist, token);
                 }
                 // A held answer is reported on a timer (see SimClient::finish).
-                for op in std::mem::take(&mut self.history.just_acked) {
-                    self.check_ack(op);
-                }
+                self.after_client();
             }
         }
     }
