@@ -38,14 +38,17 @@ impl TtlDraw {
     }
 
     /// The expiry of a put invoked at `now`. Draws nothing when the seed
-    /// has no TTLs. Mostly short (0.2 to 3.2 s: the key expires during the
-    /// run and may be reclaimed), else up to a minute (some outlive the run).
+    /// has no TTLs. Half 0.2 to 3.2 s (the key expires during the run and may
+    /// be reclaimed), a quarter 1 to 100 ms (it expires while the write is
+    /// still being copied), a quarter 5 to 65 s (some outlive the run).
     pub fn draw(&mut self, now: Time) -> Expiry {
         if self.one_in == 0 || self.rng.below(self.one_in) != 0 {
             return Expiry::Never;
         }
-        let ms = match self.rng.below(4) {
-            0 => 5_000 + self.rng.below(60_000),
+        let ms = match self.rng.below(8) {
+            0 | 1 => 5_000 + self.rng.below(60_000),
+            // Racing the write's own replication and its first reads.
+            2 | 3 => 1 + self.rng.below(100),
             _ => 200 + self.rng.below(3_000),
         };
         match self.rng.below(2) {
