@@ -174,7 +174,7 @@ impl Plan {
             // Drawn apart from the rest too.
             max_output: [4 << 10, 16 << 20][SplitMix::new(seed ^ 0x4d41_584f_5554).below(2) as usize],
             // And this: a seed without TTLs draws what it drew before them.
-            ttl_one_in: [0, 0, 2, 5][SplitMix::new(seed ^ 0x5454_4c5f_6f6e_65).below(4) as usize],
+            ttl_one_in: [0, 0, 2, 5][SplitMix::new(seed ^ 0x0054_544c_5f6f_6e65).below(4) as usize],
         };
         plan.draw_faults(&mut r, window);
         plan
