@@ -766,11 +766,22 @@ impl<H: Handler> Host<H> {
 /// directory `/sim/seed-<seed>`: nothing touches the real file system, and
 /// no path of the host (a pid, a temp dir) reaches the trace.
 pub fn run_seed(seed: u64) -> Report {
+    run_plan(seed, Plan::draw(seed))
+}
+
+/// Like [`run_seed`], with the seed's plan changed first (the regression
+/// test replays its seeds without key expiry too, as they were found).
+pub fn run_seed_with(seed: u64, change: impl FnOnce(&mut Plan)) -> Report {
+    let mut plan = Plan::draw(seed);
+    change(&mut plan);
+    run_plan(seed, plan)
+}
+
+fn run_plan(seed: u64, plan: Plan) -> Report {
     install_logger();
     TRACE.with(|t| t.borrow_mut().clear());
     crate::invariant::enable(true);
     crate::invariant::take();
-    let plan = Plan::draw(seed);
     let summary = plan.summary();
     let dir = PathBuf::from("/sim").join(format!("seed-{seed}"));
     let mut w = World::new(plan, dir);
