@@ -25,16 +25,21 @@ pub enum Bug {
     ReapUnasked = 5,
     /// The gate lets internal verbs through without the cluster key.
     GateOpen = 6,
+    /// A read coordinator drops expired copies before it chooses the
+    /// newest, so an older live copy on another replica, which the expired
+    /// value overwrote, is returned (and repaired) again.
+    ExpiryBeforeNewest = 7,
 }
 
 /// Every planted bug, in selftest order.
-pub const ALL: [Bug; 6] = [
+pub const ALL: [Bug; 7] = [
     Bug::AckBeforeFsync,
     Bug::RepairOverwritesNewer,
     Bug::DoubleCountedAck,
     Bug::DropBeforeSynced,
     Bug::ReapUnasked,
     Bug::GateOpen,
+    Bug::ExpiryBeforeNewest,
 ];
 
 static ACTIVE: AtomicU8 = AtomicU8::new(0);

@@ -14,12 +14,21 @@
 //!   the read ended.
 //! - (c) After healing every sector has N copies and they agree.
 //! - (d) Every join and leave finished and the final reads succeeded.
+//! - Expiry (`ttl`): a put of V with an expiry is the write of V followed,
+//!   at its expiry (a window of true time), by a virtual delete of V in
+//!   V's own place in last-writer-wins order. A read never returns V once
+//!   it certainly expired; no value, or no copy, is allowed as soon as V
+//!   possibly expired (the same rule (b) absence as after a delete); an
+//!   older value V overwrote stays overwritten (rule (a) is unchanged).
+//! - A read begun in a settled cluster returns no version older than its
+//!   floor (see `floor`).
 
 use std::collections::BTreeMap;
 
 use super::client::op_deadline;
 use super::history::{History, Kind, Op, Outcome};
 use super::host::Time;
+use super::ttl;
 
 /// Where a final copy of a key came from, as far as can be told.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,9 +48,26 @@ pub(crate) fn effect_end(op: &Op) -> Time {
     }
 }
 
-/// Checks one key's final copy (`what` names where it was seen). Returns a
-/// description of the violation, if any.
+/// True if `op` is a put whose value may have expired by true time `at`:
+/// it may then read as absent, as if deleted.
+fn may_have_expired(op: &Op, at: Time) -> bool {
+    op.kind == Kind::Put && ttl::window(op, effect_end(op)).is_some_and(|(first, _)| first <= at)
+}
+
+/// True if `op` is a put whose value expired on every clock by `at`.
+fn surely_expired(op: &Op, at: Time) -> bool {
+    op.kind == Kind::Put && ttl::window(op, effect_end(op)).is_some_and(|(_, last)| last <= at)
+}
+
+/// Checks one key's final copy (`what` names where it was seen), judged
+/// after every expiry. Returns a description of the violation, if any.
 pub fn check_copy(history: &History, key: &[u8], copy: &Copy, what: &str) -> Option<String> {
+    check_copy_at(history, key, copy, what, Time::MAX)
+}
+
+/// Checks one key's copy as seen at true time `at` (an expiry possibly
+/// past by then allows an absence). Returns the violation, if any.
+pub fn check_copy_at(history: &History, key: &[u8], copy: &Copy, what: &str, at: Time) -> Option<String> {
     let writes: Vec<&Op> = history.ops.iter().filter(|o| o.is_write() && o.key == key).collect();
     let acked_after = |end: Time| writes.iter().find(|w| w.acked() && w.invoke > end).copied();
     match copy {
@@ -61,10 +87,12 @@ pub fn check_copy(history: &History, key: &[u8], copy: &Copy, what: &str) -> Opt
             ))
         }
         Copy::Absent => {
-            let last_delete = writes.iter().filter(|w| w.kind == Kind::Del).map(|w| effect_end(w)).max().unwrap_or(0);
+            // Deletes, and puts whose values may have expired (their virtual deletes).
+            let absent_after = |w: &&&Op| w.kind == Kind::Del || may_have_expired(w, at);
+            let last_delete = writes.iter().filter(absent_after).map(|w| effect_end(w)).max().unwrap_or(0);
             let lost = writes.iter().find(|w| w.kind == Kind::Put && w.acked() && w.invoke > last_delete)?;
             Some(format!(
-                "{what}: no value, but {} was acknowledged at {} after every delete could have landed",
+                "{what}: no value, but {} was acknowledged at {} after every delete or expiry could have landed",
                 describe(lost),
                 ms(lost.end.unwrap_or(0))
             ))
@@ -72,19 +100,26 @@ pub fn check_copy(history: &History, key: &[u8], copy: &Copy, what: &str) -> Opt
     }
 }
 
-/// Reads return only values that were written before they ended.
+/// Reads return only values that were written before they ended, and
+/// never one that expired on every clock before they began.
 pub fn check_reads(history: &History) -> Vec<String> {
-    let mut puts: BTreeMap<(&[u8], &[u8]), Time> = BTreeMap::new();
+    let mut puts: BTreeMap<(&[u8], &[u8]), &Op> = BTreeMap::new();
     for op in history.ops.iter().filter(|o| o.kind == Kind::Put) {
         if let Some(v) = &op.value {
-            puts.insert((op.key.as_slice(), v.as_slice()), op.invoke);
+            puts.insert((op.key.as_slice(), v.as_slice()), op);
         }
     }
     let mut bad = Vec::new();
     for op in history.ops.iter().filter(|o| o.kind == Kind::Get) {
         if let (Outcome::Value(v), Some(end)) = (&op.outcome, op.end) {
             match puts.get(&(op.key.as_slice(), v.as_slice())) {
-                Some(&invoked) if invoked <= end => {}
+                Some(put) if surely_expired(put, op.invoke) => bad.push(format!(
+                    "{}: read a value that expired by every clock before the read began ({} with {:?})",
+                    describe(op),
+                    describe(put),
+                    put.expiry
+                )),
+                Some(put) if put.invoke <= end => {}
                 Some(_) => bad.push(format!("{}: read a value written after the read ended", describe(op))),
                 None => bad.push(format!("{}: read {} that no put wrote", describe(op), show(v))),
             }
@@ -96,7 +131,13 @@ pub fn check_reads(history: &History) -> Vec<String> {
 /// One operation for a report.
 pub fn describe(op: &Op) -> String {
     let what = match op.kind {
-        Kind::Put => format!("put {}={}", show(&op.key), show(op.value.as_deref().unwrap_or_default())),
+        Kind::Put => {
+            let expiry = match op.expiry {
+                crate::net::codec::Expiry::Never => String::new(),
+                e => format!(" ({e:?})"),
+            };
+            format!("put {}={}{expiry}", show(&op.key), show(op.value.as_deref().unwrap_or_default()))
+        }
         Kind::Del => format!("del {}", show(&op.key)),
         Kind::Get => format!("get {}", show(&op.key)),
     };
@@ -143,6 +184,43 @@ mod tests {
         assert!(check_copy(&h, b"k", &Copy::Value(b"v1".to_vec()), "read").is_none(), "within its deadline");
         put(&mut h, 1, "v3", op_deadline() + 1, op_deadline() + 100_000, true);
         assert!(check_copy(&h, b"k", &Copy::Value(b"v1".to_vec()), "read").is_some(), "past its deadline");
+    }
+
+    fn expiring(h: &mut History, v: &str, invoke: Time, end: Time, expiry: crate::net::codec::Expiry) {
+        put(h, 0, v, invoke, end, true);
+        h.set_expiry(h.ops.len() - 1, expiry);
+    }
+
+    #[test]
+    fn an_expired_value_may_be_absent_but_not_what_it_overwrote() {
+        use crate::net::codec::Expiry;
+        let mut h = History::default();
+        put(&mut h, 0, "v1", 0, 100_000, true);
+        expiring(&mut h, "v2", 200_000, 300_000, Expiry::After(1_000));
+        let (before, after) = (1_000_000, 1_500_000);
+        assert!(check_copy_at(&h, b"k", &Copy::Absent, "read", before).is_some(), "not expired yet");
+        assert!(check_copy_at(&h, b"k", &Copy::Absent, "read", after).is_none(), "may have expired");
+        assert!(check_copy_at(&h, b"k", &Copy::Value(b"v2".to_vec()), "copy", after).is_none(), "kept expired");
+        assert!(check_copy_at(&h, b"k", &Copy::Value(b"v1".to_vec()), "read", after).is_some(), "resurrected");
+        // A later put without an expiry is not excused by the earlier expiry.
+        put(&mut h, 1, "v3", 2_000_000, 2_100_000, true);
+        assert!(check_copy_at(&h, b"k", &Copy::Absent, "read", 9_000_000).is_some(), "v3 was lost");
+    }
+
+    #[test]
+    fn a_read_of_a_value_surely_expired_is_caught() {
+        use crate::net::codec::Expiry;
+        let mut h = History::default();
+        let at = super::ttl::wall_ms(2_000_000);
+        expiring(&mut h, "v1", 0, 100_000, Expiry::At(at));
+        let read = |h: &mut History, invoke: Time| {
+            let id = h.invoke(1, Kind::Get, b"k".to_vec(), None, invoke);
+            h.complete(id, Outcome::Value(b"v1".to_vec()), 1, invoke + 10_000);
+        };
+        read(&mut h, 1_990_000);
+        assert!(check_reads(&h).is_empty(), "within the skew of its expiry");
+        read(&mut h, 2_100_000);
+        assert_eq!(check_reads(&h).len(), 1, "past it on every clock");
     }
 
     #[test]

@@ -15,8 +15,9 @@ use std::net::SocketAddr;
 use super::history::{History, Kind, Outcome};
 use super::host::Time;
 use super::net::{Event, Net, Proc};
+use super::ttl::TtlDraw;
 use crate::client;
-use crate::net::codec::{Body, Entry, Header, Message};
+use crate::net::codec::{Body, Entry, Expiry, Header, Message};
 use crate::net::{ConnId, SplitMix};
 use crate::table::Table;
 
@@ -104,6 +105,8 @@ pub struct SimClient {
     /// Draws when this client also plays an intruder (a stream of its own,
     /// so the operations drawn are those of a seed without one).
     intruder: SplitMix,
+    /// Draws the expiries of its puts (a stream of its own too).
+    ttl: TtlDraw,
 }
 
 /// One attempt in this many is preceded by a forged STORE on the same
@@ -111,8 +114,17 @@ pub struct SimClient {
 const FORGE_ONE_IN: u64 = 16;
 
 impl SimClient {
-    /// A client of the cluster whose manager is at `manager`.
-    pub fn new(ix: usize, manager: SocketAddr, keys: u64, think: Time, active_until: Time, seed: u64) -> SimClient {
+    /// A client of the cluster whose manager is at `manager`; one put in
+    /// `ttl_one_in` carries an expiry (0: none does).
+    pub fn new(
+        ix: usize,
+        manager: SocketAddr,
+        keys: u64,
+        think: Time,
+        ttl_one_in: u64,
+        active_until: Time,
+        seed: u64,
+    ) -> SimClient {
         SimClient {
             ix,
             addr: SocketAddr::from(([127, 0, 1, (ix % 250) as u8], 40000)),
@@ -132,6 +144,7 @@ impl SimClient {
             next_token: 0,
             script: Vec::new(),
             intruder: SplitMix::new(seed ^ 0x696e_7472_7564_6572),
+            ttl: TtlDraw::new(ttl_one_in, seed),
         }
     }
 
@@ -246,7 +259,10 @@ impl SimClient {
         }
         let outcome = match body {
             Body::Ok => Outcome::Acked,
-            Body::Value { value, .. } => Outcome::Value(value),
+            Body::Value { value, version, .. } => {
+                hist.set_seen(r.hist, version);
+                Outcome::Value(value)
+            }
             Body::NotFound { .. } => Outcome::NotFound,
             Body::Error { code, reason } => match client::retry_policy(&code) {
                 client::Retry::Next { refresh_table } => {
@@ -352,16 +368,18 @@ impl SimClient {
         } else {
             return;
         };
-        let (body, value) = match kind {
+        let (body, value, expiry) = match kind {
             Kind::Put => {
                 self.puts += 1;
                 let v = format!("c{}-{}", self.ix, self.puts).into_bytes();
-                (Body::Put { key: key.clone(), value: v.clone(), expiry: Default::default() }, Some(v))
+                let expiry = self.ttl.draw(net.now);
+                (Body::Put { key: key.clone(), value: v.clone(), expiry }, Some(v), expiry)
             }
-            Kind::Get => (Body::Get { key: key.clone() }, None),
-            Kind::Del => (Body::Del { key: key.clone() }, None),
+            Kind::Get => (Body::Get { key: key.clone() }, None, Expiry::Never),
+            Kind::Del => (Body::Del { key: key.clone() }, None, Expiry::Never),
         };
         let id = hist.invoke(self.ix, kind, key.clone(), value, net.now);
+        hist.set_expiry(id, expiry);
         self.running = Some(Running {
             hist: id,
             key,

@@ -2,6 +2,8 @@
 //! asked, when it asked, when it heard back and what it heard.
 
 use super::host::Time;
+use crate::hlc::Version;
+use crate::net::codec::Expiry;
 
 /// What an operation did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub struct Op {
     pub key: Vec<u8>,
     /// A PUT's value (unique in the run).
     pub value: Option<Vec<u8>>,
+    /// A PUT's expiry, as the client sent it.
+    pub expiry: Expiry,
     /// When the client invoked it.
     pub invoke: Time,
     /// When the client heard the outcome (None while pending).
@@ -48,6 +52,8 @@ pub struct Op {
     pub node: u32,
     /// The outcome.
     pub outcome: Outcome,
+    /// The version a GET's value came with.
+    pub seen: Option<Version>,
 }
 
 impl Op {
@@ -69,19 +75,54 @@ pub struct History {
     pub ops: Vec<Op>,
     /// Writes acknowledged since the world last looked (their ids).
     pub just_acked: Vec<usize>,
+    /// GETs invoked since the world last looked.
+    pub just_invoked: Vec<usize>,
+    /// GETs that found a value since the world last looked.
+    pub just_read: Vec<usize>,
 }
 
 impl History {
     /// Records an invocation; returns its id.
     pub fn invoke(&mut self, client: usize, kind: Kind, key: Vec<u8>, value: Option<Vec<u8>>, now: Time) -> usize {
-        self.ops.push(Op { client, kind, key, value, invoke: now, end: None, node: 0, outcome: Outcome::Pending });
+        self.ops.push(Op {
+            client,
+            kind,
+            key,
+            value,
+            expiry: Expiry::Never,
+            invoke: now,
+            seen: None,
+            end: None,
+            node: 0,
+            outcome: Outcome::Pending,
+        });
+        if kind == Kind::Get {
+            self.just_invoked.push(self.ops.len() - 1);
+        }
         self.ops.len() - 1
+    }
+
+    /// Records the version a GET's value came with.
+    pub fn set_seen(&mut self, id: usize, version: Version) {
+        if let Some(op) = self.ops.get_mut(id) {
+            op.seen = Some(version);
+        }
+    }
+
+    /// Records the expiry operation `id` (a PUT) carries.
+    pub fn set_expiry(&mut self, id: usize, expiry: Expiry) {
+        if let Some(op) = self.ops.get_mut(id) {
+            op.expiry = expiry;
+        }
     }
 
     /// Records how operation `id` ended.
     pub fn complete(&mut self, id: usize, outcome: Outcome, node: u32, now: Time) {
         if outcome == Outcome::Acked {
             self.just_acked.push(id);
+        }
+        if matches!(outcome, Outcome::Value(_)) {
+            self.just_read.push(id);
         }
         if let Some(op) = self.ops.get_mut(id) {
             debug_assert_eq!(op.outcome, Outcome::Pending, "an operation ends once");

@@ -125,6 +125,9 @@ pub struct Plan {
     /// (the kernel's socket buffers take what a silent peer does not read),
     /// so that requests queue on a silent link until their ops time out.
     pub max_output: usize,
+    /// A client's put carries an expiry one time in this many (0: never;
+    /// see `ttl`): half the seeds exercise key expiry.
+    pub ttl_one_in: u64,
 }
 
 impl Plan {
@@ -170,6 +173,8 @@ impl Plan {
             tombstone_grace: SEC + SplitMix::new(seed ^ 0x7047_5241_4345).below(7 * SEC),
             // Drawn apart from the rest too.
             max_output: [4 << 10, 16 << 20][SplitMix::new(seed ^ 0x4d41_584f_5554).below(2) as usize],
+            // And this: a seed without TTLs draws what it drew before them.
+            ttl_one_in: [0, 0, 2, 5][SplitMix::new(seed ^ 0x0054_544c_5f6f_6e65).below(4) as usize],
         };
         plan.draw_faults(&mut r, window);
         plan
@@ -266,7 +271,7 @@ impl Plan {
     pub fn summary(&self) -> String {
         format!(
             "{} nodes, N={}, Q={}, {} clients, {} keys, faults {:?}, {} scheduled, heal at {}, tombstone grace {}, \
-             max output {} KiB",
+             max output {} KiB{}",
             self.nodes,
             self.rep,
             self.sectors,
@@ -276,7 +281,8 @@ impl Plan {
             self.faults.len(),
             super::checker::ms(self.heal_at),
             super::checker::ms(self.tombstone_grace),
-            self.max_output >> 10
+            self.max_output >> 10,
+            if self.ttl_one_in == 0 { String::new() } else { format!(", ttl 1 put in {}", self.ttl_one_in) }
         )
     }
 }

@@ -418,6 +418,9 @@ impl Node {
         };
         op.ok += 1;
         op.answers.push((node, version));
+        // Planted: an expired copy is judged before the newest is chosen.
+        let expired = |e: &Entry| e.value.is_some() && crate::store::Item::is_expired_at(e.expires, rx.wall_ms());
+        let entry = entry.filter(|e| !(bugs::planted(Bug::ExpiryBeforeNewest) && expired(e)));
         if let Some(e) = entry {
             let first_wins = bugs::planted(Bug::RepairOverwritesNewer) && op.newest.is_some();
             if !first_wins && op.newest.as_ref().is_none_or(|n| e.version > n.version) {
