@@ -136,6 +136,15 @@ impl ErrorCode {
     /// The word on the wire.
     pub fn word(&self) -> &str {
         match self {
+            ErrorCode::Other(w) => w,
+            known => known.known_word().unwrap_or_default(),
+        }
+    }
+
+    /// The word of a code this version knows (`None` for `Other`), as a
+    /// `'static` string (for metric labels).
+    pub fn known_word(&self) -> Option<&'static str> {
+        Some(match self {
             ErrorCode::Retry => "RETRY",
             ErrorCode::Expired => "EXPIRED",
             ErrorCode::Late => "LATE",
@@ -148,8 +157,8 @@ impl ErrorCode {
             ErrorCode::Storage => "STORAGE",
             ErrorCode::Malformed => "MALFORMED",
             ErrorCode::BadRequest => "BAD_REQUEST",
-            ErrorCode::Other(w) => w,
-        }
+            ErrorCode::Other(_) => return None,
+        })
     }
 
     /// The code for a wire word; a word this build does not know is

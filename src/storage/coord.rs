@@ -552,12 +552,12 @@ impl Node {
             return;
         };
         let reason = format!("timed out: {} of {} replicas answered", op.ok, op.need);
-        let silent: Vec<u32> = op.reqs.iter().filter_map(|r| self.awaiting.get(r).map(|a| a.node())).collect();
         let now = rx.now();
         self.coord.timeouts += 1;
         if self.coord.timeout_logged.is_none_or(|t| now.duration_since(t) >= TIMEOUT_LOG_EVERY) {
             // One line a second at most: a stalled peer times out every op that waits on it.
             let n = std::mem::take(&mut self.coord.timeouts);
+            let silent: Vec<u32> = op.reqs.iter().filter_map(|r| self.awaiting.get(r).map(|a| a.node())).collect();
             let (kind, sector) = (&op.kind, op.sector);
             warn!("{n} op(s) timed out; latest: {kind:?} of sector {sector}, {reason}, none from {silent:?}");
             self.coord.timeout_logged = Some(now);
@@ -717,7 +717,7 @@ impl Node {
         let stats = Stats {
             sectors: owned as u32,
             // Live: neither deleted nor expired by this node's clock.
-            keys: self.store.total_live_keys().saturating_sub(self.store.total_expired_keys(rx.wall_ms())) as u64,
+            keys: self.store.total_unexpired_keys(rx.wall_ms()) as u64,
             missing: missing as u32,
             figures: Some(Box::new(self.figures())),
         };

@@ -72,25 +72,7 @@ fn code_index(code: &ErrorCode) -> usize {
 
 /// The code word of index `i` (a label value, so `'static`).
 fn code_word(i: usize) -> &'static str {
-    ErrorCode::KNOWN.get(i).map_or("OTHER", known_word)
-}
-
-fn known_word(c: &ErrorCode) -> &'static str {
-    match c {
-        ErrorCode::Retry => "RETRY",
-        ErrorCode::Expired => "EXPIRED",
-        ErrorCode::Late => "LATE",
-        ErrorCode::Future => "FUTURE",
-        ErrorCode::TooLarge => "TOO_LARGE",
-        ErrorCode::NoTable => "NO_TABLE",
-        ErrorCode::CatchingUp => "CATCHING_UP",
-        ErrorCode::NoReplica => "NO_REPLICA",
-        ErrorCode::Auth => "AUTH",
-        ErrorCode::Storage => "STORAGE",
-        ErrorCode::Malformed => "MALFORMED",
-        ErrorCode::BadRequest => "BAD_REQUEST",
-        ErrorCode::Other(_) => "OTHER",
-    }
+    ErrorCode::KNOWN.get(i).and_then(ErrorCode::known_word).unwrap_or("OTHER")
 }
 
 /// What the node counts as it serves.

@@ -545,6 +545,11 @@ impl Store {
         self.sectors.values().map(Sector::expiring_keys).sum()
     }
 
+    /// Live keys at wall time `now_ms`: neither deleted nor expired.
+    pub fn total_unexpired_keys(&self, now_ms: u64) -> usize {
+        self.total_live_keys().saturating_sub(self.total_expired_keys(now_ms))
+    }
+
     /// Keys whose value is expired at wall time `now_ms` but not reclaimed
     /// yet, over all sectors held: counted in [`Store::total_live_keys`],
     /// read as not found.
